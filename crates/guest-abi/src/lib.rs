@@ -1,0 +1,228 @@
+//! The protocol between kvmkit (the VMM) and kvmkit's own test guest.
+//!
+//! Shared by both sides so they cannot drift apart. Everything here is plain
+//! data: port numbers, MMIO addresses, command-line keys and the layout of the
+//! [`Report`] record. `docs/guest-protocol.md` describes the same in prose.
+//!
+//! The guest talks to the VMM with port I/O from CPL3 (its TSS I/O bitmap
+//! allows every port), so the common path is not emulated even under PVM.
+#![no_std]
+
+/// Debug port written with boot milestones (as Cloud Hypervisor uses 0x80).
+pub const DEBUG_PORT: u16 = 0x80;
+/// Milestone byte written to [`DEBUG_PORT`] at the guest's very first instruction.
+pub const MILESTONE_ENTRY: u8 = 0x40;
+/// Milestone byte written to [`DEBUG_PORT`] when the guest is ready for work.
+pub const MILESTONE_READY: u8 = 0x60;
+
+/// First port of the kvmkit guest port block.
+pub const PORT_BASE: u16 = 0x600;
+/// Number of ports in the kvmkit guest port block.
+pub const PORT_COUNT: u16 = 0x10;
+/// 32-bit write: end the VM with this exit status (0 = success).
+pub const EXIT_PORT: u16 = PORT_BASE;
+/// 32-bit write: guest-physical address of a [`Report`] the VMM should read.
+pub const REPORT_PORT: u16 = PORT_BASE + 4;
+/// Any access: does nothing. Target of the port-I/O exit-latency loop.
+pub const NULL_PORT: u16 = PORT_BASE + 8;
+
+/// Guest-physical base of a 4 KiB MMIO page that does nothing (MMIO exit loop).
+pub const NULL_MMIO_ADDR: u64 = 0xd000_0000;
+/// Size of the null MMIO page.
+pub const NULL_MMIO_SIZE: u64 = 0x1000;
+
+/// QEMU microvm's ACPI GED sleep-control register (a way to power off there).
+pub const QEMU_MICROVM_GED_SLEEP_ADDR: u64 = 0xfea0_0200;
+/// Value for [`QEMU_MICROVM_GED_SLEEP_ADDR`]: SLP_EN | SLP_TYP=5 (S5, off).
+pub const QEMU_MICROVM_GED_SLEEP_S5: u8 = 0x34;
+/// i8042 command port; writing [`I8042_RESET`] resets (ends) the machine.
+pub const I8042_COMMAND_PORT: u16 = 0x64;
+/// i8042 "pulse reset line" command.
+pub const I8042_RESET: u8 = 0xfe;
+
+/// COM1 base port: the guest's console.
+pub const COM1_PORT: u16 = 0x3f8;
+
+/// Command-line key naming the workload: `kvmkit.workload=NAME[:ARG[:ARG]]`.
+pub const CMDLINE_WORKLOAD: &str = "kvmkit.workload";
+/// Command-line key with the number of vCPUs the guest should bring up.
+pub const CMDLINE_CPUS: &str = "kvmkit.cpus";
+/// Command-line key with the TSC frequency in kHz (for converting ticks to ns).
+pub const CMDLINE_TSC_KHZ: &str = "kvmkit.tsc_khz";
+
+/// Most vCPUs kvmkit's guest can bring up.
+pub const MAX_CPUS: usize = 64;
+
+/// Magic value at the start of every [`Report`] ("KVMK").
+pub const REPORT_MAGIC: u32 = 0x4b4d_564b;
+
+/// What a [`Report`] carries.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportKind {
+    /// A vCPU came online: `value` = its APIC id.
+    CpuOnline = 1,
+    /// A workload finished on `cpu`: `arg` = its argument, `value` = its
+    /// result (e.g. the prime count), `ticks` = TSC ticks it took, `ns` =
+    /// the same in nanoseconds when the guest knows the TSC rate, else 0.
+    Result = 2,
+    /// A CPU exception: `arg` = vector, `value` = faulting RIP,
+    /// `ticks` = error code. The guest then exits with a failure status.
+    Exception = 3,
+    /// The guest panicked: `name` holds the start of the message.
+    Panic = 4,
+}
+
+impl ReportKind {
+    /// Decodes a raw kind, `None` when the guest sent something unknown.
+    pub fn from_raw(raw: u32) -> Option<Self> {
+        match raw {
+            1 => Some(Self::CpuOnline),
+            2 => Some(Self::Result),
+            3 => Some(Self::Exception),
+            4 => Some(Self::Panic),
+            _ => None,
+        }
+    }
+}
+
+/// Length of [`Report::name`].
+pub const REPORT_NAME_LEN: usize = 32;
+
+/// A record the guest writes into its memory and hands to the VMM by writing
+/// its guest-physical address to [`REPORT_PORT`]. The VMM copies it out and
+/// validates `magic` and `kind`; anything malformed is logged and ignored.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// Must be [`REPORT_MAGIC`].
+    pub magic: u32,
+    /// A [`ReportKind`] as `u32`.
+    pub kind: u32,
+    /// Index of the reporting vCPU (0 = bootstrap processor).
+    pub cpu: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// Workload name or panic message, NUL-padded UTF-8.
+    pub name: [u8; REPORT_NAME_LEN],
+    /// Workload argument or exception vector.
+    pub arg: u64,
+    /// Result value, APIC id or faulting RIP.
+    pub value: u64,
+    /// Elapsed TSC ticks or exception error code.
+    pub ticks: u64,
+    /// Elapsed nanoseconds (0 when unknown).
+    pub ns: u64,
+}
+
+/// Size in bytes of a [`Report`] in guest memory.
+pub const REPORT_SIZE: usize = core::mem::size_of::<Report>();
+
+impl Report {
+    /// An all-zero report of the given kind from the given CPU.
+    pub const fn new(kind: ReportKind, cpu: u32) -> Self {
+        Self {
+            magic: REPORT_MAGIC,
+            kind: kind as u32,
+            cpu,
+            reserved: 0,
+            name: [0; REPORT_NAME_LEN],
+            arg: 0,
+            value: 0,
+            ticks: 0,
+            ns: 0,
+        }
+    }
+
+    /// Stores `text` in `name`, truncated to fit.
+    pub fn set_name(&mut self, text: &str) {
+        let n = text.len().min(REPORT_NAME_LEN);
+        self.name = [0; REPORT_NAME_LEN];
+        self.name[..n].copy_from_slice(&text.as_bytes()[..n]);
+    }
+
+    /// `name` up to the first NUL, or `None` when it is not UTF-8.
+    pub fn name_str(&self) -> Option<&str> {
+        let end = self.name.iter().position(|&b| b == 0).unwrap_or(REPORT_NAME_LEN);
+        core::str::from_utf8(&self.name[..end]).ok()
+    }
+
+    /// Decodes a report from raw little-endian bytes as read from guest memory.
+    pub fn from_bytes(bytes: &[u8; REPORT_SIZE]) -> Self {
+        let u32_at = |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+        let u64_at = |o: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[o..o + 8]);
+            u64::from_le_bytes(b)
+        };
+        let mut name = [0u8; REPORT_NAME_LEN];
+        name.copy_from_slice(&bytes[16..16 + REPORT_NAME_LEN]);
+        let o = 16 + REPORT_NAME_LEN;
+        Self {
+            magic: u32_at(0),
+            kind: u32_at(4),
+            cpu: u32_at(8),
+            reserved: u32_at(12),
+            name,
+            arg: u64_at(o),
+            value: u64_at(o + 8),
+            ticks: u64_at(o + 16),
+            ns: u64_at(o + 24),
+        }
+    }
+}
+
+/// Finds `key=value` in a kernel-style command line and returns `value`.
+pub fn cmdline_value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
+    cmdline.split_ascii_whitespace().find_map(|word| {
+        let (k, v) = word.split_once('=')?;
+        (k == key).then_some(v)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_layout_is_stable() {
+        assert_eq!(REPORT_SIZE, 16 + REPORT_NAME_LEN + 32);
+    }
+
+    #[test]
+    fn report_round_trips_through_bytes() {
+        let mut r = Report::new(ReportKind::Result, 3);
+        r.set_name("primes");
+        r.arg = 100_000;
+        r.value = 9592;
+        r.ticks = 12345;
+        r.ns = 678;
+        // SAFETY: Report is repr(C) plain-old-data without padding.
+        let bytes: [u8; REPORT_SIZE] = unsafe { core::mem::transmute(r) };
+        assert_eq!(Report::from_bytes(&bytes), r);
+        assert_eq!(r.name_str(), Some("primes"));
+    }
+
+    #[test]
+    fn long_names_are_truncated() {
+        let mut r = Report::new(ReportKind::Panic, 0);
+        r.set_name("a panic message that is much longer than thirty-two bytes");
+        assert_eq!(r.name_str().map(str::len), Some(REPORT_NAME_LEN));
+    }
+
+    #[test]
+    fn cmdline_values_are_found_by_exact_key() {
+        let c = "console=ttyS0 kvmkit.workload=primes:100000 kvmkit.cpus=2";
+        assert_eq!(cmdline_value(c, CMDLINE_WORKLOAD), Some("primes:100000"));
+        assert_eq!(cmdline_value(c, CMDLINE_CPUS), Some("2"));
+        assert_eq!(cmdline_value(c, "kvmkit"), None);
+        assert_eq!(cmdline_value(c, CMDLINE_TSC_KHZ), None);
+    }
+
+    #[test]
+    fn unknown_report_kinds_are_rejected() {
+        assert_eq!(ReportKind::from_raw(2), Some(ReportKind::Result));
+        assert_eq!(ReportKind::from_raw(0), None);
+        assert_eq!(ReportKind::from_raw(99), None);
+    }
+}

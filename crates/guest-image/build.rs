@@ -1,0 +1,101 @@
+//! Builds the freestanding guest in `guest/` with a nested
+//! `cargo build --release` and leaves the ELF at `$OUT_DIR/kvmkit-guest`.
+//!
+//! The guest is its own workspace with its own `.cargo/config.toml` (target,
+//! codegen flags) and linker script, so everything the outer build would
+//! leak into a nested cargo (rustflags, wrappers such as clippy-driver, the
+//! target directory, profile overrides) is removed from its environment.
+
+use std::env;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Triple named in guest/.cargo/config.toml.
+const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// `CARGO_*` variables the nested cargo may keep: where the cargo home is,
+/// the jobserver, and network/registry settings.
+fn keep_cargo_var(name: &str) -> bool {
+    name == "CARGO_HOME"
+        || name == "CARGO_MAKEFLAGS"
+        || name.starts_with("CARGO_NET_")
+        || name.starts_with("CARGO_HTTP_")
+        || name.starts_with("CARGO_TERM_")
+}
+
+/// Other variables that would change the nested build.
+const REMOVE: &[&str] = &[
+    "RUSTFLAGS",
+    "RUSTDOCFLAGS",
+    "RUSTC_WRAPPER",
+    "RUSTC_WORKSPACE_WRAPPER",
+    "RUSTC_LINKER",
+    "TARGET",
+    "HOST",
+    "OUT_DIR",
+    "PROFILE",
+    "OPT_LEVEL",
+    "DEBUG",
+    "NUM_JOBS",
+];
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let root = manifest_dir.join("../..");
+    let guest = root.join("guest");
+    for path in [
+        "guest/src",
+        "guest/build.rs",
+        "guest/guest.ld",
+        "guest/Cargo.toml",
+        "guest/Cargo.lock",
+        "guest/.cargo/config.toml",
+        "crates/workloads/src",
+        "crates/workloads/Cargo.toml",
+        "crates/guest-abi/src",
+        "crates/guest-abi/Cargo.toml",
+    ] {
+        println!("cargo:rerun-if-changed={}", root.join(path).display());
+    }
+
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
+    let target_dir = out_dir.join("guest-target");
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&guest)
+        .args(["build", "--release", "--offline"])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    if guest.join("Cargo.lock").exists() {
+        cmd.arg("--locked");
+    }
+    for (name, _) in env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if (name.starts_with("CARGO_") && !keep_cargo_var(name)) || name.starts_with("__CARGO") {
+            cmd.env_remove(name);
+        }
+    }
+    for name in REMOVE {
+        cmd.env_remove(OsStr::new(name));
+    }
+
+    let output = cmd.output().expect("failed to run cargo for guest/");
+    if !output.status.success() {
+        panic!(
+            "building guest/ failed ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let built = target_dir.join(GUEST_TARGET).join("release").join("kvmkit-guest");
+    copy(&built, &out_dir.join("kvmkit-guest"));
+}
+
+fn copy(from: &Path, to: &Path) {
+    if let Err(e) = std::fs::copy(from, to) {
+        panic!("copying {} to {}: {e}", from.display(), to.display());
+    }
+}

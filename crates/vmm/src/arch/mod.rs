@@ -1,0 +1,3 @@
+//! Architecture-specific code (kvmkit targets x86_64).
+
+pub mod x86_64;

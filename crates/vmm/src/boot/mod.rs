@@ -1,0 +1,192 @@
+//! Loading a guest kernel into memory and preparing its boot protocol.
+//!
+//! Two image formats (bzImage, ELF) and two entry protocols (the Linux 64-bit
+//! boot protocol and PVH) share one path: [`load_kernel`] puts the image in
+//! guest memory, [`write_boot_info`] writes the protocol's structures
+//! (zero page or `hvm_start_info`, memory map, command line, initrd), and the
+//! returned [`EntryPoint`] tells the vCPU where to start.
+
+mod image;
+mod linux;
+mod pvh;
+
+use std::fs::File;
+use std::path::PathBuf;
+
+use linux_loader::cmdline::Cmdline;
+use linux_loader::loader::{load_cmdline, KernelLoaderResult};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+
+pub use image::{detect_format, KernelFormat};
+
+use crate::arch::x86_64::e820::memory_map;
+use crate::arch::x86_64::layout::{low_ram_end, CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START};
+use crate::arch::x86_64::regs::EntryPoint;
+
+/// Which entry protocol to use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootProtocol {
+    /// PVH when the ELF carries a PVH note, else the Linux boot protocol.
+    #[default]
+    Auto,
+    /// Linux 64-bit boot protocol (bzImage or ELF vmlinux).
+    Linux,
+    /// PVH (ELF with XEN_ELFNOTE_PHYS32_ENTRY).
+    Pvh,
+}
+
+/// What to boot.
+#[derive(Debug)]
+pub struct BootSource {
+    /// The kernel image, already opened (a file or an in-memory image).
+    pub kernel: File,
+    /// Where the kernel came from, for messages.
+    pub kernel_name: String,
+    /// Optional initial ramdisk.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Requested entry protocol.
+    pub protocol: BootProtocol,
+}
+
+/// Errors loading a kernel or writing boot structures.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// The image is neither an ELF nor a bzImage.
+    #[error("{0} is neither a Linux bzImage nor an ELF kernel")]
+    UnknownFormat(String),
+    /// Reading the image failed.
+    #[error("cannot read {0}: {1}")]
+    Read(String, std::io::Error),
+    /// linux-loader rejected the image.
+    #[error("cannot load kernel {0}: {1}")]
+    Load(String, linux_loader::loader::Error),
+    /// PVH was requested but the ELF has no PVH entry note.
+    #[error("{0} has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); use --boot linux")]
+    NoPvhNote(String),
+    /// PVH was requested for a bzImage.
+    #[error("{0} is a bzImage; PVH needs an ELF kernel with a PVH note")]
+    PvhNeedsElf(String),
+    /// The kernel does not fit in guest memory.
+    #[error("kernel {0} does not fit in {1} MiB of guest memory; give the VM more --memory")]
+    KernelTooBig(String, u64),
+    /// The initrd does not fit below the kernel's limit.
+    #[error("initrd {0} ({1} bytes) does not fit in guest memory; give the VM more --memory")]
+    InitrdTooBig(String, u64),
+    /// The command line is too long or malformed.
+    #[error("invalid kernel command line: {0}")]
+    Cmdline(String),
+    /// Writing a boot structure to guest memory failed.
+    #[error("cannot write {0} to guest memory")]
+    Write(&'static str),
+}
+
+/// An initrd placed in guest memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InitrdPlacement {
+    /// Guest-physical address.
+    pub addr: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Loads the kernel and its boot information; returns where the BSP starts.
+pub fn boot(mem: &GuestMemoryMmap, mem_size: u64, source: &mut BootSource) -> Result<EntryPoint, BootError> {
+    let name = source.kernel_name.clone();
+    let format = detect_format(&mut source.kernel).map_err(|e| BootError::Read(name.clone(), e))?;
+    let format = format.ok_or_else(|| BootError::UnknownFormat(name.clone()))?;
+    let loaded = image::load(mem, &mut source.kernel, format).map_err(|e| match e {
+        linux_loader::loader::Error::Elf(linux_loader::loader::elf::Error::ReadKernelImage)
+        | linux_loader::loader::Error::Bzimage(linux_loader::loader::bzimage::Error::ReadBzImageCompressedKernel) => {
+            BootError::KernelTooBig(name.clone(), mem_size >> 20)
+        }
+        e => BootError::Load(name.clone(), e),
+    })?;
+    let pvh_entry = image::pvh_entry(&loaded);
+    let use_pvh = match (source.protocol, format, pvh_entry) {
+        (BootProtocol::Pvh, KernelFormat::BzImage, _) => return Err(BootError::PvhNeedsElf(name)),
+        (BootProtocol::Pvh, _, None) => return Err(BootError::NoPvhNote(name)),
+        (BootProtocol::Pvh, _, Some(_)) => true,
+        (BootProtocol::Auto, _, Some(_)) => true,
+        _ => false,
+    };
+    let cmdline = build_cmdline(&source.cmdline)?;
+    load_cmdline(mem, GuestAddress(CMDLINE_START), &cmdline).map_err(|_| BootError::Write("command line"))?;
+    let kernel_end = loaded.kernel_end;
+    let initrd = match &source.initrd {
+        Some(path) => Some(load_initrd(
+            mem,
+            mem_size,
+            path,
+            kernel_end,
+            loaded.setup_header.map(|h| h.initrd_addr_max),
+        )?),
+        None => None,
+    };
+    let map = memory_map(mem_size);
+    let cmdline_len = source.cmdline.len() as u32 + 1;
+    match (use_pvh, pvh_entry) {
+        (true, Some(rip)) => {
+            pvh::write_start_info(mem, &map, initrd).map(|start_info| EntryPoint::Pvh { rip, start_info })
+        }
+        _ => linux::write_zero_page(mem, &map, loaded.setup_header, cmdline_len, initrd).map(|boot_params| {
+            EntryPoint::Linux64 {
+                rip: image::linux64_entry(&loaded, format),
+                boot_params,
+            }
+        }),
+    }
+}
+
+fn build_cmdline(text: &str) -> Result<Cmdline, BootError> {
+    let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| BootError::Cmdline(e.to_string()))?;
+    if !text.trim().is_empty() {
+        cmdline
+            .insert_str(text.trim())
+            .map_err(|e| BootError::Cmdline(e.to_string()))?;
+    }
+    Ok(cmdline)
+}
+
+/// Loads the initrd as high as allowed in low RAM, page aligned, above the kernel.
+fn load_initrd(
+    mem: &GuestMemoryMmap,
+    mem_size: u64,
+    path: &std::path::Path,
+    kernel_end: u64,
+    addr_max: Option<u32>,
+) -> Result<InitrdPlacement, BootError> {
+    let name = path.display().to_string();
+    let mut file = File::open(path).map_err(|e| BootError::Read(name.clone(), e))?;
+    let size = file.metadata().map_err(|e| BootError::Read(name.clone(), e))?.len();
+    // Linux places no initrd above initrd_addr_max; ELF kernels get the 2 GiB default of modern kernels.
+    let limit = addr_max.map_or(0x7fff_ffff, |m| if m == 0 { 0x37ff_ffff } else { u64::from(m) });
+    let top = low_ram_end(mem_size).min(limit + 1);
+    let addr = top
+        .checked_sub(size)
+        .map(|a| a & !0xfff)
+        .filter(|&a| a >= kernel_end.max(HIMEM_START));
+    let addr = addr.ok_or_else(|| BootError::InitrdTooBig(name.clone(), size))?;
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
+        .map_err(|_| BootError::InitrdTooBig(name, size))?;
+    debug_assert!(GuestAddress(addr).checked_add(size).is_some());
+    Ok(InitrdPlacement { addr, size })
+}
+
+/// Result of loading, re-exported for tests.
+pub type LoadedKernel = KernelLoaderResult;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_rejects_overlong_text() {
+        let long = "a".repeat(CMDLINE_MAX_SIZE + 10);
+        assert!(build_cmdline(&long).is_err());
+        assert!(build_cmdline("console=ttyS0 reboot=k").is_ok());
+        assert!(build_cmdline("").is_ok());
+    }
+}

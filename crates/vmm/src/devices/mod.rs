@@ -1,0 +1,7 @@
+//! Device models on the port-I/O and MMIO buses.
+
+pub mod debug_port;
+pub mod guest_port;
+pub mod i8042;
+pub mod null;
+pub mod serial;

@@ -1,0 +1,23 @@
+//! kvmkit's virtual machine monitor.
+//!
+//! The layout mirrors the machine: [`host`] (what /dev/kvm offers),
+//! [`memory`] and [`arch`] (guest RAM and the x86_64 memory map, boot
+//! tables, CPUID, MP table), [`boot`] (kernel images and boot protocols),
+//! [`vm`] and [`vcpu`] (KVM state and the per-vCPU run loop), [`bus`] and
+//! [`devices`] (where exits go), [`control`] (how a VM ends), [`console`]
+//! (the host terminal and signals), and [`machine`], which assembles them.
+
+pub mod arch;
+pub mod boot;
+pub mod bus;
+pub mod console;
+pub mod control;
+pub mod devices;
+pub mod host;
+pub mod machine;
+pub mod memory;
+pub mod vcpu;
+pub mod vm;
+
+pub use control::ExitReason;
+pub use machine::{run_vm, KernelSource, MachineError, RunOutcome, VmConfig};

@@ -1,0 +1,91 @@
+//! Guest RAM: anonymous host memory laid out by [`ram_ranges`], backed by
+//! transparent huge pages where the host has them.
+
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::arch::x86_64::layout::ram_ranges;
+
+/// Smallest guest RAM kvmkit accepts, in MiB.
+pub const MIN_MEMORY_MIB: u64 = 16;
+
+/// Errors creating guest memory.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// Less than [`MIN_MEMORY_MIB`].
+    #[error("--memory {0} MiB is too small: kvmkit needs at least {MIN_MEMORY_MIB} MiB")]
+    TooSmall(u64),
+    /// More than the host has.
+    #[error("--memory {requested} MiB is more than this host's {host} MiB of RAM; ask for less")]
+    MoreThanHost {
+        /// Requested MiB.
+        requested: u64,
+        /// Host MiB.
+        host: u64,
+    },
+    /// mmap failed.
+    #[error("cannot allocate {0} MiB of guest memory: {1}")]
+    Allocate(u64, String),
+}
+
+/// Total host RAM in MiB, from /proc/meminfo.
+pub fn host_memory_mib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+/// Checks a requested size against the limits.
+pub fn validate_size(mib: u64, host_mib: Option<u64>) -> Result<(), MemoryError> {
+    if mib < MIN_MEMORY_MIB {
+        return Err(MemoryError::TooSmall(mib));
+    }
+    if let Some(host) = host_mib {
+        if mib > host {
+            return Err(MemoryError::MoreThanHost { requested: mib, host });
+        }
+    }
+    Ok(())
+}
+
+/// Allocates `mib` MiB of guest RAM and advises huge pages for it.
+pub fn create_guest_memory(mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    validate_size(mib, host_memory_mib())?;
+    let ranges: Vec<(GuestAddress, usize)> = ram_ranges(mib << 20)
+        .into_iter()
+        .map(|(start, size)| (GuestAddress(start), size as usize))
+        .collect();
+    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| MemoryError::Allocate(mib, e.to_string()))?;
+    for region in mem.iter() {
+        // Huge pages make first touch ~15x cheaper under PVM (see shared/PVM.md).
+        // SAFETY: the range is exactly a mapping owned by `mem`; madvise only changes paging policy.
+        let rc = unsafe { libc::madvise(region.as_ptr().cast(), region.len() as usize, libc::MADV_HUGEPAGE) };
+        if rc != 0 {
+            tracing::debug!("MADV_HUGEPAGE not applied: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(mem)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_validated() {
+        assert!(matches!(validate_size(8, Some(1024)), Err(MemoryError::TooSmall(8))));
+        assert!(matches!(
+            validate_size(4096, Some(1024)),
+            Err(MemoryError::MoreThanHost { .. })
+        ));
+        assert!(validate_size(256, Some(1024)).is_ok());
+        assert!(validate_size(256, None).is_ok());
+    }
+
+    #[test]
+    fn memory_is_created_with_the_requested_size() {
+        let mem = create_guest_memory(32).expect("memory");
+        assert_eq!(mem.iter().map(|r| r.len()).sum::<u64>(), 32 << 20);
+        assert!(host_memory_mib().unwrap_or(0) > 0);
+    }
+}

@@ -1,0 +1,60 @@
+//! The KVM VM: its file descriptor, interrupt controllers and memory slots.
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+
+/// Errors creating or configuring the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// KVM_CREATE_VM failed.
+    #[error("KVM refused to create a VM: {0}")]
+    Create(kvm_ioctls::Error),
+    /// A VM-level KVM ioctl failed.
+    #[error("KVM {0} failed: {1}")]
+    Ioctl(&'static str, kvm_ioctls::Error),
+}
+
+/// A KVM VM with its memory registered and its interrupt controllers created.
+pub struct Vm {
+    fd: VmFd,
+}
+
+impl Vm {
+    /// Creates the VM, registers `memory` as slots 0.., and creates the
+    /// in-kernel IOAPIC/PIC/LAPICs and PIT.
+    pub fn new(kvm: &Kvm, memory: &GuestMemoryMmap) -> Result<Self, VmError> {
+        let fd = kvm.create_vm().map_err(VmError::Create)?;
+        fd.set_tss_address(KVM_TSS_ADDRESS as usize)
+            .map_err(|e| VmError::Ioctl("SET_TSS_ADDR", e))?;
+        if let Err(e) = fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS) {
+            tracing::debug!("KVM_SET_IDENTITY_MAP_ADDR not applied: {e}");
+        }
+        fd.create_irq_chip().map_err(|e| VmError::Ioctl("CREATE_IRQCHIP", e))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit).map_err(|e| VmError::Ioctl("CREATE_PIT2", e))?;
+        for (slot, region) in memory.iter().enumerate() {
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+                flags: 0,
+            };
+            // SAFETY: the region is a live mapping owned by `memory`, which the
+            // caller keeps alive for as long as the VM exists (the machine owns both).
+            unsafe { fd.set_user_memory_region(r) }.map_err(|e| VmError::Ioctl("SET_USER_MEMORY_REGION", e))?;
+        }
+        Ok(Self { fd })
+    }
+
+    /// The VM file descriptor.
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+}

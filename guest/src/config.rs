@@ -1,0 +1,108 @@
+//! The guest's configuration, from the `kvmkit.*` command-line keys.
+
+use kvmkit_guest_abi::{cmdline_value, CMDLINE_CPUS, CMDLINE_TSC_KHZ, CMDLINE_WORKLOAD, MAX_CPUS};
+
+/// What each CPU runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// `primes:N`: count the primes up to N.
+    Primes(u64),
+    /// `memtest:MIB`: memtester-style tests over MIB MiB, split among CPUs.
+    Memtest(u64),
+    /// `exits:N`: N 32-bit `out`s to the null port.
+    Exits(u64),
+    /// `mmio-exits:N`: N 32-bit writes to the null MMIO page.
+    MmioExits(u64),
+    /// `idle`: boot and exit.
+    Idle,
+    /// `fault`: execute `ud2` (tests the exception path: exit 0x86).
+    Fault,
+    /// `panic`: panic (tests the panic path: exit 101).
+    Panic,
+}
+
+impl Workload {
+    /// The default when `kvmkit.workload` is absent.
+    pub const DEFAULT: Self = Self::Primes(100_000);
+
+    /// Parses `NAME[:ARG]`.
+    pub fn parse(text: &str) -> Result<Self, &'static str> {
+        let (name, arg) = match text.split_once(':') {
+            Some((name, arg)) => (name, Some(arg)),
+            None => (text, None),
+        };
+        let num = |default: u64| match arg {
+            None => Ok(default),
+            Some(a) => a.parse::<u64>().map_err(|_| "workload argument is not a number"),
+        };
+        Ok(match name {
+            "primes" => Self::Primes(num(100_000)?),
+            "memtest" => Self::Memtest(num(16)?),
+            "exits" => Self::Exits(num(10_000)?),
+            "mmio-exits" => Self::MmioExits(num(10_000)?),
+            "idle" | "fault" | "panic" if arg.is_some() => return Err("this workload takes no argument"),
+            "idle" => Self::Idle,
+            "fault" => Self::Fault,
+            "panic" => Self::Panic,
+            _ => return Err("unknown workload"),
+        })
+    }
+
+    /// The name used on the console and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Primes(_) => "primes",
+            Self::Memtest(_) => "memtest",
+            Self::Exits(_) => "exits",
+            Self::MmioExits(_) => "mmio-exits",
+            Self::Idle => "idle",
+            Self::Fault => "fault",
+            Self::Panic => "panic",
+        }
+    }
+
+    /// The argument (0 for workloads without one).
+    pub fn arg(self) -> u64 {
+        match self {
+            Self::Primes(n) | Self::Memtest(n) | Self::Exits(n) | Self::MmioExits(n) => n,
+            Self::Idle | Self::Fault | Self::Panic => 0,
+        }
+    }
+}
+
+/// The parsed command line.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// `kvmkit.workload`, default `primes:100000`.
+    pub workload: Workload,
+    /// `kvmkit.cpus`, default 1, at most [`MAX_CPUS`].
+    pub cpus: u32,
+    /// `kvmkit.tsc_khz`, when given.
+    pub tsc_khz: Option<u64>,
+}
+
+impl Config {
+    /// Parses the `kvmkit.*` keys of `cmdline`, ignoring everything else.
+    pub fn parse(cmdline: &str) -> Result<Self, &'static str> {
+        let workload = match cmdline_value(cmdline, CMDLINE_WORKLOAD) {
+            Some(w) => Workload::parse(w)?,
+            None => Workload::DEFAULT,
+        };
+        let cpus = match cmdline_value(cmdline, CMDLINE_CPUS) {
+            Some(c) => c.parse::<u32>().map_err(|_| "kvmkit.cpus is not a number")?,
+            None => 1,
+        };
+        if cpus == 0 || cpus as usize > MAX_CPUS {
+            return Err("kvmkit.cpus out of range");
+        }
+        let tsc_khz = match cmdline_value(cmdline, CMDLINE_TSC_KHZ) {
+            Some(k) => Some(k.parse::<u64>().map_err(|_| "kvmkit.tsc_khz is not a number")?),
+            None => None,
+        };
+        Ok(Self {
+            workload,
+            cpus,
+            tsc_khz: tsc_khz.filter(|&k| k != 0),
+        })
+    }
+}

@@ -1,0 +1,92 @@
+//! Command-line interface: every subcommand and option.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// kvmkit: boot VMs on Linux KVM and measure what virtualization costs.
+#[derive(Debug, Parser)]
+#[command(name = "kvmkit", version, about)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace); KVMKIT_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// kvmkit's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Report whether this host can run VMs, one line per requirement.
+    Check(CheckArgs),
+    /// Boot a VM: a Linux kernel (--kernel) or kvmkit's own test guest (--guest).
+    Run(RunArgs),
+}
+
+/// Options of `kvmkit check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Entry protocol choice on the command line.
+#[derive(Clone, Copy, Debug, Default, ValueEnum)]
+pub enum BootArg {
+    /// PVH when the ELF has a PVH note, else the Linux boot protocol.
+    #[default]
+    Auto,
+    /// The Linux 64-bit boot protocol.
+    Linux,
+    /// PVH (XEN_ELFNOTE_PHYS32_ENTRY).
+    Pvh,
+}
+
+/// Options of `kvmkit run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Kernel to boot: a bzImage, an ELF vmlinux, or any ELF with a PVH note.
+    #[arg(
+        long,
+        value_name = "PATH",
+        conflicts_with = "guest",
+        required_unless_present = "guest"
+    )]
+    pub kernel: Option<PathBuf>,
+    /// Boot kvmkit's own test guest (built into this binary).
+    #[arg(long)]
+    pub guest: bool,
+    /// Initial ramdisk for the kernel.
+    #[arg(long, value_name = "PATH", requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line (default for Linux: console=ttyS0 reboot=k panic=1).
+    #[arg(long, value_name = "STR")]
+    pub cmdline: Option<String>,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub cpus: usize,
+    /// Guest RAM in MiB.
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    pub memory: u64,
+    /// Workload for the test guest: primes:N, memtest:MIB, exits:N, mmio-exits:N, idle, fault, panic.
+    #[arg(long, value_name = "NAME[:ARG]", requires = "guest")]
+    pub workload: Option<String>,
+    /// Print boot milestones (guest entry, guest ready) in microseconds.
+    #[arg(long)]
+    pub boot_time: bool,
+    /// Entry protocol.
+    #[arg(long = "boot", value_enum, default_value_t = BootArg::Auto)]
+    pub boot_protocol: BootArg,
+    /// Stop the VM after this many seconds (exit status 124).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// Do not forward host stdin to the guest console.
+    #[arg(long)]
+    pub no_stdin: bool,
+    /// Write how the run went (exit, boot milestones, guest reports) to FILE as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub results: Option<PathBuf>,
+}

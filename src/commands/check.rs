@@ -1,0 +1,27 @@
+//! `kvmkit check`.
+
+use kvmkit_vmm::host::check::check_host;
+
+use crate::cli::CheckArgs;
+
+/// Prints the host report; exit status 0 when KVM can be used, 1 otherwise.
+pub fn run(args: &CheckArgs) -> anyhow::Result<u8> {
+    let report = check_host();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for item in &report.items {
+            let mark = match (item.ok, item.required) {
+                (true, _) => "ok  ",
+                (false, true) => "FAIL",
+                (false, false) => "warn",
+            };
+            println!("[{mark}] {}: {}", item.name, item.detail);
+            if let Some(fix) = &item.fix {
+                println!("       fix: {fix}");
+            }
+        }
+        println!("{}", report.verdict);
+    }
+    Ok(if report.usable { 0 } else { 1 })
+}

@@ -1,0 +1,164 @@
+//! `kvmkit run`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use kvmkit_guest_abi::{ReportKind, CMDLINE_CPUS, CMDLINE_WORKLOAD};
+use kvmkit_vmm::boot::BootProtocol;
+use kvmkit_vmm::{run_vm, KernelSource, RunOutcome, VmConfig};
+
+use crate::cli::{BootArg, RunArgs};
+
+/// Default command line for Linux guests.
+pub const DEFAULT_LINUX_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+
+/// Workloads the test guest knows (checked here so a typo fails fast).
+const GUEST_WORKLOADS: &[&str] = &["primes", "memtest", "exits", "mmio-exits", "idle", "fault", "panic"];
+
+/// Boots the VM and returns the process exit status.
+pub fn run(args: &RunArgs, start: Instant) -> anyhow::Result<u8> {
+    let config = vm_config(args)?;
+    let outcome = run_vm(config, start)?;
+    report(args, &outcome);
+    if let Some(path) = &args.results {
+        let json = serde_json::to_string_pretty(&summary(&outcome))?;
+        std::fs::write(path, json + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(outcome.reason.exit_code().clamp(0, 255) as u8)
+}
+
+fn vm_config(args: &RunArgs) -> anyhow::Result<VmConfig> {
+    let timeout = match args.timeout {
+        Some(t) if !(t > 0.0 && t.is_finite()) => bail!("--timeout {t}: give a positive number of seconds"),
+        Some(t) => Some(Duration::from_secs_f64(t)),
+        None => None,
+    };
+    let protocol = match args.boot_protocol {
+        BootArg::Auto => BootProtocol::Auto,
+        BootArg::Linux => BootProtocol::Linux,
+        BootArg::Pvh => BootProtocol::Pvh,
+    };
+    let (kernel, cmdline) = if args.guest {
+        let workload = args.workload.clone().unwrap_or_else(|| "primes:100000".into());
+        check_workload(&workload)?;
+        let mut cmdline = format!("{CMDLINE_WORKLOAD}={workload} {CMDLINE_CPUS}={}", args.cpus);
+        if let Some(extra) = &args.cmdline {
+            cmdline = format!("{extra} {cmdline}");
+        }
+        let bytes = kvmkit_guest_image::GUEST_ELF;
+        (
+            KernelSource::Embedded {
+                name: "kvmkit test guest".into(),
+                bytes,
+            },
+            cmdline,
+        )
+    } else {
+        let Some(path) = args.kernel.clone() else {
+            bail!("give --kernel PATH or --guest")
+        };
+        let cmdline = args.cmdline.clone().unwrap_or_else(|| DEFAULT_LINUX_CMDLINE.into());
+        (KernelSource::Path(path), cmdline)
+    };
+    Ok(VmConfig {
+        cpus: args.cpus,
+        memory_mib: args.memory,
+        kernel,
+        initrd: args.initrd.clone(),
+        cmdline,
+        protocol,
+        stdin: !args.no_stdin,
+        timeout,
+        tsc_hint: args.guest,
+    })
+}
+
+fn check_workload(spec: &str) -> anyhow::Result<()> {
+    let name = spec.split(':').next().unwrap_or_default();
+    if !GUEST_WORKLOADS.contains(&name) {
+        bail!(
+            "unknown workload '{name}': choose one of {}",
+            GUEST_WORKLOADS.join(", ")
+        );
+    }
+    if spec.split_ascii_whitespace().count() != 1 {
+        bail!("workload '{spec}' must not contain spaces");
+    }
+    Ok(())
+}
+
+fn report(args: &RunArgs, outcome: &RunOutcome) {
+    for r in &outcome.reports {
+        match ReportKind::from_raw(r.kind) {
+            Some(ReportKind::Exception) => eprintln!(
+                "kvmkit: guest exception {} on vCPU {} at RIP {:#x} (error code {:#x})",
+                r.arg, r.cpu, r.value, r.ticks
+            ),
+            Some(ReportKind::Panic) => {
+                eprintln!(
+                    "kvmkit: guest panicked on vCPU {}: {}",
+                    r.cpu,
+                    r.name_str().unwrap_or("<not UTF-8>")
+                )
+            }
+            _ => {}
+        }
+    }
+    if args.boot_time {
+        let us = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+        eprintln!(
+            "boot-time: start -> guest entry {} us, -> guest ready {} us, -> first output {} us, -> VM end {} us",
+            us(outcome.entry_us),
+            us(outcome.ready_us),
+            us(outcome.first_output_us),
+            us(outcome.end_us)
+        );
+    }
+    if outcome.reason.is_failure() {
+        eprintln!("kvmkit: {}", outcome.reason);
+    }
+}
+
+/// The JSON form of a run, for `--results`.
+fn summary(outcome: &RunOutcome) -> serde_json::Value {
+    let reports: Vec<_> = outcome
+        .reports
+        .iter()
+        .map(|r| {
+            let kind = match ReportKind::from_raw(r.kind) {
+                Some(ReportKind::CpuOnline) => "cpu_online",
+                Some(ReportKind::Result) => "result",
+                Some(ReportKind::Exception) => "exception",
+                Some(ReportKind::Panic) => "panic",
+                None => "unknown",
+            };
+            serde_json::json!({
+                "kind": kind, "cpu": r.cpu, "name": r.name_str().unwrap_or(""),
+                "arg": r.arg, "value": r.value, "ticks": r.ticks, "ns": r.ns,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "exit": { "reason": outcome.reason.to_string(), "code": outcome.reason.exit_code() },
+        "boot_time_us": {
+            "guest_entry": outcome.entry_us, "guest_ready": outcome.ready_us,
+            "first_output": outcome.first_output_us, "vm_end": outcome.end_us,
+        },
+        "reports": reports,
+        "unclaimed_pio": outcome.unclaimed_pio,
+        "unclaimed_mmio": outcome.unclaimed_mmio,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workloads_are_checked_by_name() {
+        assert!(check_workload("primes:100000").is_ok());
+        assert!(check_workload("idle").is_ok());
+        assert!(check_workload("bogus:1").is_err());
+        assert!(check_workload("primes:1 x").is_err());
+    }
+}

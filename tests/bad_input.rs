@@ -1,0 +1,93 @@
+//! Every bad-input case gets one clear line on stderr and exit status 2,
+//! before any VM is started.
+
+mod common;
+
+use std::time::Duration;
+
+use common::run;
+
+fn assert_user_error(args: &[&str], expect: &str) {
+    let out = run(args, Duration::from_secs(30));
+    assert_eq!(out.code, Some(2), "{args:?} should exit 2\nstderr: {}", out.stderr);
+    let lines: Vec<_> = out.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        out.stderr.contains(expect),
+        "{args:?}: stderr lacks {expect:?}: {}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty(), "{args:?} printed on stdout: {}", out.stdout);
+    if !args.contains(&"--bogus-option") {
+        assert_eq!(lines.len(), 1, "{args:?} should print one line, got: {}", out.stderr);
+    }
+}
+
+#[test]
+fn missing_kernel() {
+    assert_user_error(
+        &["run", "--kernel", "/nonexistent/vmlinux"],
+        "cannot open kernel /nonexistent/vmlinux",
+    );
+}
+
+#[test]
+fn directory_as_kernel() {
+    assert_user_error(&["run", "--kernel", "/tmp"], "is a directory");
+}
+
+#[test]
+fn file_that_is_not_a_kernel() {
+    let path = std::env::temp_dir().join(format!("kvmkit-not-a-kernel-{}", std::process::id()));
+    std::fs::write(&path, b"#!/bin/sh\necho hello\n").expect("write");
+    let p = path.to_string_lossy().to_string();
+    assert_user_error(&["run", "--kernel", &p], "neither a Linux bzImage nor an ELF kernel");
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn zero_cpus() {
+    assert_user_error(&["run", "--guest", "--cpus", "0"], "at least 1 vCPU");
+}
+
+#[test]
+fn too_many_cpus() {
+    assert_user_error(&["run", "--guest", "--cpus", "100000"], "--cpus 100000");
+}
+
+#[test]
+fn memory_too_small() {
+    assert_user_error(&["run", "--guest", "--memory", "1"], "too small");
+}
+
+#[test]
+fn memory_larger_than_host() {
+    assert_user_error(&["run", "--guest", "--memory", "100000000"], "more than this host's");
+}
+
+#[test]
+fn unknown_workload() {
+    assert_user_error(&["run", "--guest", "--workload", "nope:1"], "unknown workload 'nope'");
+}
+
+#[test]
+fn unknown_option() {
+    assert_user_error(
+        &["run", "--guest", "--bogus-option"],
+        "unexpected argument '--bogus-option'",
+    );
+}
+
+#[test]
+fn elf_without_pvh_note_refuses_pvh() {
+    // The kvmkit binary itself is an ELF without a PVH note.
+    let out = run(
+        &["run", "--kernel", common::kvmkit(), "--boot", "pvh"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code, Some(2), "stderr: {}", out.stderr);
+    assert!(
+        out.stderr.contains("no PVH entry note") || out.stderr.contains("cannot load kernel"),
+        "{}",
+        out.stderr
+    );
+}

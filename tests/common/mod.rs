@@ -1,0 +1,76 @@
+//! Helpers shared by the integration tests: run the kvmkit binary with a
+//! time limit and capture what it printed.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What one kvmkit invocation did.
+pub struct Output {
+    /// Exit status (None when killed by a signal).
+    pub code: Option<i32>,
+    /// Everything on stdout (the guest console).
+    pub stdout: String,
+    /// Everything on stderr (kvmkit's own messages).
+    pub stderr: String,
+}
+
+/// Path of the kvmkit binary under test.
+pub fn kvmkit() -> &'static str {
+    env!("CARGO_BIN_EXE_kvmkit")
+}
+
+/// Runs kvmkit with `args`, killing it after `limit`.
+pub fn run(args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new(kvmkit())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kvmkit");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = t_out.join().unwrap_or_default();
+    let stderr = t_err.join().unwrap_or_default();
+    assert!(
+        status.is_some(),
+        "kvmkit {args:?} did not finish within {limit:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    Output {
+        code: status.and_then(|s| s.code()),
+        stdout,
+        stderr,
+    }
+}
+
+/// Runs kvmkit's test guest with the given extra arguments.
+pub fn run_guest(extra: &[&str]) -> Output {
+    let mut args = vec!["run", "--guest", "--no-stdin", "--timeout", "120"];
+    args.extend_from_slice(extra);
+    run(&args, Duration::from_secs(150))
+}
