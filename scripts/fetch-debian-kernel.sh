@@ -14,6 +14,7 @@ if [ -s "$cache/vmlinux" ] && [ -s "$cache/vmlinuz" ] && [ -s "$cache/version" ]
   exit 0
 fi
 
+command -v lz4 >/dev/null || { apt-get update -qq >&2; apt-get install -y -qq lz4 >&2; }
 rm -rf "$cache.tmp"
 mkdir -p "$cache.tmp"
 cd "$cache.tmp"

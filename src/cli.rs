@@ -23,6 +23,22 @@ pub enum Command {
     Check(CheckArgs),
     /// Boot a VM: a Linux kernel (--kernel) or kvmkit's own test guest (--guest).
     Run(RunArgs),
+    /// Run a test-guest workload on the bare host (same code) for comparison.
+    Host(HostArgs),
+}
+
+/// Options of `kvmkit host`.
+#[derive(Debug, Args)]
+pub struct HostArgs {
+    /// Workload: primes:N or memtest:MIB.
+    #[arg(long, default_value = "primes:100000", value_name = "NAME[:ARG]")]
+    pub workload: String,
+    /// Number of threads, each running the whole workload (like each vCPU).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub threads: usize,
+    /// Write the results to FILE as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub results: Option<PathBuf>,
 }
 
 /// Options of `kvmkit check`.

@@ -15,6 +15,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Check(args) => commands::check::run(&args),
         cli::Command::Run(args) => commands::run::run(&args, start),
+        cli::Command::Host(args) => commands::host::run(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -150,3 +150,33 @@ fn timeout_stops_a_running_guest() {
     assert_eq!(out.code, Some(124), "stderr:\n{}", out.stderr);
     assert!(out.stderr.contains("time limit"), "{}", out.stderr);
 }
+
+#[test]
+fn sigterm_stops_the_vm_cleanly() {
+    use std::process::{Command, Stdio};
+    let child = Command::new(common::kvmkit())
+        .args([
+            "run",
+            "--guest",
+            "--no-stdin",
+            "--timeout",
+            "60",
+            "--workload",
+            "primes:100000000",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(
+        out.status.code(),
+        Some(128 + libc::SIGTERM),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stopped by signal 15"));
+}

@@ -51,10 +51,6 @@ pub fn main(start_info: u64, hv_tsc_khz: u64) -> ! {
     // Read start_info (command line, memory map) before touching low memory.
     let boot = BootInfo::parse(start_info);
     let cmdline = boot.cmdline();
-    match boot.version {
-        Some(v) => println!("kvmkit-guest: PVH start_info v{v}, cmdline \"{cmdline}\""),
-        None => println!("kvmkit-guest: no valid hvm_start_info at {start_info:#x}"),
-    }
     let config = Config::parse(cmdline).unwrap_or_else(|e| {
         println!("kvmkit-guest: bad command line: {e}");
         exit(exit::BAD_CMDLINE)
@@ -65,12 +61,6 @@ pub fn main(start_info: u64, hv_tsc_khz: u64) -> ! {
         None => tsc::detect_khz().map_or((0, "unknown"), |k| (k, "cpuid")),
     };
     let w = config.workload;
-    println!(
-        "kvmkit-guest: workload={}:{} cpus={} tsc_khz={tsc_khz} ({source})",
-        w.name(),
-        w.arg(),
-        config.cpus
-    );
     let (mem_base, mem_len) = match w {
         Workload::Memtest(mib) => memtest_region(&boot, mib).unwrap_or_else(|()| exit(exit::NO_MEMORY)),
         _ => (0, 0),
@@ -92,6 +82,17 @@ pub fn main(start_info: u64, hv_tsc_khz: u64) -> ! {
         }
     }
     outb(DEBUG_PORT, MILESTONE_READY);
+    match boot.version {
+        Some(v) => println!("kvmkit-guest: PVH start_info v{v}, cmdline \"{cmdline}\""),
+        None => println!("kvmkit-guest: no valid hvm_start_info at {start_info:#x}"),
+    }
+    println!(
+        "kvmkit-guest: workload={}:{} cpus={} tsc_khz={tsc_khz} ({source})",
+        w.name(),
+        w.arg(),
+        config.cpus
+    );
+    smp::print_online(plan.cpus);
     smp::go();
     let bsp_ok = workload::run(0, &plan);
     let failed = smp::wait_done(plan.cpus - 1) + u32::from(!bsp_ok);

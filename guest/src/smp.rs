@@ -99,8 +99,16 @@ pub fn online(cpu: u32) {
     let mut r = Report::new(ReportKind::CpuOnline, cpu);
     r.value = u64::from(apic);
     report::send(&r);
-    println!("kvmkit-guest: cpu {cpu} online (apic id {apic})");
     ONLINE.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Prints which CPUs came online (after the ready milestone: every console
+/// byte is a VM exit, so boot-time work stays off the console).
+pub fn print_online(cpus: u32) {
+    for cpu in 0..cpus.min(MAX_CPUS as u32) {
+        let apic = APIC_IDS[cpu as usize].load(Ordering::Relaxed);
+        println!("kvmkit-guest: cpu {cpu} online (apic id {apic})");
+    }
 }
 
 /// This CPU's index, found from the stack pointer (each CPU runs on its
@@ -140,10 +148,12 @@ pub fn start_aps(cpus: u32, tsc_khz: u64) -> u32 {
     // below the image that nothing else uses once start_info has been read.
     unsafe { core::ptr::copy_nonoverlapping(start, TRAMPOLINE_ADDR as *mut u8, len) };
     let sipi = ICR_SIPI_ALL_BUT_SELF | (TRAMPOLINE_ADDR >> 12) as u32;
+    // A virtual machine needs none of the 10 ms / 200 us waits real
+    // hardware does (Linux skips them under a hypervisor too); keep a token one.
     send_ipi(ICR_INIT_ALL_BUT_SELF);
-    delay_us(1000, tsc_khz);
+    delay_us(10, tsc_khz);
     send_ipi(sipi);
-    delay_us(200, tsc_khz);
+    delay_us(10, tsc_khz);
     send_ipi(sipi);
     let khz = if tsc_khz == 0 { FALLBACK_KHZ } else { tsc_khz };
     let deadline = rdtsc() + khz * 1000;

@@ -15,6 +15,7 @@ use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvmkit_guest_abi::{Report, DEBUG_PORT, NULL_MMIO_ADDR, NULL_MMIO_SIZE, PORT_BASE, PORT_COUNT};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::arch::x86_64::acpi::setup_acpi_tables;
 use crate::arch::x86_64::mptable::{self, setup_mptable};
 use crate::boot::{self, BootProtocol, BootSource};
 use crate::bus::{lock, Bus, BusDevice};
@@ -185,6 +186,7 @@ pub fn validate_cpus(requested: usize, kvm_max: usize) -> Result<(), MachineErro
 /// Builds the VM from `config` and runs it to the end. `start` is the time
 /// the boot timeline counts from (normally process start).
 pub fn run_vm(config: VmConfig, start: Instant) -> Result<RunOutcome, MachineError> {
+    tracing::debug!("building the VM, {} us after start", start.elapsed().as_micros());
     let kvm = open_kvm()?;
     validate_cpus(config.cpus, kvm.get_max_vcpus())?;
     let mem_size = config.memory_mib << 20;
@@ -192,6 +194,7 @@ pub fn run_vm(config: VmConfig, start: Instant) -> Result<RunOutcome, MachineErr
     let memory = create_guest_memory(config.memory_mib)?;
     let control = Arc::new(VmControl::new(start).map_err(host_err("eventfd"))?);
     let vm = Vm::new(&kvm, &memory)?;
+    tracing::debug!("VM created");
 
     // Devices.
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("eventfd"))?;
@@ -256,16 +259,22 @@ pub fn run_vm(config: VmConfig, start: Instant) -> Result<RunOutcome, MachineErr
             cmdline.push_str(&format!(" {}={khz}", kvmkit_guest_abi::CMDLINE_TSC_KHZ));
         }
     }
+    // The topology goes to Linux both ways: ACPI MADT (what modern kernels
+    // read; Debian's cloud kernel has no MP-table parser) and an MP table.
+    setup_mptable(&memory, config.cpus as u8).map_err(|e| MachineError::Host(format!("MP table: {e}")))?;
+    let rsdp = setup_acpi_tables(&memory, config.cpus as u8, &[])
+        .map_err(|e| MachineError::Host(format!("ACPI tables: {e}")))?;
     let mut source = BootSource {
         kernel,
         kernel_name,
         initrd: config.initrd.clone(),
         cmdline,
         protocol: config.protocol,
+        rsdp: Some(rsdp),
     };
     let entry = boot::boot(&memory, mem_size, &mut source)?;
-    setup_mptable(&memory, config.cpus as u8).map_err(|e| MachineError::Host(format!("MP table: {e}")))?;
     vcpus[0].configure_boot(&memory, entry)?;
+    tracing::debug!("kernel loaded, vCPUs configured: {entry:x?}");
 
     install_kick_handler().map_err(host_err("vCPU kick signal"))?;
     let signal_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("eventfd"))?;
@@ -290,6 +299,7 @@ pub fn run_vm(config: VmConfig, start: Instant) -> Result<RunOutcome, MachineErr
             }
         }
     }
+    tracing::debug!("vCPU threads started, {} us after start", start.elapsed().as_micros());
     event_loop(
         &control,
         &signal_evt,

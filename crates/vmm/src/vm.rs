@@ -23,21 +23,12 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Creates the VM, registers `memory` as slots 0.., and creates the
+    /// Creates the VM, registers `memory` as slots 0.., then creates the
     /// in-kernel IOAPIC/PIC/LAPICs and PIT.
     pub fn new(kvm: &Kvm, memory: &GuestMemoryMmap) -> Result<Self, VmError> {
         let fd = kvm.create_vm().map_err(VmError::Create)?;
-        fd.set_tss_address(KVM_TSS_ADDRESS as usize)
-            .map_err(|e| VmError::Ioctl("SET_TSS_ADDR", e))?;
-        if let Err(e) = fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS) {
-            tracing::debug!("KVM_SET_IDENTITY_MAP_ADDR not applied: {e}");
-        }
-        fd.create_irq_chip().map_err(|e| VmError::Ioctl("CREATE_IRQCHIP", e))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        fd.create_pit2(pit).map_err(|e| VmError::Ioctl("CREATE_PIT2", e))?;
+        // Memory slots go in before the interrupt controllers: on this host
+        // (kvm_pvm) a slot added after KVM_CREATE_IRQCHIP costs ~6 ms more.
         for (slot, region) in memory.iter().enumerate() {
             let r = kvm_userspace_memory_region {
                 slot: slot as u32,
@@ -50,6 +41,17 @@ impl Vm {
             // caller keeps alive for as long as the VM exists (the machine owns both).
             unsafe { fd.set_user_memory_region(r) }.map_err(|e| VmError::Ioctl("SET_USER_MEMORY_REGION", e))?;
         }
+        fd.set_tss_address(KVM_TSS_ADDRESS as usize)
+            .map_err(|e| VmError::Ioctl("SET_TSS_ADDR", e))?;
+        if let Err(e) = fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS) {
+            tracing::debug!("KVM_SET_IDENTITY_MAP_ADDR not applied: {e}");
+        }
+        fd.create_irq_chip().map_err(|e| VmError::Ioctl("CREATE_IRQCHIP", e))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit).map_err(|e| VmError::Ioctl("CREATE_PIT2", e))?;
         Ok(Self { fd })
     }
 

@@ -23,8 +23,10 @@ pub fn write_zero_page(
     header: Option<setup_header>,
     cmdline_len: u32,
     initrd: Option<InitrdPlacement>,
+    rsdp: Option<u64>,
 ) -> Result<u64, BootError> {
-    let params = zero_page(map, header, cmdline_len, initrd)?;
+    let mut params = zero_page(map, header, cmdline_len, initrd)?;
+    params.acpi_rsdp_addr = rsdp.unwrap_or(0);
     LinuxBootConfigurator::write_bootparams::<GuestMemoryMmap>(
         &BootParams::new::<boot_params>(&params, GuestAddress(ZERO_PAGE_START)),
         mem,

@@ -49,6 +49,8 @@ pub struct BootSource {
     pub cmdline: String,
     /// Requested entry protocol.
     pub protocol: BootProtocol,
+    /// Guest-physical address of the ACPI RSDP, if the VMM wrote ACPI tables.
+    pub rsdp: Option<u64>,
 }
 
 /// Errors loading a kernel or writing boot structures.
@@ -129,14 +131,14 @@ pub fn boot(mem: &GuestMemoryMmap, mem_size: u64, source: &mut BootSource) -> Re
     let cmdline_len = source.cmdline.len() as u32 + 1;
     match (use_pvh, pvh_entry) {
         (true, Some(rip)) => {
-            pvh::write_start_info(mem, &map, initrd).map(|start_info| EntryPoint::Pvh { rip, start_info })
+            pvh::write_start_info(mem, &map, initrd, source.rsdp).map(|start_info| EntryPoint::Pvh { rip, start_info })
         }
-        _ => linux::write_zero_page(mem, &map, loaded.setup_header, cmdline_len, initrd).map(|boot_params| {
-            EntryPoint::Linux64 {
+        _ => linux::write_zero_page(mem, &map, loaded.setup_header, cmdline_len, initrd, source.rsdp).map(
+            |boot_params| EntryPoint::Linux64 {
                 rip: image::linux64_entry(&loaded, format),
                 boot_params,
-            }
-        }),
+            },
+        ),
     }
 }
 

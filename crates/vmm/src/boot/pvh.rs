@@ -17,8 +17,10 @@ pub fn write_start_info(
     mem: &GuestMemoryMmap,
     map: &[MemoryMapEntry],
     initrd: Option<InitrdPlacement>,
+    rsdp: Option<u64>,
 ) -> Result<u64, BootError> {
-    let (info, memmap, modules) = start_info(map, initrd);
+    let (mut info, memmap, modules) = start_info(map, initrd);
+    info.rsdp_paddr = rsdp.unwrap_or(0);
     let mut params = BootParams::new::<hvm_start_info>(&info, GuestAddress(PVH_INFO_START));
     params.set_sections::<hvm_memmap_table_entry>(&memmap, GuestAddress(PVH_MEMMAP_START));
     if !modules.is_empty() {
@@ -97,9 +99,11 @@ mod tests {
     #[test]
     fn start_info_is_written_to_guest_memory() {
         let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("mem");
-        let addr = write_start_info(&mem, &memory_map(256 << 20), None).expect("write");
+        let addr = write_start_info(&mem, &memory_map(256 << 20), None, Some(0xe0000)).expect("write");
         let magic: u32 = mem.read_obj(GuestAddress(addr)).expect("read");
         assert_eq!(magic, XEN_HVM_START_MAGIC_VALUE);
+        let rsdp: u64 = mem.read_obj(GuestAddress(addr + 32)).expect("read");
+        assert_eq!(rsdp, 0xe0000);
         let first: u64 = mem.read_obj(GuestAddress(PVH_MEMMAP_START + 24 * 2)).expect("read");
         assert_eq!(first, 0x10_0000);
     }

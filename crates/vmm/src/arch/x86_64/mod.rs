@@ -1,5 +1,6 @@
 //! x86_64 specifics: memory map, boot tables, registers, CPUID, MP table.
 
+pub mod acpi;
 pub mod cpuid;
 pub mod e820;
 pub mod gdt;
