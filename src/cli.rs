@@ -25,6 +25,25 @@ pub enum Command {
     Run(RunArgs),
     /// Run a test-guest workload on the bare host (same code) for comparison.
     Host(HostArgs),
+    /// Linux guest assets (kernel, busybox initramfs) built from Debian packages.
+    Image(ImageArgs),
+}
+
+/// Options of `kvmkit image`.
+#[derive(Debug, Args)]
+pub struct ImageArgs {
+    /// What to do with the image cache.
+    #[command(subcommand)]
+    pub command: ImageCommand,
+}
+
+/// `kvmkit image` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build the default Linux guest assets into the cache ($KVMKIT_CACHE, default ~/.cache/kvmkit).
+    Fetch,
+    /// Show what is cached, with versions and sizes.
+    List,
 }
 
 /// Options of `kvmkit host`.
@@ -68,17 +87,25 @@ pub struct RunArgs {
     #[arg(
         long,
         value_name = "PATH",
-        conflicts_with = "guest",
-        required_unless_present = "guest"
+        conflicts_with_all = ["guest", "linux"],
+        required_unless_present_any = ["guest", "linux"]
     )]
     pub kernel: Option<PathBuf>,
     /// Boot kvmkit's own test guest (built into this binary).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "linux")]
     pub guest: bool,
+    /// Boot the cached Debian kernel + busybox initramfs (`kvmkit image fetch`); with
+    /// `-- CMD ARGS...` run CMD in the guest and exit with its status.
+    #[arg(long)]
+    pub linux: bool,
+    /// Command to run in the Linux guest (after `--`).
+    #[arg(last = true, value_name = "CMD", requires = "linux")]
+    pub command: Vec<String>,
     /// Initial ramdisk for the kernel.
-    #[arg(long, value_name = "PATH", requires = "kernel")]
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["guest", "linux"])]
     pub initrd: Option<PathBuf>,
-    /// Kernel command line (default for Linux: console=ttyS0 reboot=k panic=1).
+    /// Kernel command line (--kernel: replaces the default console=ttyS0 reboot=k panic=1;
+    /// --linux and --guest: appended).
     #[arg(long, value_name = "STR")]
     pub cmdline: Option<String>,
     /// Number of vCPUs.

@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         cli::Command::Check(args) => commands::check::run(&args),
         cli::Command::Run(args) => commands::run::run(&args, start),
         cli::Command::Host(args) => commands::host::run(&args),
+        cli::Command::Image(args) => commands::image::run(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -2,4 +2,5 @@
 
 pub mod check;
 pub mod host;
+pub mod image;
 pub mod run;

@@ -11,6 +11,9 @@ use crate::cli::{BootArg, RunArgs};
 
 /// Default command line for Linux guests.
 pub const DEFAULT_LINUX_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+/// Default command line for `--linux` (kvmkit's Debian assets): quiet, since
+/// every console byte is a VM exit; a panic reboots at once, which ends the VM.
+pub const LINUX_ASSETS_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
 
 /// Workloads the test guest knows (checked here so a typo fails fast).
 const GUEST_WORKLOADS: &[&str] = &["primes", "memtest", "exits", "mmio-exits", "idle", "fault", "panic"];
@@ -53,9 +56,34 @@ fn vm_config(args: &RunArgs) -> anyhow::Result<VmConfig> {
             },
             cmdline,
         )
+    } else if args.linux {
+        warn_if_pvm();
+        let cache = kvmkit_images::Cache::from_env().context("cannot locate the kvmkit cache (set KVMKIT_CACHE)")?;
+        let assets = super::image::ensure_linux_assets(&cache)?;
+        let mut cmdline = LINUX_ASSETS_CMDLINE.to_owned();
+        if let Some(extra) = &args.cmdline {
+            cmdline = format!("{cmdline} {extra}");
+        }
+        if !args.command.is_empty() {
+            cmdline = format!(
+                "{cmdline} {}",
+                kvmkit_images::cmdline_command(&shell_join(&args.command))
+            );
+        }
+        return Ok(VmConfig {
+            cpus: args.cpus,
+            memory_mib: args.memory,
+            kernel: KernelSource::Path(assets.kernel),
+            initrd: Some(assets.initramfs),
+            cmdline,
+            protocol,
+            stdin: !args.no_stdin,
+            timeout,
+            tsc_hint: false,
+        });
     } else {
         let Some(path) = args.kernel.clone() else {
-            bail!("give --kernel PATH or --guest")
+            bail!("give --kernel PATH, --linux or --guest")
         };
         let cmdline = args.cmdline.clone().unwrap_or_else(|| DEFAULT_LINUX_CMDLINE.into());
         (KernelSource::Path(path), cmdline)
@@ -71,6 +99,34 @@ fn vm_config(args: &RunArgs) -> anyhow::Result<VmConfig> {
         timeout,
         tsc_hint: args.guest,
     })
+}
+
+/// Joins a command and its arguments into one shell command line, quoting
+/// each word so the guest shell sees exactly the words given.
+pub fn shell_join(words: &[String]) -> String {
+    let quote = |w: &String| {
+        if !w.is_empty()
+            && w.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+        {
+            w.clone()
+        } else {
+            format!("'{}'", w.replace('\'', "'\\''"))
+        }
+    };
+    words.iter().map(quote).collect::<Vec<_>>().join(" ")
+}
+
+/// Stock kernels stop early on PVM hosts; say so once instead of letting the
+/// user wait for a shell that will not come.
+fn warn_if_pvm() {
+    use kvmkit_vmm::host::kvm::VendorModule;
+    if VendorModule::detect(std::path::Path::new("/sys/module")) == Some(VendorModule::KvmPvm) {
+        eprintln!(
+            "kvmkit: warning: this host's KVM is kvm_pvm: Debian's stock kernel cannot finish booting here \
+             (use a PVM-enabled kernel with --kernel, or the nested lab: cargo xtask nested)"
+        );
+    }
 }
 
 fn check_workload(spec: &str) -> anyhow::Result<()> {
@@ -153,6 +209,15 @@ fn summary(outcome: &RunOutcome) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commands_are_quoted_for_the_guest_shell() {
+        let w = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(shell_join(&w(&["uname", "-r"])), "uname -r");
+        assert_eq!(shell_join(&w(&["sh", "-c", "exit 7"])), "sh -c 'exit 7'");
+        assert_eq!(shell_join(&w(&["echo", "it's"])), "echo 'it'\\''s'");
+        assert_eq!(shell_join(&w(&["printf", ""])), "printf ''");
+    }
 
     #[test]
     fn workloads_are_checked_by_name() {

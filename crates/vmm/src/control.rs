@@ -42,6 +42,9 @@ pub enum ExitReason {
         /// What happened.
         what: String,
     },
+    /// The guest kernel panicked (seen on its console) and then reset or
+    /// powered off.
+    GuestPanic,
     /// The host asked kvmkit to stop (SIGINT, SIGTERM).
     Signal(i32),
     /// The VM ran longer than its time limit.
@@ -60,7 +63,11 @@ impl ExitReason {
             Self::Reset(_) | Self::PowerOff(_) => 0,
             Self::Signal(sig) => 128 + sig,
             Self::Timeout(_) => 124,
-            Self::Halted { .. } | Self::TripleFault { .. } | Self::VcpuFailure { .. } | Self::VmmError(_) => 1,
+            Self::Halted { .. }
+            | Self::TripleFault { .. }
+            | Self::VcpuFailure { .. }
+            | Self::GuestPanic
+            | Self::VmmError(_) => 1,
         }
     }
 
@@ -79,6 +86,7 @@ impl std::fmt::Display for ExitReason {
             Self::Halted { cpu, rip } => write!(f, "vCPU {cpu} halted with interrupts off at RIP {rip:#x}"),
             Self::TripleFault { cpu, rip } => write!(f, "guest triple fault on vCPU {cpu} at RIP {rip:#x}"),
             Self::VcpuFailure { cpu, rip, what } => write!(f, "vCPU {cpu} failed at RIP {rip:#x}: {what}"),
+            Self::GuestPanic => write!(f, "guest kernel panic (the VM ended at the panic's reboot)"),
             Self::Signal(sig) => write!(f, "stopped by signal {sig}"),
             Self::Timeout(t) => write!(f, "guest still running after the {} s time limit", t.as_secs_f64()),
             Self::VmmError(e) => write!(f, "kvmkit error: {e}"),
@@ -126,6 +134,7 @@ pub struct VmControl {
     reason: Mutex<Option<ExitReason>>,
     wake: EventFd,
     reports: Mutex<Vec<Report>>,
+    guest_panicked: AtomicBool,
     /// Boot milestones.
     pub timeline: BootTimeline,
 }
@@ -138,12 +147,25 @@ impl VmControl {
             reason: Mutex::new(None),
             wake: EventFd::new(libc::EFD_NONBLOCK)?,
             reports: Mutex::new(Vec::new()),
+            guest_panicked: AtomicBool::new(false),
             timeline: BootTimeline::new(start),
         })
     }
 
+    /// Records that the guest kernel announced a panic; a reset or power-off
+    /// that follows ends the VM as [`ExitReason::GuestPanic`].
+    pub fn note_guest_panic(&self) {
+        self.guest_panicked.store(true, Ordering::SeqCst);
+    }
+
     /// Asks the VM to end. The first reason given wins.
     pub fn request_exit(&self, reason: ExitReason) {
+        let reason = match reason {
+            ExitReason::Reset(_) | ExitReason::PowerOff(_) if self.guest_panicked.load(Ordering::SeqCst) => {
+                ExitReason::GuestPanic
+            }
+            r => r,
+        };
         {
             let mut r = lock(&self.reason);
             if r.is_none() {
@@ -197,6 +219,15 @@ mod tests {
         assert!(c.stopping());
         assert_eq!(c.reason(), Some(ExitReason::GuestExit(3)));
         assert_eq!(c.wake_fd().read().expect("wake"), 2);
+    }
+
+    #[test]
+    fn a_reset_after_a_panic_is_a_panic() {
+        let c = VmControl::new(Instant::now()).expect("control");
+        c.note_guest_panic();
+        c.request_exit(ExitReason::Reset("i8042 reset"));
+        assert_eq!(c.reason(), Some(ExitReason::GuestPanic));
+        assert_eq!(ExitReason::GuestPanic.exit_code(), 1);
     }
 
     #[test]

@@ -27,16 +27,50 @@ impl Trigger for EventFdTrigger {
     }
 }
 
-/// Output sink that records when the first byte went out.
+/// What a Linux kernel prints when it panics.
+pub const PANIC_MARKER: &[u8] = b"Kernel panic - not syncing";
+
+/// Finds a fixed byte string in a stream fed a piece at a time.
+#[derive(Debug, Default)]
+pub struct StreamMatcher {
+    matched: usize,
+}
+
+impl StreamMatcher {
+    /// Feeds `bytes`; true when `needle` has been completed inside them.
+    pub fn feed(&mut self, needle: &[u8], bytes: &[u8]) -> bool {
+        let mut found = false;
+        for &b in bytes {
+            if needle.get(self.matched) == Some(&b) {
+                self.matched += 1;
+            } else {
+                self.matched = usize::from(needle.first() == Some(&b));
+            }
+            if self.matched == needle.len() {
+                found = true;
+                self.matched = 0;
+            }
+        }
+        found
+    }
+}
+
+/// Output sink that records when the first byte went out and watches for a
+/// guest kernel panic.
 pub struct ConsoleOut {
     out: Box<dyn Write + Send>,
     control: Arc<VmControl>,
+    panic_watch: StreamMatcher,
 }
 
 impl ConsoleOut {
     /// Wraps `out`, stamping the first write into `control`'s timeline.
     pub fn new(out: Box<dyn Write + Send>, control: Arc<VmControl>) -> Self {
-        Self { out, control }
+        Self {
+            out,
+            control,
+            panic_watch: StreamMatcher::default(),
+        }
     }
 }
 
@@ -44,6 +78,9 @@ impl Write for ConsoleOut {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if self.control.timeline.first_output.get().is_none() {
             let _ = self.control.timeline.first_output.set(std::time::Instant::now());
+        }
+        if self.panic_watch.feed(PANIC_MARKER, buf) {
+            self.control.note_guest_panic();
         }
         self.out.write(buf)
     }
@@ -99,5 +136,25 @@ impl BusDevice for SerialDevice {
                 tracing::warn!("serial console write failed: {e:?}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matcher_finds_the_marker_across_pieces() {
+        let mut m = StreamMatcher::default();
+        let text = b"[ 1.0] Kernel panic - not syncing: VFS";
+        let hits: Vec<bool> = text
+            .iter()
+            .map(|b| m.feed(PANIC_MARKER, std::slice::from_ref(b)))
+            .collect();
+        assert_eq!(hits.iter().filter(|h| **h).count(), 1);
+        let mut m = StreamMatcher::default();
+        assert!(!m.feed(PANIC_MARKER, b"Kernel Kernel panic - not"));
+        assert!(m.feed(PANIC_MARKER, b" syncing"));
+        assert!(!StreamMatcher::default().feed(PANIC_MARKER, b"Kernel panic - not sync"));
     }
 }
