@@ -68,6 +68,46 @@ pub fn run(args: &[&str], limit: Duration) -> Output {
     }
 }
 
+/// Runs kvmkit with `args` until its stdout contains `marker` (then kills
+/// it) or `limit` passes. Returns the stdout seen and whether the marker came.
+pub fn run_until(args: &[&str], marker: &str, limit: Duration) -> (String, bool) {
+    use std::sync::mpsc;
+    let mut child = Command::new(kvmkit())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn kvmkit");
+    let mut out = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + limit;
+    let mut seen = Vec::new();
+    let mut found = false;
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(chunk) => seen.extend_from_slice(&chunk),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if String::from_utf8_lossy(&seen).contains(marker) {
+            found = true;
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    (String::from_utf8_lossy(&seen).into_owned(), found)
+}
+
 /// Runs kvmkit's test guest with the given extra arguments.
 pub fn run_guest(extra: &[&str]) -> Output {
     let mut args = vec!["run", "--guest", "--no-stdin", "--timeout", "120"];
