@@ -27,6 +27,8 @@ pub enum Command {
     Host(HostArgs),
     /// Linux guest assets (kernel, busybox initramfs) built from Debian packages.
     Image(ImageArgs),
+    /// The paper's experiment in one command: every workload on the host, a kvmkit guest and a QEMU guest.
+    Bench(BenchArgs),
 }
 
 /// Options of `kvmkit image`.
@@ -129,7 +131,39 @@ pub struct RunArgs {
     /// Do not forward host stdin to the guest console.
     #[arg(long)]
     pub no_stdin: bool,
+    /// Attach a raw disk image as a virtio-blk device: path=IMG[,ro=on][,id=NAME] (repeatable).
+    #[arg(long = "disk", value_name = "path=IMG[,ro=on][,id=NAME]")]
+    pub disks: Vec<String>,
+    /// Give the guest a virtio-rng device fed by the host's getrandom.
+    #[arg(long)]
+    pub rng: bool,
     /// Write how the run went (exit, boot milestones, guest reports) to FILE as JSON.
     #[arg(long, value_name = "FILE")]
     pub results: Option<PathBuf>,
+}
+
+/// Options of `kvmkit bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Workload sizes: quick (<= 3 min, CI smoke test), default (<= 15 min), paper (the paper's sizes).
+    #[arg(long, value_enum, default_value_t = crate::commands::bench::Profile::Default)]
+    pub profile: crate::commands::bench::Profile,
+    /// Tables to run (comma-separated): cpu, memory, disk, suite, exits. Default: all.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "TABLE,...")]
+    pub only: Vec<crate::commands::bench::Table>,
+    /// Environments (comma-separated): host, kvmkit, qemu. Default: all.
+    #[arg(long = "env", value_enum, value_delimiter = ',', value_name = "ENV,...")]
+    pub envs: Vec<crate::commands::bench::Env>,
+    /// Runs per workload and environment (interleaved across environments).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub runs: usize,
+    /// vCPUs per guest (and threads on the host).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub cpus: usize,
+    /// Guest RAM in MiB (raised where a memory workload needs more).
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    pub memory: u64,
+    /// Output directory (default bench-out/<timestamp>).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }

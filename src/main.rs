@@ -17,6 +17,7 @@ fn main() -> ExitCode {
         cli::Command::Run(args) => commands::run::run(&args, start),
         cli::Command::Host(args) => commands::host::run(&args),
         cli::Command::Image(args) => commands::image::run(&args),
+        cli::Command::Bench(args) => commands::bench::run(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

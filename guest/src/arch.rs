@@ -37,6 +37,13 @@ pub fn mmio_write32(addr: u64, value: u32) {
     unsafe { core::ptr::write_volatile(addr as *mut u32, value) }
 }
 
+/// Reads a 32-bit value from a physical (identity-mapped) MMIO address.
+#[inline(always)]
+pub fn mmio_read32(addr: u64) -> u32 {
+    // SAFETY: as for `mmio_write32`.
+    unsafe { core::ptr::read_volatile(addr as *const u32) }
+}
+
 /// Writes a byte to a physical (identity-mapped) MMIO address.
 #[inline(always)]
 pub fn mmio_write8(addr: u64, value: u8) {

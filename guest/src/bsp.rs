@@ -7,6 +7,7 @@ use crate::config::{Config, Workload};
 use crate::exit::{self, exit};
 use crate::smp::{self, Plan};
 use crate::start_info::BootInfo;
+use crate::virtio::{self, DeviceList};
 use crate::{tsc, workload};
 
 extern "C" {
@@ -19,12 +20,12 @@ const MIB: u64 = 1 << 20;
 const MAPPED_END: u64 = 1 << 32;
 
 /// Picks `mib` MiB of free RAM above the image (2 MiB aligned) from the
-/// memory map, or says why there is none.
-fn memtest_region(boot: &BootInfo, mib: u64) -> Result<(u64, u64), ()> {
+/// memory map for workload `who`, or says why there is none.
+fn free_region(boot: &BootInfo, who: &str, mib: u64) -> Result<(u64, u64), ()> {
     let start = ((&raw const __image_end) as u64).next_multiple_of(2 * MIB);
     let len = mib.saturating_mul(MIB);
     if boot.ram().is_empty() {
-        println!("memtest: no memory map in hvm_start_info");
+        println!("{who}: no memory map in hvm_start_info");
         return Err(());
     }
     let avail = boot
@@ -36,7 +37,7 @@ fn memtest_region(boot: &BootInfo, mib: u64) -> Result<(u64, u64), ()> {
         .unwrap_or(0);
     if len == 0 || len > avail {
         println!(
-            "memtest: need {mib} MiB of RAM at {start:#x}, only {} MiB free there",
+            "{who}: need {mib} MiB of RAM at {start:#x}, only {} MiB free there",
             avail / MIB
         );
         return Err(());
@@ -62,7 +63,10 @@ pub fn main(start_info: u64, hv_tsc_khz: u64) -> ! {
     };
     let w = config.workload;
     let (mem_base, mem_len) = match w {
-        Workload::Memtest(mib) => memtest_region(&boot, mib).unwrap_or_else(|()| exit(exit::NO_MEMORY)),
+        Workload::Memtest(mib) => free_region(&boot, "memtest", mib).unwrap_or_else(|()| exit(exit::NO_MEMORY)),
+        w if w.uses_devices() => {
+            free_region(&boot, w.name(), virtio::DMA_BYTES / MIB).unwrap_or_else(|()| exit(exit::NO_MEMORY))
+        }
         _ => (0, 0),
     };
     let plan = Plan {
@@ -71,6 +75,7 @@ pub fn main(start_info: u64, hv_tsc_khz: u64) -> ! {
         tsc_khz,
         mem_base,
         mem_len,
+        devices: DeviceList::from_cmdline(cmdline),
     };
     smp::publish(plan);
     smp::online(0);
@@ -94,9 +99,13 @@ pub fn main(start_info: u64, hv_tsc_khz: u64) -> ! {
     );
     smp::print_online(plan.cpus);
     smp::go();
-    let bsp_ok = workload::run(0, &plan);
-    let failed = smp::wait_done(plan.cpus - 1) + u32::from(!bsp_ok);
-    let status = if failed == 0 { exit::OK } else { exit::WORKLOAD_FAILED };
+    let bsp_status = workload::run(0, &plan);
+    let failed = smp::wait_done(plan.cpus - 1) + u32::from(bsp_status != exit::OK);
+    let status = match (bsp_status, failed) {
+        (exit::OK, 0) => exit::OK,
+        (exit::OK, _) => exit::WORKLOAD_FAILED,
+        (s, _) => s,
+    };
     println!(
         "kvmkit-guest: done workload={}:{} cpus={} failed={failed} status={status}",
         w.name(),

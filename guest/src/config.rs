@@ -13,6 +13,14 @@ pub enum Workload {
     Exits(u64),
     /// `mmio-exits:N`: N 32-bit writes to the null MMIO page.
     MmioExits(u64),
+    /// `blk-pattern`: write, flush, read back and verify a seeded pattern
+    /// over every virtio-blk device.
+    BlkPattern,
+    /// `blk-seq:MIB`: sequential write (+ flush) then read of MIB MiB on the
+    /// first virtio-blk device, timed.
+    BlkSeq(u64),
+    /// `rng:BYTES`: read BYTES from the first virtio-rng device, timed.
+    Rng(u64),
     /// `idle`: boot and exit.
     Idle,
     /// `fault`: execute `ud2` (tests the exception path: exit 0x86).
@@ -40,7 +48,13 @@ impl Workload {
             "memtest" => Self::Memtest(num(16)?),
             "exits" => Self::Exits(num(10_000)?),
             "mmio-exits" => Self::MmioExits(num(10_000)?),
-            "idle" | "fault" | "panic" if arg.is_some() => return Err("this workload takes no argument"),
+            "blk-seq" | "rng" if num(1)? == 0 => return Err("this workload needs a non-zero argument"),
+            "blk-seq" => Self::BlkSeq(num(16)?),
+            "rng" => Self::Rng(num(4096)?),
+            "blk-pattern" | "idle" | "fault" | "panic" if arg.is_some() => {
+                return Err("this workload takes no argument")
+            }
+            "blk-pattern" => Self::BlkPattern,
             "idle" => Self::Idle,
             "fault" => Self::Fault,
             "panic" => Self::Panic,
@@ -55,6 +69,9 @@ impl Workload {
             Self::Memtest(_) => "memtest",
             Self::Exits(_) => "exits",
             Self::MmioExits(_) => "mmio-exits",
+            Self::BlkPattern => "blk-pattern",
+            Self::BlkSeq(_) => "blk-seq",
+            Self::Rng(_) => "rng",
             Self::Idle => "idle",
             Self::Fault => "fault",
             Self::Panic => "panic",
@@ -64,9 +81,20 @@ impl Workload {
     /// The argument (0 for workloads without one).
     pub fn arg(self) -> u64 {
         match self {
-            Self::Primes(n) | Self::Memtest(n) | Self::Exits(n) | Self::MmioExits(n) => n,
-            Self::Idle | Self::Fault | Self::Panic => 0,
+            Self::Primes(n)
+            | Self::Memtest(n)
+            | Self::Exits(n)
+            | Self::MmioExits(n)
+            | Self::BlkSeq(n)
+            | Self::Rng(n) => n,
+            Self::BlkPattern | Self::Idle | Self::Fault | Self::Panic => 0,
         }
+    }
+
+    /// Whether the workload drives virtio devices (BSP only, needs the
+    /// device-workload memory region).
+    pub fn uses_devices(self) -> bool {
+        matches!(self, Self::BlkPattern | Self::BlkSeq(_) | Self::Rng(_))
     }
 }
 

@@ -16,6 +16,9 @@ pub const BAD_CMDLINE: u32 = 2;
 pub const CPUS_MISSING: u32 = 3;
 /// Not enough free RAM (or no memory map) for the memtest size asked for.
 pub const NO_MEMORY: u32 = 4;
+/// A device workload found no usable device, the device failed or refused
+/// the I/O (e.g. a write to a read-only disk), or the disk is too small.
+pub const DEVICE_ERROR: u32 = 5;
 /// The guest panicked.
 pub const PANIC: u32 = 101;
 

@@ -12,6 +12,7 @@ mod arch;
 mod serial;
 mod bsp;
 mod config;
+mod devwork;
 mod exit;
 mod mem;
 mod panic;
@@ -19,6 +20,7 @@ mod report;
 mod smp;
 mod start_info;
 mod tsc;
+mod virtio;
 mod workload;
 
 use core::arch::global_asm;

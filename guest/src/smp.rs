@@ -14,7 +14,8 @@ use kvmkit_guest_abi::{Report, ReportKind, MAX_CPUS};
 
 use crate::arch::{mmio_write32, rdtsc};
 use crate::config::Workload;
-use crate::{report, workload};
+use crate::virtio::DeviceList;
+use crate::{exit, report, workload};
 
 /// Size of each CPU's CPL3 stack (boot.S lays them out in `user_stacks`).
 pub const USER_STACK_SIZE: usize = 0x8000;
@@ -44,10 +45,13 @@ pub struct Plan {
     pub cpus: u32,
     /// TSC rate in kHz, 0 when unknown.
     pub tsc_khz: u64,
-    /// Start of the memtest region (0 for other workloads).
+    /// Start of the memtest region, or of the device-workload region
+    /// (`virtio::DMA_BYTES`) for device workloads; 0 for others.
     pub mem_base: u64,
-    /// Length of the memtest region in bytes.
+    /// Length of that region in bytes.
     pub mem_len: u64,
+    /// The `virtio_mmio.device=` entries of the command line.
+    pub devices: DeviceList,
 }
 
 struct PlanCell(UnsafeCell<Plan>);
@@ -62,6 +66,7 @@ static PLAN: PlanCell = PlanCell(UnsafeCell::new(Plan {
     tsc_khz: 0,
     mem_base: 0,
     mem_len: 0,
+    devices: DeviceList::EMPTY,
 }));
 static PLAN_READY: AtomicBool = AtomicBool::new(false);
 static GO: AtomicBool = AtomicBool::new(false);
@@ -184,7 +189,7 @@ pub fn ap_main(cpu: u32) -> ! {
         while !GO.load(Ordering::Acquire) {
             spin_loop();
         }
-        if !workload::run(cpu, &plan) {
+        if workload::run(cpu, &plan) != exit::OK {
             FAILED.fetch_add(1, Ordering::AcqRel);
         }
         DONE.fetch_add(1, Ordering::AcqRel);

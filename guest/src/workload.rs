@@ -7,13 +7,17 @@ use kvmkit_workloads::{count_primes, memtest};
 
 use crate::arch::{mmio_write32, outl, rdtsc};
 use crate::config::Workload;
-use crate::report;
 use crate::smp::Plan;
 use crate::tsc::ticks_to_ns;
+use crate::{devwork, exit, report};
 
 /// Runs CPU `cpu`'s share of `plan`, prints and reports the result.
-/// Returns false when the workload failed.
-pub fn run(cpu: u32, plan: &Plan) -> bool {
+/// Returns the exit status it asks for ([`exit::OK`] when it passed).
+pub fn run(cpu: u32, plan: &Plan) -> u32 {
+    if plan.workload.uses_devices() {
+        // Devices are driven by the BSP alone.
+        return if cpu == 0 { devwork::run(plan) } else { exit::OK };
+    }
     let khz = plan.tsc_khz;
     let mut r = Report::new(ReportKind::Result, cpu);
     r.set_name(plan.workload.name());
@@ -70,14 +74,19 @@ pub fn run(cpu: u32, plan: &Plan) -> bool {
                 r.ns
             );
         }
-        Workload::Idle => return true,
+        Workload::Idle => return exit::OK,
         Workload::Fault => {
             // SAFETY: ud2 only raises #UD, which boot.S's IDT turns into an
             // Exception report and exit status 0x86; no memory is involved.
             unsafe { core::arch::asm!("ud2", options(nomem, nostack)) };
         }
         Workload::Panic => panic!("panic workload on cpu {cpu}"),
+        Workload::BlkPattern | Workload::BlkSeq(_) | Workload::Rng(_) => unreachable!("handled above"),
     }
     report::send(&r);
-    ok
+    if ok {
+        exit::OK
+    } else {
+        exit::WORKLOAD_FAILED
+    }
 }

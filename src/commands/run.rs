@@ -1,11 +1,12 @@
 //! `kvmkit run`.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use kvmkit_guest_abi::{ReportKind, CMDLINE_CPUS, CMDLINE_WORKLOAD};
 use kvmkit_vmm::boot::BootProtocol;
-use kvmkit_vmm::{run_vm, KernelSource, RunOutcome, VmConfig};
+use kvmkit_vmm::{run_vm, DiskConfig, KernelSource, RunOutcome, VmConfig};
 
 use crate::cli::{BootArg, RunArgs};
 
@@ -16,7 +17,18 @@ pub const DEFAULT_LINUX_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
 pub const LINUX_ASSETS_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
 
 /// Workloads the test guest knows (checked here so a typo fails fast).
-const GUEST_WORKLOADS: &[&str] = &["primes", "memtest", "exits", "mmio-exits", "idle", "fault", "panic"];
+const GUEST_WORKLOADS: &[&str] = &[
+    "primes",
+    "memtest",
+    "exits",
+    "mmio-exits",
+    "idle",
+    "fault",
+    "panic",
+    "blk-pattern",
+    "blk-seq",
+    "rng",
+];
 
 /// Boots the VM and returns the process exit status.
 pub fn run(args: &RunArgs, start: Instant) -> anyhow::Result<u8> {
@@ -80,6 +92,8 @@ fn vm_config(args: &RunArgs) -> anyhow::Result<VmConfig> {
             stdin: !args.no_stdin,
             timeout,
             tsc_hint: false,
+            disks: parse_disks(&args.disks)?,
+            rng: args.rng,
         });
     } else {
         let Some(path) = args.kernel.clone() else {
@@ -98,7 +112,38 @@ fn vm_config(args: &RunArgs) -> anyhow::Result<VmConfig> {
         stdin: !args.no_stdin,
         timeout,
         tsc_hint: args.guest,
+        disks: parse_disks(&args.disks)?,
+        rng: args.rng,
     })
+}
+
+/// Parses `--disk path=IMG[,ro=on|off][,id=NAME]` (a bare path also works).
+pub fn parse_disks(specs: &[String]) -> anyhow::Result<Vec<DiskConfig>> {
+    let mut disks = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let mut disk = DiskConfig {
+            path: PathBuf::new(),
+            read_only: false,
+            id: format!("disk{i}"),
+        };
+        for part in spec.split(',') {
+            match part.split_once('=') {
+                Some(("path", p)) => disk.path = PathBuf::from(p),
+                Some(("ro", "on" | "true" | "1")) => disk.read_only = true,
+                Some(("ro", "off" | "false" | "0")) => disk.read_only = false,
+                Some(("id", id)) if !id.is_empty() && id.len() <= 20 => disk.id = id.to_owned(),
+                Some(("id", id)) => bail!("--disk {spec}: id '{id}' must be 1 to 20 characters"),
+                Some((k, v)) => bail!("--disk {spec}: unknown option {k}={v} (use path=IMG,ro=on,id=NAME)"),
+                None if disk.path.as_os_str().is_empty() => disk.path = PathBuf::from(part),
+                None => bail!("--disk {spec}: '{part}' is not key=value"),
+            }
+        }
+        if disk.path.as_os_str().is_empty() {
+            bail!("--disk {spec}: give path=IMG");
+        }
+        disks.push(disk);
+    }
+    Ok(disks)
 }
 
 /// Joins a command and its arguments into one shell command line, quoting
@@ -217,6 +262,30 @@ mod tests {
         assert_eq!(shell_join(&w(&["sh", "-c", "exit 7"])), "sh -c 'exit 7'");
         assert_eq!(shell_join(&w(&["echo", "it's"])), "echo 'it'\\''s'");
         assert_eq!(shell_join(&w(&["printf", ""])), "printf ''");
+    }
+
+    #[test]
+    fn disk_specs_parse() {
+        let d = parse_disks(&["path=/a.img,ro=on,id=data".into(), "/b.img".into()]).expect("parse");
+        assert_eq!(
+            d[0],
+            DiskConfig {
+                path: "/a.img".into(),
+                read_only: true,
+                id: "data".into()
+            }
+        );
+        assert_eq!(
+            d[1],
+            DiskConfig {
+                path: "/b.img".into(),
+                read_only: false,
+                id: "disk1".into()
+            }
+        );
+        assert!(parse_disks(&["ro=on".into()]).is_err());
+        assert!(parse_disks(&["path=/a,cache=none".into()]).is_err());
+        assert!(parse_disks(&["path=/a,id=".into()]).is_err());
     }
 
     #[test]

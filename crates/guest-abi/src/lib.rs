@@ -180,6 +180,89 @@ pub fn cmdline_value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
     })
 }
 
+/// Kernel command-line key announcing a virtio-mmio device, in Linux's format
+/// `virtio_mmio.device=<size>@<base>:<irq>[:<id>]` (the VMM passes one per
+/// device; QEMU microvm adds them itself). See [`parse_virtio_mmio_device`].
+pub const CMDLINE_VIRTIO_MMIO_DEVICE: &str = "virtio_mmio.device";
+
+/// One `virtio_mmio.device=` entry of the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VirtioMmioDevice {
+    /// Size of the register window in bytes.
+    pub size: u64,
+    /// Guest-physical base of the register window.
+    pub base: u64,
+    /// Interrupt line (never 0).
+    pub irq: u32,
+    /// Platform device id, when given.
+    pub id: Option<u32>,
+}
+
+/// Parses an unsigned integer the way C's `strtoull(.., 0)` does: `0x`
+/// prefix hexadecimal, leading `0` octal, else decimal. Returns the value and
+/// the rest of `text`; `None` when no digit follows or it overflows.
+fn parse_c_uint(text: &str) -> Option<(u64, &str)> {
+    let (radix, digits) = if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        (16, hex)
+    } else if text.len() > 1 && text.starts_with('0') {
+        (8, &text[1..])
+    } else {
+        (10, text)
+    };
+    let end = digits.find(|c: char| !c.is_digit(radix)).unwrap_or(digits.len());
+    if end == 0 {
+        return None;
+    }
+    let value = u64::from_str_radix(&digits[..end], radix).ok()?;
+    Some((value, &digits[end..]))
+}
+
+/// Parses a size like Linux's `memparse`: a C integer (as
+/// `strtoull(.., 0)` reads it) with an optional K/M/G/T/P/E suffix (either case).
+/// Returns the value and the rest of `text`.
+pub fn parse_memsize(text: &str) -> Option<(u64, &str)> {
+    let (value, rest) = parse_c_uint(text)?;
+    let shift = match rest.as_bytes().first().map(u8::to_ascii_uppercase) {
+        Some(b'K') => 10,
+        Some(b'M') => 20,
+        Some(b'G') => 30,
+        Some(b'T') => 40,
+        Some(b'P') => 50,
+        Some(b'E') => 60,
+        _ => return Some((value, rest)),
+    };
+    let scaled = value.checked_mul(1u64 << shift)?;
+    Some((scaled, &rest[1..]))
+}
+
+/// Parses the value of a `virtio_mmio.device=` word as Linux does:
+/// `<size>@<base>:<irq>[:<id>]`, size with [`parse_memsize`], base a C
+/// integer (`0x...`), irq and id decimal; irq 0 and trailing text are errors.
+pub fn parse_virtio_mmio_device(value: &str) -> Option<VirtioMmioDevice> {
+    let (size, rest) = parse_memsize(value)?;
+    let (base, rest) = parse_c_uint(rest.strip_prefix('@')?)?;
+    let rest = rest.strip_prefix(':')?;
+    let (irq, id) = match rest.split_once(':') {
+        Some((irq, id)) => (irq, Some(id.parse::<u32>().ok()?)),
+        None => (rest, None),
+    };
+    let irq = irq.parse::<u32>().ok().filter(|&i| i != 0)?;
+    (size != 0).then_some(VirtioMmioDevice { size, base, irq, id })
+}
+
+/// Every well-formed `virtio_mmio.device=` entry of `cmdline`, in order
+/// (malformed ones are skipped).
+pub fn virtio_mmio_devices(cmdline: &str) -> impl Iterator<Item = VirtioMmioDevice> + '_ {
+    cmdline.split_ascii_whitespace().filter_map(|word| {
+        let (k, v) = word.split_once('=')?;
+        if k == CMDLINE_VIRTIO_MMIO_DEVICE {
+            parse_virtio_mmio_device(v)
+        } else {
+            None
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,5 +307,23 @@ mod tests {
         assert_eq!(ReportKind::from_raw(2), Some(ReportKind::Result));
         assert_eq!(ReportKind::from_raw(0), None);
         assert_eq!(ReportKind::from_raw(99), None);
+    }
+
+    #[test]
+    fn virtio_mmio_devices_are_parsed_like_linux() {
+        let c = "console=ttyS0 virtio_mmio.device=512@0xfeb00e00:12 virtio_mmio.device=4K@0xd0001000:5:3 \
+                 virtio_mmio.device=0x1000@0xd0002000:6 virtio_mmio.device=1K@0xd0003000:0 \
+                 virtio_mmio.device=4K@0xd0004000:7x kvmkit.workload=blk-pattern";
+        let mut devs = virtio_mmio_devices(c);
+        let d = |size, base, irq, id| Some(VirtioMmioDevice { size, base, irq, id });
+        assert_eq!(devs.next(), d(512, 0xfeb0_0e00, 12, None));
+        assert_eq!(devs.next(), d(4096, 0xd000_1000, 5, Some(3)));
+        assert_eq!(devs.next(), d(0x1000, 0xd000_2000, 6, None));
+        assert_eq!(devs.next(), None);
+        assert_eq!(parse_memsize("2M"), Some((2 << 20, "")));
+        assert_eq!(parse_memsize("010k@"), Some((8 << 10, "@")));
+        assert_eq!(parse_memsize("x"), None);
+        assert_eq!(parse_virtio_mmio_device("4K@0x1000"), None);
+        assert_eq!(parse_virtio_mmio_device("0@0x1000:5"), None);
     }
 }

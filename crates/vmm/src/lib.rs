@@ -12,12 +12,14 @@ pub mod boot;
 pub mod bus;
 pub mod console;
 pub mod control;
+pub mod device_manager;
 pub mod devices;
 pub mod host;
 pub mod machine;
 pub mod memory;
 pub mod vcpu;
+pub mod virtio;
 pub mod vm;
 
 pub use control::ExitReason;
-pub use machine::{run_vm, KernelSource, MachineError, RunOutcome, VmConfig};
+pub use machine::{run_vm, DiskConfig, KernelSource, MachineError, RunOutcome, VmConfig};

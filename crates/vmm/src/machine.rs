@@ -23,6 +23,7 @@ use crate::console::{
     install_exit_signal_handlers, install_kick_handler, kick_signal, last_exit_signal, TerminalGuard,
 };
 use crate::control::{ExitReason, VmControl};
+use crate::device_manager::VirtioPlacer;
 use crate::devices::debug_port::DebugPort;
 use crate::devices::guest_port::GuestPort;
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
@@ -31,6 +32,9 @@ use crate::devices::serial::{ConsoleOut, SerialDevice, COM1_BASE, COM1_IRQ, UART
 use crate::host::kvm::{open_kvm, KvmOpenError};
 use crate::memory::{create_guest_memory, MemoryError};
 use crate::vcpu::{Buses, Vcpu, VcpuError};
+use crate::virtio::block::disk::{DiskError, DiskImage};
+use crate::virtio::block::Block;
+use crate::virtio::rng::Rng;
 use crate::vm::{Vm, VmError};
 
 /// The kernel to boot.
@@ -69,6 +73,21 @@ pub struct VmConfig {
     /// Append `kvmkit.tsc_khz=<host TSC kHz>` to the command line (for
     /// kvmkit's test guest, which converts TSC ticks to nanoseconds).
     pub tsc_hint: bool,
+    /// Raw disk images attached as virtio-blk devices, in order.
+    pub disks: Vec<DiskConfig>,
+    /// Attach a virtio-rng device.
+    pub rng: bool,
+}
+
+/// One `--disk`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// The raw image.
+    pub path: PathBuf,
+    /// Advertise and enforce read-only.
+    pub read_only: bool,
+    /// GET_ID string (default: disk0, disk1, ...).
+    pub id: String,
 }
 
 /// How a VM run went.
@@ -121,6 +140,9 @@ pub enum MachineError {
     /// vCPU creation.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    /// A disk image could not be used.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
     /// Anything else on the host side.
     #[error("{0}")]
     Host(String),
@@ -191,6 +213,11 @@ pub fn run_vm(config: VmConfig, start: Instant) -> Result<RunOutcome, MachineErr
     validate_cpus(config.cpus, kvm.get_max_vcpus())?;
     let mem_size = config.memory_mib << 20;
     let (kernel, kernel_name) = open_kernel(&config.kernel)?;
+    let disks = config
+        .disks
+        .iter()
+        .map(|d| DiskImage::open(&d.path, d.read_only).map(|img| (img, d.id.clone())))
+        .collect::<Result<Vec<_>, _>>()?;
     let memory = create_guest_memory(config.memory_mib)?;
     let control = Arc::new(VmControl::new(start).map_err(host_err("eventfd"))?);
     let vm = Vm::new(&kvm, &memory)?;
@@ -233,6 +260,17 @@ pub fn run_vm(config: VmConfig, start: Instant) -> Result<RunOutcome, MachineErr
         NULL_MMIO_ADDR,
         NULL_MMIO_SIZE,
     )?;
+    let mut placer = VirtioPlacer::new(vm.fd(), &memory);
+    for (image, id) in disks {
+        placer
+            .attach(&mut mmio, Box::new(Block::new(image, &id)))
+            .map_err(MachineError::Host)?;
+    }
+    if config.rng {
+        placer
+            .attach(&mut mmio, Box::new(Rng::default()))
+            .map_err(MachineError::Host)?;
+    }
     let buses = Buses {
         pio: Arc::new(pio),
         mmio: Arc::new(mmio),
@@ -254,6 +292,10 @@ pub fn run_vm(config: VmConfig, start: Instant) -> Result<RunOutcome, MachineErr
         )?);
     }
     let mut cmdline = config.cmdline.clone();
+    let virtio_words = placer.cmdline_words();
+    if !virtio_words.is_empty() {
+        cmdline = format!("{cmdline} {virtio_words}");
+    }
     if config.tsc_hint {
         if let Some(khz) = vcpus[0].tsc_khz() {
             cmdline.push_str(&format!(" {}={khz}", kvmkit_guest_abi::CMDLINE_TSC_KHZ));
@@ -262,7 +304,7 @@ pub fn run_vm(config: VmConfig, start: Instant) -> Result<RunOutcome, MachineErr
     // The topology goes to Linux both ways: ACPI MADT (what modern kernels
     // read; Debian's cloud kernel has no MP-table parser) and an MP table.
     setup_mptable(&memory, config.cpus as u8).map_err(|e| MachineError::Host(format!("MP table: {e}")))?;
-    let rsdp = setup_acpi_tables(&memory, config.cpus as u8, &[])
+    let rsdp = setup_acpi_tables(&memory, config.cpus as u8, placer.acpi_devices())
         .map_err(|e| MachineError::Host(format!("ACPI tables: {e}")))?;
     let mut source = BootSource {
         kernel,

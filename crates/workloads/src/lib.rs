@@ -5,8 +5,12 @@
 //! runner call the very same functions, so their timings compare like for like.
 #![cfg_attr(not(test), no_std)]
 
+mod disk;
 mod memtest;
 mod primes;
 
+pub use disk::{
+    check_sectors, fill_sectors, pattern_word, ByteStats, Mismatch, SectorCheck, SECTOR_SIZE, SECTOR_WORDS,
+};
 pub use memtest::{compare_regions, memtest, MemtestReport, MEMTEST_TESTS};
 pub use primes::count_primes;

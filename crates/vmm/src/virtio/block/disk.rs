@@ -1,0 +1,203 @@
+//! A raw disk image on the host: opened, checked and locked before boot.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Sector size of the virtio-blk protocol.
+pub const SECTOR_SIZE: u64 = 512;
+
+/// Errors opening a disk image (all reported before the VM starts).
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// The image does not exist.
+    #[error("disk image {0} does not exist: create it (e.g. truncate -s 64M {0})")]
+    Missing(PathBuf),
+    /// The path is a directory.
+    #[error("disk image {0} is a directory; give a raw image file")]
+    Directory(PathBuf),
+    /// No permission.
+    #[error("no permission to open disk image {0} {1}: fix its permissions or add ro=on")]
+    Permission(PathBuf, &'static str),
+    /// Another process holds the image.
+    #[error("disk image {0} is in use by another process (locked); stop it or use a copy")]
+    Locked(PathBuf),
+    /// Not a whole number of sectors.
+    #[error("disk image {0} is {1} bytes, not a multiple of 512; resize it (truncate -s)")]
+    NotSectorAligned(PathBuf, u64),
+    /// Another I/O error.
+    #[error("cannot open disk image {0}: {1}")]
+    Io(PathBuf, std::io::Error),
+}
+
+/// An open, locked raw image.
+#[derive(Debug)]
+pub struct DiskImage {
+    file: File,
+    path: PathBuf,
+    read_only: bool,
+    size: u64,
+}
+
+impl DiskImage {
+    /// Opens `path` (read-only when `read_only`), takes an exclusive lock
+    /// (shared for read-only), and checks it is a whole number of sectors.
+    pub fn open(path: &Path, read_only: bool) -> Result<Self, DiskError> {
+        let p = path.to_path_buf();
+        let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => DiskError::Missing(p.clone()),
+            _ => DiskError::Io(p.clone(), e),
+        })?;
+        if meta.is_dir() {
+            return Err(DiskError::Directory(p));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::PermissionDenied => {
+                    DiskError::Permission(p.clone(), if read_only { "for reading" } else { "for writing" })
+                }
+                _ => DiskError::Io(p.clone(), e),
+            })?;
+        let op = if read_only { libc::LOCK_SH } else { libc::LOCK_EX } | libc::LOCK_NB;
+        // SAFETY: flock on a descriptor we own; it only takes an advisory lock.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
+            return Err(DiskError::Locked(p));
+        }
+        let size = file.metadata().map_err(|e| DiskError::Io(p.clone(), e))?.len();
+        if size % SECTOR_SIZE != 0 {
+            return Err(DiskError::NotSectorAligned(p, size));
+        }
+        Ok(Self {
+            file,
+            path: p,
+            read_only,
+            size,
+        })
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether the image was opened read-only.
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Where the image lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads `buf.len()` bytes at `offset`.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    /// Writes `buf` at `offset`.
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.file.write_all_at(buf, offset)
+    }
+
+    /// Makes every completed write durable (fdatasync).
+    pub fn flush(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// Deallocates `[offset, offset + len)` (reads then return zeros).
+    pub fn punch_hole(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.fallocate(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len)
+    }
+
+    /// Zeroes `[offset, offset + len)`, falling back to writing zeros.
+    pub fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        if self
+            .fallocate(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE, offset, len)
+            .is_ok()
+        {
+            return Ok(());
+        }
+        let zeros = vec![0u8; 1 << 20];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(zeros.len() as u64) as usize;
+            self.write_at(&zeros[..n], offset + done)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> std::io::Result<()> {
+        let (Ok(off), Ok(l)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        // SAFETY: fallocate on our own descriptor with checked, non-negative ranges.
+        if unsafe { libc::fallocate(self.file.as_raw_fd(), mode, off, l) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str, size: u64) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("kvmkit-disk-{name}-{}", std::process::id()));
+        let f = File::create(&p).expect("create");
+        f.set_len(size).expect("size");
+        p
+    }
+
+    #[test]
+    fn bad_images_are_refused_with_reasons() {
+        assert!(matches!(
+            DiskImage::open(Path::new("/nonexistent.img"), false),
+            Err(DiskError::Missing(_))
+        ));
+        assert!(matches!(
+            DiskImage::open(Path::new("/tmp"), false),
+            Err(DiskError::Directory(_))
+        ));
+        let odd = temp("odd", 1000);
+        assert!(matches!(
+            DiskImage::open(&odd, false),
+            Err(DiskError::NotSectorAligned(_, 1000))
+        ));
+        let _ = std::fs::remove_file(odd);
+    }
+
+    #[test]
+    fn a_second_writer_is_refused() {
+        let p = temp("lock", 4096);
+        let first = DiskImage::open(&p, false).expect("first");
+        assert!(matches!(DiskImage::open(&p, false), Err(DiskError::Locked(_))));
+        assert!(matches!(DiskImage::open(&p, true), Err(DiskError::Locked(_))));
+        drop(first);
+        let r1 = DiskImage::open(&p, true).expect("shared");
+        let _r2 = DiskImage::open(&p, true).expect("shared twice");
+        assert!(r1.read_only());
+        let _ = std::fs::remove_file(p);
+    }
+
+    #[test]
+    fn io_round_trips() {
+        let p = temp("io", 8192);
+        let d = DiskImage::open(&p, false).expect("open");
+        d.write_at(&[7u8; 512], 512).expect("write");
+        d.flush().expect("flush");
+        let mut b = [0u8; 512];
+        d.read_at(&mut b, 512).expect("read");
+        assert_eq!(b, [7u8; 512]);
+        d.write_zeroes(512, 512).expect("zero");
+        d.read_at(&mut b, 512).expect("read");
+        assert_eq!(b, [0u8; 512]);
+        let _ = std::fs::remove_file(p);
+    }
+}

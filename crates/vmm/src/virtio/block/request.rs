@@ -1,0 +1,252 @@
+//! virtio-blk requests: parsing a descriptor chain and executing it on a
+//! [`DiskImage`]. The chain comes from the guest and is untrusted: every
+//! length and sector is checked; a malformed request gets an error status
+//! (or, when it has no room for one, is completed with nothing written).
+
+use std::io::{Read, Write};
+
+use virtio_queue::{DescriptorChain, Reader, Writer};
+use vm_memory::{ByteValued, GuestMemoryMmap};
+
+use super::disk::{DiskImage, SECTOR_SIZE};
+
+/// Read sectors.
+pub const VIRTIO_BLK_T_IN: u32 = 0;
+/// Write sectors.
+pub const VIRTIO_BLK_T_OUT: u32 = 1;
+/// Make writes durable.
+pub const VIRTIO_BLK_T_FLUSH: u32 = 4;
+/// Get the device id string.
+pub const VIRTIO_BLK_T_GET_ID: u32 = 8;
+/// Deallocate sectors.
+pub const VIRTIO_BLK_T_DISCARD: u32 = 11;
+/// Zero sectors.
+pub const VIRTIO_BLK_T_WRITE_ZEROES: u32 = 13;
+/// Success.
+pub const VIRTIO_BLK_S_OK: u8 = 0;
+/// I/O error (also: out of range, read-only, malformed).
+pub const VIRTIO_BLK_S_IOERR: u8 = 1;
+/// Unsupported request type.
+pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+/// Length of the GET_ID string.
+pub const VIRTIO_BLK_ID_BYTES: usize = 20;
+/// Largest data transfer accepted in one request (bounds host memory use).
+pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+/// Copy buffer size between guest memory and the image.
+const CHUNK: usize = 1 << 20;
+
+/// The request header the driver puts first in the chain.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestHeader {
+    /// Request type.
+    pub request_type: u32,
+    /// Reserved.
+    pub reserved: u32,
+    /// First sector.
+    pub sector: u64,
+}
+// SAFETY: plain old data: two u32 and a u64, no padding, any bit pattern valid.
+unsafe impl ByteValued for RequestHeader {}
+
+/// One DISCARD / WRITE_ZEROES segment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DiscardSegment {
+    /// First sector.
+    pub sector: u64,
+    /// Number of sectors.
+    pub num_sectors: u32,
+    /// Flags (bit 0: unmap, for WRITE_ZEROES).
+    pub flags: u32,
+}
+// SAFETY: plain old data: u64, u32, u32, no padding, any bit pattern valid.
+unsafe impl ByteValued for DiscardSegment {}
+
+/// Device state a request needs.
+pub struct RequestContext<'a> {
+    /// The image.
+    pub disk: &'a DiskImage,
+    /// Whether writes are refused.
+    pub read_only: bool,
+    /// GET_ID answer.
+    pub id: &'a [u8; VIRTIO_BLK_ID_BYTES],
+}
+
+/// Outcome of a request, for counters and logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// Bytes written into guest buffers (the used-ring length).
+    pub used_len: u32,
+    /// Status byte written (None when the chain had no room for it).
+    pub status: Option<u8>,
+}
+
+/// Checks that `[sector, sector + len)` lies on the disk and is sector sized.
+fn range_ok(sector: u64, len: u64, disk_size: u64) -> Option<u64> {
+    if !len.is_multiple_of(SECTOR_SIZE) {
+        return None;
+    }
+    let offset = sector.checked_mul(SECTOR_SIZE)?;
+    let end = offset.checked_add(len)?;
+    (end <= disk_size).then_some(offset)
+}
+
+/// Executes the request in `chain`.
+pub fn handle(mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>, ctx: &RequestContext<'_>) -> Completion {
+    let (reader, writer) = match (Reader::<()>::new(mem, chain.clone()), Writer::<()>::new(mem, chain)) {
+        (Ok(r), Ok(w)) => (r, w),
+        _ => {
+            return Completion {
+                used_len: 0,
+                status: None,
+            }
+        }
+    };
+    execute(reader, writer, ctx)
+}
+
+fn execute(mut reader: Reader<'_>, mut writer: Writer<'_>, ctx: &RequestContext<'_>) -> Completion {
+    let writable = writer.available_bytes();
+    if writable == 0 {
+        return Completion {
+            used_len: 0,
+            status: None,
+        };
+    }
+    // The status byte is the last writable byte; data comes before it.
+    let mut status_writer = match writer.split_at(writable - 1) {
+        Ok(s) => s,
+        Err(_) => {
+            return Completion {
+                used_len: 0,
+                status: None,
+            }
+        }
+    };
+    let header: RequestHeader = match reader.read_obj() {
+        Ok(h) => h,
+        Err(_) => return finish(&mut status_writer, 0, VIRTIO_BLK_S_IOERR),
+    };
+    let (data_len, status) = match header.request_type {
+        VIRTIO_BLK_T_IN => read_sectors(&mut writer, header.sector, ctx),
+        VIRTIO_BLK_T_OUT => (0, write_sectors(&mut reader, header.sector, ctx)),
+        VIRTIO_BLK_T_FLUSH => (
+            0,
+            if ctx.disk.flush().is_ok() {
+                VIRTIO_BLK_S_OK
+            } else {
+                VIRTIO_BLK_S_IOERR
+            },
+        ),
+        VIRTIO_BLK_T_GET_ID => {
+            let n = writer.available_bytes().min(VIRTIO_BLK_ID_BYTES);
+            match writer.write_all(&ctx.id[..n]) {
+                Ok(()) => (n as u32, VIRTIO_BLK_S_OK),
+                Err(_) => (0, VIRTIO_BLK_S_IOERR),
+            }
+        }
+        t @ (VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES) => (0, discard(&mut reader, t, ctx)),
+        _ => (0, VIRTIO_BLK_S_UNSUPP),
+    };
+    finish(&mut status_writer, data_len, status)
+}
+
+fn finish(status_writer: &mut Writer<'_>, data_len: u32, status: u8) -> Completion {
+    match status_writer.write_obj(status) {
+        Ok(()) => Completion {
+            used_len: data_len + 1,
+            status: Some(status),
+        },
+        Err(_) => Completion {
+            used_len: data_len,
+            status: None,
+        },
+    }
+}
+
+fn read_sectors(writer: &mut Writer<'_>, sector: u64, ctx: &RequestContext<'_>) -> (u32, u8) {
+    let len = writer.available_bytes();
+    if len > MAX_REQUEST_BYTES {
+        return (0, VIRTIO_BLK_S_IOERR);
+    }
+    let Some(offset) = range_ok(sector, len as u64, ctx.disk.size()) else {
+        return (0, VIRTIO_BLK_S_IOERR);
+    };
+    let mut buf = vec![0u8; len.min(CHUNK)];
+    let mut done = 0usize;
+    while done < len {
+        let n = (len - done).min(CHUNK);
+        if ctx.disk.read_at(&mut buf[..n], offset + done as u64).is_err() || writer.write_all(&buf[..n]).is_err() {
+            return (done as u32, VIRTIO_BLK_S_IOERR);
+        }
+        done += n;
+    }
+    (len as u32, VIRTIO_BLK_S_OK)
+}
+
+fn write_sectors(reader: &mut Reader<'_>, sector: u64, ctx: &RequestContext<'_>) -> u8 {
+    if ctx.read_only {
+        return VIRTIO_BLK_S_IOERR;
+    }
+    let len = reader.available_bytes();
+    if len > MAX_REQUEST_BYTES {
+        return VIRTIO_BLK_S_IOERR;
+    }
+    let Some(offset) = range_ok(sector, len as u64, ctx.disk.size()) else {
+        return VIRTIO_BLK_S_IOERR;
+    };
+    let mut buf = vec![0u8; len.min(CHUNK)];
+    let mut done = 0usize;
+    while done < len {
+        let n = (len - done).min(CHUNK);
+        if reader.read_exact(&mut buf[..n]).is_err() || ctx.disk.write_at(&buf[..n], offset + done as u64).is_err() {
+            return VIRTIO_BLK_S_IOERR;
+        }
+        done += n;
+    }
+    VIRTIO_BLK_S_OK
+}
+
+fn discard(reader: &mut Reader<'_>, request_type: u32, ctx: &RequestContext<'_>) -> u8 {
+    if ctx.read_only {
+        return VIRTIO_BLK_S_IOERR;
+    }
+    let seg_size = std::mem::size_of::<DiscardSegment>();
+    if reader.available_bytes() == 0 || !reader.available_bytes().is_multiple_of(seg_size) {
+        return VIRTIO_BLK_S_IOERR;
+    }
+    while reader.available_bytes() >= seg_size {
+        let Ok(seg) = reader.read_obj::<DiscardSegment>() else {
+            return VIRTIO_BLK_S_IOERR;
+        };
+        let len = u64::from(seg.num_sectors) * SECTOR_SIZE;
+        let Some(offset) = range_ok(seg.sector, len, ctx.disk.size()) else {
+            return VIRTIO_BLK_S_IOERR;
+        };
+        let result = if request_type == VIRTIO_BLK_T_DISCARD {
+            ctx.disk.punch_hole(offset, len)
+        } else {
+            ctx.disk.write_zeroes(offset, len)
+        };
+        if result.is_err() {
+            return VIRTIO_BLK_S_IOERR;
+        }
+    }
+    VIRTIO_BLK_S_OK
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_checked_against_capacity_and_overflow() {
+        assert_eq!(range_ok(0, 512, 1024), Some(0));
+        assert_eq!(range_ok(1, 512, 1024), Some(512));
+        assert_eq!(range_ok(2, 512, 1024), None);
+        assert_eq!(range_ok(0, 100, 1024), None);
+        assert_eq!(range_ok(u64::MAX, 512, u64::MAX), None);
+        assert_eq!(range_ok(u64::MAX / 512, 512, u64::MAX), None);
+    }
+}

@@ -1,0 +1,296 @@
+//! Drives the block device with descriptor chains laid out in guest memory,
+//! well-formed and hostile.
+
+use std::path::PathBuf;
+
+use vm_memory::{Bytes, GuestAddress};
+
+use super::request::*;
+use super::*;
+
+const DESC: u64 = 0x1000;
+const AVAIL: u64 = 0x2000;
+const USED: u64 = 0x3000;
+const DATA: u64 = 0x10000;
+const QSIZE: u16 = 16;
+const F_NEXT: u16 = 1;
+const F_WRITE: u16 = 2;
+const F_INDIRECT: u16 = 4;
+
+struct Rig {
+    mem: GuestMemoryMmap,
+    handler: BlockHandler,
+    path: PathBuf,
+    next_desc: u16,
+    avail_idx: u16,
+}
+
+/// (address, length, flags) of one descriptor.
+type Desc = (u64, u32, u16);
+
+impl Rig {
+    fn new(tag: &str, size: u64, read_only: bool) -> Self {
+        let path = std::env::temp_dir().join(format!("kvmkit-blk-{tag}-{}", std::process::id()));
+        std::fs::File::create(&path)
+            .and_then(|f| f.set_len(size))
+            .expect("image");
+        let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("mem");
+        let mut queue = Queue::new(QSIZE).expect("queue");
+        queue.set_size(QSIZE);
+        queue.set_desc_table_address(Some(DESC as u32), Some(0));
+        queue.set_avail_ring_address(Some(AVAIL as u32), Some(0));
+        queue.set_used_ring_address(Some(USED as u32), Some(0));
+        queue.set_ready(true);
+        let irq = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let disk = DiskImage::open(&path, read_only).expect("disk");
+        let handler = BlockHandler {
+            memory: mem.clone(),
+            queue,
+            interrupt: Arc::new(Interrupt::new(irq)),
+            disk: Arc::new(disk),
+            id: *b"kvmkit-test-disk\0\0\0\0",
+        };
+        Self {
+            mem,
+            handler,
+            path,
+            next_desc: 0,
+            avail_idx: 0,
+        }
+    }
+
+    fn write_desc(&self, table: u64, i: u16, d: Desc, next: Option<u16>) {
+        let base = table + u64::from(i) * 16;
+        let flags = d.2 | if next.is_some() { F_NEXT } else { 0 };
+        self.mem.write_obj(d.0, GuestAddress(base)).expect("addr");
+        self.mem.write_obj(d.1, GuestAddress(base + 8)).expect("len");
+        self.mem.write_obj(flags, GuestAddress(base + 12)).expect("flags");
+        self.mem
+            .write_obj(next.unwrap_or(0), GuestAddress(base + 14))
+            .expect("next");
+    }
+
+    /// Publishes a chain; returns its head index.
+    fn push(&mut self, descs: &[Desc]) -> u16 {
+        let head = self.next_desc;
+        for (k, d) in descs.iter().enumerate() {
+            let i = head + k as u16;
+            let next = (k + 1 < descs.len()).then_some(i + 1);
+            self.write_desc(DESC, i, *d, next);
+        }
+        self.next_desc += descs.len() as u16;
+        self.publish(head);
+        head
+    }
+
+    fn publish(&mut self, head: u16) {
+        let slot = AVAIL + 4 + 2 * u64::from(self.avail_idx % QSIZE);
+        self.mem.write_obj(head, GuestAddress(slot)).expect("ring");
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        self.mem
+            .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
+            .expect("idx");
+    }
+
+    fn header(&self, at: u64, t: u32, sector: u64) -> Desc {
+        let h = RequestHeader {
+            request_type: t,
+            reserved: 0,
+            sector,
+        };
+        self.mem.write_obj(h, GuestAddress(at)).expect("header");
+        (at, 16, 0)
+    }
+
+    fn status(&self, at: u64) -> u8 {
+        self.mem.read_obj(GuestAddress(at)).expect("status")
+    }
+
+    /// (head, len) of used entry `n`.
+    fn used(&self, n: u16) -> (u32, u32) {
+        let e = USED + 4 + 8 * u64::from(n);
+        (
+            self.mem.read_obj(GuestAddress(e)).expect("id"),
+            self.mem.read_obj(GuestAddress(e + 4)).expect("len"),
+        )
+    }
+
+    fn used_idx(&self) -> u16 {
+        self.mem.read_obj(GuestAddress(USED + 2)).expect("used idx")
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[test]
+fn write_flush_read_round_trip() {
+    let mut r = Rig::new("rw", 64 * 1024, false);
+    r.mem.write_slice(&[0xab; 1024], GuestAddress(DATA)).expect("data");
+    let h = r.header(0x8000, VIRTIO_BLK_T_OUT, 4);
+    r.push(&[h, (DATA, 1024, 0), (0x8100, 1, F_WRITE)]);
+    let h = r.header(0x8200, VIRTIO_BLK_T_FLUSH, 0);
+    r.push(&[h, (0x8300, 1, F_WRITE)]);
+    let h = r.header(0x8400, VIRTIO_BLK_T_IN, 4);
+    r.push(&[
+        h,
+        (DATA + 0x1000, 512, F_WRITE),
+        (DATA + 0x2000, 512, F_WRITE),
+        (0x8500, 1, F_WRITE),
+    ]);
+    assert_eq!(r.handler.drain(), 3);
+    assert_eq!([r.status(0x8100), r.status(0x8300), r.status(0x8500)], [0, 0, 0]);
+    let mut back = [0u8; 512];
+    r.mem.read_slice(&mut back, GuestAddress(DATA + 0x2000)).expect("read");
+    assert_eq!(back, [0xab; 512]);
+    assert_eq!(r.used(2).1, 1025, "IN reports data + status bytes");
+    let mut on_disk = vec![0u8; 1024];
+    r.handler.disk.read_at(&mut on_disk, 4 * 512).expect("disk");
+    assert!(on_disk.iter().all(|&b| b == 0xab));
+}
+
+#[test]
+fn get_id_and_unknown_types() {
+    let mut r = Rig::new("id", 4096, false);
+    let h = r.header(0x8000, VIRTIO_BLK_T_GET_ID, 0);
+    r.push(&[h, (DATA, 20, F_WRITE), (0x8100, 1, F_WRITE)]);
+    let h = r.header(0x8200, 0x77, 0);
+    r.push(&[h, (0x8300, 1, F_WRITE)]);
+    assert_eq!(r.handler.drain(), 2);
+    let mut id = [0u8; 16];
+    r.mem.read_slice(&mut id, GuestAddress(DATA)).expect("id");
+    assert_eq!(&id, b"kvmkit-test-disk");
+    assert_eq!(r.status(0x8100), VIRTIO_BLK_S_OK);
+    assert_eq!(r.status(0x8300), VIRTIO_BLK_S_UNSUPP);
+}
+
+#[test]
+fn read_only_disks_refuse_writes_and_stay_untouched() {
+    let mut r = Rig::new("ro", 4096, true);
+    r.mem.write_slice(&[0x55; 512], GuestAddress(DATA)).expect("data");
+    let h = r.header(0x8000, VIRTIO_BLK_T_OUT, 0);
+    r.push(&[h, (DATA, 512, 0), (0x8100, 1, F_WRITE)]);
+    let h = r.header(0x8200, VIRTIO_BLK_T_DISCARD, 0);
+    r.push(&[h, (0x8300, 1, F_WRITE)]);
+    r.handler.drain();
+    assert_eq!(r.status(0x8100), VIRTIO_BLK_S_IOERR);
+    assert_eq!(r.status(0x8300), VIRTIO_BLK_S_IOERR);
+    let mut on_disk = [1u8; 512];
+    r.handler.disk.read_at(&mut on_disk, 0).expect("disk");
+    assert_eq!(on_disk, [0u8; 512]);
+}
+
+#[test]
+fn out_of_range_and_unaligned_requests_fail() {
+    let mut r = Rig::new("range", 4096, false);
+    let h = r.header(0x8000, VIRTIO_BLK_T_IN, 8);
+    r.push(&[h, (DATA, 512, F_WRITE), (0x8100, 1, F_WRITE)]);
+    let h = r.header(0x8200, VIRTIO_BLK_T_OUT, 7);
+    r.push(&[h, (DATA, 1024, 0), (0x8300, 1, F_WRITE)]);
+    let h = r.header(0x8400, VIRTIO_BLK_T_OUT, 0);
+    r.push(&[h, (DATA, 100, 0), (0x8500, 1, F_WRITE)]);
+    let h = r.header(0x8600, VIRTIO_BLK_T_IN, u64::MAX);
+    r.push(&[h, (DATA, 512, F_WRITE), (0x8700, 1, F_WRITE)]);
+    assert_eq!(r.handler.drain(), 4);
+    for s in [0x8100, 0x8300, 0x8500, 0x8700] {
+        assert_eq!(r.status(s), VIRTIO_BLK_S_IOERR, "status at {s:#x}");
+    }
+}
+
+#[test]
+fn malformed_chains_complete_without_harm() {
+    let mut r = Rig::new("hostile", 4096, false);
+    // Header in a device-writable buffer: no readable header -> IOERR.
+    r.push(&[(0x8000, 16, F_WRITE), (0x8100, 1, F_WRITE)]);
+    // No writable byte at all: nowhere to put a status.
+    let h = r.header(0x8200, VIRTIO_BLK_T_FLUSH, 0);
+    r.push(&[h]);
+    // Data outside guest RAM.
+    let h = r.header(0x8400, VIRTIO_BLK_T_IN, 0);
+    r.push(&[h, (0xffff_0000_0000, 512, F_WRITE), (0x8500, 1, F_WRITE)]);
+    // Short header.
+    r.push(&[(0x8600, 4, 0), (0x8700, 1, F_WRITE)]);
+    assert_eq!(r.handler.drain(), 4);
+    assert_eq!(r.status(0x8100), VIRTIO_BLK_S_IOERR);
+    assert_eq!(r.used(1).1, 0, "a chain without a status byte completes empty");
+    assert_eq!(r.used(2).1, 0, "a chain outside RAM completes empty");
+    assert_eq!(r.status(0x8700), VIRTIO_BLK_S_IOERR);
+    assert_eq!(r.used_idx(), 4);
+}
+
+#[test]
+fn descriptor_loops_and_nested_indirect_tables_do_not_hang() {
+    let mut r = Rig::new("loop", 4096, false);
+    // Descriptor 0 -> 1 -> 0 -> ...: a loop.
+    r.header(0x8000, VIRTIO_BLK_T_IN, 0);
+    r.write_desc(DESC, 0, (0x8000, 16, 0), Some(1));
+    r.write_desc(DESC, 1, (0x8100, 1, F_WRITE), Some(0));
+    r.next_desc = 2;
+    r.publish(0);
+    // An indirect table whose entry is itself indirect.
+    const TABLE: u64 = 0x9000;
+    r.write_desc(TABLE, 0, (0x9800, 16, F_INDIRECT), None);
+    r.write_desc(DESC, 2, (TABLE, 16, F_INDIRECT), None);
+    r.next_desc = 3;
+    r.publish(2);
+    // A descriptor index beyond the queue.
+    r.write_desc(DESC, 3, (0x8000, 16, 0), Some(QSIZE + 5));
+    r.publish(3);
+    let done = r.handler.drain();
+    assert!(done <= 3, "each hostile chain completes at most once");
+}
+
+#[test]
+fn avail_index_far_ahead_is_refused_not_looped() {
+    let mut r = Rig::new("avail", 4096, false);
+    r.mem.write_obj(1000u16, GuestAddress(AVAIL + 2)).expect("idx");
+    assert_eq!(r.handler.drain(), 0);
+}
+
+#[test]
+fn discard_and_write_zeroes_clear_sectors() {
+    let mut r = Rig::new("discard", 8192, false);
+    r.handler.disk.write_at(&[9u8; 2048], 0).expect("fill");
+    let seg = DiscardSegment {
+        sector: 1,
+        num_sectors: 2,
+        flags: 0,
+    };
+    r.mem.write_obj(seg, GuestAddress(DATA)).expect("seg");
+    let h = r.header(0x8000, VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    r.push(&[h, (DATA, 16, 0), (0x8100, 1, F_WRITE)]);
+    let bad = DiscardSegment {
+        sector: 100,
+        num_sectors: 1,
+        flags: 0,
+    };
+    r.mem.write_obj(bad, GuestAddress(DATA + 64)).expect("seg");
+    let h = r.header(0x8200, VIRTIO_BLK_T_DISCARD, 0);
+    r.push(&[h, (DATA + 64, 16, 0), (0x8300, 1, F_WRITE)]);
+    r.handler.drain();
+    assert_eq!(r.status(0x8100), VIRTIO_BLK_S_OK);
+    assert_eq!(r.status(0x8300), VIRTIO_BLK_S_IOERR);
+    let mut b = vec![0u8; 2048];
+    r.handler.disk.read_at(&mut b, 0).expect("read");
+    assert!(
+        b[..512].iter().all(|&x| x == 9) && b[512..1536].iter().all(|&x| x == 0) && b[1536..].iter().all(|&x| x == 9)
+    );
+}
+
+#[test]
+fn config_space_reports_capacity_in_sectors() {
+    let path = std::env::temp_dir().join(format!("kvmkit-blk-cfg-{}", std::process::id()));
+    std::fs::File::create(&path)
+        .and_then(|f| f.set_len(1 << 20))
+        .expect("image");
+    let dev = Block::new(DiskImage::open(&path, true).expect("disk"), "d0");
+    let mut cap = [0u8; 8];
+    dev.read_config(0, &mut cap);
+    assert_eq!(u64::from_le_bytes(cap), 2048);
+    assert_ne!(dev.features() & VIRTIO_BLK_F_RO, 0);
+    assert_eq!(dev.features() & VIRTIO_BLK_F_DISCARD, 0);
+    let _ = std::fs::remove_file(path);
+}

@@ -1,0 +1,362 @@
+//! The virtio-mmio transport (virtio 1.x, section 4.2.2; "modern" version 2
+//! only). Every value the guest writes is checked: registers are 32-bit,
+//! status bits may only be added in the order the spec gives, queues must be
+//! valid before DRIVER_OK; anything else is ignored with a rate-limited warning
+//! or ends in DEVICE_NEEDS_RESET, never a panic.
+
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{Activation, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_MMIO_INT_CONFIG};
+use crate::bus::BusDevice;
+
+/// Size of one virtio-mmio window.
+pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
+/// "virt".
+const MAGIC_VALUE: u32 = 0x7472_6976;
+/// Vendor id reported to drivers ("KVMK").
+const VENDOR_ID: u32 = 0x4b4d_564b;
+
+const REG_MAGIC: u64 = 0x000;
+const REG_VERSION: u64 = 0x004;
+const REG_DEVICE_ID: u64 = 0x008;
+const REG_VENDOR_ID: u64 = 0x00c;
+const REG_DEVICE_FEATURES: u64 = 0x010;
+const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
+const REG_DRIVER_FEATURES: u64 = 0x020;
+const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
+const REG_QUEUE_SEL: u64 = 0x030;
+const REG_QUEUE_NUM_MAX: u64 = 0x034;
+const REG_QUEUE_NUM: u64 = 0x038;
+const REG_QUEUE_READY: u64 = 0x044;
+/// QueueNotify: KVM turns writes here into ioeventfd signals.
+pub const REG_QUEUE_NOTIFY: u64 = 0x050;
+const REG_INTERRUPT_STATUS: u64 = 0x060;
+const REG_INTERRUPT_ACK: u64 = 0x064;
+const REG_STATUS: u64 = 0x070;
+const REG_QUEUE_DESC_LOW: u64 = 0x080;
+const REG_QUEUE_DESC_HIGH: u64 = 0x084;
+const REG_QUEUE_DRIVER_LOW: u64 = 0x090;
+const REG_QUEUE_DRIVER_HIGH: u64 = 0x094;
+const REG_QUEUE_DEVICE_LOW: u64 = 0x0a0;
+const REG_QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+const REG_CONFIG_GENERATION: u64 = 0x0fc;
+const CONFIG_SPACE: u64 = 0x100;
+
+/// Device status bits.
+pub mod status {
+    /// The guest found the device.
+    pub const ACKNOWLEDGE: u32 = 1;
+    /// The guest has a driver for it.
+    pub const DRIVER: u32 = 2;
+    /// The driver is ready.
+    pub const DRIVER_OK: u32 = 4;
+    /// Feature negotiation is complete.
+    pub const FEATURES_OK: u32 = 8;
+    /// The device hit an error and needs a reset.
+    pub const DEVICE_NEEDS_RESET: u32 = 64;
+    /// The driver gave up.
+    pub const FAILED: u32 = 128;
+}
+
+const MAX_WARNINGS: u32 = 20;
+
+/// One virtio-mmio window with its device.
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    memory: GuestMemoryMmap,
+    interrupt: Arc<Interrupt>,
+    queue_events: Vec<EventFd>,
+    queues: Vec<Queue>,
+    queue_sel: u32,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    acked_features: u64,
+    status: u32,
+    config_generation: u32,
+    warnings: u32,
+}
+
+impl MmioTransport {
+    /// A transport for `device`; `queue_events` must hold one eventfd per
+    /// queue (registered as ioeventfds on QueueNotify by the caller).
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        memory: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+        queue_events: Vec<EventFd>,
+    ) -> Result<Self, String> {
+        let sizes = device.queue_max_sizes().to_vec();
+        if queue_events.len() != sizes.len() {
+            return Err(format!(
+                "{} queue events for {} queues",
+                queue_events.len(),
+                sizes.len()
+            ));
+        }
+        let queues = sizes
+            .iter()
+            .map(|&s| Queue::new(s).map_err(|e| format!("queue of size {s}: {e:?}")))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            device,
+            memory,
+            interrupt,
+            queue_events,
+            queues,
+            queue_sel: 0,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            acked_features: 0,
+            status: 0,
+            config_generation: 0,
+            warnings: 0,
+        })
+    }
+
+    /// The driver status register.
+    pub fn status(&self) -> u32 {
+        self.status
+    }
+
+    fn warn(&mut self, what: &str) {
+        if self.warnings < MAX_WARNINGS {
+            self.warnings += 1;
+            tracing::warn!("virtio-mmio (device type {}): {what}", self.device.device_type());
+        }
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    fn reset(&mut self) {
+        self.device.reset();
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.queue_sel = 0;
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.acked_features = 0;
+        self.status = 0;
+        self.interrupt.ack(u32::MAX);
+    }
+
+    fn needs_reset(&mut self, why: &str) {
+        self.warn(&format!("{why}; device needs reset"));
+        self.status |= status::DEVICE_NEEDS_RESET;
+        self.interrupt.signal(VIRTIO_MMIO_INT_CONFIG);
+    }
+
+    fn write_status(&mut self, value: u32) {
+        use status::*;
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        let added = value & !self.status;
+        if value & self.status != self.status {
+            self.warn(&format!(
+                "driver cleared status bits ({:#x} -> {value:#x}); ignored",
+                self.status
+            ));
+            return;
+        }
+        let ok = match added {
+            ACKNOWLEDGE | FAILED => true,
+            DRIVER => self.status & ACKNOWLEDGE != 0,
+            FEATURES_OK => self.status & DRIVER != 0,
+            DRIVER_OK => self.status & FEATURES_OK != 0,
+            0 => true,
+            _ => false,
+        };
+        if !ok {
+            self.warn(&format!(
+                "status {value:#x} out of order after {:#x}; ignored",
+                self.status
+            ));
+            return;
+        }
+        if added == FEATURES_OK {
+            let offered = self.device.features();
+            if self.acked_features & VIRTIO_F_VERSION_1 == 0 || self.acked_features & !offered != 0 {
+                self.warn(&format!(
+                    "driver accepted features {:#x} of {offered:#x}; FEATURES_OK refused",
+                    self.acked_features
+                ));
+                return;
+            }
+        }
+        if added == DRIVER_OK {
+            self.status = value;
+            self.activate();
+            return;
+        }
+        self.status = value;
+    }
+
+    fn activate(&mut self) {
+        let valid = self.queues.iter().all(|q| q.ready() && q.is_valid(&self.memory));
+        if !valid {
+            self.needs_reset("DRIVER_OK with a queue not ready or invalid (size, alignment, addresses)");
+            return;
+        }
+        let events: Result<Vec<EventFd>, _> = self.queue_events.iter().map(EventFd::try_clone).collect();
+        let events = match events {
+            Ok(e) => e,
+            Err(e) => return self.needs_reset(&format!("cannot clone queue eventfds: {e}")),
+        };
+        let queues: Result<Vec<Queue>, _> = self.queues.iter().map(|q| Queue::try_from(q.state())).collect();
+        let queues = match queues {
+            Ok(q) => q,
+            Err(e) => return self.needs_reset(&format!("queue state: {e:?}")),
+        };
+        let activation = Activation {
+            memory: self.memory.clone(),
+            queues,
+            queue_events: events,
+            interrupt: self.interrupt.clone(),
+        };
+        if let Err(e) = self.device.activate(self.acked_features, activation) {
+            self.needs_reset(&format!("activation failed: {e}"));
+        }
+    }
+
+    fn queue_config_allowed(&mut self) -> bool {
+        let ready = self.queues.get(self.queue_sel as usize).is_some_and(|q| q.ready());
+        if self.status & status::DRIVER_OK != 0 || ready {
+            self.warn("queue configured after it was made ready; ignored");
+            return false;
+        }
+        true
+    }
+
+    fn read_register(&mut self, offset: u64) -> u32 {
+        match offset {
+            REG_MAGIC => MAGIC_VALUE,
+            REG_VERSION => 2,
+            REG_DEVICE_ID => self.device.device_type(),
+            REG_VENDOR_ID => VENDOR_ID,
+            REG_DEVICE_FEATURES => match self.device_features_sel {
+                0 => self.device.features() as u32,
+                1 => (self.device.features() >> 32) as u32,
+                _ => 0,
+            },
+            REG_QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
+            REG_QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
+            REG_INTERRUPT_STATUS => self.interrupt.status(),
+            REG_STATUS => self.status,
+            REG_CONFIG_GENERATION => self.config_generation,
+            _ => {
+                self.warn(&format!("read of write-only or unknown register {offset:#x}"));
+                0
+            }
+        }
+    }
+
+    fn write_register(&mut self, offset: u64, v: u32) {
+        let set_half = |old: u64, high: bool| {
+            if high {
+                (old & 0xffff_ffff) | (u64::from(v) << 32)
+            } else {
+                (old & !0xffff_ffff) | u64::from(v)
+            }
+        };
+        match offset {
+            REG_DEVICE_FEATURES_SEL => self.device_features_sel = v,
+            REG_DRIVER_FEATURES_SEL => self.driver_features_sel = v,
+            REG_DRIVER_FEATURES => {
+                if self.status & status::FEATURES_OK != 0 {
+                    self.warn("features written after FEATURES_OK; ignored");
+                    return;
+                }
+                match self.driver_features_sel {
+                    0 => self.acked_features = set_half(self.acked_features, false),
+                    1 => self.acked_features = set_half(self.acked_features, true),
+                    _ => {}
+                }
+            }
+            REG_QUEUE_SEL => self.queue_sel = v,
+            REG_QUEUE_NUM => {
+                if self.queue_config_allowed() {
+                    let size = u16::try_from(v).unwrap_or(0);
+                    let result = self.selected_queue().map(|q| q.try_set_size(size));
+                    if !matches!(result, Some(Ok(()))) {
+                        self.warn(&format!("invalid queue size {v}"));
+                    }
+                }
+            }
+            REG_QUEUE_READY => {
+                if self.status & status::DRIVER_OK == 0 {
+                    if let Some(q) = self.selected_queue() {
+                        q.set_ready(v == 1);
+                    }
+                }
+            }
+            REG_QUEUE_DESC_LOW
+            | REG_QUEUE_DESC_HIGH
+            | REG_QUEUE_DRIVER_LOW
+            | REG_QUEUE_DRIVER_HIGH
+            | REG_QUEUE_DEVICE_LOW
+            | REG_QUEUE_DEVICE_HIGH => {
+                if !self.queue_config_allowed() {
+                    return;
+                }
+                let Some(q) = self.selected_queue() else { return };
+                let (low, high) = if offset & 4 == 0 {
+                    (Some(v), None)
+                } else {
+                    (None, Some(v))
+                };
+                match offset & !4 {
+                    REG_QUEUE_DESC_LOW => q.set_desc_table_address(low, high),
+                    REG_QUEUE_DRIVER_LOW => q.set_avail_ring_address(low, high),
+                    _ => q.set_used_ring_address(low, high),
+                }
+            }
+            REG_QUEUE_NOTIFY => {
+                // Normally caught by the ioeventfd; a write that reaches us
+                // (e.g. a different access size) is forwarded the same way.
+                if let Some(e) = self.queue_events.get(v as usize) {
+                    let _ = e.write(1);
+                }
+            }
+            REG_INTERRUPT_ACK => self.interrupt.ack(v),
+            REG_STATUS => self.write_status(v),
+            _ => self.warn(&format!("write to read-only or unknown register {offset:#x}")),
+        }
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG_SPACE {
+            self.device.read_config(offset - CONFIG_SPACE, data);
+            return;
+        }
+        if data.len() != 4 || !offset.is_multiple_of(4) {
+            self.warn(&format!("{}-byte register read at {offset:#x}", data.len()));
+            data.fill(0);
+            return;
+        }
+        data.copy_from_slice(&self.read_register(offset).to_le_bytes());
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= CONFIG_SPACE {
+            self.device.write_config(offset - CONFIG_SPACE, data);
+            return;
+        }
+        if data.len() != 4 || !offset.is_multiple_of(4) {
+            self.warn(&format!("{}-byte register write at {offset:#x}", data.len()));
+            return;
+        }
+        let mut b = [0u8; 4];
+        b.copy_from_slice(data);
+        self.write_register(offset, u32::from_le_bytes(b));
+    }
+}

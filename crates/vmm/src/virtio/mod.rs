@@ -1,0 +1,136 @@
+//! Virtio devices over the virtio-mmio transport (virtio 1.x, modern only).
+//!
+//! [`mmio::MmioTransport`] is the register interface a guest driver talks to;
+//! it owns a [`VirtioDevice`] and, once the driver sets DRIVER_OK, hands the
+//! device its queues, the guest memory, the queues' ioeventfds (one per
+//! queue: KVM signals them on QueueNotify writes, no vCPU exit to user space)
+//! and an [`Interrupt`] (an irqfd). Devices do their work on their own worker
+//! thread, never on a vCPU thread.
+
+pub mod block;
+pub mod mmio;
+pub mod rng;
+mod worker;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+pub use worker::{QueueHandler, Worker};
+
+/// Feature bit: the device conforms to virtio 1.x (required by kvmkit).
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Interrupt status bit: a used buffer was added.
+pub const VIRTIO_MMIO_INT_VRING: u32 = 1;
+/// Interrupt status bit: the configuration changed.
+pub const VIRTIO_MMIO_INT_CONFIG: u32 = 2;
+
+/// A device's interrupt line: the status register the driver reads and
+/// acknowledges, and the irqfd that raises the GSI.
+#[derive(Debug)]
+pub struct Interrupt {
+    status: AtomicU32,
+    irqfd: EventFd,
+}
+
+impl Interrupt {
+    /// An interrupt that signals `irqfd` (registered with KVM for the device's GSI).
+    pub fn new(irqfd: EventFd) -> Self {
+        Self {
+            status: AtomicU32::new(0),
+            irqfd,
+        }
+    }
+
+    /// Sets `bits` in the interrupt status and raises the interrupt.
+    pub fn signal(&self, bits: u32) {
+        self.status.fetch_or(bits, Ordering::SeqCst);
+        if let Err(e) = self.irqfd.write(1) {
+            tracing::warn!("virtio interrupt could not be raised: {e}");
+        }
+    }
+
+    /// The interrupt status register.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// InterruptACK: clears `bits`.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+}
+
+/// What a running device is given when the driver sets DRIVER_OK.
+pub struct Activation {
+    /// Guest memory.
+    pub memory: GuestMemoryMmap,
+    /// The queues, configured and validated by the transport.
+    pub queues: Vec<Queue>,
+    /// One eventfd per queue, signalled when the driver notifies it.
+    pub queue_events: Vec<EventFd>,
+    /// The device's interrupt.
+    pub interrupt: Arc<Interrupt>,
+}
+
+/// A virtio device behind a transport.
+pub trait VirtioDevice: Send {
+    /// Virtio device id (2 = block, 4 = entropy).
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits the device offers (including [`VIRTIO_F_VERSION_1`]).
+    fn features(&self) -> u64;
+    /// Reads device configuration space at `offset` into `data` (out of
+    /// range bytes read as zero).
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes device configuration space (ignored by devices without
+    /// writable fields).
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        tracing::debug!("ignored virtio config write at {offset:#x} ({} bytes)", data.len());
+    }
+    /// Starts the device with the features the driver accepted.
+    fn activate(&mut self, acked_features: u64, activation: Activation) -> Result<(), String>;
+    /// Stops the device (driver reset or VM end); it may be activated again.
+    fn reset(&mut self);
+}
+
+/// Copies `src[offset..]` into `data`, zero-filling what lies beyond `src`.
+pub fn read_config_bytes(src: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else { return };
+    if start >= src.len() {
+        return;
+    }
+    let n = data.len().min(src.len() - start);
+    data[..n].copy_from_slice(&src[start..start + n]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_reads_are_bounded() {
+        let cfg = [1u8, 2, 3, 4];
+        let mut d = [0xffu8; 4];
+        read_config_bytes(&cfg, 2, &mut d);
+        assert_eq!(d, [3, 4, 0, 0]);
+        read_config_bytes(&cfg, 100, &mut d);
+        assert_eq!(d, [0; 4]);
+        read_config_bytes(&cfg, u64::MAX, &mut d);
+        assert_eq!(d, [0; 4]);
+    }
+
+    #[test]
+    fn interrupt_status_is_set_and_acked() {
+        let i = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"));
+        i.signal(VIRTIO_MMIO_INT_VRING);
+        assert_eq!(i.status(), 1);
+        i.ack(VIRTIO_MMIO_INT_VRING);
+        assert_eq!(i.status(), 0);
+    }
+}

@@ -1,0 +1,104 @@
+//! virtio-rng: entropy for the guest from the host's getrandom(2).
+
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestMemoryMmap};
+
+use super::{Activation, Interrupt, QueueHandler, VirtioDevice, Worker, VIRTIO_F_VERSION_1, VIRTIO_MMIO_INT_VRING};
+
+/// Virtio device id of an entropy device.
+pub const VIRTIO_ID_RNG: u32 = 4;
+/// Most bytes produced for one request.
+pub const MAX_BYTES_PER_REQUEST: usize = 64 * 1024;
+
+/// The entropy device.
+#[derive(Default)]
+pub struct Rng {
+    worker: Option<Worker>,
+}
+
+impl VirtioDevice for Rng {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_RNG
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[64]
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn activate(&mut self, _acked: u64, mut a: Activation) -> Result<(), String> {
+        let queue = a.queues.pop().ok_or("no queue")?;
+        let handler = RngHandler {
+            memory: a.memory,
+            queue,
+            interrupt: a.interrupt,
+        };
+        self.worker = Some(Worker::spawn("virtio-rng".into(), a.queue_events, handler).map_err(|e| e.to_string())?);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.worker = None;
+    }
+}
+
+/// Fills `buf` from the host's entropy pool.
+pub fn host_random(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: writes at most `buf.len() - done` bytes into `buf[done..]`.
+        let n = unsafe { libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        } else {
+            done += n as usize;
+        }
+    }
+    Ok(())
+}
+
+struct RngHandler {
+    memory: GuestMemoryMmap,
+    queue: Queue,
+    interrupt: Arc<Interrupt>,
+}
+
+impl QueueHandler for RngHandler {
+    fn process_queue(&mut self, _index: usize) {
+        let mut any = false;
+        let mut buf = vec![0u8; MAX_BYTES_PER_REQUEST];
+        while let Some(chain) = self.queue.pop_descriptor_chain(&self.memory) {
+            let head = chain.head_index();
+            let mut written = 0usize;
+            for desc in chain.writable() {
+                let want = (desc.len() as usize).min(MAX_BYTES_PER_REQUEST - written);
+                if want == 0 || host_random(&mut buf[..want]).is_err() {
+                    break;
+                }
+                if self.memory.write_slice(&buf[..want], desc.addr()).is_err() {
+                    break;
+                }
+                written += want;
+            }
+            if self.queue.add_used(&self.memory, head, written as u32).is_err() {
+                break;
+            }
+            any = true;
+        }
+        if any && self.queue.needs_notification(&self.memory).unwrap_or(true) {
+            self.interrupt.signal(VIRTIO_MMIO_INT_VRING);
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! Running one workload once in one environment: the bare host, a kvmkit guest, a QEMU guest.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+
+use super::profile::{Env, Kind, Unit, Workload};
+
+/// One run's measurement.
+#[derive(Clone, Debug, Serialize)]
+pub struct Sample {
+    /// Run index (0-based).
+    pub run: usize,
+    /// The figure, in the workload's unit (seconds, or ns per exit).
+    pub value: f64,
+    /// Workload nanoseconds per vCPU / thread.
+    pub ns_per_cpu: Vec<u64>,
+    /// What the workload reported (prime count, memtest errors summed, ns per exit of vCPU 0).
+    pub result: u64,
+    /// Wall seconds of the whole run, VM start-up and exit included.
+    pub wall_s: f64,
+}
+
+/// Paths and sizes shared by every run.
+pub struct Runner {
+    /// This kvmkit executable.
+    pub exe: PathBuf,
+    /// QEMU, when available.
+    pub qemu: Option<PathBuf>,
+    /// The test guest ELF written out for QEMU.
+    pub guest_elf: PathBuf,
+    /// Output directory (scratch files go to `out/tmp`).
+    pub out: PathBuf,
+    /// vCPUs / host threads.
+    pub cpus: usize,
+    /// Guest RAM (MiB) before per-workload minimums.
+    pub memory_mib: u64,
+}
+
+impl Runner {
+    /// Runs `w` once in `env`; `timeout` bounds the whole run.
+    pub fn run(&self, env: Env, w: &Workload, run: usize, timeout: Duration) -> anyhow::Result<Sample> {
+        let t0 = Instant::now();
+        let (ns_per_cpu, result) = match env {
+            Env::Host => self.host(w)?,
+            Env::Kvmkit => self.kvmkit(w, run, timeout)?,
+            Env::Qemu => self.qemu(w, timeout)?,
+        };
+        let wall_s = t0.elapsed().as_secs_f64();
+        if ns_per_cpu.len() != self.cpus {
+            bail!("{} CPU(s) reported, expected {}", ns_per_cpu.len(), self.cpus);
+        }
+        if let Some(expected) = w.kind.expected(w.arg) {
+            if result != expected {
+                bail!("{} reported {result}, expected {expected}", w.id);
+            }
+        }
+        let value = match w.unit {
+            // The workload's time is its slowest CPU's.
+            Unit::Seconds => ns_per_cpu.iter().copied().max().unwrap_or(0) as f64 / 1e9,
+            Unit::NsPerExit => ns_per_cpu.iter().sum::<u64>() as f64 / ns_per_cpu.len() as f64 / w.arg.max(1) as f64,
+        };
+        if !(value.is_finite() && value > 0.0) {
+            bail!("{} measured no time (guest TSC rate unknown?)", w.id);
+        }
+        Ok(Sample {
+            run,
+            value,
+            ns_per_cpu,
+            result,
+            wall_s,
+        })
+    }
+
+    fn memory_for(&self, w: &Workload) -> u64 {
+        self.memory_mib.max(w.min_memory_mib())
+    }
+
+    /// The same workload code on host threads (one per vCPU), in this process.
+    fn host(&self, w: &Workload) -> anyhow::Result<(Vec<u64>, u64)> {
+        let results: Vec<anyhow::Result<(u64, u64)>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..self.cpus)
+                .map(|t| s.spawn(move || host_thread(w.kind, w.arg, t, self.cpus)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| bail!("a host workload thread panicked")))
+                .collect()
+        });
+        let results = results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(combine(w.kind, results.iter().map(|&(ns, v)| (ns, v)).collect()))
+    }
+
+    fn kvmkit(&self, w: &Workload, run: usize, timeout: Duration) -> anyhow::Result<(Vec<u64>, u64)> {
+        let results = self
+            .out
+            .join("tmp")
+            .join(format!("kvmkit-{}-{run}.json", w.id.replace(':', "-")));
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(["run", "--guest", "--no-stdin"])
+            .args(["--cpus", &self.cpus.to_string()])
+            .args(["--memory", &self.memory_for(w).to_string()])
+            .args(["--workload", &w.id])
+            .arg("--results")
+            .arg(&results)
+            .args(["--timeout", &format!("{:.0}", timeout.as_secs_f64())])
+            .args(w.kind.kvmkit_args(w.arg, &self.out));
+        let out = run_with_timeout(cmd, timeout + Duration::from_secs(10))?;
+        if out.code != Some(0) {
+            bail!(
+                "kvmkit run exited with {:?}: {}",
+                out.code,
+                last_lines(&out.stderr, &out.stdout)
+            );
+        }
+        let text =
+            std::fs::read_to_string(&results).with_context(|| format!("no results file {}", results.display()))?;
+        let _ = std::fs::remove_file(&results);
+        let json: serde_json::Value = serde_json::from_str(&text).context("results JSON")?;
+        let mut per_cpu = BTreeMap::new();
+        for r in json["reports"].as_array().into_iter().flatten() {
+            if r["kind"] == "result" && r["name"] == w.kind.name() {
+                let cpu = r["cpu"].as_u64().unwrap_or(0);
+                let ns = r["ns"].as_u64().unwrap_or(0);
+                let value = r["value"].as_u64().unwrap_or(0);
+                per_cpu.insert(cpu, (ns, value));
+            }
+        }
+        Ok(combine(w.kind, per_cpu.into_values().collect()))
+    }
+
+    fn qemu(&self, w: &Workload, timeout: Duration) -> anyhow::Result<(Vec<u64>, u64)> {
+        let Some(qemu) = &self.qemu else {
+            bail!("QEMU is not available")
+        };
+        let mut cmd = Command::new(qemu);
+        cmd.args([
+            "-M",
+            "microvm",
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host,-arch-capabilities,+invtsc",
+        ])
+        .args(["-m", &self.memory_for(w).to_string()])
+        .args(["-smp", &self.cpus.to_string()])
+        .args(["-nographic", "-no-reboot"])
+        .arg("-kernel")
+        .arg(&self.guest_elf)
+        .arg("-append")
+        .arg(format!("kvmkit.workload={} kvmkit.cpus={}", w.id, self.cpus))
+        .args(w.kind.qemu_args(w.arg, &self.out));
+        let out = run_with_timeout(cmd, timeout)?;
+        let parsed = parse_serial(&out.stdout, w.kind);
+        match parsed.status {
+            Some(0) => {}
+            Some(s) => bail!(
+                "guest exited with status {s} under QEMU: {}",
+                last_lines(&out.stderr, &out.stdout)
+            ),
+            None => bail!(
+                "QEMU ended ({:?}) without the guest's final line: {}",
+                out.code,
+                last_lines(&out.stderr, &out.stdout)
+            ),
+        }
+        Ok(combine(w.kind, parsed.per_cpu.into_values().collect()))
+    }
+}
+
+/// One host thread's share: (ns, value).
+fn host_thread(kind: Kind, arg: u64, thread: usize, threads: usize) -> anyhow::Result<(u64, u64)> {
+    match kind {
+        Kind::Primes => {
+            let r = crate::commands::host::run_one("primes", arg, thread)?;
+            Ok((r.ns, r.value))
+        }
+        Kind::Memtest if threads == 1 => {
+            let r = crate::commands::host::run_one("memtest", arg, thread)?;
+            Ok((r.ns, r.value))
+        }
+        Kind::Memtest => {
+            // As in the guest: the region is split among the CPUs, page-aligned shares.
+            let share = ((arg << 20) / threads as u64) & !0xfff;
+            let words = usize::try_from(share / 8).context("memtest size too large")?;
+            let mut buf: Vec<u64> = Vec::with_capacity(words);
+            // SAFETY: the range is the Vec's own allocation; madvise only changes paging policy.
+            unsafe { libc::madvise(buf.as_mut_ptr().cast(), words * 8, libc::MADV_HUGEPAGE) };
+            buf.resize(words, 0);
+            let t0 = Instant::now();
+            let report = kvmkit_workloads::memtest(&mut buf, 0x5eed_0000 + thread as u64);
+            Ok((t0.elapsed().as_nanos() as u64, report.errors))
+        }
+        Kind::Exits | Kind::MmioExits => bail!("{} has no bare-host counterpart", kind.name()),
+    }
+}
+
+/// Per-CPU (ns, value) to (ns per CPU, combined result): memtest errors add up, the
+/// others report the same value on every CPU (taken from CPU 0).
+fn combine(kind: Kind, per_cpu: Vec<(u64, u64)>) -> (Vec<u64>, u64) {
+    let result = match kind {
+        Kind::Memtest => per_cpu.iter().map(|&(_, v)| v).sum(),
+        _ => per_cpu.first().map_or(0, |&(_, v)| v),
+    };
+    (per_cpu.into_iter().map(|(ns, _)| ns).collect(), result)
+}
+
+/// What the guest printed on its serial console.
+#[derive(Debug, Default)]
+pub struct Serial {
+    /// Per CPU: (workload ns, result value).
+    pub per_cpu: BTreeMap<u64, (u64, u64)>,
+    /// Status of the final `kvmkit-guest: done ... status=N` line.
+    pub status: Option<u64>,
+}
+
+/// Parses the test guest's console (guest/src/workload.rs formats).
+pub fn parse_serial(text: &str, kind: Kind) -> Serial {
+    let mut out = Serial::default();
+    let prefix = format!("{}: ", kind.name());
+    for line in text.lines() {
+        let line = line.trim_end_matches('\r');
+        if let Some(rest) = line.strip_prefix("kvmkit-guest: done ") {
+            out.status = fields(rest).get("status").and_then(|s| s.parse().ok());
+            continue;
+        }
+        let Some(rest) = line.strip_prefix(&prefix) else {
+            continue;
+        };
+        let f = fields(rest);
+        let num = |k: &str| f.get(k).and_then(|v| v.parse::<u64>().ok());
+        let Some(cpu) = num("cpu") else { continue };
+        let entry = match kind {
+            Kind::Primes => num("time_ns").zip(num("count")),
+            Kind::Memtest => num("time_ns").zip(num("errors")),
+            Kind::Exits | Kind::MmioExits => num("total_ns").zip(num("ns_per_exit")),
+        };
+        if let Some(e) = entry {
+            out.per_cpu.insert(cpu, e);
+        }
+    }
+    out
+}
+
+fn fields(text: &str) -> BTreeMap<&str, &str> {
+    text.split_ascii_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .collect()
+}
+
+/// What a child process did.
+pub struct ChildOutput {
+    /// Exit status, None when killed (timeout) or by a signal.
+    pub code: Option<i32>,
+    /// Its stdout.
+    pub stdout: String,
+    /// Its stderr.
+    pub stderr: String,
+}
+
+/// Runs `cmd` with stdin closed, capturing output, killing it after `limit`.
+pub fn run_with_timeout(mut cmd: Command, limit: Duration) -> anyhow::Result<ChildOutput> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {program}"))?;
+    let reader = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut p) = pipe {
+                let mut bytes = Vec::new();
+                let _ = p.read_to_end(&mut bytes);
+                s = String::from_utf8_lossy(&bytes).into_owned();
+            }
+            s
+        })
+    };
+    let t_out = reader(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let t_err = reader(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let deadline = Instant::now() + limit;
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            timed_out = true;
+            break child.wait()?;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stdout = t_out.join().unwrap_or_default();
+    let stderr = t_err.join().unwrap_or_default();
+    if timed_out {
+        bail!(
+            "{program} did not finish within {:.0} s: {}",
+            limit.as_secs_f64(),
+            last_lines(&stderr, &stdout)
+        );
+    }
+    Ok(ChildOutput {
+        code: status.code(),
+        stdout,
+        stderr,
+    })
+}
+
+/// The last few lines of stderr (or stdout), on one line, for error messages.
+fn last_lines(stderr: &str, stdout: &str) -> String {
+    let text = if stderr.trim().is_empty() { stdout } else { stderr };
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(3)..].join(" | ")
+}
+
+/// Finds QEMU; if missing, tries `apt-get install -y qemu-system-x86` once. Err says why not.
+pub fn ensure_qemu(warn: &mut dyn FnMut(String)) -> Result<PathBuf, String> {
+    if let Some(p) = find_in_path("qemu-system-x86_64") {
+        return Ok(p);
+    }
+    if find_in_path("apt-get").is_none() {
+        return Err("qemu-system-x86_64 is not installed and there is no apt-get to install it".into());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("qemu-system-x86_64 is not installed (as root: apt-get install -y qemu-system-x86)".into());
+    }
+    warn("qemu-system-x86_64 not found: running `apt-get install -y qemu-system-x86` once".into());
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends", "qemu-system-x86"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status();
+    match (status, find_in_path("qemu-system-x86_64")) {
+        (_, Some(p)) => Ok(p),
+        (Ok(s), None) => Err(format!(
+            "qemu-system-x86_64 is not installed and `apt-get install -y qemu-system-x86` failed ({s})"
+        )),
+        (Err(e), None) => Err(format!(
+            "qemu-system-x86_64 is not installed and apt-get could not run ({e})"
+        )),
+    }
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_lines_parse() {
+        let text = "kvmkit-guest: cpu 0 online (apic id 0)\r\n\
+            primes: N=100000 count=9592 time_ns=5458071 ticks=13347331 cpu=0\r\n\
+            primes: N=100000 count=9592 time_ns=5558071 ticks=13347331 cpu=1\r\n\
+            kvmkit-guest: done workload=primes:100000 cpus=2 failed=0 status=0\r\n";
+        let s = parse_serial(text, Kind::Primes);
+        assert_eq!(s.status, Some(0));
+        assert_eq!(s.per_cpu.get(&1), Some(&(5558071, 9592)));
+        let m = "memtest: MiB=4 cpu=0 base=0x400000 bytes=4194304 tests=11 errors=0 time_ns=176216878 ticks=4\n";
+        assert_eq!(parse_serial(m, Kind::Memtest).per_cpu.get(&0), Some(&(176216878, 0)));
+        let e = "mmio-exits: N=10000 ns_per_exit=38099 ticks_per_exit=93169 total_ns=380993489 cpu=0\n";
+        assert_eq!(
+            parse_serial(e, Kind::MmioExits).per_cpu.get(&0),
+            Some(&(380993489, 38099))
+        );
+        assert!(parse_serial(e, Kind::Exits).per_cpu.is_empty());
+    }
+}

@@ -1,0 +1,422 @@
+//! What `kvmkit bench` measures: profiles, tables, environments and the workload table.
+//!
+//! Adding a workload is a few lines here: a [`Kind`] variant (its guest spec name, the host
+//! runner's support, a cost estimate), its sizes in [`workloads`], and, where it needs devices,
+//! the extra VMM arguments in [`Kind::kvmkit_args`] / [`Kind::qemu_args`]. Table 3's
+//! `blk-seq:MIB`, for instance, would return `--disk path=IMG` for kvmkit and
+//! `-drive file=IMG,if=none,id=d0,format=raw -device virtio-blk-device,drive=d0
+//! -global virtio-mmio.force-legacy=false` for QEMU, after creating IMG in the output directory.
+
+use std::path::Path;
+
+use clap::ValueEnum;
+use serde::Serialize;
+
+/// Workload sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// Small sizes: the whole run in <= 3 minutes here (a CI smoke test).
+    Quick,
+    /// Medium sizes: <= 15 minutes here with 3 runs.
+    Default,
+    /// The paper's sizes (primes to 1e7, memtester 1000 MB): long.
+    Paper,
+}
+
+impl Profile {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Quick => "quick",
+            Self::Default => "default",
+            Self::Paper => "paper",
+        }
+    }
+}
+
+/// The paper's tables (plus the exit-latency table kvmkit adds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Table {
+    /// Table 1: prime search.
+    Cpu,
+    /// Table 2: memtester.
+    Memory,
+    /// Table 3: dd read/write.
+    Disk,
+    /// Table 4: benchmark suite.
+    Suite,
+    /// VM exit round trips (PIO, MMIO).
+    Exits,
+}
+
+impl Table {
+    /// Every table, in report order.
+    pub const ALL: [Table; 5] = [Table::Cpu, Table::Memory, Table::Disk, Table::Suite, Table::Exits];
+
+    /// Title as in the report.
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::Cpu => "Table 1, CPU: prime search by trial division (seconds; lower is better)",
+            Self::Memory => "Table 2, memory: memtester-style pattern tests (seconds; lower is better)",
+            Self::Disk => "Table 3, disk: sequential write with flush, cold read (seconds; lower is better)",
+            Self::Suite => "Table 4, benchmark suite",
+            Self::Exits => "VM exit round trip (ns per exit; lower is better)",
+        }
+    }
+
+    /// Header of the first column.
+    pub fn row_header(self) -> &'static str {
+        match self {
+            Self::Cpu => "N",
+            Self::Memory => "size",
+            Self::Disk => "test",
+            Self::Suite => "test",
+            Self::Exits => "exit",
+        }
+    }
+}
+
+/// Where a workload runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Env {
+    /// The bare host (same workload code, in-process threads).
+    Host,
+    /// kvmkit's test guest under kvmkit.
+    Kvmkit,
+    /// kvmkit's test guest under QEMU (microvm, KVM).
+    Qemu,
+}
+
+impl Env {
+    /// Every environment, in column order.
+    pub const ALL: [Env; 3] = [Env::Host, Env::Kvmkit, Env::Qemu];
+
+    /// Lower-case name (JSON key, column header).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Host => "host",
+            Self::Kvmkit => "kvmkit",
+            Self::Qemu => "qemu",
+        }
+    }
+
+    /// Whether this is a guest (has a guest/host ratio).
+    pub fn is_guest(self) -> bool {
+        self != Self::Host
+    }
+}
+
+/// Unit of a workload's figure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Unit {
+    /// Seconds of workload time (guest TSC / host monotonic clock), lower is better.
+    #[serde(rename = "s")]
+    Seconds,
+    /// Nanoseconds per VM exit round trip, lower is better.
+    #[serde(rename = "ns/exit")]
+    NsPerExit,
+}
+
+/// The workload kinds the test guest (and the host runner) know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `primes:N`.
+    Primes,
+    /// `memtest:MIB` (total MiB, split among vCPUs / threads).
+    Memtest,
+    /// `exits:N` PIO round trips.
+    Exits,
+    /// `mmio-exits:N` MMIO round trips.
+    MmioExits,
+}
+
+impl Kind {
+    /// The guest workload name (`kvmkit.workload=NAME:ARG`, serial line prefix, report name).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Primes => "primes",
+            Self::Memtest => "memtest",
+            Self::Exits => "exits",
+            Self::MmioExits => "mmio-exits",
+        }
+    }
+
+    /// Whether the bare host can run it (an exit has no host counterpart).
+    pub fn on_host(self) -> bool {
+        matches!(self, Self::Primes | Self::Memtest)
+    }
+
+    /// Estimated seconds of one run of the workload itself (this host, one CPU).
+    pub fn estimate_s(self, arg: u64) -> f64 {
+        let a = arg as f64;
+        match self {
+            // 5.4 ms at 1e5; trial division to sqrt(j): ~N^1.5 / ln N.
+            Self::Primes => 0.0054 * (a / 1e5).powf(1.5) * (1e5f64).ln() / a.max(3.0).ln(),
+            // ~0.75 s per 16 MiB here.
+            Self::Memtest => 0.047 * a,
+            // ~30-55 us per exit here (PVM).
+            Self::Exits | Self::MmioExits => 50e-6 * a,
+        }
+    }
+
+    /// Extra `kvmkit run` arguments (devices) for this workload; none yet.
+    pub fn kvmkit_args(self, _arg: u64, _out: &Path) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Extra QEMU arguments (devices) for this workload; none yet.
+    pub fn qemu_args(self, _arg: u64, _out: &Path) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The result every correct run must report (prime count), if fixed.
+    pub fn expected(self, arg: u64) -> Option<u64> {
+        match (self, arg) {
+            (Self::Primes, 100_000) => Some(9592),
+            (Self::Primes, 1_000_000) => Some(78_498),
+            (Self::Primes, 10_000_000) => Some(664_579),
+            (Self::Memtest, _) => Some(0),
+            _ => None,
+        }
+    }
+}
+
+/// One measured row of a table.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    /// Guest workload spec, also the results.json key: `primes:100000`.
+    pub id: String,
+    /// Which table it belongs to.
+    pub table: Table,
+    /// What runs.
+    pub kind: Kind,
+    /// Its argument.
+    pub arg: u64,
+    /// Row label in the tables ("1e5", "10 MiB", "PIO").
+    pub label: String,
+    /// Unit of its figure.
+    pub unit: Unit,
+    /// The paper's (host, KVM guest) figures for this row, if it has one.
+    pub paper: Option<(f64, f64)>,
+}
+
+impl Workload {
+    fn new(table: Table, kind: Kind, arg: u64, label: String, paper: Option<(f64, f64)>) -> Self {
+        let unit = if matches!(kind, Kind::Exits | Kind::MmioExits) {
+            Unit::NsPerExit
+        } else {
+            Unit::Seconds
+        };
+        Self {
+            id: format!("{}:{arg}", kind.name()),
+            table,
+            kind,
+            arg,
+            label,
+            unit,
+            paper,
+        }
+    }
+
+    /// Whether `env` runs this workload.
+    pub fn runs_on(&self, env: Env) -> bool {
+        env.is_guest() || self.kind.on_host()
+    }
+
+    /// Guest RAM (MiB) this workload needs at least.
+    pub fn min_memory_mib(&self) -> u64 {
+        match self.kind {
+            Kind::Memtest => self.arg + 64,
+            _ => 64,
+        }
+    }
+}
+
+/// The paper's Table 1 figures (host, KVM) per N.
+fn paper_primes(n: u64) -> Option<(f64, f64)> {
+    match n {
+        100_000 => Some((1.051, 1.123)),
+        1_000_000 => Some((5.755, 6.132)),
+        10_000_000 => Some((30.326, 40.217)),
+        _ => None,
+    }
+}
+
+/// The paper's Table 2 figures (host, KVM) per size (MB, taken as MiB).
+fn paper_memtest(mib: u64) -> Option<(f64, f64)> {
+    match mib {
+        10 => Some((3.147, 3.661)),
+        100 => Some((44.916, 47.448)),
+        1000 => Some((447.286, 503.279)),
+        _ => None,
+    }
+}
+
+fn exp_label(n: u64) -> String {
+    let digits = n.to_string();
+    match digits.strip_prefix('1') {
+        Some(zeros) if !zeros.is_empty() && zeros.bytes().all(|b| b == b'0') => format!("1e{}", zeros.len()),
+        _ => digits,
+    }
+}
+
+/// The measured workloads of `profile` for `tables`, in table order.
+pub fn workloads(profile: Profile, tables: &[Table]) -> Vec<Workload> {
+    let (primes, mems, exits): (&[u64], &[u64], u64) = match profile {
+        Profile::Quick => (&[100_000], &[4], 10_000),
+        Profile::Default => (&[100_000, 1_000_000], &[10, 100], 20_000),
+        Profile::Paper => (&[100_000, 1_000_000, 10_000_000], &[10, 100, 1000], 100_000),
+    };
+    let mut out = Vec::new();
+    for &t in tables {
+        match t {
+            Table::Cpu => out.extend(
+                primes
+                    .iter()
+                    .map(|&n| Workload::new(t, Kind::Primes, n, exp_label(n), paper_primes(n))),
+            ),
+            Table::Memory => out.extend(
+                mems.iter()
+                    .map(|&m| Workload::new(t, Kind::Memtest, m, format!("{m} MiB"), paper_memtest(m))),
+            ),
+            Table::Exits => {
+                out.push(Workload::new(
+                    t,
+                    Kind::Exits,
+                    exits,
+                    "PIO (out to a null port)".into(),
+                    None,
+                ));
+                out.push(Workload::new(
+                    t,
+                    Kind::MmioExits,
+                    exits,
+                    "MMIO (write to a null page)".into(),
+                    None,
+                ));
+            }
+            // Not measured yet: see `not_measured`.
+            Table::Disk | Table::Suite => {}
+        }
+    }
+    out
+}
+
+/// A row the paper has that kvmkit does not measure yet.
+#[derive(Clone, Debug, Serialize)]
+pub struct Pending {
+    /// Table.
+    pub table: Table,
+    /// Row label.
+    pub test: &'static str,
+    /// Unit of the paper's figures.
+    pub unit: &'static str,
+    /// The paper's host figure.
+    pub paper_host: f64,
+    /// The paper's KVM figure.
+    pub paper_kvm: f64,
+    /// The paper's Xen figure (Table 4 only).
+    pub paper_xen: Option<f64>,
+}
+
+/// Why the pending rows are not measured.
+pub const PENDING_REASON: &str = "not measured yet: the virtio-blk (blk-seq) and suite workloads are not in the \
+                                  test guest yet";
+
+/// Rows of Tables 3 and 4 (with the paper's figures) that kvmkit does not measure yet.
+pub fn not_measured(tables: &[Table]) -> Vec<Pending> {
+    let disk: [(&str, f64, f64); 6] = [
+        ("read 1M", 0.004, 0.006),
+        ("read 10M", 0.011, 0.013),
+        ("read 100M", 0.055, 0.062),
+        ("write 1M", 0.003, 0.011),
+        ("write 10M", 0.027, 0.035),
+        ("write 100M", 0.857, 1.176),
+    ];
+    let suite: [(&str, &str, f64, f64, f64); 8] = [
+        ("ray tracer (C-Ray-like)", "s", 73.25, 80.52, 107.65),
+        ("POV-Ray (single-threaded render)", "s", 900.0, 905.0, 1328.0),
+        ("Blowfish", "score", 714.0, 710.0, 492.0),
+        ("DES", "score", 3_475_000.0, 3_383_000.0, 2_397_333.0),
+        ("MD5", "score", 11124.0, 11063.0, 7628.0),
+        ("OpenSSL", "score", 67.75, 67.15, 46.73),
+        ("compression (in place of 7-Zip)", "score", 13331.0, 11757.0, 9771.0),
+        (
+            "small-block random I/O (in place of PostMark)",
+            "score",
+            4166.0,
+            3393.0,
+            2409.0,
+        ),
+    ];
+    let mut out = Vec::new();
+    if tables.contains(&Table::Disk) {
+        out.extend(disk.iter().map(|&(test, h, k)| Pending {
+            table: Table::Disk,
+            test,
+            unit: "s",
+            paper_host: h,
+            paper_kvm: k,
+            paper_xen: None,
+        }));
+    }
+    if tables.contains(&Table::Suite) {
+        out.extend(suite.iter().map(|&(test, unit, h, k, x)| Pending {
+            table: Table::Suite,
+            test,
+            unit,
+            paper_host: h,
+            paper_kvm: k,
+            paper_xen: Some(x),
+        }));
+    }
+    out
+}
+
+/// Estimated seconds of one run of `w` in `env`, including VM start-up.
+pub fn estimate_run_s(w: &Workload, env: Env, cpus: usize) -> f64 {
+    let work = w.kind.estimate_s(w.arg);
+    // memtest splits its region among CPUs; everything else runs whole on each.
+    let work = if w.kind == Kind::Memtest {
+        work / cpus.max(1) as f64 * 1.2
+    } else {
+        work
+    };
+    let start = match env {
+        Env::Host => 0.01,
+        Env::Kvmkit => 0.15,
+        Env::Qemu => 0.3,
+    };
+    work + start + w.min_memory_mib() as f64 * 0.0005
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profiles_list_the_papers_sizes() {
+        let all = workloads(Profile::Paper, &Table::ALL);
+        let ids: Vec<_> = all.iter().map(|w| w.id.as_str()).collect();
+        assert!(ids.contains(&"primes:10000000"));
+        assert!(ids.contains(&"memtest:1000"));
+        assert!(all.iter().filter(|w| w.table == Table::Cpu).all(|w| w.paper.is_some()));
+        assert_eq!(exp_label(1_000_000), "1e6");
+        assert_eq!(exp_label(250), "250");
+        assert_eq!(not_measured(&Table::ALL).len(), 14);
+    }
+
+    #[test]
+    fn quick_profile_fits_its_budget() {
+        let total: f64 = workloads(Profile::Quick, &Table::ALL)
+            .iter()
+            .flat_map(|w| Env::ALL.into_iter().map(move |e| (w, e)))
+            .filter(|(w, e)| w.runs_on(*e))
+            .map(|(w, e)| 3.0 * estimate_run_s(w, e, 1))
+            .sum();
+        assert!(total < 60.0, "{total}");
+    }
+}

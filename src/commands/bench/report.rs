@@ -1,0 +1,335 @@
+//! The terminal tables and `report.md`.
+
+use std::fmt::Write as _;
+
+use super::profile::{Env, Table, Unit};
+use super::results::{BenchResults, Cell, WorkloadResult, SPREAD_WARN};
+
+/// Label of the paper's columns.
+pub const PAPER: &str = "paper (KVM on 2017 hardware)";
+
+/// A figure with about four significant digits.
+pub fn fmt_value(v: f64, unit: Unit) -> String {
+    match unit {
+        Unit::NsPerExit => format!("{v:.0}"),
+        Unit::Seconds if v >= 100.0 => format!("{v:.1}"),
+        Unit::Seconds if v >= 1.0 => format!("{v:.3}"),
+        Unit::Seconds if v >= 0.01 => format!("{v:.4}"),
+        Unit::Seconds => format!("{v:.6}"),
+    }
+}
+
+fn median(cell: &Cell, unit: Unit) -> String {
+    match (&cell.stats, &cell.skipped) {
+        (Some(s), _) => fmt_value(s.median, unit),
+        (None, Some(_)) => "-".into(),
+        (None, None) if !cell.failures.is_empty() => "failed".into(),
+        (None, None) => "-".into(),
+    }
+}
+
+fn median_min_max(cell: &Cell, unit: Unit) -> String {
+    match &cell.stats {
+        Some(s) => {
+            let flag = if s.spread > SPREAD_WARN { " ⚠" } else { "" };
+            format!(
+                "{} ({}–{}){flag}",
+                fmt_value(s.median, unit),
+                fmt_value(s.min, unit),
+                fmt_value(s.max, unit)
+            )
+        }
+        None => median(cell, unit),
+    }
+}
+
+fn ratio(w: &WorkloadResult, env: Env) -> String {
+    w.ratios
+        .get(env.name())
+        .map_or_else(|| "-".into(), |r| format!("{r:.3}"))
+}
+
+/// Lays out rows as a fixed-width text table (first column left-aligned).
+fn text_table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let width: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            let pad = width[c] - cell.chars().count();
+            if c == 0 {
+                line += cell;
+                line += &" ".repeat(pad);
+            } else {
+                line += "  ";
+                line += &" ".repeat(pad);
+                line += cell;
+            }
+        }
+        out += line.trim_end();
+        out.push('\n');
+    }
+    out
+}
+
+fn rows_of(results: &BenchResults, table: Table) -> Vec<&WorkloadResult> {
+    results
+        .order
+        .iter()
+        .filter_map(|id| results.workloads.get(id))
+        .filter(|w| w.table == table)
+        .collect()
+}
+
+fn envs_run(results: &BenchResults) -> Vec<Env> {
+    Env::ALL
+        .into_iter()
+        .filter(|e| results.environments.get(e.name()).is_some_and(|i| i.available))
+        .collect()
+}
+
+/// The tables for the terminal (medians and ratios).
+pub fn terminal(results: &BenchResults) -> String {
+    let envs = envs_run(results);
+    let guests: Vec<Env> = envs.iter().copied().filter(|e| e.is_guest()).collect();
+    let mut out = String::new();
+    for table in Table::ALL {
+        let rows = rows_of(results, table);
+        let pending: Vec<_> = results.not_measured.iter().filter(|p| p.table == table).collect();
+        if rows.is_empty() && pending.is_empty() {
+            continue;
+        }
+        if !pending.is_empty() {
+            let _ = writeln!(out, "\n{} — not measured yet", table.title());
+            let mut t = vec![vec![
+                table.row_header().to_owned(),
+                "kvmkit bench".into(),
+                "paper host".into(),
+                "paper KVM".into(),
+            ]];
+            for p in pending {
+                t.push(vec![
+                    p.test.into(),
+                    "not measured yet".into(),
+                    p.paper_host.to_string(),
+                    p.paper_kvm.to_string(),
+                ]);
+            }
+            out += &text_table(&t);
+            continue;
+        }
+        let _ = writeln!(out, "\n{} — median of {} run(s)", table.title(), results.runs);
+        let mut header = vec![table.row_header().to_owned()];
+        header.extend(envs.iter().map(|e| e.name().to_owned()));
+        if table == Table::Exits {
+            if guests.len() == 2 {
+                header.push("kvmkit/qemu".into());
+            }
+        } else {
+            header.extend(guests.iter().map(|g| format!("{}/host", g.name())));
+            header.push("paper KVM/host".into());
+        }
+        let mut t = vec![header];
+        for w in rows {
+            let mut row = vec![w.label.clone()];
+            row.extend(envs.iter().map(|&e| median(w.cell(e), w.unit)));
+            if table == Table::Exits {
+                if guests.len() == 2 {
+                    let (k, q) = (w.kvmkit.stats, w.qemu.stats);
+                    row.push(
+                        k.zip(q)
+                            .map_or_else(|| "-".into(), |(k, q)| format!("{:.3}", k.median / q.median)),
+                    );
+                }
+            } else {
+                row.extend(guests.iter().map(|&g| ratio(w, g)));
+                row.push(
+                    w.paper
+                        .as_ref()
+                        .and_then(|p| p.get("kvm_over_host"))
+                        .map_or_else(|| "-".into(), |r| format!("{r:.3}")),
+                );
+            }
+            t.push(row);
+        }
+        out += &text_table(&t);
+        if table == Table::Exits && envs.contains(&Env::Host) {
+            out += "(host: no VM exit on the bare host; the guest figures stand alone)\n";
+        }
+    }
+    out
+}
+
+fn md_row(cells: &[String]) -> String {
+    format!("| {} |\n", cells.join(" | "))
+}
+
+/// `report.md`.
+pub fn markdown(results: &BenchResults, charts: &[String]) -> String {
+    let m = &results.machine;
+    let envs = envs_run(results);
+    let guests: Vec<Env> = envs.iter().copied().filter(|e| e.is_guest()).collect();
+    let mut out = String::new();
+    let _ = writeln!(out, "# kvmkit bench report\n");
+    let _ = writeln!(
+        out,
+        "Profile `{}`, {} run(s) per cell (environments interleaved per run), {} vCPU(s) / host thread(s), \
+         guest RAM {} MiB (raised for memory workloads), whole bench {:.0} s.\n",
+        results.profile.name(),
+        results.runs,
+        results.cpus,
+        results.memory_mib,
+        results.wall_s
+    );
+    let _ = writeln!(
+        out,
+        "Every environment runs the same workload code (the `kvmkit-workloads` crate): in this process on \
+         the host, in kvmkit's test guest under kvmkit, and in the same guest ELF under QEMU (microvm, KVM). \
+         Cells are median (min–max) of the runs; ratios are guest median / host median (> 1: the guest is \
+         slower). The paper's columns are {PAPER}: a Python prime script and memtester on unknown 2017 \
+         hardware, so compare its ratios, not its absolute times.\n"
+    );
+    let _ = writeln!(out, "## Machine\n");
+    let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "unknown".into());
+    let _ = writeln!(out, "- host kernel: {} ({})", m.kernel, m.kernel_version);
+    let _ = writeln!(out, "- KVM vendor module: {}", opt(&m.kvm_module));
+    let _ = writeln!(
+        out,
+        "- CPU: {} ({} logical CPUs), RAM {} MiB",
+        m.cpu_model, m.cpus_online, m.memory_mib
+    );
+    let _ = writeln!(
+        out,
+        "- load average at start: {:.2} {:.2} {:.2} ({:.2} per CPU)",
+        m.load_average[0], m.load_average[1], m.load_average[2], m.load_per_cpu
+    );
+    let _ = writeln!(
+        out,
+        "- kvmkit {} (git {}), {} build",
+        m.kvmkit_version,
+        opt(&m.kvmkit_git_revision),
+        if m.kvmkit_optimized {
+            "optimized"
+        } else {
+            "UNOPTIMIZED debug"
+        }
+    );
+    let _ = writeln!(
+        out,
+        "- QEMU: {}",
+        m.qemu_version.clone().unwrap_or_else(|| "not available".into())
+    );
+    for (name, info) in &results.environments {
+        if let Some(r) = &info.reason {
+            let _ = writeln!(out, "- environment {name} not run: {r}");
+        }
+    }
+    let row_warnings: Vec<String> = results
+        .order
+        .iter()
+        .filter_map(|id| results.workloads.get(id).map(|w| (id, w)))
+        .flat_map(|(id, w)| w.warnings.iter().map(move |x| format!("{id}: {x}")))
+        .collect();
+    if !results.warnings.is_empty() || !row_warnings.is_empty() {
+        let _ = writeln!(out, "\n## Warnings\n");
+        for w in results.warnings.iter().chain(&row_warnings) {
+            let _ = writeln!(out, "- ⚠ {w}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n## Sizes\n\nquick: primes 1e5, memtest 4 MiB, 10000 exits; default: primes 1e5/1e6, memtest \
+         10/100 MiB, 20000 exits; paper: primes 1e5/1e6/1e7, memtest 10/100/1000 MiB, 100000 exits. The \
+         memtester-style passes are slow here (~0.75 s per 16 MiB), so the quick and default profiles keep \
+         memory sizes small enough for quick <= 3 min and default <= 15 min with --runs 3; the paper's \
+         1000 MB row is in --profile paper only."
+    );
+    for table in Table::ALL {
+        let rows = rows_of(results, table);
+        let pending: Vec<_> = results.not_measured.iter().filter(|p| p.table == table).collect();
+        if rows.is_empty() && pending.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "\n## {}\n", table.title());
+        if !pending.is_empty() {
+            let _ = writeln!(out, "{}.\n", results.not_measured_reason);
+            let xen = table == Table::Suite;
+            let mut h = vec![
+                table.row_header().to_owned(),
+                "kvmkit bench".into(),
+                format!("{PAPER}: host"),
+                "KVM".into(),
+            ];
+            if xen {
+                h.push("Xen".into());
+            }
+            out += &md_row(&h);
+            out += &md_row(&vec!["---".to_owned(); h.len()]);
+            for p in pending {
+                let mut r = vec![
+                    format!("{} ({})", p.test, p.unit),
+                    "not measured yet".into(),
+                    p.paper_host.to_string(),
+                    p.paper_kvm.to_string(),
+                ];
+                if let Some(x) = p.paper_xen {
+                    r.push(x.to_string());
+                }
+                out += &md_row(&r);
+            }
+            continue;
+        }
+        let mut h = vec![table.row_header().to_owned()];
+        h.extend(envs.iter().map(|e| e.name().to_owned()));
+        if table == Table::Exits {
+            if envs.contains(&Env::Host) {
+                h.retain(|c| c != "host");
+            }
+        } else {
+            h.extend(guests.iter().map(|g| format!("{}/host", g.name())));
+            h.extend([format!("{PAPER}: host"), "KVM".into(), "KVM/host".into()]);
+        }
+        out += &md_row(&h);
+        out += &md_row(&vec!["---".to_owned(); h.len()]);
+        for w in rows {
+            let mut r = vec![w.label.clone()];
+            for &e in &envs {
+                if table == Table::Exits && e == Env::Host {
+                    continue;
+                }
+                r.push(median_min_max(w.cell(e), w.unit));
+            }
+            if table != Table::Exits {
+                r.extend(guests.iter().map(|&g| ratio(w, g)));
+                let p = |k: &str| w.paper.as_ref().and_then(|p| p.get(k).copied());
+                r.push(p("host").map_or_else(|| "-".into(), |v| v.to_string()));
+                r.push(p("kvm").map_or_else(|| "-".into(), |v| v.to_string()));
+                r.push(p("kvm_over_host").map_or_else(|| "-".into(), |v| format!("{v:.3}")));
+            }
+            out += &md_row(&r);
+        }
+        if table == Table::Exits {
+            let _ = writeln!(
+                out,
+                "\nThe bare host has no VM exit, so this table has no host column and no ratio; the raw KVM \
+                 floor (a minimal VMM's round trip) is not measured yet."
+            );
+        }
+    }
+    if !charts.is_empty() {
+        let _ = writeln!(out, "\n## Charts\n");
+        for c in charts {
+            let _ = writeln!(out, "![{c}]({c})\n");
+        }
+    }
+    out
+}

@@ -1,0 +1,84 @@
+//! `kvmkit bench --profile quick`: every cell measured, every ratio finite and positive,
+//! report.md and at least one SVG written.
+
+mod common;
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+#[test]
+fn quick_bench_measures_every_cell() {
+    let dir = std::env::temp_dir().join(format!("kvmkit-bench-smoke-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_string_lossy().to_string();
+    let out = common::run(
+        &["bench", "--profile", "quick", "--runs", "1", "--out", &d],
+        Duration::from_secs(600),
+    );
+    assert_eq!(out.code, Some(0), "stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("Table 1"),
+        "no Table 1 on the terminal:\n{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("not measured yet"),
+        "Tables 3/4 rows missing:\n{}",
+        out.stdout
+    );
+
+    let text = std::fs::read_to_string(dir.join("results.json")).expect("results.json");
+    let res: Value = serde_json::from_str(&text).expect("results.json parses");
+    let qemu_absent = res["environments"]["qemu"]["available"] == false;
+    if qemu_absent {
+        let why = res["environments"]["qemu"]["reason"].as_str().unwrap_or("");
+        assert!(!why.is_empty(), "qemu column absent without a reason: {res:#}");
+    }
+    let workloads = res["workloads"].as_object().expect("workloads object");
+    for id in ["primes:100000", "memtest:4", "exits:10000", "mmio-exits:10000"] {
+        assert!(workloads.contains_key(id), "{id} missing: {:?}", workloads.keys());
+    }
+    for (id, w) in workloads {
+        for env in ["host", "kvmkit", "qemu"] {
+            let cell = &w[env];
+            assert!(cell.is_object(), "{id}: no {env} entry");
+            let samples = cell["samples"].as_array().expect("samples array");
+            let skipped = cell["skipped"].as_str();
+            let exempt = (env == "host" && w["table"] == "exits") || (env == "qemu" && qemu_absent);
+            if exempt {
+                assert!(
+                    skipped.is_some_and(|s| !s.is_empty()),
+                    "{id}/{env}: no sample and no reason"
+                );
+                continue;
+            }
+            assert!(!samples.is_empty(), "{id}/{env}: no samples: {cell:#}");
+            for s in samples {
+                let v = s["value"].as_f64().expect("value");
+                assert!(v.is_finite() && v > 0.0, "{id}/{env}: bad sample {s}");
+            }
+        }
+        if w["table"] != "exits" {
+            let ratios = w["ratios"].as_object().expect("ratios");
+            let want = if qemu_absent { 1 } else { 2 };
+            assert_eq!(ratios.len(), want, "{id}: ratios {ratios:?}");
+            for (env, r) in ratios {
+                let r = r.as_f64().expect("ratio");
+                assert!(r.is_finite() && r > 0.0, "{id}: {env}/host ratio {r}");
+            }
+        }
+    }
+    assert!(res["machine"]["kernel"].as_str().is_some_and(|k| !k.is_empty()));
+    assert!(res["not_measured"].as_array().is_some_and(|a| !a.is_empty()));
+
+    let report = std::fs::read_to_string(dir.join("report.md")).expect("report.md");
+    assert!(report.contains("paper (KVM on 2017 hardware)"), "{report}");
+    let svgs = std::fs::read_dir(&dir)
+        .expect("out dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "svg"))
+        .count();
+    assert!(svgs >= 1, "no SVG in {}", dir.display());
+    let _ = std::fs::remove_dir_all(&dir);
+}

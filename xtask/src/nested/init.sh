@@ -1,0 +1,165 @@
+#!/bin/sh
+# kvmkit nested lab: the L1 scenario runner (written into the L1 initramfs by `cargo xtask nested`).
+# Loads kvm_amd, then runs each scenario named in lab.scenarios= (kernel command line) with a
+# timeout of lab.timeout= seconds, and reports on the console:
+#   @@LAB <name> START | @@LAB <name> PASS | @@LAB <name> FAIL <reason> | @@LAB DONE
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+export HOME=/root KVMKIT_CACHE=/lab/cache
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mkdir -p /root
+cd /tmp
+
+arg() { sed -n "s/.*[ ]$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+SCENARIOS=$(arg lab.scenarios | tr , ' ')
+T=$(arg lab.timeout)
+[ -n "$T" ] || T=45
+info() { echo "@@LAB-INFO $*"; }
+now() { cut -d' ' -f1 /proc/uptime; }
+
+info "L1 kernel $(uname -r), $(nproc) cpu(s), svm flag: $(grep -q -w svm /proc/cpuinfo && echo yes || echo no)"
+for ko in $(cat /lab/modules.order); do
+  insmod "/lab/modules/$ko" || info "insmod $ko failed"
+done
+dmesg | grep -i -E 'kvm|svm' | sed 's/^/@@LAB-INFO dmesg: /'
+
+# Scenario helpers. Each scenario sets $why (first failure wins) or leaves it empty to pass.
+why=""
+fail() { [ -n "$why" ] || why="$*"; }
+# vm OUT CMD...: runs CMD under the timeout, stdin from /dev/null, output (\r stripped) to OUT
+# and echoed to the console; sets $rc and $took.
+vm() {
+  out=$1
+  shift
+  t0=$(now)
+  timeout -s TERM "$T" "$@" </dev/null >"$out.raw" 2>&1
+  rc=$?
+  settle "$out"
+}
+settle() {
+  tr -d '\r' <"$1.raw" >"$1"
+  sed 's/^/  | /' "$1"
+  took=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')
+  info "exit status $rc after ${took}s"
+  if awk -v t="$took" -v lim="$T" 'BEGIN { exit !(t >= lim - 1) }'; then
+    fail "timed out after ${T}s, VM still running; its last line: $(grep . "$1" | tail -n 1)"
+  fi
+}
+expect_rc() { [ "$rc" = "$1" ] || fail "exit status $rc, expected $1"; }
+expect_line() { grep -q -- "$2" "$1" || fail "no '$2' in the output"; }
+need_linux() {
+  kvmkit run --help 2>/dev/null | grep -q -- '--linux' || { fail "kvmkit has no 'run --linux' yet"; return 1; }
+  [ -s /lab/cache/linux/manifest.json ] || { fail "no L2 assets in the initramfs (kvmkit image fetch failed on the host?)"; return 1; }
+}
+
+sc_kvm_amd() {
+  [ -c /dev/kvm ] || { fail "no /dev/kvm in L1 (kvm_amd did not load; see @@LAB-INFO lines)"; return; }
+  vm /tmp/check kvmkit check
+  expect_line /tmp/check 'vendor module: kvm_amd'
+  expect_line /tmp/check 'KVM acceleration can be used'
+  expect_rc 0
+}
+guest() {
+  vm /tmp/guest kvmkit run --guest --no-stdin --workload primes:100000 "$@"
+  expect_rc 0
+  expect_line /tmp/guest 'count=9592'
+}
+sc_test_guest() { guest; }
+sc_test_guest_smp() {
+  guest --cpus 2
+  for cpu in 0 1; do
+    grep -q "count=9592 .*cpu=$cpu" /tmp/guest || fail "cpu $cpu did not report count=9592"
+  done
+}
+sc_linux_cmd() {
+  need_linux || return
+  want=$(cat /lab/l2-version)
+  vm /tmp/l2 kvmkit run --linux -- uname -r
+  expect_rc 0
+  grep -qx -- "$want" /tmp/l2 || fail "uname -r did not print $want"
+}
+sc_linux_status() {
+  need_linux || return
+  vm /tmp/l2 kvmkit run --linux -- sh -c 'exit 7'
+  expect_rc 7
+}
+sc_linux_127() {
+  need_linux || return
+  vm /tmp/l2 kvmkit run --linux -- no-such-command
+  expect_rc 127
+}
+sc_linux_smp() {
+  need_linux || return
+  vm /tmp/l2 kvmkit run --linux --cpus 2 -- nproc
+  expect_rc 0
+  grep -qx 2 /tmp/l2 || fail "nproc did not print 2"
+}
+# shell [ARGS]: boots to the console shell, waits for the userspace marker, then types a
+# command line that prints lab-shell-ok and powers off.
+shell() {
+  need_linux || return
+  rm -f /tmp/in /tmp/shell.rc
+  mkfifo /tmp/in
+  t0=$(now)
+  (timeout -s TERM "$T" kvmkit run --linux "$@" </tmp/in >/tmp/shell.raw 2>&1; echo $? >/tmp/shell.rc) &
+  exec 3>/tmp/in
+  n=0
+  while ! grep -q KVMKIT-USERSPACE-READY /tmp/shell.raw 2>/dev/null && [ ! -e /tmp/shell.rc ] && [ $n -lt $((T * 5)) ]; do
+    sleep 0.2
+    n=$((n + 1))
+  done
+  sleep 0.5
+  echo 'echo lab-shell-ok; poweroff -f' >&3
+  wait
+  exec 3>&-
+  rc=$(cat /tmp/shell.rc 2>/dev/null || echo none)
+  settle /tmp/shell
+  expect_line /tmp/shell KVMKIT-USERSPACE-READY
+  expect_line /tmp/shell '^lab-shell-ok'
+  expect_rc 0
+}
+sc_linux_shell() { shell; }
+sc_linux_shell_smp() { shell --cpus 2; }
+sc_linux_poweroff() {
+  need_linux || return
+  vm /tmp/l2 kvmkit run --linux -- poweroff -f
+  expect_rc 0
+}
+# once PATTERN TEXT: the guest did TEXT at most once (a VMM that restarts the guest loops).
+once() {
+  n=$(grep -c -- "$1" /tmp/l2)
+  [ "$n" -le 1 ] || fail "the guest $2 $n times (reboot loop)"
+}
+sc_linux_reboot() {
+  need_linux || return
+  vm /tmp/l2 kvmkit run --linux -- reboot -f
+  once 'reboot: Restarting system' rebooted
+  expect_rc 0
+}
+sc_linux_panic() {
+  need_linux || return
+  vm /tmp/l2 kvmkit run --linux -- sh -c 'echo c > /proc/sysrq-trigger'
+  once 'Kernel panic - not syncing' panicked
+  [ "$rc" != 0 ] || fail "exit status 0 after a guest kernel panic, expected non-zero"
+}
+
+for name in $SCENARIOS; do
+  echo "@@LAB $name START"
+  why=""
+  fn="sc_$(echo "$name" | tr - _)"
+  if type "$fn" >/dev/null 2>&1; then
+    "$fn"
+  else
+    fail "unknown scenario"
+  fi
+  if [ -z "$why" ]; then
+    echo "@@LAB $name PASS"
+  else
+    echo "@@LAB $name FAIL $why"
+  fi
+done
+echo "@@LAB DONE"
+sync
+poweroff -f

@@ -1,0 +1,428 @@
+//! `cargo xtask nested`: the nested lab.
+//!
+//! This host's `/dev/kvm` may be PVM, where stock kernels cannot boot. Under QEMU TCG with
+//! `-cpu max`, Debian's generic kernel loads the real `kvm_amd` (TCG emulates SVM with NPT),
+//! so kvmkit running in that L1 drives a hardware-virtualization-style `/dev/kvm` and boots
+//! Debian's stock cloud kernel as L2. One L1 boot runs every requested scenario in sequence;
+//! the L1 `/init` (`init.sh`) reports `@@LAB` lines on the serial console, parsed here.
+
+mod assets;
+mod cpio;
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// The L1 scenario runner, `/init` in the L1 initramfs.
+const INIT: &str = include_str!("init.sh");
+
+/// Every scenario, in the order a full run uses, with what it proves.
+pub const SCENARIOS: &[(&str, &str)] = &[
+    (
+        "kvm-amd",
+        "kvm_amd loads in L1, /dev/kvm exists, `kvmkit check` reports kvm_amd and usable acceleration",
+    ),
+    (
+        "test-guest",
+        "kvmkit's own test guest runs primes:100000 (count=9592) and exits 0 on a real SVM /dev/kvm",
+    ),
+    (
+        "test-guest-smp",
+        "the same with --cpus 2: both vCPUs come up and report",
+    ),
+    (
+        "linux-cmd",
+        "`run --linux -- uname -r` boots Debian's cloud kernel and prints its version, exit 0",
+    ),
+    (
+        "linux-status",
+        "the guest command's exit status comes back: `sh -c 'exit 7'` exits 7",
+    ),
+    ("linux-127", "a missing guest command exits 127"),
+    (
+        "linux-smp",
+        "`--cpus 2 -- nproc` prints 2 (APs brought up by the stock kernel)",
+    ),
+    (
+        "linux-shell",
+        "`run --linux` boots to KVMKIT-USERSPACE-READY; typed input reaches the console shell",
+    ),
+    ("linux-shell-smp", "the same with --cpus 2"),
+    ("linux-poweroff", "guest `poweroff -f` ends the VM with status 0"),
+    (
+        "linux-reboot",
+        "guest `reboot -f` ends the VM with status 0 (no reboot loop)",
+    ),
+    (
+        "linux-panic",
+        "a guest kernel panic (sysrq c) ends the VM with a non-zero status (no reboot loop)",
+    ),
+];
+
+/// What `cargo xtask nested` was asked to do.
+pub struct Options {
+    scenarios: Vec<String>,
+    scenario_timeout: u64,
+    timeout: Option<u64>,
+    no_build: bool,
+}
+
+impl Options {
+    /// Parses the arguments after `nested`; `Ok(None)` when the request was answered (`--list`).
+    pub fn parse(args: &[String]) -> Result<Option<Self>> {
+        let mut options = Options {
+            scenarios: Vec::new(),
+            scenario_timeout: 45,
+            timeout: None,
+            no_build: false,
+        };
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            let mut secs = |flag: &str| -> Result<u64> {
+                let v = it.next().with_context(|| format!("{flag} needs a value"))?;
+                v.parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .with_context(|| format!("{flag}: bad number of seconds {v:?}"))
+            };
+            match arg.as_str() {
+                "--list" => {
+                    for (name, what) in SCENARIOS {
+                        println!("{name:16} {what}");
+                    }
+                    return Ok(None);
+                }
+                "--scenario-timeout" => options.scenario_timeout = secs(arg)?,
+                "--timeout" => options.timeout = Some(secs(arg)?),
+                "--no-build" => options.no_build = true,
+                flag if flag.starts_with('-') => bail!("unknown option {flag}"),
+                name => {
+                    if !SCENARIOS.iter().any(|(n, _)| *n == name) {
+                        let names: Vec<&str> = SCENARIOS.iter().map(|(n, _)| *n).collect();
+                        bail!("unknown scenario {name:?} (known: {})", names.join(", "));
+                    }
+                    options.scenarios.push(name.to_string());
+                }
+            }
+        }
+        if options.scenarios.is_empty() {
+            options.scenarios = SCENARIOS.iter().map(|(n, _)| n.to_string()).collect();
+        }
+        Ok(Some(options))
+    }
+}
+
+/// The outcome of one scenario.
+enum Outcome {
+    Pass,
+    Fail(String),
+}
+
+struct ScenarioResult {
+    outcome: Option<Outcome>,
+    started: Option<Instant>,
+    took: Option<Duration>,
+    /// The scenario's console output (the `  | ` lines), for failure reports.
+    output: Vec<String>,
+}
+
+/// Runs the lab; `Ok(true)` when every scenario passed.
+pub fn run(options: &Options) -> Result<bool> {
+    let start = Instant::now();
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("xtask has no parent directory")?
+        .to_path_buf();
+    let cache = assets::cache_root()?;
+    let nested = cache.join("nested");
+    std::fs::create_dir_all(&nested).with_context(|| format!("creating {}", nested.display()))?;
+    let out_dir = workspace.join("target/nested");
+    std::fs::create_dir_all(&out_dir)?;
+
+    assets::ensure_tool("qemu-system-x86_64", "qemu-system-x86")?;
+    let l1 = assets::l1_kernel(&nested)?;
+    let busybox = assets::busybox(&nested)?;
+    let kvmkit = assets::static_kvmkit(&workspace, !options.no_build)?;
+    let l2 = assets::l2_assets(&kvmkit, &cache)?;
+    let module_names: Vec<String> = l1
+        .modules
+        .iter()
+        .map(|m| m.file_name().unwrap_or_default().to_string_lossy().into_owned())
+        .collect();
+    eprintln!(
+        "nested: L1 kernel {} (modules {}), L2 kernel {}",
+        l1.version,
+        module_names.join(" "),
+        l2.as_ref().map_or("(none)", |a| a.kernel_version.as_str())
+    );
+
+    let cpio = out_dir.join("l1.cpio");
+    write_initramfs(&cpio, &l1, &busybox, &kvmkit, l2.as_ref())?;
+    let cpio_mib = std::fs::metadata(&cpio)?.len() as f64 / (1024.0 * 1024.0);
+    eprintln!("nested: L1 initramfs {} ({cpio_mib:.1} MiB)", cpio.display());
+
+    let n = options.scenarios.len() as u64;
+    let hard = options.timeout.unwrap_or(120 + n * (options.scenario_timeout + 15));
+    let log = out_dir.join("l1-console.log");
+    let prep = start.elapsed();
+    eprintln!(
+        "nested: booting L1 under QEMU TCG ({} scenario(s), {}s each, hard limit {hard}s); console log {}",
+        n,
+        options.scenario_timeout,
+        log.display()
+    );
+    let qemu_start = Instant::now();
+    let LabRun {
+        results,
+        done,
+        timed_out,
+        first_start,
+    } = boot(options, &l1.bzimage, &cpio, &log, hard)?;
+    let qemu_wall = qemu_start.elapsed();
+
+    let (mut passed, mut failed) = (0, 0);
+    println!();
+    for name in &options.scenarios {
+        let r = &results[name];
+        match &r.outcome {
+            Some(Outcome::Pass) => {
+                passed += 1;
+                println!("PASS {name} ({:.1} s)", r.took.unwrap_or_default().as_secs_f64());
+            }
+            Some(Outcome::Fail(why)) => {
+                failed += 1;
+                println!("FAIL {name}: {why}");
+            }
+            None => {
+                failed += 1;
+                let why = match (r.started, timed_out) {
+                    (Some(_), true) => format!("no result: the lab hit its {hard}s limit while running it"),
+                    (Some(_), false) => "no result: L1 ended while running it".to_string(),
+                    (None, true) => format!("not run: the lab hit its {hard}s limit"),
+                    (None, false) => "not run: L1 ended before it".to_string(),
+                };
+                println!("FAIL {name}: {why}");
+            }
+        }
+    }
+    if !done {
+        println!(
+            "(L1 did not report @@LAB DONE{})",
+            if timed_out { "; QEMU was killed" } else { "" }
+        );
+    }
+    println!("{passed} passed, {failed} failed");
+    let boot = first_start.map(|t| format!(", L1 boot to first scenario {:.1} s", (t - qemu_start).as_secs_f64()));
+    println!(
+        "lab wall time: {:.1} s (preparation {:.1} s, QEMU {:.1} s{}); console log: {}",
+        start.elapsed().as_secs_f64(),
+        prep.as_secs_f64(),
+        qemu_wall.as_secs_f64(),
+        boot.unwrap_or_default(),
+        log.display()
+    );
+    Ok(failed == 0 && done && !timed_out)
+}
+
+/// Writes the L1 initramfs: busybox and its applet links, the static kvmkit, the kvm modules,
+/// the L2 assets under `/lab/cache/linux`, and `/init`.
+fn write_initramfs(
+    out: &Path,
+    l1: &assets::L1Kernel,
+    busybox: &Path,
+    kvmkit: &Path,
+    l2: Option<&assets::L2Assets>,
+) -> Result<()> {
+    let mut a = cpio::Archive::default();
+    for dir in [
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "root",
+        "lab",
+        "lab/cache",
+    ] {
+        a.dir(dir);
+    }
+    a.char_device("dev/console", 0o600, 5, 1);
+    a.char_device("dev/null", 0o666, 1, 3);
+    a.host_file("bin/busybox", 0o755, busybox);
+    for applet in assets::busybox_applets(busybox)? {
+        if applet != "bin/busybox" {
+            a.symlink(&applet, "/bin/busybox");
+        }
+    }
+    a.host_file("bin/kvmkit", 0o755, kvmkit);
+    let mut order = String::new();
+    for module in &l1.modules {
+        let name = module
+            .file_name()
+            .context("module without a file name")?
+            .to_string_lossy()
+            .into_owned();
+        a.host_file(&format!("lab/modules/{name}"), 0o644, module);
+        order.push_str(&name);
+        order.push('\n');
+    }
+    a.bytes("lab/modules.order", 0o644, order);
+    if let Some(l2) = l2 {
+        a.host_tree("lab/cache/linux", &l2.dir)?;
+        a.bytes("lab/l2-version", 0o644, format!("{}\n", l2.kernel_version));
+    }
+    a.bytes("init", 0o755, INIT);
+    a.write(out)
+}
+
+/// What one L1 boot reported.
+struct LabRun {
+    results: HashMap<String, ScenarioResult>,
+    /// L1 printed `@@LAB DONE`.
+    done: bool,
+    /// QEMU was killed at the hard limit.
+    timed_out: bool,
+    /// When the first scenario started (L1 boot time).
+    first_start: Option<Instant>,
+}
+
+/// Boots L1 and follows its console until `@@LAB DONE`, QEMU's exit, or the hard limit.
+fn boot(options: &Options, bzimage: &Path, cpio: &Path, log: &Path, hard: u64) -> Result<LabRun> {
+    let append = format!(
+        "console=ttyS0 reboot=k panic=-1 tsc_early_khz=2445426 quiet lab.scenarios={} lab.timeout={}",
+        options.scenarios.join(","),
+        options.scenario_timeout
+    );
+    let log_file = OpenOptions::new().create(true).write(true).truncate(true).open(log)?;
+    drop(log_file);
+    let append_log = || OpenOptions::new().append(true).open(log);
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-cpu", "max", "-M", "microvm", "-m", "2G", "-smp", "1"])
+        .args(["-nographic", "-no-reboot", "-kernel"])
+        .arg(bzimage)
+        .arg("-initrd")
+        .arg(cpio)
+        .arg("-append")
+        .arg(&append)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(append_log()?)
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let stdout = child.stdout.take().context("no QEMU stdout")?;
+    let mut log_w = append_log()?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let _ = log_w.write_all(&buf);
+                    let line = String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']).to_string();
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+
+    let mut results: HashMap<String, ScenarioResult> = options
+        .scenarios
+        .iter()
+        .map(|n| {
+            (
+                n.clone(),
+                ScenarioResult {
+                    outcome: None,
+                    started: None,
+                    took: None,
+                    output: Vec::new(),
+                },
+            )
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(hard);
+    let (mut done, mut timed_out, mut current, mut first_start) = (false, false, None::<String>, None);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(i) = line.find("  | ") {
+                    if let Some(r) = current.as_ref().and_then(|c| results.get_mut(c)) {
+                        r.output.push(line[i + 4..].to_string());
+                    }
+                    continue;
+                }
+                let Some(i) = line.find("@@LAB ") else { continue };
+                let mut words = line[i + 6..].splitn(3, ' ');
+                let (name, verb, rest) = (words.next().unwrap_or(""), words.next().unwrap_or(""), words.next());
+                if name == "DONE" {
+                    done = true;
+                    continue;
+                }
+                let Some(r) = results.get_mut(name) else { continue };
+                match verb {
+                    "START" => {
+                        r.started = Some(Instant::now());
+                        first_start.get_or_insert(Instant::now());
+                        current = Some(name.to_string());
+                        eprintln!("nested: {name} ...");
+                    }
+                    "PASS" | "FAIL" => {
+                        r.took = r.started.map(|t| t.elapsed());
+                        let secs = r.took.unwrap_or_default().as_secs_f64();
+                        if verb == "PASS" {
+                            r.outcome = Some(Outcome::Pass);
+                            eprintln!("nested: {name} passed ({secs:.1} s)");
+                        } else {
+                            let why = rest.unwrap_or("(no reason given)").trim().to_string();
+                            eprintln!("nested: {name} FAILED ({secs:.1} s): {why}");
+                            let tail = r.output.len().saturating_sub(8);
+                            for l in &r.output[tail..] {
+                                eprintln!("nested:   | {l}");
+                            }
+                            r.outcome = Some(Outcome::Fail(why));
+                        }
+                        current = None;
+                    }
+                    _ => {}
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                timed_out = true;
+                eprintln!("nested: hard limit of {hard}s reached; killing QEMU");
+                let _ = child.kill();
+                break;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    // After DONE, L1 powers off; give QEMU a moment, then make sure it is gone.
+    let grace = Instant::now() + Duration::from_secs(10);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > grace {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = reader.join();
+    Ok(LabRun {
+        results,
+        done,
+        timed_out,
+        first_start,
+    })
+}
