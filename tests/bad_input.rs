@@ -91,3 +91,38 @@ fn elf_without_pvh_note_refuses_pvh() {
         out.stderr
     );
 }
+
+#[test]
+fn disk_image_problems_are_caught_before_boot() {
+    assert_user_error(&["run", "--guest", "--disk", "path=/nonexistent.img"], "does not exist");
+    assert_user_error(&["run", "--guest", "--disk", "path=/tmp"], "is a directory");
+    let odd = std::env::temp_dir().join(format!("kvmkit-odd-{}.img", std::process::id()));
+    std::fs::write(&odd, [0u8; 1000]).expect("write");
+    assert_user_error(
+        &["run", "--guest", "--disk", &format!("path={}", odd.display())],
+        "not a multiple of 512",
+    );
+    let _ = std::fs::remove_file(odd);
+    assert_user_error(
+        &["run", "--guest", "--disk", "path=/x.img,cache=none"],
+        "unknown option cache=none",
+    );
+}
+
+#[test]
+fn a_disk_in_use_is_refused() {
+    let img = std::env::temp_dir().join(format!("kvmkit-locked-{}.img", std::process::id()));
+    let f = std::fs::File::create(&img).expect("create");
+    f.set_len(1 << 20).expect("size");
+    // SAFETY: flock on a file we own, released when `f` is dropped.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) },
+        0
+    );
+    assert_user_error(
+        &["run", "--guest", "--disk", &format!("path={}", img.display())],
+        "in use by another process",
+    );
+    drop(f);
+    let _ = std::fs::remove_file(img);
+}
