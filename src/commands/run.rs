@@ -14,7 +14,7 @@ use crate::cli::{BootArg, RunArgs};
 pub const DEFAULT_LINUX_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
 /// Default command line for `--linux` (kvmkit's Debian assets): quiet, since
 /// every console byte is a VM exit; a panic reboots at once, which ends the VM.
-pub const LINUX_ASSETS_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
+pub const LINUX_ASSETS_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off quiet";
 
 /// Workloads the test guest knows (checked here so a typo fails fast).
 const GUEST_WORKLOADS: &[&str] = &[
