@@ -5,6 +5,9 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRe
 
 use crate::arch::x86_64::layout::ram_ranges;
 
+/// Guest RAM from 0 kept in small pages (boot structures, kernel image).
+pub const SMALL_PAGE_AREA: u64 = 8 << 20;
+
 /// Smallest guest RAM kvmkit accepts, in MiB.
 pub const MIN_MEMORY_MIB: u64 = 16;
 
@@ -57,9 +60,21 @@ pub fn create_guest_memory(mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
         .collect();
     let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| MemoryError::Allocate(mib, e.to_string()))?;
     for region in mem.iter() {
-        // Huge pages make first touch ~15x cheaper under PVM (see shared/PVM.md).
-        // SAFETY: the range is exactly a mapping owned by `mem`; madvise only changes paging policy.
-        let rc = unsafe { libc::madvise(region.as_ptr().cast(), region.len() as usize, libc::MADV_HUGEPAGE) };
+        // Huge pages make first touch ~15x cheaper under PVM (see shared/PVM.md),
+        // but a 2 MiB page is resident as soon as one byte of it is touched:
+        // the boot area (first 8 MiB) stays in small pages to keep the VMM's
+        // footprint small; workloads' memory above it gets huge pages.
+        let skip = if region.start_addr().0 == 0 {
+            SMALL_PAGE_AREA.min(region.len())
+        } else {
+            0
+        };
+        let len = (region.len() - skip) as usize;
+        if len == 0 {
+            continue;
+        }
+        // SAFETY: the range lies inside a mapping owned by `mem`; madvise only changes paging policy.
+        let rc = unsafe { libc::madvise(region.as_ptr().add(skip as usize).cast(), len, libc::MADV_HUGEPAGE) };
         if rc != 0 {
             tracing::debug!("MADV_HUGEPAGE not applied: {}", std::io::Error::last_os_error());
         }

@@ -39,7 +39,12 @@ pub struct I8042 {
 impl I8042 {
     /// An i8042 that ends the VM on a reset command.
     pub fn new(control: Arc<VmControl>) -> Self {
-        Self { control, ctr: 0x45, output: None, pending: None }
+        Self {
+            control,
+            ctr: 0x45,
+            output: None,
+            pending: None,
+        }
     }
 
     fn command(&mut self, cmd: u8) {

@@ -121,6 +121,26 @@ pub struct BlockHandler {
 }
 
 impl BlockHandler {
+    /// A handler for `queue` (already configured and validated, as the
+    /// transport hands it over at activation) over `disk`; `id` is what
+    /// GET_ID returns. Lets benches and fuzz targets call [`Self::drain`]
+    /// directly, without a transport or worker thread.
+    pub fn new(
+        memory: GuestMemoryMmap,
+        queue: Queue,
+        interrupt: Arc<Interrupt>,
+        disk: Arc<DiskImage>,
+        id: [u8; VIRTIO_BLK_ID_BYTES],
+    ) -> Self {
+        Self {
+            memory,
+            queue,
+            interrupt,
+            disk,
+            id,
+        }
+    }
+
     /// Completes every available request; returns how many.
     pub fn drain(&mut self) -> usize {
         let ctx = RequestContext {
