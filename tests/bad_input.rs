@@ -115,10 +115,8 @@ fn a_disk_in_use_is_refused() {
     let f = std::fs::File::create(&img).expect("create");
     f.set_len(1 << 20).expect("size");
     // SAFETY: flock on a file we own, released when `f` is dropped.
-    assert_eq!(
-        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) },
-        0
-    );
+    let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) };
+    assert_eq!(rc, 0);
     assert_user_error(
         &["run", "--guest", "--disk", &format!("path={}", img.display())],
         "in use by another process",
