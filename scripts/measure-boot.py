@@ -7,7 +7,7 @@ time to process exit, and the process's peak RSS (wait4). Runs are
 interleaved; prints medians and the kvmkit/QEMU ratios. Usage:
     scripts/measure-boot.py [RUNS]   (after cargo build --release)
 """
-import glob, os, statistics, subprocess, sys, time
+import glob, os, shutil, statistics, subprocess, sys, time
 
 runs = int(sys.argv[1]) if len(sys.argv) > 1 else 10
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -16,6 +16,8 @@ elfs = sorted(glob.glob(os.path.join(root, "target/release/build/kvmkit-guest-im
 if not elfs:
     sys.exit("build first: cargo build --release")
 elf = elfs[-1]
+if not shutil.which("qemu-system-x86_64") or not os.path.exists("/usr/bin/time"):
+    sys.exit("needs qemu-system-x86_64 and GNU time (apt-get install qemu-system-x86 time)")
 cmds = {
     "kvmkit": [kvmkit, "run", "--guest", "--no-stdin", "--workload", "idle", "--memory", "256"],
     "qemu": ["qemu-system-x86_64", "-M", "microvm", "-accel", "kvm", "-cpu", "host,-arch-capabilities,+invtsc",
@@ -23,16 +25,22 @@ cmds = {
              "-kernel", elf, "-append", "kvmkit.workload=idle kvmkit.cpus=1"],
 }
 
+RSS_FILE = "/tmp/kvmkit-measure-rss"
+
 def once(cmd):
+    # GNU time reports the VMM's own peak RSS (a forked Python would inflate wait4's).
+    cmd = ["/usr/bin/time", "-f", "%M", "-o", RSS_FILE] + cmd
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     first = None
     for line in p.stdout:
         if first is None and b"kvmkit-guest" in line:
             first = time.perf_counter() - t0
-    _, status, ru = os.wait4(p.pid, 0)
+    p.wait()
     total = time.perf_counter() - t0
-    return first, total, ru.ru_maxrss / 1024.0
+    with open(RSS_FILE) as f:
+        rss_kib = int(f.read().split()[-1])
+    return first, total, rss_kib / 1024.0
 
 res = {k: [] for k in cmds}
 for _ in range(runs):
