@@ -8,6 +8,8 @@
 
 pub mod guest_report;
 pub mod pio_devices;
+pub mod virtio_blk_request;
+pub mod virtio_mmio_transport;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -21,6 +21,23 @@ pub enum Workload {
     BlkSeq(u64),
     /// `rng:BYTES`: read BYTES from the first virtio-rng device, timed.
     Rng(u64),
+    /// `raytrace:W`: render a W x W/4*3 picture (C-Ray-like), rows split among CPUs.
+    Raytrace(u64),
+    /// `md5:MIB`: MD5 over MIB MiB on every CPU.
+    Md5(u64),
+    /// `des:MIB`: DES (ECB) over MIB MiB on every CPU.
+    Des(u64),
+    /// `blowfish:MIB`: Blowfish (ECB) over MIB MiB on every CPU.
+    Blowfish(u64),
+    /// `compress:MIB`: LZ4 compress + decompress + compare MIB MiB on every CPU.
+    Compress(u64),
+    /// `smallio:N`: N random 4 KiB writes + reads on the first virtio-blk
+    /// device, a flush every 64 (in place of PostMark).
+    SmallIo(u64),
+    /// `net-echo:SECONDS`: answer ARP and ICMP echo on every virtio-net NIC for SECONDS.
+    NetEcho(u64),
+    /// `net-tx:FRAMES:SIZE`: send FRAMES UDP frames of SIZE bytes to the host side, timed.
+    NetTx(u64, u64),
     /// `idle`: boot and exit.
     Idle,
     /// `fault`: execute `ud2` (tests the exception path: exit 0x86).
@@ -48,9 +65,33 @@ impl Workload {
             "memtest" => Self::Memtest(num(16)?),
             "exits" => Self::Exits(num(10_000)?),
             "mmio-exits" => Self::MmioExits(num(10_000)?),
-            "blk-seq" | "rng" if num(1)? == 0 => return Err("this workload needs a non-zero argument"),
+            "blk-seq" | "rng" | "raytrace" | "md5" | "des" | "blowfish" | "compress" | "smallio" if num(1)? == 0 => {
+                return Err("this workload needs a non-zero argument")
+            }
+            "raytrace" => Self::Raytrace(num(320)?),
+            "md5" => Self::Md5(num(16)?),
+            "des" => Self::Des(num(4)?),
+            "blowfish" => Self::Blowfish(num(16)?),
+            "compress" => Self::Compress(num(16)?),
+            "smallio" => Self::SmallIo(num(1024)?),
             "blk-seq" => Self::BlkSeq(num(16)?),
             "rng" => Self::Rng(num(4096)?),
+            "net-echo" => Self::NetEcho(num(10)?),
+            "net-tx" => {
+                let (frames, size) = match arg {
+                    None => (1000, 1500),
+                    Some(a) => {
+                        let (f, s) = a.split_once(':').unwrap_or((a, "1500"));
+                        let f = f.parse::<u64>().map_err(|_| "net-tx: FRAMES is not a number")?;
+                        let s = s.parse::<u64>().map_err(|_| "net-tx: SIZE is not a number")?;
+                        (f, s)
+                    }
+                };
+                if frames == 0 {
+                    return Err("net-tx needs at least one frame");
+                }
+                Self::NetTx(frames, size)
+            }
             "blk-pattern" | "idle" | "fault" | "panic" if arg.is_some() => {
                 return Err("this workload takes no argument")
             }
@@ -72,6 +113,14 @@ impl Workload {
             Self::BlkPattern => "blk-pattern",
             Self::BlkSeq(_) => "blk-seq",
             Self::Rng(_) => "rng",
+            Self::NetEcho(_) => "net-echo",
+            Self::NetTx(..) => "net-tx",
+            Self::Raytrace(_) => "raytrace",
+            Self::Md5(_) => "md5",
+            Self::Des(_) => "des",
+            Self::Blowfish(_) => "blowfish",
+            Self::Compress(_) => "compress",
+            Self::SmallIo(_) => "smallio",
             Self::Idle => "idle",
             Self::Fault => "fault",
             Self::Panic => "panic",
@@ -86,7 +135,15 @@ impl Workload {
             | Self::Exits(n)
             | Self::MmioExits(n)
             | Self::BlkSeq(n)
-            | Self::Rng(n) => n,
+            | Self::Rng(n)
+            | Self::Raytrace(n)
+            | Self::Md5(n)
+            | Self::Des(n)
+            | Self::Blowfish(n)
+            | Self::Compress(n)
+            | Self::SmallIo(n)
+            | Self::NetEcho(n)
+            | Self::NetTx(n, _) => n,
             Self::BlkPattern | Self::Idle | Self::Fault | Self::Panic => 0,
         }
     }
@@ -94,7 +151,18 @@ impl Workload {
     /// Whether the workload drives virtio devices (BSP only, needs the
     /// device-workload memory region).
     pub fn uses_devices(self) -> bool {
-        matches!(self, Self::BlkPattern | Self::BlkSeq(_) | Self::Rng(_))
+        matches!(
+            self,
+            Self::BlkPattern | Self::BlkSeq(_) | Self::Rng(_) | Self::SmallIo(_) | Self::NetEcho(_) | Self::NetTx(..)
+        )
+    }
+
+    /// RAM (bytes) each CPU needs for a suite workload (guest/src/suite.rs), 0 for others.
+    pub fn suite_bytes_per_cpu(self) -> u64 {
+        match self {
+            Self::Md5(_) | Self::Des(_) | Self::Blowfish(_) | Self::Compress(_) => crate::suite::BYTES_PER_CPU,
+            _ => 0,
+        }
     }
 }
 
@@ -112,6 +180,7 @@ pub struct Config {
 impl Config {
     /// Parses the `kvmkit.*` keys of `cmdline`, ignoring everything else.
     pub fn parse(cmdline: &str) -> Result<Self, &'static str> {
+        crate::net::remember_cmdline(cmdline);
         let workload = match cmdline_value(cmdline, CMDLINE_WORKLOAD) {
             Some(w) => Workload::parse(w)?,
             None => Workload::DEFAULT,

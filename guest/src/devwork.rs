@@ -23,6 +23,8 @@ pub fn run(plan: &Plan) -> u32 {
         Workload::BlkPattern => blk_pattern(plan),
         Workload::BlkSeq(mib) => blk_seq(plan, mib),
         Workload::Rng(bytes) => rng(plan, bytes),
+        Workload::NetEcho(seconds) => crate::net::echo(plan, seconds),
+        Workload::NetTx(frames, size) => crate::net::tx(plan, frames, size),
         _ => exit::BAD_CMDLINE,
     }
 }

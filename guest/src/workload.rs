@@ -14,6 +14,9 @@ use crate::{devwork, exit, report};
 /// Runs CPU `cpu`'s share of `plan`, prints and reports the result.
 /// Returns the exit status it asks for ([`exit::OK`] when it passed).
 pub fn run(cpu: u32, plan: &Plan) -> u32 {
+    if let Some(status) = crate::suite::run(cpu, plan) {
+        return status;
+    }
     if plan.workload.uses_devices() {
         // Devices are driven by the BSP alone.
         return if cpu == 0 { devwork::run(plan) } else { exit::OK };
@@ -81,7 +84,17 @@ pub fn run(cpu: u32, plan: &Plan) -> u32 {
             unsafe { core::arch::asm!("ud2", options(nomem, nostack)) };
         }
         Workload::Panic => panic!("panic workload on cpu {cpu}"),
-        Workload::BlkPattern | Workload::BlkSeq(_) | Workload::Rng(_) => unreachable!("handled above"),
+        Workload::BlkPattern
+        | Workload::BlkSeq(_)
+        | Workload::Rng(_)
+        | Workload::Raytrace(_)
+        | Workload::Md5(_)
+        | Workload::Des(_)
+        | Workload::Blowfish(_)
+        | Workload::Compress(_)
+        | Workload::SmallIo(_)
+        | Workload::NetEcho(_)
+        | Workload::NetTx(..) => unreachable!("handled above"),
     }
     report::send(&r);
     if ok {

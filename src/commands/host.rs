@@ -1,11 +1,18 @@
 //! `kvmkit host`: runs the test guest's workloads on the bare host, with the
 //! very same code (the `kvmkit-workloads` crate), for guest/host ratios.
 
+use std::fs::{File, OpenOptions};
 use std::hint::black_box;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use kvmkit_workloads::{count_primes, memtest};
+use kvmkit_workloads::{
+    blowfish_mib, compress_mib, count_primes, des_mib, fill_sectors, md5_mib, memtest, raytrace, smallio_op,
+    COMPRESS_WORKSPACE, SMALLIO_BLOCK, SMALLIO_FLUSH_EVERY, SMALLIO_SPAN_MIB, SUITE_BUFFER,
+};
 
 use crate::cli::HostArgs;
 
@@ -24,25 +31,72 @@ pub struct HostResult {
     pub ns: u64,
 }
 
+/// The workloads the host runner knows, with their default arguments.
+const KNOWN: [(&str, u64); 9] = [
+    ("primes", 100_000),
+    ("memtest", 16),
+    ("raytrace", 320),
+    ("md5", 16),
+    ("des", 4),
+    ("blowfish", 16),
+    ("compress", 16),
+    ("blk-seq", 16),
+    ("smallio", 1024),
+];
+
 /// Parses `NAME:ARG` for the workloads the host runner supports.
 pub fn parse_workload(spec: &str) -> anyhow::Result<(String, u64)> {
     let (name, arg) = spec.split_once(':').unwrap_or((spec, ""));
-    let arg: u64 = match (name, arg) {
-        ("primes", "") => 100_000,
-        ("memtest", "") => 16,
-        (_, a) => a
+    let Some(&(_, default)) = KNOWN.iter().find(|(n, _)| *n == name) else {
+        bail!(
+            "the host runner knows primes:N, memtest:MIB, raytrace:W, md5:MIB, des:MIB, blowfish:MIB, \
+             compress:MIB, blk-seq:MIB and smallio:N, not '{name}'"
+        );
+    };
+    let arg: u64 = match arg {
+        "" => default,
+        a => a
             .parse()
             .with_context(|| format!("workload '{spec}': '{a}' is not a number"))?,
     };
-    if !matches!(name, "primes" | "memtest") {
-        bail!("the host runner knows primes:N and memtest:MIB, not '{name}'");
+    if arg == 0 && name != "memtest" {
+        bail!("workload '{spec}': give a non-zero argument");
     }
     Ok((name.to_owned(), arg))
 }
 
 /// Runs one thread's share of a workload.
 pub fn run_one(name: &str, arg: u64, thread: usize) -> anyhow::Result<HostResult> {
+    run_share(name, arg, thread, 1)
+}
+
+/// Runs thread `thread`'s share (of `threads`) of a CPU workload: the ray tracer
+/// renders every `threads`-th row; the others run whole on every thread.
+pub fn run_share(name: &str, arg: u64, thread: usize, threads: usize) -> anyhow::Result<HostResult> {
+    let suite_buffers = || (vec![0u8; SUITE_BUFFER], vec![0u8; COMPRESS_WORKSPACE]);
     let (value, ns) = match name {
+        "raytrace" => {
+            let t0 = Instant::now();
+            let sum = raytrace(black_box(arg), thread as u64, threads as u64);
+            (sum, t0.elapsed().as_nanos() as u64)
+        }
+        "md5" | "des" | "blowfish" | "compress" => {
+            let (mut buf, mut work) = suite_buffers();
+            let t0 = Instant::now();
+            let value = match name {
+                "md5" => md5_mib(&mut buf, black_box(arg)),
+                "des" => des_mib(&mut buf, black_box(arg)),
+                "blowfish" => blowfish_mib(&mut buf, black_box(arg)),
+                _ => {
+                    let r = compress_mib(&mut buf, &mut work, black_box(arg));
+                    if r.errors != 0 {
+                        bail!("compress: {} block(s) did not round-trip", r.errors);
+                    }
+                    r.compressed
+                }
+            };
+            (value, t0.elapsed().as_nanos() as u64)
+        }
         "primes" => {
             let t0 = Instant::now();
             let count = count_primes(black_box(arg));
@@ -66,6 +120,127 @@ pub fn run_one(name: &str, arg: u64, thread: usize) -> anyhow::Result<HostResult
     })
 }
 
+/// What [`blk_seq_file`] measured.
+#[derive(Debug, Clone, Copy)]
+pub struct BlkSeqTimes {
+    /// Sequential write of the whole size plus fdatasync.
+    pub write_ns: u64,
+    /// The cold read.
+    pub read_ns: u64,
+    /// Whether the read used O_DIRECT (else: posix_fadvise DONTNEED, then buffered).
+    pub direct: bool,
+}
+
+/// Chunk of the host's sequential I/O: the guest driver's request size.
+pub const BLK_CHUNK: usize = 128 << 10;
+
+/// A zeroed, 4 KiB-aligned byte buffer (for O_DIRECT).
+fn aligned(len: usize) -> (Vec<u64>, usize) {
+    (vec![0u64; len.div_ceil(8) + 512], len)
+}
+
+fn aligned_slice(v: &mut [u64], len: usize) -> &mut [u8] {
+    // SAFETY: viewing initialised u64s as bytes is sound (u8 has no invalid values).
+    let bytes = unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), v.len() * 8) };
+    let skip = bytes.as_ptr().align_offset(4096);
+    &mut bytes[skip..skip + len]
+}
+
+/// The host side of `blk-seq:MIB` on file `path` (created / truncated): `mib` MiB
+/// written sequentially in [`BLK_CHUNK`] writes, then fdatasync (timed together);
+/// then its pages are dropped (posix_fadvise DONTNEED) and it is read back cold
+/// with O_DIRECT in the same chunks (buffered after the drop where the file system
+/// refuses O_DIRECT, e.g. tmpfs).
+pub fn blk_seq_file(path: &Path, mib: u64) -> anyhow::Result<BlkSeqTimes> {
+    let bytes = mib << 20;
+    let (mut store, len) = aligned(BLK_CHUNK);
+    let buf = aligned_slice(&mut store, len);
+    // The same non-zero data as the guest writes.
+    let mut words = vec![0u64; BLK_CHUNK / 8];
+    fill_sectors(0x5eed, 0, &mut words);
+    for (b, w) in buf.chunks_exact_mut(8).zip(&words) {
+        b.copy_from_slice(&w.to_le_bytes());
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    let t0 = Instant::now();
+    let mut off = 0u64;
+    while off < bytes {
+        let n = BLK_CHUNK.min((bytes - off) as usize);
+        file.write_all_at(&buf[..n], off)?;
+        off += n as u64;
+    }
+    file.sync_data()?;
+    let write_ns = t0.elapsed().as_nanos() as u64;
+    drop_cache(&file);
+    drop(file);
+    let (file, direct) = match OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path) {
+        Ok(f) => (f, true),
+        Err(_) => (File::open(path)?, false),
+    };
+    drop_cache(&file);
+    let t1 = Instant::now();
+    let mut off = 0u64;
+    while off < bytes {
+        let n = BLK_CHUNK.min((bytes - off) as usize);
+        let got = file.read_at(&mut buf[..n], off)?;
+        if got == 0 {
+            bail!("{}: short read at {off}", path.display());
+        }
+        off += got as u64;
+    }
+    let read_ns = t1.elapsed().as_nanos() as u64;
+    Ok(BlkSeqTimes {
+        write_ns,
+        read_ns,
+        direct,
+    })
+}
+
+fn drop_cache(file: &File) {
+    // SAFETY: fadvise on an open descriptor only changes caching.
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+}
+
+/// The host side of `smallio:N` on file `path` (created, sized to the span + 1 MiB,
+/// sparse, as the guests' fresh images are): the same block sequence as the guest,
+/// 4 KiB pwrite + pread through the page cache, fdatasync every 64 operations and
+/// at the end. Returns the elapsed ns.
+pub fn smallio_file(path: &Path, n: u64) -> anyhow::Result<u64> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.set_len((SMALLIO_SPAN_MIB + 1) << 20)?;
+    let mut words = vec![0u64; SMALLIO_BLOCK / 8];
+    let mut wbuf = vec![0u8; SMALLIO_BLOCK];
+    let mut rbuf = vec![0u8; SMALLIO_BLOCK];
+    let sectors = (SMALLIO_BLOCK / 512) as u64;
+    let t0 = Instant::now();
+    for i in 0..n {
+        let (w, r) = smallio_op(i);
+        fill_sectors(i, w * sectors, &mut words);
+        for (b, x) in wbuf.chunks_exact_mut(8).zip(&words) {
+            b.copy_from_slice(&x.to_le_bytes());
+        }
+        file.write_all_at(&wbuf, w * SMALLIO_BLOCK as u64)?;
+        file.read_exact_at(&mut rbuf, r * SMALLIO_BLOCK as u64)?;
+        if (i + 1) % SMALLIO_FLUSH_EVERY == 0 {
+            file.sync_data()?;
+        }
+    }
+    file.sync_data()?;
+    Ok(t0.elapsed().as_nanos() as u64)
+}
+
 /// A zeroed buffer advised to use transparent huge pages, as guest RAM is.
 fn huge_page_buffer(words: usize) -> Vec<u64> {
     let mut buf: Vec<u64> = Vec::with_capacity(words);
@@ -81,12 +256,40 @@ pub fn run(args: &HostArgs) -> anyhow::Result<u8> {
     if args.threads == 0 {
         bail!("--threads 0: give at least 1 thread");
     }
+    if name == "blk-seq" || name == "smallio" {
+        let path = std::env::temp_dir().join(format!("kvmkit-host-{name}-{}.img", std::process::id()));
+        let res = if name == "blk-seq" {
+            blk_seq_file(&path, arg).map(|t| {
+                let rate = |ns: u64| (arg << 20) as f64 / ns.max(1) as f64 * 1e3;
+                println!(
+                    "blk-seq: MiB={arg} write_MBps={:.3} read_MBps={:.3} write_ns={} read_ns={} direct={}",
+                    rate(t.write_ns),
+                    rate(t.read_ns),
+                    t.write_ns,
+                    t.read_ns,
+                    t.direct
+                );
+            })
+        } else {
+            smallio_file(&path, arg).map(|ns| {
+                println!(
+                    "smallio: N={arg} ops={} ops_per_s={:.0} time_ns={ns}",
+                    2 * arg,
+                    2.0 * arg as f64 / ns.max(1) as f64 * 1e9
+                );
+            })
+        };
+        let _ = std::fs::remove_file(&path);
+        res?;
+        return Ok(0);
+    }
     let results: Vec<anyhow::Result<HostResult>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..args.threads)
             .map(|t| {
                 s.spawn({
                     let name = name.clone();
-                    move || run_one(&name, arg, t)
+                    let threads = args.threads;
+                    move || run_share(&name, arg, t, threads)
                 })
             })
             .collect();
@@ -102,8 +305,12 @@ pub fn run(args: &HostArgs) -> anyhow::Result<u8> {
                 "primes: N={} count={} time_ns={} thread={}",
                 r.arg, r.value, r.ns, r.thread
             ),
-            _ => println!(
+            "memtest" => println!(
                 "memtest: MiB={} errors={} time_ns={} thread={}",
+                r.arg, r.value, r.ns, r.thread
+            ),
+            other => println!(
+                "{other}: arg={} result={:#x} time_ns={} thread={}",
                 r.arg, r.value, r.ns, r.thread
             ),
         }
@@ -129,6 +336,8 @@ mod tests {
         assert_eq!(parse_workload("primes").ok(), Some(("primes".into(), 100_000)));
         assert!(parse_workload("primes:x").is_err());
         assert!(parse_workload("exits:10").is_err());
+        assert_eq!(parse_workload("raytrace").ok(), Some(("raytrace".into(), 320)));
+        assert!(parse_workload("md5:0").is_err());
     }
 
     #[test]
@@ -136,5 +345,22 @@ mod tests {
         let r = run_one("primes", 100_000, 0).expect("run");
         assert_eq!(r.value, 9592);
         assert_eq!(run_one("memtest", 1, 0).expect("run").value, 0);
+        let whole = run_share("raytrace", 64, 0, 1).expect("run").value;
+        let halves = (0..2).fold(0u64, |a, t| {
+            a.wrapping_add(run_share("raytrace", 64, t, 2).expect("run").value)
+        });
+        assert_eq!(whole, halves);
+        assert_ne!(run_one("des", 1, 0).expect("run").value, 0);
+    }
+
+    #[test]
+    fn host_disk_runners_work() {
+        let dir = std::env::temp_dir();
+        let p = dir.join(format!("kvmkit-host-test-{}.img", std::process::id()));
+        let t = blk_seq_file(&p, 1).expect("blk-seq");
+        assert!(t.write_ns > 0 && t.read_ns > 0);
+        assert_eq!(std::fs::metadata(&p).expect("file").len(), 1 << 20);
+        assert!(smallio_file(&p, 70).expect("smallio") > 0);
+        let _ = std::fs::remove_file(&p);
     }
 }

@@ -28,6 +28,12 @@ const GUEST_WORKLOADS: &[&str] = &[
     "blk-pattern",
     "blk-seq",
     "rng",
+    "raytrace",
+    "md5",
+    "des",
+    "blowfish",
+    "compress",
+    "smallio",
 ];
 
 /// Boots the VM and returns the process exit status.

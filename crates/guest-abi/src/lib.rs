@@ -263,6 +263,78 @@ pub fn virtio_mmio_devices(cmdline: &str) -> impl Iterator<Item = VirtioMmioDevi
     })
 }
 
+/// Kernel command-line key describing one NIC to kvmkit's guest:
+/// `kvmkit.net=<mac>,<guest-ip>,<host-ip>,<prefix>` (one word per NIC, in
+/// attach order; `0.0.0.0` when an address is unknown). See [`parse_net`].
+pub const CMDLINE_NET: &str = "kvmkit.net";
+
+/// One `kvmkit.net=` entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetParams {
+    /// The NIC's MAC.
+    pub mac: [u8; 6],
+    /// The guest's IPv4 address (0 when unknown).
+    pub guest_ip: [u8; 4],
+    /// The host side's IPv4 address (0 when unknown).
+    pub host_ip: [u8; 4],
+    /// Prefix length of the network.
+    pub prefix: u8,
+}
+
+fn parse_ipv4(text: &str) -> Option<[u8; 4]> {
+    let mut a = [0u8; 4];
+    let mut parts = text.split('.');
+    for b in &mut a {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 3 {
+            return None;
+        }
+        *b = p.parse().ok()?;
+    }
+    parts.next().is_none().then_some(a)
+}
+
+/// Parses the value of a `kvmkit.net=` word (the prefix may be left out: 30).
+pub fn parse_net(value: &str) -> Option<NetParams> {
+    let mut parts = value.split(',');
+    let mut mac = [0u8; 6];
+    let mut bytes = parts.next()?.split(':');
+    for b in &mut mac {
+        let p = bytes.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    if bytes.next().is_some() {
+        return None;
+    }
+    let guest_ip = parse_ipv4(parts.next()?)?;
+    let host_ip = parse_ipv4(parts.next()?)?;
+    let prefix = match parts.next() {
+        Some(p) => p.parse::<u8>().ok().filter(|&p| p <= 32)?,
+        None => 30,
+    };
+    parts.next().is_none().then_some(NetParams {
+        mac,
+        guest_ip,
+        host_ip,
+        prefix,
+    })
+}
+
+/// Every well-formed `kvmkit.net=` entry of `cmdline`, in order.
+pub fn net_params(cmdline: &str) -> impl Iterator<Item = NetParams> + '_ {
+    cmdline.split_ascii_whitespace().filter_map(|word| {
+        let (k, v) = word.split_once('=')?;
+        if k == CMDLINE_NET {
+            parse_net(v)
+        } else {
+            None
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,5 +397,26 @@ mod tests {
         assert_eq!(parse_memsize("x"), None);
         assert_eq!(parse_virtio_mmio_device("4K@0x1000"), None);
         assert_eq!(parse_virtio_mmio_device("0@0x1000:5"), None);
+    }
+
+    #[test]
+    fn net_params_are_parsed() {
+        let c = "kvmkit.net=52:54:00:ab:cd:ef,10.0.2.2,10.0.2.1,30 kvmkit.net=52:54:00:00:00:01,0.0.0.0,0.0.0.0 \
+                 kvmkit.net=52:54:00:00:00,1.2.3.4,1.2.3.5 kvmkit.net=52:54:00:00:00:02,1.2.3.256,1.2.3.5";
+        let v: [Option<NetParams>; 3] = {
+            let mut it = net_params(c);
+            [it.next(), it.next(), it.next()]
+        };
+        assert_eq!(
+            v[0],
+            Some(NetParams {
+                mac: [0x52, 0x54, 0, 0xab, 0xcd, 0xef],
+                guest_ip: [10, 0, 2, 2],
+                host_ip: [10, 0, 2, 1],
+                prefix: 30
+            })
+        );
+        assert_eq!(v[1].map(|p| (p.guest_ip, p.prefix)), Some(([0; 4], 30)));
+        assert_eq!(v[2], None);
     }
 }

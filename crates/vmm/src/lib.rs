@@ -17,6 +17,7 @@ pub mod devices;
 pub mod host;
 pub mod machine;
 pub mod memory;
+pub mod net;
 pub mod vcpu;
 pub mod virtio;
 pub mod vm;

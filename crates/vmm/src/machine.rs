@@ -24,6 +24,7 @@ use crate::console::{
 };
 use crate::control::{ExitReason, VmControl};
 use crate::device_manager::VirtioPlacer;
+use crate::devices::acpi_pm::{AcpiPm, ACPI_PM_BASE, ACPI_PM_LEN};
 use crate::devices::debug_port::DebugPort;
 use crate::devices::guest_port::GuestPort;
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
@@ -246,6 +247,12 @@ pub fn run_vm(config: VmConfig, start: Instant) -> Result<RunOutcome, MachineErr
         dev(Arc::new(Mutex::new(DebugPort::new(control.clone())))),
         u64::from(DEBUG_PORT),
         1,
+    )?;
+    insert(
+        &mut pio,
+        dev(Arc::new(Mutex::new(AcpiPm::new(control.clone())))),
+        ACPI_PM_BASE,
+        ACPI_PM_LEN,
     )?;
     let guest_port = GuestPort::new(control.clone(), memory.clone());
     insert(

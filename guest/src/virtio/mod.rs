@@ -12,6 +12,7 @@
 //! equals virtual, so addresses go to the device as they are.
 
 pub mod blk;
+pub mod net;
 pub mod rng;
 
 use core::hint::spin_loop;

@@ -110,6 +110,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<u8> {
         out: out.clone(),
         cpus: args.cpus,
         memory_mib: args.memory,
+        cache: std::sync::Mutex::default(),
     };
 
     let workloads = profile::workloads(args.profile, &tables);

@@ -108,7 +108,7 @@ pub fn terminal(results: &BenchResults) -> String {
         if rows.is_empty() && pending.is_empty() {
             continue;
         }
-        if !pending.is_empty() {
+        if rows.is_empty() {
             let _ = writeln!(out, "\n{} — not measured yet", table.title());
             let mut t = vec![vec![
                 table.row_header().to_owned(),
@@ -165,8 +165,38 @@ pub fn terminal(results: &BenchResults) -> String {
         if table == Table::Exits && envs.contains(&Env::Host) {
             out += "(host: no VM exit on the bare host; the guest figures stand alone)\n";
         }
+        if let Some(note) = table_note(table) {
+            out += note;
+            out.push('\n');
+        }
+        for p in pending {
+            let _ = writeln!(
+                out,
+                "not measured: {} (paper host {} / KVM {} {}): {}",
+                p.test, p.paper_host, p.paper_kvm, p.unit, results.not_measured_reason
+            );
+        }
     }
     out
+}
+
+/// What a table's rows mean, where the figures need it.
+fn table_note(table: Table) -> Option<&'static str> {
+    match table {
+        Table::Disk => Some(
+            "(one blk-seq run gives both rows: sequential 128 KiB writes then FLUSH, then reads; fresh sparse \
+             raw image per run. Host: the same writes + fdatasync on a file of the output directory, then a \
+             cold O_DIRECT read after posix_fadvise(DONTNEED). Guests: kvmkit and QEMU (cache=writeback, its \
+             default) both go through the host page cache, so the guests' reads of the just-written image are \
+             served from host RAM, not cold as on the host.)",
+        ),
+        Table::Suite => Some(
+            "(seconds for the given size, lower is better, every CPU runs the whole size except the ray \
+             tracer, whose rows are split. The paper's Blowfish/DES/MD5/7-Zip/PostMark figures are scores; \
+             their KVM/host column is host score / KVM score, a time ratio like ours.)",
+        ),
+        _ => None,
+    }
 }
 
 fn md_row(cells: &[String]) -> String {
@@ -251,7 +281,9 @@ pub fn markdown(results: &BenchResults, charts: &[String]) -> String {
          10/100 MiB, 20000 exits; paper: primes 1e5/1e6/1e7, memtest 10/100/1000 MiB, 100000 exits. The \
          memtester-style passes are slow here (~0.75 s per 16 MiB), so the quick and default profiles keep \
          memory sizes small enough for quick <= 3 min and default <= 15 min with --runs 3; the paper's \
-         1000 MB row is in --profile paper only."
+         1000 MB row is in --profile paper only. Disk (blk-seq): quick 1 MiB, default 1/10 MiB, paper \
+         1/10/100 MiB. Suite (ray tracer width, MD5, DES, Blowfish, LZ4 MiB, small-I/O operations): quick \
+         320, 16, 2, 8, 16, 256; default 640, 64, 8, 32, 64, 1024; paper 1600, 256, 32, 128, 256, 8192."
     );
     for table in Table::ALL {
         let rows = rows_of(results, table);
@@ -260,7 +292,7 @@ pub fn markdown(results: &BenchResults, charts: &[String]) -> String {
             continue;
         }
         let _ = writeln!(out, "\n## {}\n", table.title());
-        if !pending.is_empty() {
+        if rows.is_empty() {
             let _ = writeln!(out, "{}.\n", results.not_measured_reason);
             let xen = table == Table::Suite;
             let mut h = vec![
@@ -316,6 +348,23 @@ pub fn markdown(results: &BenchResults, charts: &[String]) -> String {
                 r.push(p("kvm_over_host").map_or_else(|| "-".into(), |v| format!("{v:.3}")));
             }
             out += &md_row(&r);
+        }
+        if let Some(note) = table_note(table) {
+            let _ = writeln!(out, "\n{}", note.trim_start_matches('(').trim_end_matches(')'));
+        }
+        if !pending.is_empty() {
+            let _ = writeln!(out, "\nNot measured ({}):\n", results.not_measured_reason);
+            for p in &pending {
+                let _ = writeln!(
+                    out,
+                    "- {} ({}): {PAPER} host {}, KVM {}{}",
+                    p.test,
+                    p.unit,
+                    p.paper_host,
+                    p.paper_kvm,
+                    p.paper_xen.map_or_else(String::new, |x| format!(", Xen {x}"))
+                );
+            }
         }
         if table == Table::Exits {
             let _ = writeln!(

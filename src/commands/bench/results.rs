@@ -90,17 +90,26 @@ pub struct WorkloadResult {
     /// Warnings about this row.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Every run in every environment must report the same result (checksum, digest).
+    #[serde(skip)]
+    pub same_result: bool,
 }
 
 impl WorkloadResult {
     /// An empty row for `w`.
     pub fn new(w: &Workload) -> Self {
+        // For scores (higher is better) the time-equivalent ratio is host / KVM.
         let paper = w.paper.map(|(h, k)| {
-            BTreeMap::from([
+            let ratio = if w.paper_is_score { h / k } else { k / h };
+            let mut m = BTreeMap::from([
                 ("host".to_owned(), h),
                 ("kvm".to_owned(), k),
-                ("kvm_over_host".to_owned(), k / h),
-            ])
+                ("kvm_over_host".to_owned(), ratio),
+            ]);
+            if w.paper_is_score {
+                m.insert("score".to_owned(), 1.0);
+            }
+            m
         });
         Self {
             table: w.table,
@@ -113,6 +122,7 @@ impl WorkloadResult {
             ratios: BTreeMap::new(),
             paper,
             warnings: Vec::new(),
+            same_result: w.kind.deterministic(),
         }
     }
 
@@ -153,6 +163,21 @@ impl WorkloadResult {
                     );
                     self.warnings.push(msg);
                 }
+            }
+        }
+        if self.same_result {
+            let mut seen: Vec<(Env, u64)> = Vec::new();
+            for env in Env::ALL {
+                for s in &self.cell(env).samples {
+                    if !seen.iter().any(|&(_, r)| r == s.result) {
+                        seen.push((env, s.result));
+                    }
+                }
+            }
+            if seen.len() > 1 {
+                let list: Vec<String> = seen.iter().map(|(e, r)| format!("{} {r:#x}", e.name())).collect();
+                self.warnings
+                    .push(format!("results differ between runs/environments: {}", list.join(", ")));
             }
         }
         let host = self.host.stats.map(|s| s.median);

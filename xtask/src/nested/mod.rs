@@ -107,7 +107,9 @@ impl Options {
                         let names: Vec<&str> = SCENARIOS.iter().map(|(n, _)| *n).collect();
                         bail!("unknown scenario {name:?} (known: {})", names.join(", "));
                     }
-                    options.scenarios.push(name.to_string());
+                    if !options.scenarios.iter().any(|n| n == name) {
+                        options.scenarios.push(name.to_string());
+                    }
                 }
             }
         }
@@ -124,6 +126,7 @@ enum Outcome {
     Fail(String),
 }
 
+#[derive(Default)]
 struct ScenarioResult {
     outcome: Option<Outcome>,
     started: Option<Instant>,
@@ -178,12 +181,42 @@ pub fn run(options: &Options) -> Result<bool> {
         log.display()
     );
     let qemu_start = Instant::now();
-    let LabRun {
-        results,
-        done,
-        timed_out,
-        first_start,
-    } = boot(options, &l1.bzimage, &cpio, &log, hard)?;
+    let deadline = qemu_start + Duration::from_secs(hard);
+    let stall = Duration::from_secs(options.scenario_timeout + 30);
+    let mut results: HashMap<String, ScenarioResult> = options
+        .scenarios
+        .iter()
+        .map(|n| (n.clone(), ScenarioResult::default()))
+        .collect();
+    let mut pending = options.scenarios.clone();
+    let (mut done, mut timed_out, mut first_start) = (false, false, None);
+    for attempt in 1..=MAX_BOOTS {
+        let end = boot(
+            &pending,
+            options.scenario_timeout,
+            &l1.bzimage,
+            &cpio,
+            &log,
+            attempt,
+            deadline,
+            stall,
+            &mut results,
+        )?;
+        first_start = first_start.or(end.first_start);
+        (done, timed_out) = (end.done, end.timed_out);
+        if !end.hung {
+            break;
+        }
+        // L1 itself stopped (no console output at all): boot a fresh L1 for the scenarios not run yet.
+        pending.retain(|n| results[n].started.is_none());
+        if pending.is_empty() || attempt == MAX_BOOTS {
+            break;
+        }
+        eprintln!(
+            "nested: booting a fresh L1 for the {} scenario(s) not run yet",
+            pending.len()
+        );
+    }
     let qemu_wall = qemu_start.elapsed();
 
     let (mut passed, mut failed) = (0, 0);
@@ -284,25 +317,48 @@ fn write_initramfs(
     a.write(out)
 }
 
-/// What one L1 boot reported.
-struct LabRun {
-    results: HashMap<String, ScenarioResult>,
+/// How many times one lab run boots L1 (a fresh L1 only after one stopped responding).
+const MAX_BOOTS: u32 = 3;
+
+/// How one L1 boot ended.
+struct BootEnd {
     /// L1 printed `@@LAB DONE`.
     done: bool,
     /// QEMU was killed at the hard limit.
     timed_out: bool,
+    /// QEMU was killed because L1 printed nothing for too long.
+    hung: bool,
     /// When the first scenario started (L1 boot time).
     first_start: Option<Instant>,
 }
 
-/// Boots L1 and follows its console until `@@LAB DONE`, QEMU's exit, or the hard limit.
-fn boot(options: &Options, bzimage: &Path, cpio: &Path, log: &Path, hard: u64) -> Result<LabRun> {
+/// Boots L1 for `scenarios` and follows its console until `@@LAB DONE`, QEMU's exit, the hard
+/// `deadline`, or `stall` without any console output (L1 hung); records results in `results`.
+#[allow(clippy::too_many_arguments)]
+fn boot(
+    scenarios: &[String],
+    scenario_timeout: u64,
+    bzimage: &Path,
+    cpio: &Path,
+    log: &Path,
+    attempt: u32,
+    deadline: Instant,
+    stall: Duration,
+    results: &mut HashMap<String, ScenarioResult>,
+) -> Result<BootEnd> {
     let append = format!(
-        "console=ttyS0 reboot=k panic=-1 tsc_early_khz=2445426 quiet lab.scenarios={} lab.timeout={}",
-        options.scenarios.join(","),
-        options.scenario_timeout
+        "console=ttyS0 reboot=k panic=-1 tsc_early_khz=2445426 quiet lab.scenarios={} lab.timeout={scenario_timeout}",
+        scenarios.join(",")
     );
-    let log_file = OpenOptions::new().create(true).write(true).truncate(true).open(log)?;
+    let mut log_file = OpenOptions::new().create(true).append(true).truncate(false).open(log)?;
+    if attempt == 1 {
+        log_file.set_len(0)?;
+    } else {
+        writeln!(
+            log_file,
+            "\n===== nested lab: L1 boot {attempt} (the previous L1 stopped responding) ====="
+        )?;
+    }
     drop(log_file);
     let append_log = || OpenOptions::new().append(true).open(log);
     let mut child = Command::new("qemu-system-x86_64")
@@ -339,27 +395,13 @@ fn boot(options: &Options, bzimage: &Path, cpio: &Path, log: &Path, hard: u64) -
         }
     });
 
-    let mut results: HashMap<String, ScenarioResult> = options
-        .scenarios
-        .iter()
-        .map(|n| {
-            (
-                n.clone(),
-                ScenarioResult {
-                    outcome: None,
-                    started: None,
-                    took: None,
-                    output: Vec::new(),
-                },
-            )
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(hard);
-    let (mut done, mut timed_out, mut current, mut first_start) = (false, false, None::<String>, None);
+    let (mut done, mut timed_out, mut hung, mut current, mut first_start) = (false, false, false, None::<String>, None);
+    let mut last_output = Instant::now();
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
+        let until = deadline.min(last_output + stall);
+        match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
             Ok(line) => {
+                last_output = Instant::now();
                 if let Some(i) = line.find("  | ") {
                     if let Some(r) = current.as_ref().and_then(|c| results.get_mut(c)) {
                         r.output.push(line[i + 4..].to_string());
@@ -401,9 +443,20 @@ fn boot(options: &Options, bzimage: &Path, cpio: &Path, log: &Path, hard: u64) -
                     _ => {}
                 }
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
+            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() >= deadline => {
                 timed_out = true;
-                eprintln!("nested: hard limit of {hard}s reached; killing QEMU");
+                eprintln!("nested: the lab's hard limit was reached; killing QEMU");
+                let _ = child.kill();
+                break;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                hung = true;
+                let why = format!("L1 hung: no console output for {}s (QEMU killed)", stall.as_secs());
+                eprintln!("nested: {why} during {}", current.as_deref().unwrap_or("L1 boot"));
+                if let Some(r) = current.as_ref().and_then(|c| results.get_mut(c)) {
+                    r.took = r.started.map(|t| t.elapsed());
+                    r.outcome = Some(Outcome::Fail(why));
+                }
                 let _ = child.kill();
                 break;
             }
@@ -419,10 +472,10 @@ fn boot(options: &Options, bzimage: &Path, cpio: &Path, log: &Path, hard: u64) -
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = reader.join();
-    Ok(LabRun {
-        results,
+    Ok(BootEnd {
         done,
         timed_out,
+        hung,
         first_start,
     })
 }

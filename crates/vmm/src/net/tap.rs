@@ -47,9 +47,7 @@ pub struct Tap {
 pub fn check_ifname(name: &str) -> Result<(), NetError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_IFNAME
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.%".contains(&b));
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.%".contains(&b));
     if ok {
         Ok(())
     } else {

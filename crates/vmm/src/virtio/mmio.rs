@@ -200,7 +200,10 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) {
-        let valid = self.queues.iter().all(|q| q.ready() && q.is_valid(&self.memory));
+        let valid = self
+            .queues
+            .iter()
+            .all(|q| q.ready() && q.is_valid(&self.memory) && q.avail_ring() != 0);
         if !valid {
             self.needs_reset("DRIVER_OK with a queue not ready or invalid (size, alignment, addresses)");
             return;

@@ -24,6 +24,7 @@
 
 use acpi_tables::aml::{self, EISAName, Interrupt, Memory32Fixed, Name, Path, ResourceTemplate, Scope, IO};
 use acpi_tables::fadt::{FADTBuilder, Flags as FadtFlags, FADT};
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{EnabledStatus, IoApic, ProcessorLocalApic};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
@@ -234,7 +235,19 @@ fn virtio_mmio_aml(index: u8, device: &AcpiMmioDevice) -> Result<Vec<u8>, AcpiEr
     )))
 }
 
-/// Builds the DSDT: a `\_SB` scope holding COM1 and one device per virtio-mmio window.
+/// I/O port of the hardware-reduced ACPI sleep control register.
+pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x610;
+/// I/O port of the hardware-reduced ACPI sleep status register.
+pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x611;
+/// I/O port of the ACPI reset register.
+pub const ACPI_RESET_PORT: u16 = 0x612;
+/// Value written to [`ACPI_RESET_PORT`] to reset.
+pub const ACPI_RESET_VALUE: u8 = 1;
+/// SLP_TYP of the S5 (soft off) state, as the DSDT's `_S5_` says.
+pub const ACPI_S5_SLP_TYP: u8 = 5;
+
+/// Builds the DSDT: `_S5_` (soft-off sleep type) and a `\_SB` scope holding
+/// COM1 and one device per virtio-mmio window.
 fn build_dsdt(mmio_devices: &[AcpiMmioDevice]) -> Result<Sdt, AcpiError> {
     let mut devices = vec![com1_aml()];
     for (index, device) in mmio_devices.iter().enumerate() {
@@ -248,6 +261,8 @@ fn build_dsdt(mmio_devices: &[AcpiMmioDevice]) -> Result<Sdt, AcpiError> {
     let scope = Scope::new(Path::new("\\_SB_"), child_refs);
 
     let mut dsdt = Sdt::new(*b"DSDT", 36, DSDT_REVISION, OEM_ID, *b"KVMKDSDT", OEM_REVISION);
+    let s5 = aml::Package::new(vec![&ACPI_S5_SLP_TYP]);
+    dsdt.append_slice(&to_bytes(&Name::new(Path::new("_S5_"), &s5)));
     dsdt.append_slice(&to_bytes(&scope));
     Ok(dsdt)
 }
@@ -263,12 +278,20 @@ impl Aml for RawAml {
 
 /// Builds the FADT: hardware-reduced ACPI, DSDT at `dsdt_addr`.
 fn build_fadt(dsdt_addr: u64) -> FADT {
+    let io_reg = |port: u16| GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, u64::from(port));
     let mut fadt = FADTBuilder::new(OEM_ID, *b"KVMKFACP", OEM_REVISION)
         .dsdt_64(dsdt_addr)
         .flag(FadtFlags::HwReducedAcpi)
         // No fixed-feature power/sleep buttons.
         .flag(FadtFlags::PwrButton)
-        .flag(FadtFlags::SlpButton);
+        .flag(FadtFlags::SlpButton)
+        .flag(FadtFlags::ResetRegSup);
+    // Hardware-reduced sleep and reset registers (kvmkit's AcpiPm device):
+    // writing SLP_TYP=5|SLP_EN to the sleep control register powers off.
+    fadt.sleep_control_reg = io_reg(ACPI_SLEEP_CONTROL_PORT);
+    fadt.sleep_status_reg = io_reg(ACPI_SLEEP_STATUS_PORT);
+    fadt.reset_reg = io_reg(ACPI_RESET_PORT);
+    fadt.reset_value = ACPI_RESET_VALUE;
     fadt.iapc_boot_arch = IAPC_BOOT_ARCH.into();
     fadt.hypervisor_vendor_identity = u64::from_le_bytes(HYPERVISOR_VENDOR_ID).into();
     fadt.finalize()
@@ -569,6 +592,22 @@ mod tests {
         assert_ne!(dsdt_addr, 0);
         assert_eq!(&dsdt[0..4], b"DSDT");
         assert_eq!(byte_sum(&dsdt), 0);
+    }
+
+    #[test]
+    fn power_off_is_described_by_sleep_registers_and_s5() {
+        let (mem, rsdp_addr) = setup(1, &[]);
+        let (_, fadt) = find_table(&mem, rsdp_addr, b"FACP");
+        // RESET_REG (GAS at 116, value at 128), SLEEP_CONTROL_REG at 244, SLEEP_STATUS_REG at 256.
+        assert_eq!(
+            (fadt[116], u64_at(&fadt, 120), fadt[128]),
+            (1, u64::from(ACPI_RESET_PORT), ACPI_RESET_VALUE)
+        );
+        assert_eq!((fadt[244], u64_at(&fadt, 248)), (1, u64::from(ACPI_SLEEP_CONTROL_PORT)));
+        assert_eq!((fadt[256], u64_at(&fadt, 260)), (1, u64::from(ACPI_SLEEP_STATUS_PORT)));
+        assert_ne!(u32_at(&fadt, 112) & (1 << 10), 0, "RESET_REG_SUP");
+        let (_, dsdt) = read_dsdt(&mem, rsdp_addr);
+        assert!(dsdt.windows(4).any(|w| w == b"_S5_"), "DSDT names the S5 sleep state");
     }
 
     #[test]

@@ -1,0 +1,437 @@
+//! The rx and tx paths: descriptor chains in, frames out, and back.
+//!
+//! Every chain is checked (direction, lengths, guest addresses) before use;
+//! a bad chain is completed with length 0 and counted, an oversized frame is
+//! dropped and counted, and nothing a guest writes can make the device panic.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::{Backend, NetCounters, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_MRG_RXBUF};
+use crate::net::tap::{is_fatal, VNET_HDR_LEN};
+use crate::virtio::{Interrupt, VIRTIO_MMIO_INT_VRING};
+
+/// Largest frame (without the virtio header) either way: 64 KiB of TSO
+/// payload plus headers, as virtio-net and tap allow.
+pub const MAX_FRAME_BYTES: usize = 65550;
+/// Largest buffer: header plus frame.
+pub const MAX_BUFFER_BYTES: usize = VNET_HDR_LEN + MAX_FRAME_BYTES;
+/// Tx chains handled before the rx side gets a turn.
+pub const TX_BURST: usize = 256;
+/// Rx frames delivered before the tx side gets a turn.
+pub const RX_BURST: usize = 256;
+const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
+const GSO_NONE: u8 = 0;
+const MAX_WARNINGS: u32 = 10;
+
+/// Frame I/O: one frame (with its 12-byte header) per call, non-blocking.
+pub trait FrameIo {
+    /// Reads one frame into `buf`; `WouldBlock` when none is waiting.
+    fn read_frame(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Writes one frame.
+    fn write_frame(&self, frame: &[u8]) -> io::Result<usize>;
+}
+
+impl FrameIo for crate::net::tap::Tap {
+    fn read_frame(&self, buf: &mut [u8]) -> io::Result<usize> {
+        crate::net::tap::Tap::read_frame(self, buf)
+    }
+
+    fn write_frame(&self, frame: &[u8]) -> io::Result<usize> {
+        crate::net::tap::Tap::write_frame(self, frame)
+    }
+}
+
+/// What the rx side did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RxState {
+    /// The backend has no more frames.
+    Drained,
+    /// A frame waits for the driver to add rx buffers.
+    NoBuffers,
+    /// The burst ended with frames possibly left.
+    More,
+    /// The backend is gone.
+    Dead,
+}
+
+/// A descriptor: (address, length, device-writable).
+type Seg = (GuestAddress, u32, bool);
+
+/// The worker side of a virtio-net device.
+pub struct NetHandler {
+    memory: GuestMemoryMmap,
+    rx: Queue,
+    tx: Queue,
+    interrupt: Arc<Interrupt>,
+    backend: Arc<dyn Backend>,
+    counters: Arc<NetCounters>,
+    mrg_rxbuf: bool,
+    host_tso: bool,
+    frame: Vec<u8>,
+    /// Length of the frame in `frame` waiting for rx buffers.
+    pending: Option<usize>,
+    txbuf: Vec<u8>,
+    segs: Vec<Seg>,
+    chains: Vec<(u16, usize, usize)>,
+    warnings: u32,
+    dead: bool,
+}
+
+impl NetHandler {
+    /// A handler for the `rx` and `tx` queues with the features `acked`.
+    pub fn new(
+        memory: GuestMemoryMmap,
+        rx: Queue,
+        tx: Queue,
+        interrupt: Arc<Interrupt>,
+        backend: Arc<dyn Backend>,
+        counters: Arc<NetCounters>,
+        acked: u64,
+    ) -> Self {
+        Self {
+            memory,
+            rx,
+            tx,
+            interrupt,
+            backend,
+            counters,
+            mrg_rxbuf: acked & VIRTIO_NET_F_MRG_RXBUF != 0,
+            host_tso: acked & VIRTIO_NET_F_HOST_TSO4 != 0,
+            frame: vec![0; MAX_BUFFER_BYTES + 64],
+            pending: None,
+            txbuf: vec![0; MAX_BUFFER_BYTES],
+            segs: Vec::with_capacity(64),
+            chains: Vec::with_capacity(64),
+            warnings: 0,
+            dead: false,
+        }
+    }
+
+    /// The backend's fd, polled for incoming frames.
+    pub fn backend_fd(&self) -> i32 {
+        self.backend.as_raw_fd()
+    }
+
+    /// Whether the backend went away (the device has stopped).
+    pub fn is_dead(&self) -> bool {
+        self.dead
+    }
+
+    /// Whether a frame waits for rx buffers.
+    pub fn rx_blocked(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// The device's counters.
+    pub fn counters(&self) -> &NetCounters {
+        &self.counters
+    }
+
+    fn warn(&mut self, what: &str) {
+        if self.warnings < MAX_WARNINGS {
+            self.warnings += 1;
+            tracing::warn!("virtio-net ({}): {what}", self.backend.name());
+        }
+    }
+
+    fn backend_gone(&mut self, e: &io::Error) {
+        if !self.dead {
+            self.dead = true;
+            tracing::error!(
+                "virtio-net: {} went away ({e}); the NIC is stopped, the VM runs on without it ({})",
+                self.backend.name(),
+                self.counters.summary()
+            );
+        }
+    }
+
+    /// Raises the interrupt unless the driver asked not to get one.
+    fn notify(&self, q: &Queue) {
+        let flags: u16 = self.memory.read_obj(GuestAddress(q.avail_ring())).unwrap_or(0);
+        if u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT == 0 {
+            self.interrupt.signal(VIRTIO_MMIO_INT_VRING);
+        }
+    }
+
+    /// The descriptors of the next available chain on `rx` (`tx` when
+    /// `tx`), into `self.segs`; `None` when the queue is empty, `Some(None)`
+    /// when the chain is malformed (its head is returned for completion).
+    fn pop(&mut self, tx: bool) -> Option<(u16, bool)> {
+        let q = if tx { &mut self.tx } else { &mut self.rx };
+        let chain = q.pop_descriptor_chain(&self.memory)?;
+        let head = chain.head_index();
+        self.segs.clear();
+        let mut ok = true;
+        for d in chain {
+            if self.segs.len() >= usize::from(super::QUEUE_SIZE) {
+                ok = false;
+                break;
+            }
+            self.segs.push((d.addr(), d.len(), d.is_write_only()));
+        }
+        Some((head, ok))
+    }
+
+    /// Completes `head` on `rx` or `tx` with `len` bytes written.
+    fn complete(&mut self, tx: bool, head: u16, len: u32) -> bool {
+        let q = if tx { &mut self.tx } else { &mut self.rx };
+        match q.add_used(&self.memory, head, len) {
+            Ok(()) => true,
+            Err(e) => {
+                self.warn(&format!("cannot complete descriptor {head}: {e:?}"));
+                false
+            }
+        }
+    }
+
+    /// Sends everything on the tx queue, at most [`TX_BURST`] chains;
+    /// returns whether chains may be left.
+    pub fn process_tx(&mut self) -> bool {
+        let mut done = 0;
+        let mut more = false;
+        loop {
+            if let Err(e) = self.tx.disable_notification(&self.memory) {
+                self.warn(&format!("tx queue: {e:?}"));
+            }
+            while done < TX_BURST {
+                let Some((head, ok)) = self.pop(true) else { break };
+                if !ok {
+                    NetCounters::add(&self.counters.bad_chains, 1);
+                } else {
+                    self.send_chain();
+                }
+                done += 1;
+                if !self.complete(true, head, 0) {
+                    break;
+                }
+                if self.dead {
+                    break;
+                }
+            }
+            if done >= TX_BURST || self.dead {
+                more = !self.dead;
+                break;
+            }
+            match self.tx.enable_notification(&self.memory) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    self.warn(&format!("tx queue: {e:?}"));
+                    break;
+                }
+            }
+        }
+        if done > 0 {
+            self.notify(&self.tx);
+        }
+        more
+    }
+
+    /// Gathers the chain in `self.segs` and writes it to the backend.
+    fn send_chain(&mut self) {
+        let mut len = 0usize;
+        for &(addr, seg_len, writable) in &self.segs {
+            let seg_len = seg_len as usize;
+            if writable {
+                NetCounters::add(&self.counters.bad_chains, 1);
+                return;
+            }
+            if len + seg_len > MAX_BUFFER_BYTES {
+                NetCounters::add(&self.counters.tx_dropped, 1);
+                return;
+            }
+            if self
+                .memory
+                .read_slice(&mut self.txbuf[len..len + seg_len], addr)
+                .is_err()
+            {
+                NetCounters::add(&self.counters.bad_chains, 1);
+                return;
+            }
+            len += seg_len;
+        }
+        if len < VNET_HDR_LEN {
+            NetCounters::add(&self.counters.bad_chains, 1);
+            return;
+        }
+        // virtio_net_hdr_v1: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers.
+        if self.txbuf[1] != GSO_NONE && !self.host_tso {
+            NetCounters::add(&self.counters.tx_dropped, 1);
+            return;
+        }
+        self.txbuf[10] = 0;
+        self.txbuf[11] = 0;
+        match self.backend.write_frame(&self.txbuf[..len]) {
+            Ok(_) => {
+                NetCounters::add(&self.counters.tx_frames, 1);
+                NetCounters::add(&self.counters.tx_bytes, (len - VNET_HDR_LEN) as u64);
+            }
+            Err(e) if is_fatal(&e) => {
+                NetCounters::add(&self.counters.tx_dropped, 1);
+                self.backend_gone(&e);
+            }
+            Err(_) => NetCounters::add(&self.counters.tx_dropped, 1),
+        }
+    }
+
+    /// Moves frames from the backend into rx buffers, at most [`RX_BURST`].
+    pub fn process_rx(&mut self) -> RxState {
+        let mut delivered = 0;
+        let mut state = RxState::More;
+        while delivered < RX_BURST {
+            let len = match self.pending {
+                Some(len) => len,
+                None => match self.backend.read_frame(&mut self.frame) {
+                    Ok(n) if !(VNET_HDR_LEN..=MAX_BUFFER_BYTES).contains(&n) => {
+                        NetCounters::add(&self.counters.rx_dropped, 1);
+                        continue;
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        state = RxState::Drained;
+                        break;
+                    }
+                    Err(e) if is_fatal(&e) => {
+                        self.backend_gone(&e);
+                        state = RxState::Dead;
+                        break;
+                    }
+                    Err(e) => {
+                        self.warn(&format!("read: {e}"));
+                        state = RxState::Drained;
+                        break;
+                    }
+                },
+            };
+            self.pending = Some(len);
+            match self.deliver(len) {
+                Some(true) => {
+                    self.pending = None;
+                    delivered += 1;
+                }
+                Some(false) => {
+                    self.pending = None;
+                    NetCounters::add(&self.counters.rx_dropped, 1);
+                }
+                None => {
+                    state = RxState::NoBuffers;
+                    break;
+                }
+            }
+        }
+        if delivered > 0 {
+            self.notify(&self.rx);
+        }
+        state
+    }
+
+    /// Puts the frame of `len` bytes (header included) into rx chains.
+    /// `Some(true)` when delivered, `Some(false)` when it can never fit (drop
+    /// it), `None` when the driver must add buffers first.
+    fn deliver(&mut self, len: usize) -> Option<bool> {
+        // Collect chains until their room holds the frame (one chain unless
+        // mergeable rx buffers were negotiated).
+        self.chains.clear();
+        let mut all_segs: Vec<Seg> = Vec::new();
+        let mut room = 0usize;
+        while room < len {
+            if !self.mrg_rxbuf && !self.chains.is_empty() {
+                break;
+            }
+            let Some((head, ok)) = self.pop(false) else {
+                // Not enough buffers now: give back what we took.
+                for _ in 0..self.chains.len() {
+                    self.rx.go_to_previous_position();
+                }
+                return None;
+            };
+            let usable = ok
+                && !self.segs.is_empty()
+                && self.segs.iter().all(|s| s.2)
+                && self.segs.iter().map(|s| s.1 as usize).sum::<usize>()
+                    >= if self.mrg_rxbuf { VNET_HDR_LEN } else { 1 };
+            if !usable {
+                NetCounters::add(&self.counters.bad_chains, 1);
+                let ok = self.complete(false, head, 0);
+                if !self.chains.is_empty() {
+                    // Chains taken before it cannot be given back past it:
+                    // complete them empty and drop the frame.
+                    let taken = std::mem::take(&mut self.chains);
+                    for &(h, _, _) in &taken {
+                        self.complete(false, h, 0);
+                    }
+                    return Some(false);
+                }
+                if !ok {
+                    return Some(false);
+                }
+                continue;
+            }
+            let first = all_segs.len();
+            all_segs.extend_from_slice(&self.segs);
+            let cap: usize = self.segs.iter().map(|s| s.1 as usize).sum();
+            room += cap;
+            self.chains.push((head, first, all_segs.len()));
+        }
+        if room < len {
+            // Only without mergeable buffers: the one chain is too small.
+            // Keep it for a smaller frame and drop this one.
+            self.rx.go_to_previous_position();
+            return Some(false);
+        }
+        let nbuf = self.chains.len() as u16;
+        self.frame[10..12].copy_from_slice(&nbuf.to_le_bytes());
+        let mut off = 0usize;
+        let chains = std::mem::take(&mut self.chains);
+        let mut ok = true;
+        for &(head, first, end) in &chains {
+            let mut written = 0usize;
+            for &(addr, seg_len, _) in &all_segs[first..end] {
+                if off >= len {
+                    break;
+                }
+                let n = (seg_len as usize).min(len - off);
+                if self.memory.write_slice(&self.frame[off..off + n], addr).is_err() {
+                    ok = false;
+                    NetCounters::add(&self.counters.bad_chains, 1);
+                    break;
+                }
+                off += n;
+                written += n;
+            }
+            if !self.complete(false, head, written as u32) {
+                ok = false;
+            }
+        }
+        self.chains = chains;
+        if ok && off == len {
+            NetCounters::add(&self.counters.rx_frames, 1);
+            NetCounters::add(&self.counters.rx_bytes, (len - VNET_HDR_LEN) as u64);
+            Some(true)
+        } else {
+            Some(false)
+        }
+    }
+
+    /// Rx notifications: on while a frame waits for buffers (so the driver
+    /// tells us when it adds some), off otherwise. Returns true when buffers
+    /// arrived meanwhile (retry at once).
+    pub fn arm_rx_notification(&mut self) -> bool {
+        if self.pending.is_some() {
+            self.rx.enable_notification(&self.memory).unwrap_or(false)
+        } else {
+            let _ = self.rx.disable_notification(&self.memory);
+            false
+        }
+    }
+
+    /// Counter snapshot for tests.
+    pub fn rx_frames(&self) -> u64 {
+        self.counters.rx_frames.load(Ordering::Relaxed)
+    }
+}

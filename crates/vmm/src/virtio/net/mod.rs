@@ -1,0 +1,202 @@
+//! virtio-net (device id 1): one rx queue (0) and one tx queue (1) over a tap.
+//!
+//! Frames carry a 12-byte `virtio_net_hdr_v1` on the queues and on the tap
+//! (IFF_VNET_HDR, TUNSETVNETHDRSZ 12), so headers pass through unchanged.
+//! Checksum/TSOv4 offloads and mergeable rx buffers are offered only when the
+//! tap accepted TUNSETOFFLOAD. The device runs on its own worker thread
+//! ([`worker`]), which polls the queues' ioeventfds and the tap.
+
+pub mod handler;
+mod worker;
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::{read_config_bytes, Activation, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::net::tap::{Tap, TUN_F_CSUM, TUN_F_TSO4};
+
+pub use handler::{FrameIo, NetHandler, MAX_FRAME_BYTES};
+pub use worker::NetWorker;
+
+/// Virtio device id of a network device.
+pub const VIRTIO_ID_NET: u32 = 1;
+/// The device handles packets with partial checksum (guest -> host).
+pub const VIRTIO_NET_F_CSUM: u64 = 1 << 0;
+/// The driver handles packets with partial checksum (host -> guest).
+pub const VIRTIO_NET_F_GUEST_CSUM: u64 = 1 << 1;
+/// The device has a MAC in config space.
+pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
+/// The driver can receive TSOv4.
+pub const VIRTIO_NET_F_GUEST_TSO4: u64 = 1 << 7;
+/// The device can receive TSOv4.
+pub const VIRTIO_NET_F_HOST_TSO4: u64 = 1 << 11;
+/// The driver can merge receive buffers.
+pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
+/// Config space has a link status.
+pub const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
+/// The offloads offered when the tap supports them.
+pub const OFFLOAD_FEATURES: u64 = VIRTIO_NET_F_CSUM
+    | VIRTIO_NET_F_GUEST_CSUM
+    | VIRTIO_NET_F_GUEST_TSO4
+    | VIRTIO_NET_F_HOST_TSO4
+    | VIRTIO_NET_F_MRG_RXBUF;
+/// Queue size offered to drivers (rx and tx).
+pub const QUEUE_SIZE: u16 = 256;
+/// Index of the receive queue.
+pub const RX_QUEUE: usize = 0;
+/// Index of the transmit queue.
+pub const TX_QUEUE: usize = 1;
+
+/// Frame and error counts of one NIC (readable while it runs).
+#[derive(Debug, Default)]
+pub struct NetCounters {
+    /// Frames given to the guest.
+    pub rx_frames: AtomicU64,
+    /// Bytes (without the virtio header) given to the guest.
+    pub rx_bytes: AtomicU64,
+    /// Frames from the tap that did not fit the guest's buffers or were malformed.
+    pub rx_dropped: AtomicU64,
+    /// Frames sent to the tap.
+    pub tx_frames: AtomicU64,
+    /// Bytes (without the virtio header) sent to the tap.
+    pub tx_bytes: AtomicU64,
+    /// Guest frames dropped: oversized, refused by the tap, or after the tap went away.
+    pub tx_dropped: AtomicU64,
+    /// Malformed descriptor chains (either queue), completed without data.
+    pub bad_chains: AtomicU64,
+}
+
+impl NetCounters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A one-line summary.
+    pub fn summary(&self) -> String {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "rx {} frames {} bytes {} dropped, tx {} frames {} bytes {} dropped, {} bad chains",
+            g(&self.rx_frames),
+            g(&self.rx_bytes),
+            g(&self.rx_dropped),
+            g(&self.tx_frames),
+            g(&self.tx_bytes),
+            g(&self.tx_dropped),
+            g(&self.bad_chains)
+        )
+    }
+}
+
+/// How the device reaches the host network: a tap, or a stand-in in tests.
+pub trait Backend: FrameIo + AsRawFd + Send + Sync + 'static {
+    /// Sets the offloads (TUN_F_*) the backend may use towards us.
+    fn set_offload(&self, flags: u32) -> std::io::Result<()>;
+    /// Whether checksum and TSOv4 offloads can be turned on.
+    fn offloads_supported(&self) -> bool;
+    /// A name for log lines.
+    fn name(&self) -> String;
+}
+
+impl Backend for Tap {
+    fn set_offload(&self, flags: u32) -> std::io::Result<()> {
+        Tap::set_offload(self, flags)
+    }
+
+    fn offloads_supported(&self) -> bool {
+        Tap::offloads_supported(self)
+    }
+
+    fn name(&self) -> String {
+        format!("tap {}", Tap::name(self))
+    }
+}
+
+/// A virtio-net device.
+pub struct Net {
+    backend: Arc<dyn Backend>,
+    config: [u8; 8],
+    counters: Arc<NetCounters>,
+    worker: Option<NetWorker>,
+}
+
+impl Net {
+    /// A NIC with MAC `mac` whose frames go to and come from `backend` (normally a [`Tap`]).
+    pub fn new(backend: Arc<dyn Backend>, mac: [u8; 6]) -> Self {
+        let mut config = [0u8; 8];
+        config[..6].copy_from_slice(&mac);
+        config[6] = 1; // VIRTIO_NET_S_LINK_UP
+        Self {
+            backend,
+            config,
+            counters: Arc::new(NetCounters::default()),
+            worker: None,
+        }
+    }
+
+    /// The device's counters (shared with its worker).
+    pub fn counters(&self) -> Arc<NetCounters> {
+        self.counters.clone()
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        let mut f = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC | VIRTIO_NET_F_STATUS;
+        if self.backend.offloads_supported() {
+            f |= OFFLOAD_FEATURES;
+        }
+        f
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn activate(&mut self, acked: u64, a: Activation) -> Result<(), String> {
+        self.worker = None;
+        let mut offload = 0;
+        if acked & VIRTIO_NET_F_GUEST_CSUM != 0 {
+            offload |= TUN_F_CSUM;
+            if acked & VIRTIO_NET_F_GUEST_TSO4 != 0 {
+                offload |= TUN_F_TSO4;
+            }
+        }
+        if self.backend.offloads_supported() || offload != 0 {
+            self.backend
+                .set_offload(offload)
+                .map_err(|e| format!("{}: TUNSETOFFLOAD {offload:#x}: {e}", self.backend.name()))?;
+        }
+        let mut queues = a.queues.into_iter();
+        let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
+            return Err("virtio-net needs two queues".into());
+        };
+        let handler = NetHandler::new(
+            a.memory,
+            rx,
+            tx,
+            a.interrupt,
+            self.backend.clone(),
+            self.counters.clone(),
+            acked,
+        );
+        let name = format!("virtio-net-{}", self.backend.name().replace(' ', "-"));
+        self.worker = Some(NetWorker::spawn(name, a.queue_events, handler).map_err(|e| e.to_string())?);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.worker = None;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,504 @@
+//! Drives the virtio-net rx and tx paths with descriptor chains laid out in
+//! guest memory (well-formed and hostile), against a datagram socket pair
+//! standing in for the tap, and against a real tap inside a private network
+//! namespace when the host allows it.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::handler::{FrameIo, NetHandler, RxState, MAX_BUFFER_BYTES, TX_BURST};
+use super::*;
+use crate::net::tap::VNET_HDR_LEN;
+use crate::virtio::Interrupt;
+
+const QSIZE: u16 = 16;
+const RX_BASE: u64 = 0x1000;
+const TX_BASE: u64 = 0x4000;
+const DATA: u64 = 0x10000;
+const F_NEXT: u16 = 1;
+const F_WRITE: u16 = 2;
+
+/// A datagram socket as the "tap": one frame per message.
+struct Fake {
+    sock: UnixDatagram,
+}
+
+impl FrameIo for Fake {
+    fn read_frame(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.sock.recv(buf)
+    }
+
+    fn write_frame(&self, frame: &[u8]) -> io::Result<usize> {
+        self.sock.send(frame)
+    }
+}
+
+impl AsRawFd for Fake {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
+impl Backend for Fake {
+    fn set_offload(&self, _flags: u32) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn offloads_supported(&self) -> bool {
+        true
+    }
+
+    fn name(&self) -> String {
+        "fake".into()
+    }
+}
+
+struct VQ {
+    base: u64,
+    next_desc: u16,
+    avail_idx: u16,
+}
+
+impl VQ {
+    fn desc(&self) -> u64 {
+        self.base
+    }
+    fn avail(&self) -> u64 {
+        self.base + 0x400
+    }
+    fn used(&self) -> u64 {
+        self.base + 0x800
+    }
+    fn queue(&self) -> Queue {
+        let mut q = Queue::new(QSIZE).expect("queue");
+        q.set_size(QSIZE);
+        q.set_desc_table_address(Some(self.desc() as u32), Some(0));
+        q.set_avail_ring_address(Some(self.avail() as u32), Some(0));
+        q.set_used_ring_address(Some(self.used() as u32), Some(0));
+        q.set_ready(true);
+        q
+    }
+}
+
+use virtio_queue::{Queue, QueueT};
+
+struct Rig {
+    mem: GuestMemoryMmap,
+    h: NetHandler,
+    host: UnixDatagram,
+    rx: VQ,
+    tx: VQ,
+}
+
+impl Rig {
+    fn new(acked: u64) -> Self {
+        let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).expect("mem");
+        let (a, b) = UnixDatagram::pair().expect("socketpair");
+        a.set_nonblocking(true).expect("nonblocking");
+        b.set_nonblocking(true).expect("nonblocking");
+        // Room for 64 KiB frames in the socket buffers.
+        for s in [&a, &b] {
+            let size: libc::c_int = 1 << 20;
+            // SAFETY: SO_SNDBUF/SO_RCVBUF read one int.
+            unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_SNDBUF,
+                    (&size as *const libc::c_int).cast(),
+                    4,
+                );
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUF,
+                    (&size as *const libc::c_int).cast(),
+                    4,
+                );
+            }
+        }
+        let rx = VQ {
+            base: RX_BASE,
+            next_desc: 0,
+            avail_idx: 0,
+        };
+        let tx = VQ {
+            base: TX_BASE,
+            next_desc: 0,
+            avail_idx: 0,
+        };
+        let irq = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let h = NetHandler::new(
+            mem.clone(),
+            rx.queue(),
+            tx.queue(),
+            Arc::new(Interrupt::new(irq)),
+            Arc::new(Fake { sock: a }),
+            Arc::new(NetCounters::default()),
+            VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC | acked,
+        );
+        Self {
+            mem,
+            h,
+            host: b,
+            rx,
+            tx,
+        }
+    }
+
+    fn push(&mut self, tx: bool, descs: &[(u64, u32, u16)]) -> u16 {
+        let q = if tx { &mut self.tx } else { &mut self.rx };
+        let head = q.next_desc % QSIZE;
+        for (k, d) in descs.iter().enumerate() {
+            let i = (q.next_desc + k as u16) % QSIZE;
+            let base = q.desc() + u64::from(i) * 16;
+            let next = (i + 1) % QSIZE;
+            let flags = d.2 | if k + 1 < descs.len() { F_NEXT } else { 0 };
+            self.mem.write_obj(d.0, GuestAddress(base)).expect("addr");
+            self.mem.write_obj(d.1, GuestAddress(base + 8)).expect("len");
+            self.mem.write_obj(flags, GuestAddress(base + 12)).expect("flags");
+            self.mem.write_obj(next, GuestAddress(base + 14)).expect("next");
+        }
+        q.next_desc = q.next_desc.wrapping_add(descs.len() as u16);
+        let slot = q.avail() + 4 + 2 * u64::from(q.avail_idx % QSIZE);
+        self.mem.write_obj(head, GuestAddress(slot)).expect("ring");
+        q.avail_idx = q.avail_idx.wrapping_add(1);
+        self.mem
+            .write_obj(q.avail_idx, GuestAddress(q.avail() + 2))
+            .expect("idx");
+        head
+    }
+
+    fn used(&self, tx: bool) -> Vec<(u32, u32)> {
+        let q = if tx { &self.tx } else { &self.rx };
+        let n: u16 = self.mem.read_obj(GuestAddress(q.used() + 2)).expect("used idx");
+        (0..n)
+            .map(|i| {
+                let e = q.used() + 4 + 8 * u64::from(i % QSIZE);
+                (
+                    self.mem.read_obj(GuestAddress(e)).expect("id"),
+                    self.mem.read_obj(GuestAddress(e + 4)).expect("len"),
+                )
+            })
+            .collect()
+    }
+
+    fn counters(&self) -> [u64; 7] {
+        let c = self.h.counters();
+        [
+            &c.rx_frames,
+            &c.rx_bytes,
+            &c.rx_dropped,
+            &c.tx_frames,
+            &c.tx_bytes,
+            &c.tx_dropped,
+            &c.bad_chains,
+        ]
+        .map(|a| a.load(Ordering::Relaxed))
+    }
+}
+
+fn frame(len: usize, seed: u8) -> Vec<u8> {
+    let mut f = vec![0u8; VNET_HDR_LEN];
+    f.extend((0..len).map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed)));
+    f
+}
+
+#[test]
+fn tx_frames_reach_the_backend_with_their_header() {
+    let mut r = Rig::new(0);
+    let f = frame(100, 1);
+    r.mem.write_slice(&f[..20], GuestAddress(DATA)).expect("w");
+    r.mem.write_slice(&f[20..], GuestAddress(DATA + 0x1000)).expect("w");
+    r.push(true, &[(DATA, 20, 0), (DATA + 0x1000, (f.len() - 20) as u32, 0)]);
+    assert!(!r.h.process_tx());
+    let mut buf = vec![0u8; 4096];
+    let n = r.host.recv(&mut buf).expect("frame on the host side");
+    assert_eq!(&buf[..n], &f[..]);
+    assert_eq!(r.used(true), vec![(0, 0)]);
+    assert_eq!(r.counters()[3..5], [1, 100]);
+}
+
+#[test]
+fn hostile_tx_chains_are_dropped_and_counted() {
+    let mut r = Rig::new(0);
+    // Device-writable descriptor on tx, too short for a header, outside
+    // guest memory, oversized, and a GSO frame without HOST_TSO4.
+    r.push(true, &[(DATA, 64, F_WRITE)]);
+    r.push(true, &[(DATA, 4, 0)]);
+    r.push(true, &[(0xffff_0000_0000, 64, 0)]);
+    r.push(true, &[(DATA, 40000, 0), (DATA, 40000, 0)]);
+    r.push(true, &[(DATA, u32::MAX, 0)]);
+    let mut gso = frame(60, 0);
+    gso[1] = 1;
+    r.mem.write_slice(&gso, GuestAddress(DATA + 0x2_0000)).expect("w");
+    r.push(true, &[(DATA + 0x2_0000, gso.len() as u32, 0)]);
+    r.h.process_tx();
+    let mut buf = [0u8; 64];
+    assert!(r.host.recv(&mut buf).is_err(), "nothing reaches the backend");
+    assert_eq!(r.used(true).len(), 6, "every chain is completed");
+    let c = r.counters();
+    assert_eq!(c[3], 0);
+    assert_eq!(c[5] + c[6], 6, "{c:?}");
+}
+
+#[test]
+fn tx_floods_are_worked_in_bursts() {
+    let mut r = Rig::new(0);
+    let f = frame(60, 3);
+    r.mem.write_slice(&f, GuestAddress(DATA)).expect("w");
+    // More chains than a burst: reuse descriptor 0 over and over.
+    for _ in 0..(TX_BURST + 10) {
+        let q = &mut r.tx;
+        q.next_desc = 0;
+        let _ = q;
+        r.push(true, &[(DATA, f.len() as u32, 0)]);
+        if r.tx.avail_idx.is_multiple_of(QSIZE) {
+            // keep the ring from overflowing the driver's view: process as we go
+            r.h.process_tx();
+            let mut b = [0u8; 256];
+            while r.host.recv(&mut b).is_ok() {}
+        }
+    }
+    while r.h.process_tx() {}
+    assert_eq!(r.counters()[3], (TX_BURST + 10) as u64);
+}
+
+#[test]
+fn rx_frames_land_in_guest_buffers() {
+    let mut r = Rig::new(0);
+    let f = frame(1000, 9);
+    r.host.send(&f).expect("send");
+    assert_eq!(r.h.process_rx(), RxState::NoBuffers, "no buffers yet: the frame waits");
+    assert!(r.h.rx_blocked());
+    r.push(false, &[(DATA, 512, F_WRITE), (DATA + 0x1000, 1024, F_WRITE)]);
+    assert_eq!(r.h.process_rx(), RxState::Drained);
+    assert_eq!(r.used(false), vec![(0, f.len() as u32)]);
+    let mut got = vec![0u8; f.len()];
+    r.mem.read_slice(&mut got[..512], GuestAddress(DATA)).expect("r");
+    r.mem
+        .read_slice(&mut got[512..], GuestAddress(DATA + 0x1000))
+        .expect("r");
+    assert_eq!(&got[VNET_HDR_LEN..], &f[VNET_HDR_LEN..]);
+    assert_eq!(&got[10..12], &1u16.to_le_bytes(), "num_buffers = 1");
+    assert_eq!(r.counters()[..2], [1, 1000]);
+}
+
+#[test]
+fn mergeable_rx_buffers_split_big_frames() {
+    let mut r = Rig::new(OFFLOAD_FEATURES);
+    let f = frame(60000, 5);
+    r.host.send(&f).expect("send");
+    for k in 0..15u64 {
+        r.push(false, &[(DATA + k * 4096, 4096, F_WRITE)]);
+    }
+    assert_eq!(r.h.process_rx(), RxState::Drained);
+    let used = r.used(false);
+    assert_eq!(used.len(), 15);
+    assert_eq!(used.iter().map(|u| u.1 as usize).sum::<usize>(), f.len());
+    let mut hdr = [0u8; 12];
+    r.mem.read_slice(&mut hdr, GuestAddress(DATA)).expect("r");
+    assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 15);
+    // Not enough buffers: the frame waits, nothing is consumed.
+    let g = frame(20000, 1);
+    r.host.send(&g).expect("send");
+    r.push(false, &[(DATA, 4096, F_WRITE)]);
+    assert_eq!(r.h.process_rx(), RxState::NoBuffers);
+    assert_eq!(r.used(false).len(), 15);
+    for k in 1..5u64 {
+        r.push(false, &[(DATA + k * 4096, 4096, F_WRITE)]);
+    }
+    assert_eq!(r.h.process_rx(), RxState::Drained);
+    assert_eq!(r.used(false).len(), 20);
+}
+
+#[test]
+fn hostile_rx_chains_and_big_frames_never_panic() {
+    let mut r = Rig::new(0);
+    // A frame too big for the one buffer is dropped; the buffer stays.
+    r.host.send(&frame(3000, 1)).expect("send");
+    r.push(false, &[(DATA, 2048, F_WRITE)]);
+    assert_eq!(r.h.process_rx(), RxState::Drained);
+    assert_eq!(r.used(false).len(), 0);
+    assert_eq!(r.counters()[2], 1);
+    // The next frame fits it.
+    r.host.send(&frame(100, 1)).expect("send");
+    assert_eq!(r.h.process_rx(), RxState::Drained);
+    assert_eq!(r.used(false), vec![(0, 112)]);
+    // Read-only buffer on rx, buffer outside memory, runt frame.
+    r.push(false, &[(DATA, 2048, 0)]);
+    r.push(false, &[(0xffff_0000_0000, 2048, F_WRITE)]);
+    r.host.send(&[0u8; 4]).expect("send");
+    r.host.send(&frame(100, 2)).expect("send");
+    r.h.process_rx();
+    let c = r.counters();
+    assert!(c[6] >= 2, "{c:?}");
+    // Oversized frames from the backend are dropped.
+    r.host.send(&vec![0u8; MAX_BUFFER_BYTES + 10]).expect("send");
+    r.push(false, &[(DATA, 2048, F_WRITE)]);
+    r.h.process_rx();
+}
+
+#[test]
+fn device_offers_offloads_only_with_backend_support() {
+    let (a, _b) = UnixDatagram::pair().expect("pair");
+    let n = Net::new(Arc::new(Fake { sock: a }), [0x52, 0x54, 0, 1, 2, 3]);
+    assert_eq!(n.features() & OFFLOAD_FEATURES, OFFLOAD_FEATURES);
+    let mut cfg = [0u8; 8];
+    n.read_config(0, &mut cfg);
+    assert_eq!(cfg, [0x52, 0x54, 0, 1, 2, 3, 1, 0]);
+    assert_eq!(n.queue_max_sizes(), &[QUEUE_SIZE, QUEUE_SIZE]);
+}
+
+/// A private network namespace for the calling thread (None when the host
+/// does not allow one: no root, no /dev/net/tun, no `ip`).
+fn enter_private_netns(tag: &str) -> Option<String> {
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        eprintln!("skipped: /dev/net/tun is missing");
+        return None;
+    }
+    let ns = format!("kvmkit-ut-{tag}-{}", std::process::id());
+    let ok = std::process::Command::new("ip")
+        .args(["netns", "add", &ns])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("skipped: cannot create a network namespace (needs root and iproute2)");
+        return None;
+    }
+    let f = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns file");
+    // SAFETY: setns on a netns fd moves only this thread.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        let _ = std::process::Command::new("ip").args(["netns", "del", &ns]).status();
+        eprintln!("skipped: setns failed");
+        return None;
+    }
+    Some(ns)
+}
+
+#[test]
+fn real_tap_in_a_namespace_round_trips_frames() {
+    // Runs on its own thread: setns moves only that thread.
+    std::thread::spawn(|| {
+        let Some(ns) = enter_private_netns("tap") else { return };
+        let result = std::panic::catch_unwind(|| {
+            let cfg = crate::net::NetConfig::parse("auto").expect("auto");
+            let (tap, plan) = crate::net::setup_net(&cfg, 0).expect("setup_net in a fresh namespace");
+            assert_eq!(plan.host_ip, Some(std::net::Ipv4Addr::new(10, 0, 2, 1)));
+            assert_eq!(plan.guest_ip, Some(std::net::Ipv4Addr::new(10, 0, 2, 2)));
+            assert!(crate::net::config::link_exists(&plan.tap_name));
+            // A second `auto` in the same namespace takes the next /30.
+            let (tap2, plan2) = crate::net::setup_net(&cfg, 1).expect("second NIC");
+            assert_eq!(plan2.host_ip, Some(std::net::Ipv4Addr::new(10, 0, 2, 5)));
+            // Busy: the same tap cannot be opened twice.
+            let busy = crate::net::Tap::open(&plan.tap_name).expect_err("busy");
+            assert!(matches!(busy, crate::net::NetError::Busy(_)), "{busy}");
+            // Address in use.
+            let used = crate::net::NetConfig::parse("auto,host-ip=10.0.2.1").expect("spec");
+            let e = crate::net::setup_net(&used, 2).expect_err("in use");
+            assert!(matches!(e, crate::net::NetError::AddressInUse(_)), "{e}");
+            // Missing bridge.
+            let br = crate::net::NetConfig::parse("bridge=nobr0").expect("spec");
+            let e = crate::net::setup_net(&br, 3).expect_err("no bridge");
+            assert!(matches!(e, crate::net::NetError::Bridge(_)), "{e}");
+
+            // Host -> tap: the kernel sends an ARP request for 10.0.2.2 when
+            // we send a UDP datagram to it; read it from the tap.
+            let sock = std::net::UdpSocket::bind("10.0.2.1:0").expect("bind");
+            let _ = sock.send_to(b"hello", "10.0.2.2:9");
+            let mut buf = vec![0u8; 70000];
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+            let mut got = None;
+            while std::time::Instant::now() < deadline {
+                match tap.read_frame(&mut buf) {
+                    Ok(n) if n >= VNET_HDR_LEN + 14 && buf[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14] == [8, 6] => {
+                        got = Some(n);
+                        break;
+                    }
+                    _ => std::thread::sleep(std::time::Duration::from_millis(10)),
+                }
+            }
+            assert!(got.is_some(), "an ARP request came out of the tap");
+            // Guest -> host: a frame written to the tap counts as tap rx.
+            let rx = |name: &str| crate::net::config::link_packets(name).expect("ip -s link").0;
+            let before = rx(&plan.tap_name);
+            let mut f = frame(60, 0);
+            f[VNET_HDR_LEN..VNET_HDR_LEN + 6].copy_from_slice(&[0xff; 6]);
+            for _ in 0..10 {
+                tap.write_frame(&f).expect("write");
+            }
+            assert_eq!(rx(&plan.tap_name) - before, 10);
+            let name = plan.tap_name.clone();
+            drop(tap);
+            drop(plan);
+            drop(tap2);
+            drop(plan2);
+            assert!(
+                !crate::net::config::link_exists(&name),
+                "the tap is gone after teardown"
+            );
+        });
+        let _ = std::process::Command::new("ip").args(["netns", "del", &ns]).status();
+        if let Err(e) = result {
+            std::panic::resume_unwind(e);
+        }
+    })
+    .join()
+    .expect("namespace test");
+}
+
+#[test]
+fn worker_stops_when_the_tap_disappears() {
+    std::thread::spawn(|| {
+        let Some(ns) = enter_private_netns("gone") else { return };
+        let result = std::panic::catch_unwind(|| {
+            let tap = crate::net::Tap::open("kvgone0").expect("tap");
+            let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("mem");
+            let rx = VQ {
+                base: RX_BASE,
+                next_desc: 0,
+                avail_idx: 0,
+            };
+            let tx = VQ {
+                base: TX_BASE,
+                next_desc: 0,
+                avail_idx: 0,
+            };
+            let irq = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+            let counters = Arc::new(NetCounters::default());
+            let h = NetHandler::new(
+                mem,
+                rx.queue(),
+                tx.queue(),
+                Arc::new(Interrupt::new(irq)),
+                Arc::new(tap),
+                counters,
+                VIRTIO_F_VERSION_1,
+            );
+            let evs = vec![
+                vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).expect("e"),
+                vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).expect("e"),
+            ];
+            let w = NetWorker::spawn("t".into(), evs, h).expect("worker");
+            let ok = std::process::Command::new("ip")
+                .args(["link", "del", "kvgone0"])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "ip link del");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(w); // joins: the worker must have ended or end on stop
+        });
+        let _ = std::process::Command::new("ip").args(["netns", "del", &ns]).status();
+        if let Err(e) = result {
+            std::panic::resume_unwind(e);
+        }
+    })
+    .join()
+    .expect("namespace test");
+}
