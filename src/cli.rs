@@ -137,6 +137,11 @@ pub struct RunArgs {
     /// Give the guest a virtio-rng device fed by the host's getrandom.
     #[arg(long)]
     pub rng: bool,
+    /// Attach a virtio-net NIC (repeatable): tap=NAME[,mac=M] uses an existing tap;
+    /// auto[,host-ip=A,guest-ip=B] creates one with a private /30 and removes it on exit;
+    /// bridge=BR[,mac=M] attaches a new tap to an existing bridge.
+    #[arg(long = "net", value_name = "auto|tap=NAME|bridge=BR")]
+    pub nets: Vec<String>,
     /// Write how the run went (exit, boot milestones, guest reports) to FILE as JSON.
     #[arg(long, value_name = "FILE")]
     pub results: Option<PathBuf>,

@@ -1,5 +1,7 @@
 //! Builds the freestanding guest in `guest/` with a nested
-//! `cargo build --release` and leaves the ELF at `$OUT_DIR/kvmkit-guest`.
+//! `cargo fetch --locked` (so a fresh machine gets the guest's registry crates)
+//! and `cargo build --release --offline --locked`, and leaves the ELF at
+//! `$OUT_DIR/kvmkit-guest`.
 //!
 //! The guest is its own workspace with its own `.cargo/config.toml` (target,
 //! codegen flags) and linker script, so everything the outer build would
@@ -63,6 +65,17 @@ fn main() {
     let target_dir = out_dir.join("guest-target");
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
 
+    // The guest's registry dependencies (RustCrypto, lz4_flex) must be in the cargo
+    // cache for the offline build: fetch them first (a no-op when they are; a failure,
+    // e.g. no network, is left to the offline build to report).
+    let mut fetch = Command::new(&cargo);
+    fetch.current_dir(&guest).args(["fetch", "--quiet"]);
+    if guest.join("Cargo.lock").exists() {
+        fetch.arg("--locked");
+    }
+    clean_env(&mut fetch);
+    let _ = fetch.output();
+
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&guest)
         .args(["build", "--release", "--offline"])
@@ -71,15 +84,7 @@ fn main() {
     if guest.join("Cargo.lock").exists() {
         cmd.arg("--locked");
     }
-    for (name, _) in env::vars_os() {
-        let Some(name) = name.to_str() else { continue };
-        if (name.starts_with("CARGO_") && !keep_cargo_var(name)) || name.starts_with("__CARGO") {
-            cmd.env_remove(name);
-        }
-    }
-    for name in REMOVE {
-        cmd.env_remove(OsStr::new(name));
-    }
+    clean_env(&mut cmd);
 
     let output = cmd.output().expect("failed to run cargo for guest/");
     if !output.status.success() {
@@ -92,6 +97,19 @@ fn main() {
     }
     let built = target_dir.join(GUEST_TARGET).join("release").join("kvmkit-guest");
     copy(&built, &out_dir.join("kvmkit-guest"));
+}
+
+/// Removes what the outer build would leak into a nested cargo.
+fn clean_env(cmd: &mut Command) {
+    for (name, _) in env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if (name.starts_with("CARGO_") && !keep_cargo_var(name)) || name.starts_with("__CARGO") {
+            cmd.env_remove(name);
+        }
+    }
+    for name in REMOVE {
+        cmd.env_remove(OsStr::new(name));
+    }
 }
 
 fn copy(from: &Path, to: &Path) {

@@ -93,8 +93,7 @@ fn crypto(cpu: u32, plan: &Plan, mib: u64) -> u32 {
     // share, and the buffer and workspace below do not overlap its arena.
     let buf = unsafe { core::slice::from_raw_parts_mut(base as *mut u8, SUITE_BUFFER) };
     // SAFETY: as above, the workspace follows the buffer within the share.
-    let work =
-        unsafe { core::slice::from_raw_parts_mut((base + WORK_OFFSET as u64) as *mut u8, COMPRESS_WORKSPACE) };
+    let work = unsafe { core::slice::from_raw_parts_mut((base + WORK_OFFSET as u64) as *mut u8, COMPRESS_WORKSPACE) };
     set_arena(cpu, base + ARENA_OFFSET as u64, ARENA_BYTES);
     let t0 = rdtsc();
     let (value, errors) = match w {

@@ -34,6 +34,8 @@ const GUEST_WORKLOADS: &[&str] = &[
     "blowfish",
     "compress",
     "smallio",
+    "net-echo",
+    "net-tx",
 ];
 
 /// Boots the VM and returns the process exit status.
@@ -100,6 +102,7 @@ fn vm_config(args: &RunArgs) -> anyhow::Result<VmConfig> {
             tsc_hint: false,
             disks: parse_disks(&args.disks)?,
             rng: args.rng,
+            nets: parse_nets(&args.nets)?,
         });
     } else {
         let Some(path) = args.kernel.clone() else {
@@ -120,7 +123,16 @@ fn vm_config(args: &RunArgs) -> anyhow::Result<VmConfig> {
         tsc_hint: args.guest,
         disks: parse_disks(&args.disks)?,
         rng: args.rng,
+        nets: parse_nets(&args.nets)?,
     })
+}
+
+/// Parses every `--net` spec.
+pub fn parse_nets(specs: &[String]) -> anyhow::Result<Vec<kvmkit_vmm::net::NetConfig>> {
+    specs
+        .iter()
+        .map(|s| kvmkit_vmm::net::NetConfig::parse(s).map_err(anyhow::Error::from))
+        .collect()
 }
 
 /// Parses `--disk path=IMG[,ro=on|off][,id=NAME]` (a bare path also works).

@@ -19,6 +19,7 @@ options:
   --scenario-timeout SECS    per-scenario timeout inside L1 (default 45)
   --timeout SECS             hard limit for the whole QEMU run (default: 120 + 60 per scenario)
   --no-build                 use the static kvmkit built last (skip cargo build)
+  --l1-cpus N                L1's CPU count, QEMU -smp (default 1)
   -h, --help                 this text";
 
 fn main() -> ExitCode {

@@ -78,6 +78,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// Attach a virtio-rng device.
     pub rng: bool,
+    /// virtio-net NICs, in order.
+    pub nets: Vec<crate::net::NetConfig>,
 }
 
 /// One `--disk`.
@@ -144,6 +146,9 @@ pub enum MachineError {
     /// A disk image could not be used.
     #[error(transparent)]
     Disk(#[from] DiskError),
+    /// Host networking could not be set up.
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
     /// Anything else on the host side.
     #[error("{0}")]
     Host(String),
@@ -219,6 +224,15 @@ pub fn run_vm(config: VmConfig, start: Instant) -> Result<RunOutcome, MachineErr
         .iter()
         .map(|d| DiskImage::open(&d.path, d.read_only).map(|img| (img, d.id.clone())))
         .collect::<Result<Vec<_>, _>>()?;
+    // Taps are set up before boot so errors come first; `net_plans` owns
+    // what kvmkit created and removes it when run_vm returns.
+    let mut net_plans = Vec::new();
+    let mut nics = Vec::new();
+    for (i, n) in config.nets.iter().enumerate() {
+        let (tap, plan) = crate::net::setup_net(n, i)?;
+        nics.push((tap, plan.mac));
+        net_plans.push(plan);
+    }
     let memory = create_guest_memory(config.memory_mib)?;
     let control = Arc::new(VmControl::new(start).map_err(host_err("eventfd"))?);
     let vm = Vm::new(&kvm, &memory)?;
@@ -278,6 +292,10 @@ pub fn run_vm(config: VmConfig, start: Instant) -> Result<RunOutcome, MachineErr
             .attach(&mut mmio, Box::new(Rng::default()))
             .map_err(MachineError::Host)?;
     }
+    for (tap, mac) in nics {
+        let nic = crate::virtio::net::Net::new(Arc::new(tap), mac);
+        placer.attach(&mut mmio, Box::new(nic)).map_err(MachineError::Host)?;
+    }
     let buses = Buses {
         pio: Arc::new(pio),
         mmio: Arc::new(mmio),
@@ -302,6 +320,10 @@ pub fn run_vm(config: VmConfig, start: Instant) -> Result<RunOutcome, MachineErr
     let virtio_words = placer.cmdline_words();
     if !virtio_words.is_empty() {
         cmdline = format!("{cmdline} {virtio_words}");
+    }
+    let net_words = crate::net::cmdline_words(&net_plans);
+    if !net_words.is_empty() {
+        cmdline = format!("{cmdline} {net_words}");
     }
     if config.tsc_hint {
         if let Some(khz) = vcpus[0].tsc_khz() {

@@ -36,7 +36,7 @@ fn first_word(b: &[u8]) -> u64 {
 /// MD5 of `mib` MiB (the buffer, repeated): returns the digest's first 8 bytes.
 #[inline(never)]
 pub fn md5_mib(buf: &mut [u8], mib: u64) -> u64 {
-    fill_random(buf, 0x6d64_35);
+    fill_random(buf, 0x006d_6435);
     let mut h = Md5::new();
     for _ in 0..passes(mib, buf.len()) {
         h.update(&*buf);
@@ -48,7 +48,7 @@ pub fn md5_mib(buf: &mut [u8], mib: u64) -> u64 {
 /// (a multiple of 8 bytes is used); returns the buffer's first 8 bytes.
 #[inline(never)]
 pub fn des_mib(buf: &mut [u8], mib: u64) -> u64 {
-    fill_random(buf, 0x6465_73);
+    fill_random(buf, 0x0064_6573);
     let c = Des::new(GenericArray::from_slice(b"kvmkit!!"));
     let len = buf.len() / 8 * 8;
     for _ in 0..passes(mib, len) {

@@ -198,14 +198,7 @@ fn trace(o: V3, d: V3, depth: u32) -> V3 {
 }
 
 fn byte(c: f64) -> u64 {
-    let c = if c < 0.0 {
-        0.0
-    } else if c > 1.0 {
-        1.0
-    } else {
-        c
-    };
-    (c * 255.0 + 0.5) as u64
+    (c.clamp(0.0, 1.0) * 255.0 + 0.5) as u64
 }
 
 /// The picture's height for width `w` (4:3).

@@ -261,6 +261,11 @@ impl Runner {
         .arg("-append")
         .arg(format!("kvmkit.workload={} kvmkit.cpus={}", w.spec, self.cpus))
         .args(w.kind.qemu_args(disk));
+        if disk.is_some() {
+            // Without ACPI there is no GED sleep register to power off with: let the guest's
+            // write to EXIT_PORT end QEMU (exit code (status << 1) | 1; the serial line says it).
+            cmd.args(["-device", "isa-debug-exit,iobase=0x600,iosize=4"]);
+        }
         let out = run_with_timeout(cmd, timeout)?;
         let parsed = parse_serial(&out.stdout, w.kind);
         match parsed.status {

@@ -355,3 +355,58 @@ pub fn l2_assets(kvmkit: &Path, cache: &Path) -> Result<Option<L2Assets>> {
         .to_string();
     Ok(Some(L2Assets { dir, kernel_version }))
 }
+
+/// The line in `/hello.txt` of the lab's ext4 image (also `/lab/hello.txt` in L1, to compare).
+pub const EXT4_HELLO: &str = "kvmkit nested lab: hello from an ext4 image made on the host";
+
+/// Makes the blk-* scenarios' disk: a 16 MiB ext4 image holding `/hello.txt`, written with
+/// `mkfs.ext4 -d` (no mount), at `<out_dir>/blk/ext4.img`.
+pub fn ext4_image(out_dir: &Path) -> Result<PathBuf> {
+    ensure_tool("mkfs.ext4", "e2fsprogs")?;
+    let dir = out_dir.join("blk");
+    let src = dir.join("src");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&src).with_context(|| format!("creating {}", src.display()))?;
+    std::fs::write(src.join("hello.txt"), format!("{EXT4_HELLO}\n"))?;
+    let img = dir.join("ext4.img");
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&src)
+        .arg(&img)
+        .arg("16M"))?;
+    Ok(img)
+}
+
+/// A dynamically linked host program and what it loads: `(path in L1, host file)` for the
+/// program itself (at `l1_path`), each library `ldd` names (at its host path) and the dynamic
+/// loader, so it runs in L1 as on the host.
+pub fn program_with_libs(tool: &str, package: &str, l1_path: &str) -> Result<Vec<(String, PathBuf)>> {
+    ensure_tool(tool, package)?;
+    ensure_tool("ldd", "libc-bin")?;
+    let host = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+        .with_context(|| format!("{tool} not found on the host"))?;
+    let mut files = vec![(l1_path.trim_start_matches('/').to_string(), host.clone())];
+    let out = run(Command::new("ldd").arg(&host))?;
+    for line in out.lines() {
+        // "libx.so.1 => /lib/x86_64-linux-gnu/libx.so.1 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)";
+        // linux-vdso has no file.
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        let Some(path) = path.filter(|p| p.starts_with('/')) else {
+            continue;
+        };
+        files.push((path.trim_start_matches('/').to_string(), PathBuf::from(path)));
+    }
+    if !files.iter().any(|(p, _)| p.contains("ld-linux")) {
+        bail!("ldd {} named no dynamic loader:\n{out}", host.display());
+    }
+    Ok(files)
+}

@@ -145,6 +145,50 @@ sc_linux_panic() {
   [ "$rc" != 0 ] || fail "exit status 0 after a guest kernel panic, expected non-zero"
 }
 
+# The blk-* scenarios: /lab/ext4.img is a 16 MiB ext4 image made on the host (mkfs.ext4 -d)
+# holding /hello.txt with the line in /lab/hello.txt. Each scenario uses a fresh copy in /tmp.
+need_blk() {
+  need_linux || return 1
+  kvmkit run --help 2>/dev/null | grep -q -- '--disk' || { fail "kvmkit has no 'run --disk' yet"; return 1; }
+  [ -s /lab/ext4.img ] || { fail "no /lab/ext4.img in the initramfs"; return 1; }
+  cp /lab/ext4.img "/tmp/$1" || { fail "copying /lab/ext4.img to /tmp/$1 failed"; return 1; }
+}
+expect_hello() { grep -qxF -- "$(cat /lab/hello.txt)" /tmp/l2 || fail "the guest did not print /hello.txt's line"; }
+sc_blk_ext4() {
+  need_blk blk.img || return
+  vm /tmp/l2 kvmkit run --linux --disk path=/tmp/blk.img -- sh -c 'mkdir -p /mnt && mount -t ext4 /dev/vda /mnt && cat /mnt/hello.txt && echo lab-new-file > /mnt/new && sync && umount /mnt'
+  expect_rc 0
+  expect_hello
+  # After kvmkit exited: the guest's write is in the image file.
+  LD_LIBRARY_PATH=/lib/x86_64-linux-gnu debugfs -R 'cat /new' /tmp/blk.img >/tmp/debugfs 2>/tmp/debugfs.err
+  info "debugfs exit status $?: $(tr '\n' ' ' </tmp/debugfs.err)"
+  sed 's/^/  | debugfs: /' /tmp/debugfs
+  grep -qx lab-new-file /tmp/debugfs || fail "debugfs -R 'cat /new' on the image after exit did not print lab-new-file"
+}
+sc_blk_ro() {
+  need_blk ro.img || return
+  before=$(sha256sum /tmp/ro.img | cut -d' ' -f1)
+  vm /tmp/l2 kvmkit run --linux --disk path=/tmp/ro.img,ro=on -- sh -c 'echo lab-sys-ro=$(cat /sys/block/vda/ro); mkdir -p /mnt; mount -t ext4 -o ro /dev/vda /mnt && cat /mnt/hello.txt; if echo x >/mnt/x; then echo lab-write-ok; else echo lab-write-refused; fi; umount /mnt; if mount -t ext4 /dev/vda /mnt; then if echo x >/mnt/y && sync; then echo lab-rw-write-ok; fi; umount /mnt; fi; echo lab-ro-done'
+  expect_rc 0
+  expect_line /tmp/l2 '^lab-sys-ro=1$'
+  expect_hello
+  expect_line /tmp/l2 '^lab-write-refused$'
+  ! grep -q '^lab-rw-write-ok$' /tmp/l2 || fail "a write after a plain (rw) mount of the ro=on disk succeeded"
+  expect_line /tmp/l2 '^lab-ro-done$'
+  after=$(sha256sum /tmp/ro.img | cut -d' ' -f1)
+  [ "$before" = "$after" ] || fail "the ro=on image changed: sha256 $before -> $after"
+}
+sc_blk_two() {
+  need_blk two-a.img || return
+  dd if=/dev/zero of=/tmp/two-b.img bs=1M count=4 2>/dev/null
+  vm /tmp/l2 kvmkit run --linux --disk path=/tmp/two-a.img --disk path=/tmp/two-b.img,id=lab-second -- sh -c 'cat /proc/partitions; echo lab-vdb-serial=$(cat /sys/block/vdb/serial)'
+  expect_rc 0
+  # /proc/partitions: major minor #blocks(KiB) name
+  grep -qE '^ *[0-9]+ +[0-9]+ +16384 +vda$' /tmp/l2 || fail "no 16384 KiB vda in /proc/partitions"
+  grep -qE '^ *[0-9]+ +[0-9]+ +4096 +vdb$' /tmp/l2 || fail "no 4096 KiB vdb in /proc/partitions"
+  expect_line /tmp/l2 '^lab-vdb-serial=lab-second$'
+}
+
 for name in $SCENARIOS; do
   echo "@@LAB $name START"
   why=""

@@ -12,7 +12,7 @@ mod cpio;
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -63,7 +63,25 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "linux-panic",
         "a guest kernel panic (sysrq c) ends the VM with a non-zero status (no reboot loop)",
     ),
+    (
+        "blk-ext4",
+        "`--disk`: the stock virtio_mmio + virtio_blk find the disk (ACPI), the guest mounts a host-made ext4 \
+         image, reads /hello.txt, writes /new and syncs; after exit L1's debugfs reads /new from the image",
+    ),
+    (
+        "blk-ro",
+        "`--disk ...,ro=on`: /sys/block/vda/ro is 1, a read-only mount reads /hello.txt, writes fail, and \
+         the image's sha256 is unchanged",
+    ),
+    (
+        "blk-two",
+        "two `--disk`s: /dev/vda (16 MiB) and /dev/vdb (4 MiB) in /proc/partitions with their sizes; \
+         vdb's serial (GET_ID) is its id=",
+    ),
 ];
+
+/// L1's CPU count unless `--l1-cpus` says otherwise.
+const DEFAULT_L1_CPUS: u64 = 1;
 
 /// What `cargo xtask nested` was asked to do.
 pub struct Options {
@@ -71,6 +89,8 @@ pub struct Options {
     scenario_timeout: u64,
     timeout: Option<u64>,
     no_build: bool,
+    /// L1's CPU count (QEMU `-smp`).
+    l1_cpus: u64,
 }
 
 impl Options {
@@ -81,15 +101,16 @@ impl Options {
             scenario_timeout: 45,
             timeout: None,
             no_build: false,
+            l1_cpus: DEFAULT_L1_CPUS,
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
-            let mut secs = |flag: &str| -> Result<u64> {
+            let mut number = |flag: &str| -> Result<u64> {
                 let v = it.next().with_context(|| format!("{flag} needs a value"))?;
                 v.parse()
                     .ok()
                     .filter(|&n| n > 0)
-                    .with_context(|| format!("{flag}: bad number of seconds {v:?}"))
+                    .with_context(|| format!("{flag}: {v:?} is not a positive whole number"))
             };
             match arg.as_str() {
                 "--list" => {
@@ -98,9 +119,10 @@ impl Options {
                     }
                     return Ok(None);
                 }
-                "--scenario-timeout" => options.scenario_timeout = secs(arg)?,
-                "--timeout" => options.timeout = Some(secs(arg)?),
+                "--scenario-timeout" => options.scenario_timeout = number(arg)?,
+                "--timeout" => options.timeout = Some(number(arg)?),
                 "--no-build" => options.no_build = true,
+                "--l1-cpus" => options.l1_cpus = number(arg)?,
                 flag if flag.starts_with('-') => bail!("unknown option {flag}"),
                 name => {
                     if !SCENARIOS.iter().any(|(n, _)| *n == name) {
@@ -165,8 +187,14 @@ pub fn run(options: &Options) -> Result<bool> {
         l2.as_ref().map_or("(none)", |a| a.kernel_version.as_str())
     );
 
+    // The blk-* scenarios' disk and debugfs (with its libraries) to look into it from L1.
+    let mut extra = vec![("lab/ext4.img".to_string(), 0o644, assets::ext4_image(&out_dir)?)];
+    for (path, host) in assets::program_with_libs("debugfs", "e2fsprogs", "/sbin/debugfs")? {
+        extra.push((path, 0o755, host));
+    }
+
     let cpio = out_dir.join("l1.cpio");
-    write_initramfs(&cpio, &l1, &busybox, &kvmkit, l2.as_ref())?;
+    write_initramfs(&cpio, &l1, &busybox, &kvmkit, l2.as_ref(), &extra)?;
     let cpio_mib = std::fs::metadata(&cpio)?.len() as f64 / (1024.0 * 1024.0);
     eprintln!("nested: L1 initramfs {} ({cpio_mib:.1} MiB)", cpio.display());
 
@@ -175,7 +203,8 @@ pub fn run(options: &Options) -> Result<bool> {
     let log = out_dir.join("l1-console.log");
     let prep = start.elapsed();
     eprintln!(
-        "nested: booting L1 under QEMU TCG ({} scenario(s), {}s each, hard limit {hard}s); console log {}",
+        "nested: booting L1 under QEMU TCG (-smp {}; {} scenario(s), {}s each, hard limit {hard}s); console log {}",
+        options.l1_cpus,
         n,
         options.scenario_timeout,
         log.display()
@@ -194,6 +223,7 @@ pub fn run(options: &Options) -> Result<bool> {
         let end = boot(
             &pending,
             options.scenario_timeout,
+            options.l1_cpus,
             &l1.bzimage,
             &cpio,
             &log,
@@ -264,13 +294,15 @@ pub fn run(options: &Options) -> Result<bool> {
 }
 
 /// Writes the L1 initramfs: busybox and its applet links, the static kvmkit, the kvm modules,
-/// the L2 assets under `/lab/cache/linux`, and `/init`.
+/// the L2 assets under `/lab/cache/linux`, `extra` host files `(path, mode, source)` (the ext4
+/// image, debugfs and its libraries), `/lab/hello.txt`, and `/init`.
 fn write_initramfs(
     out: &Path,
     l1: &assets::L1Kernel,
     busybox: &Path,
     kvmkit: &Path,
     l2: Option<&assets::L2Assets>,
+    extra: &[(String, u32, PathBuf)],
 ) -> Result<()> {
     let mut a = cpio::Archive::default();
     for dir in [
@@ -313,6 +345,10 @@ fn write_initramfs(
         a.host_tree("lab/cache/linux", &l2.dir)?;
         a.bytes("lab/l2-version", 0o644, format!("{}\n", l2.kernel_version));
     }
+    for (path, mode, source) in extra {
+        a.host_file(path, *mode, source);
+    }
+    a.bytes("lab/hello.txt", 0o644, format!("{}\n", assets::EXT4_HELLO));
     a.bytes("init", 0o755, INIT);
     a.write(out)
 }
@@ -338,6 +374,7 @@ struct BootEnd {
 fn boot(
     scenarios: &[String],
     scenario_timeout: u64,
+    l1_cpus: u64,
     bzimage: &Path,
     cpio: &Path,
     log: &Path,
@@ -362,7 +399,8 @@ fn boot(
     drop(log_file);
     let append_log = || OpenOptions::new().append(true).open(log);
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "max", "-M", "microvm", "-m", "2G", "-smp", "1"])
+        .args(["-accel", "tcg", "-cpu", "max", "-M", "microvm", "-m", "2G", "-smp"])
+        .arg(l1_cpus.to_string())
         .args(["-nographic", "-no-reboot", "-kernel"])
         .arg(bzimage)
         .arg("-initrd")

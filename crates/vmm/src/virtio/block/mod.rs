@@ -156,8 +156,9 @@ impl BlockHandler {
                 tracing::debug!("virtio-blk: malformed request (no status byte) completed empty");
             }
             if let Err(e) = self.queue.add_used(&self.memory, head, completion.used_len) {
-                tracing::warn!("virtio-blk: cannot complete request {head}: {e:?}");
-                break;
+                // A bad head index: the chain was consumed, the ones behind it still run.
+                tracing::debug!("virtio-blk: cannot complete request {head}: {e:?}");
+                continue;
             }
             done += 1;
         }

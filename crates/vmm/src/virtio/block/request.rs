@@ -213,7 +213,7 @@ fn discard(reader: &mut Reader<'_>, request_type: u32, ctx: &RequestContext<'_>)
         return VIRTIO_BLK_S_IOERR;
     }
     let seg_size = std::mem::size_of::<DiscardSegment>();
-    if reader.available_bytes() == 0 || !reader.available_bytes().is_multiple_of(seg_size) {
+    if reader.available_bytes() != seg_size {
         return VIRTIO_BLK_S_IOERR;
     }
     while reader.available_bytes() >= seg_size {
