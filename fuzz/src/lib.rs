@@ -10,6 +10,7 @@ pub mod guest_report;
 pub mod pio_devices;
 pub mod virtio_blk_request;
 pub mod virtio_mmio_transport;
+pub mod virtio_net_chains;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -128,14 +128,14 @@ impl Drop for TempImage {
 }
 
 /// Half-open byte range `[start, end)` of guest addresses.
-type Range = (u64, u64);
+pub(crate) type Range = (u64, u64);
 
-fn range(addr: u64, len: u64) -> Range {
+pub(crate) fn range(addr: u64, len: u64) -> Range {
     (addr, addr.saturating_add(len))
 }
 
 /// Sorts and merges ranges (empty ones dropped).
-fn merged(mut v: Vec<Range>) -> Vec<Range> {
+pub(crate) fn merged(mut v: Vec<Range>) -> Vec<Range> {
     v.retain(|r| r.0 < r.1);
     v.sort_unstable();
     let mut out: Vec<Range> = Vec::with_capacity(v.len());
@@ -148,7 +148,7 @@ fn merged(mut v: Vec<Range>) -> Vec<Range> {
     out
 }
 
-fn overlaps(a: &[Range], b: &[Range]) -> bool {
+pub(crate) fn overlaps(a: &[Range], b: &[Range]) -> bool {
     let (mut i, mut j) = (0, 0);
     while i < a.len() && j < b.len() {
         if a[i].0 < b[j].1 && b[j].0 < a[i].1 {
@@ -163,23 +163,23 @@ fn overlaps(a: &[Range], b: &[Range]) -> bool {
     false
 }
 
-fn contains(sorted: &[Range], addr: u64) -> bool {
+pub(crate) fn contains(sorted: &[Range], addr: u64) -> bool {
     let i = sorted.partition_point(|r| r.1 <= addr);
     sorted.get(i).is_some_and(|r| r.0 <= addr)
 }
 
 /// A descriptor chain as virtio-queue walks it (see `chain.rs` there).
 #[derive(Default)]
-struct Walk {
+pub(crate) struct Walk {
     /// Sum of the lengths of the device-writable descriptors.
-    writable_bytes: u64,
+    pub(crate) writable_bytes: u64,
     /// Their buffers.
-    writable: Vec<Range>,
+    pub(crate) writable: Vec<Range>,
     /// Descriptor entries read (main and indirect tables).
-    read: Vec<Range>,
+    pub(crate) read: Vec<Range>,
 }
 
-fn walk(mem: &GuestMemoryMmap, desc_table: u64, size: u16, head: u16) -> Walk {
+pub(crate) fn walk(mem: &GuestMemoryMmap, desc_table: u64, size: u16, head: u16) -> Walk {
     let mut w = Walk::default();
     let (mut table, mut table_len, mut index, mut ttl) = (desc_table, size, head, size);
     let mut indirect = false;
@@ -220,7 +220,7 @@ fn walk(mem: &GuestMemoryMmap, desc_table: u64, size: u16, head: u16) -> Walk {
     w
 }
 
-fn snapshot(mem: &GuestMemoryMmap) -> Vec<Vec<u8>> {
+pub(crate) fn snapshot(mem: &GuestMemoryMmap) -> Vec<Vec<u8>> {
     RAM_REGIONS
         .iter()
         .map(|&(a, l)| {

@@ -7,7 +7,9 @@
 
 use std::path::Path;
 
-use kvmkit_fuzz::{guest_report, pio_devices, pseudo_random_inputs, virtio_blk_request, virtio_mmio_transport};
+use kvmkit_fuzz::{
+    guest_report, pio_devices, pseudo_random_inputs, virtio_blk_request, virtio_mmio_transport, virtio_net_chains,
+};
 
 fn saved_inputs(target: &str) -> Vec<Vec<u8>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -113,4 +115,27 @@ fn virtio_blk_write_zeroes_segment_count_is_bounded() {
         took < std::time::Duration::from_secs(5),
         "64 write-zeroes requests took {took:?}"
     );
+}
+
+#[test]
+fn virtio_net_chains_smoke() {
+    let mut total = virtio_net_chains::Outcome::default();
+    for input in inputs("virtio_net_chains", 0x6b76_6d6b_6974_0005) {
+        let start = std::time::Instant::now();
+        let o = virtio_net_chains::run(&input);
+        let took = start.elapsed();
+        assert!(took < std::time::Duration::from_secs(5), "one input took {took:?}");
+        total.rx_frames += o.rx_frames;
+        total.rx_dropped += o.rx_dropped;
+        total.tx_frames += o.tx_frames;
+        total.tx_dropped += o.tx_dropped;
+        total.bad_chains += o.bad_chains;
+        total.merged_frames += o.merged_frames;
+        total.checked_calls += o.checked_calls;
+    }
+    eprintln!("virtio_net_chains: {total:?}");
+    // The generated inputs alone must reach delivery, drops and bad chains both ways.
+    assert!(total.rx_frames > 0 && total.rx_dropped > 0, "{total:?}");
+    assert!(total.tx_frames > 0 && total.tx_dropped > 0, "{total:?}");
+    assert!(total.bad_chains > 0 && total.checked_calls > 0, "{total:?}");
 }

@@ -38,6 +38,8 @@ pub enum Workload {
     NetEcho(u64),
     /// `net-tx:FRAMES:SIZE`: send FRAMES UDP frames of SIZE bytes to the host side, timed.
     NetTx(u64, u64),
+    /// `net-rx:SECONDS`: count frames and bytes received on every NIC for SECONDS (answering ARP).
+    NetRx(u64),
     /// `idle`: boot and exit.
     Idle,
     /// `fault`: execute `ud2` (tests the exception path: exit 0x86).
@@ -77,6 +79,7 @@ impl Workload {
             "blk-seq" => Self::BlkSeq(num(16)?),
             "rng" => Self::Rng(num(4096)?),
             "net-echo" => Self::NetEcho(num(10)?),
+            "net-rx" => Self::NetRx(num(10)?),
             "net-tx" => {
                 let (frames, size) = match arg {
                     None => (1000, 1500),
@@ -115,6 +118,7 @@ impl Workload {
             Self::Rng(_) => "rng",
             Self::NetEcho(_) => "net-echo",
             Self::NetTx(..) => "net-tx",
+            Self::NetRx(_) => "net-rx",
             Self::Raytrace(_) => "raytrace",
             Self::Md5(_) => "md5",
             Self::Des(_) => "des",
@@ -143,6 +147,7 @@ impl Workload {
             | Self::Compress(n)
             | Self::SmallIo(n)
             | Self::NetEcho(n)
+            | Self::NetRx(n)
             | Self::NetTx(n, _) => n,
             Self::BlkPattern | Self::Idle | Self::Fault | Self::Panic => 0,
         }
@@ -153,7 +158,13 @@ impl Workload {
     pub fn uses_devices(self) -> bool {
         matches!(
             self,
-            Self::BlkPattern | Self::BlkSeq(_) | Self::Rng(_) | Self::SmallIo(_) | Self::NetEcho(_) | Self::NetTx(..)
+            Self::BlkPattern
+                | Self::BlkSeq(_)
+                | Self::Rng(_)
+                | Self::SmallIo(_)
+                | Self::NetEcho(_)
+                | Self::NetTx(..)
+                | Self::NetRx(_)
         )
     }
 

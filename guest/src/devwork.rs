@@ -25,6 +25,7 @@ pub fn run(plan: &Plan) -> u32 {
         Workload::Rng(bytes) => rng(plan, bytes),
         Workload::NetEcho(seconds) => crate::net::echo(plan, seconds),
         Workload::NetTx(frames, size) => crate::net::tx(plan, frames, size),
+        Workload::NetRx(seconds) => crate::net::rx(plan, seconds),
         _ => exit::BAD_CMDLINE,
     }
 }

@@ -508,3 +508,78 @@ pub fn tx(plan: &Plan, frames: u64, size: u64) -> u32 {
     report::send(&result(WHO, size as u64, done, ticks, plan.tsc_khz));
     status
 }
+
+/// `net-rx:SECONDS`: counts the frames and bytes received on every NIC for
+/// SECONDS, answering ARP for the guest's address (so a host-side sender can
+/// resolve it) and ICMP echo. Reports frames (arg = seconds).
+pub fn rx(plan: &Plan, seconds: u64) -> u32 {
+    const WHO: &str = "net-rx";
+    let mut nics: [Option<Nic>; MAX_NICS] = [const { None }; MAX_NICS];
+    if open_all(WHO, plan, &mut nics) == 0 {
+        return no_device(WHO, &plan.devices);
+    }
+    if nics.iter().flatten().all(|n| n.ip == [0; 4]) {
+        println!("{WHO}: no guest address given (kvmkit.net=MAC,GUEST-IP,HOST-IP); ARP stays unanswered");
+    }
+    let khz = ms_ticks(plan.tsc_khz);
+    let t0 = rdtsc();
+    let deadline = t0 + seconds.saturating_mul(1000).saturating_mul(khz);
+    let (mut frames, mut bytes, mut replies, mut tx_full) = (0u64, 0u64, 0u64, 0u64);
+    // Only the first bytes of a frame are looked at (ARP and ICMP requests
+    // worth answering are short); counting needs no copy of the payload.
+    let mut head = [0u8; 128];
+    let mut reply = [0u8; MAX_FRAME];
+    let mut next_check = t0;
+    let mut status = exit::OK;
+    'outer: loop {
+        let now = rdtsc();
+        if now >= deadline {
+            break;
+        }
+        if now >= next_check {
+            next_check = now + 100 * khz;
+            for n in nics.iter().flatten() {
+                if n.net.broken() {
+                    println!("{WHO}: device at {:#x} needs a reset", n.net.base());
+                    status = exit::DEVICE_ERROR;
+                    break 'outer;
+                }
+            }
+        }
+        for n in nics.iter_mut().flatten() {
+            n.net.reclaim();
+            let mut budget = 256;
+            while let Some(len) = n.net.recv_head(&mut head) {
+                frames += 1;
+                bytes += len as u64;
+                // ARP requests are 42 bytes (60 padded); ICMP echo of any
+                // size gets an answer only when it fits the peek buffer.
+                if len <= head.len() {
+                    let mac = n.net.mac;
+                    match answer(&head[..len], &mac, n.ip, &mut reply) {
+                        Answer::Arp(l) | Answer::Icmp(l) => {
+                            if n.net.send(&reply[..l]) {
+                                replies += 1;
+                            } else {
+                                tx_full += 1;
+                            }
+                        }
+                        Answer::None => {}
+                    }
+                }
+                budget -= 1;
+                if budget == 0 {
+                    break;
+                }
+            }
+        }
+        core::hint::spin_loop();
+    }
+    let ticks = rdtsc() - t0;
+    for n in nics.iter().flatten() {
+        n.net.shutdown();
+    }
+    println!("{WHO}: frames={frames} bytes={bytes} seconds={seconds} replies={replies} tx_full={tx_full}");
+    report::send(&result(WHO, seconds, frames, ticks, plan.tsc_khz));
+    status
+}

@@ -94,7 +94,8 @@ pub fn run(cpu: u32, plan: &Plan) -> u32 {
         | Workload::Compress(_)
         | Workload::SmallIo(_)
         | Workload::NetEcho(_)
-        | Workload::NetTx(..) => unreachable!("handled above"),
+        | Workload::NetTx(..)
+        | Workload::NetRx(_) => unreachable!("handled above"),
     }
     report::send(&r);
     if ok {

@@ -36,6 +36,7 @@ const GUEST_WORKLOADS: &[&str] = &[
     "smallio",
     "net-echo",
     "net-tx",
+    "net-rx",
 ];
 
 /// Boots the VM and returns the process exit status.

@@ -2,10 +2,11 @@
 //!
 //! Adding a workload is a few lines here: a [`Kind`] variant (its guest spec name, the host
 //! runner's support, a cost estimate), its sizes in [`workloads`], and, where it needs devices,
-//! the extra VMM arguments in [`Kind::kvmkit_args`] / [`Kind::qemu_args`]. Table 3's
-//! `blk-seq:MIB`, for instance, would return `--disk path=IMG` for kvmkit and
-//! `-drive file=IMG,if=none,id=d0,format=raw -device virtio-blk-device,drive=d0
-//! -global virtio-mmio.force-legacy=false` for QEMU, after creating IMG in the output directory.
+//! the extra VMM arguments in [`Kind::kvmkit_args`] / [`Kind::qemu_args`]. A kind with
+//! [`Kind::disk_mib`] gets a fresh sparse image in the output directory per run
+//! (`--disk path=IMG` for kvmkit; `-M microvm,acpi=off`, `-drive ... -device
+//! virtio-blk-device` for QEMU). One guest run may measure several rows
+//! ([`Kind::siblings`]: `blk-seq` gives Table 3's write and read rows).
 
 use std::path::Path;
 
