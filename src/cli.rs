@@ -131,8 +131,9 @@ pub struct RunArgs {
     /// Do not forward host stdin to the guest console.
     #[arg(long)]
     pub no_stdin: bool,
-    /// Attach a raw disk image as a virtio-blk device: path=IMG[,ro=on][,id=NAME] (repeatable).
-    #[arg(long = "disk", value_name = "path=IMG[,ro=on][,id=NAME]")]
+    /// Attach a raw disk image as a virtio-blk device (repeatable):
+    /// path=IMG[,ro=on][,id=NAME][,cache=none] (cache=none: O_DIRECT, bypass the host page cache).
+    #[arg(long = "disk", value_name = "path=IMG[,ro=on][,id=NAME][,cache=none]")]
     pub disks: Vec<String>,
     /// Give the guest a virtio-rng device fed by the host's getrandom.
     #[arg(long)]

@@ -144,15 +144,18 @@ pub fn parse_disks(specs: &[String]) -> anyhow::Result<Vec<DiskConfig>> {
             path: PathBuf::new(),
             read_only: false,
             id: format!("disk{i}"),
+            direct: false,
         };
         for part in spec.split(',') {
             match part.split_once('=') {
                 Some(("path", p)) => disk.path = PathBuf::from(p),
                 Some(("ro", "on" | "true" | "1")) => disk.read_only = true,
                 Some(("ro", "off" | "false" | "0")) => disk.read_only = false,
+                Some(("cache", "none")) => disk.direct = true,
+                Some(("cache", "writeback")) => disk.direct = false,
                 Some(("id", id)) if !id.is_empty() && id.len() <= 20 => disk.id = id.to_owned(),
                 Some(("id", id)) => bail!("--disk {spec}: id '{id}' must be 1 to 20 characters"),
-                Some((k, v)) => bail!("--disk {spec}: unknown option {k}={v} (use path=IMG,ro=on,id=NAME)"),
+                Some((k, v)) => bail!("--disk {spec}: unknown option {k}={v} (use path=IMG,ro=on,id=NAME,cache=none)"),
                 None if disk.path.as_os_str().is_empty() => disk.path = PathBuf::from(part),
                 None => bail!("--disk {spec}: '{part}' is not key=value"),
             }
@@ -303,7 +306,8 @@ mod tests {
             }
         );
         assert!(parse_disks(&["ro=on".into()]).is_err());
-        assert!(parse_disks(&["path=/a,cache=none".into()]).is_err());
+        assert!(parse_disks(&["path=/a,cache=none".into()]).is_ok_and(|d| d[0].direct));
+        assert!(parse_disks(&["path=/a,cache=maybe".into()]).is_err());
         assert!(parse_disks(&["path=/a,id=".into()]).is_err());
     }
 

@@ -91,6 +91,8 @@ pub struct DiskConfig {
     pub read_only: bool,
     /// GET_ID string (default: disk0, disk1, ...).
     pub id: String,
+    /// Bypass the host page cache (O_DIRECT): `cache=none`.
+    pub direct: bool,
 }
 
 /// How a VM run went.
@@ -222,7 +224,7 @@ pub fn run_vm(config: VmConfig, start: Instant) -> Result<RunOutcome, MachineErr
     let disks = config
         .disks
         .iter()
-        .map(|d| DiskImage::open(&d.path, d.read_only).map(|img| (img, d.id.clone())))
+        .map(|d| DiskImage::open_with(&d.path, d.read_only, d.direct).map(|img| (img, d.id.clone())))
         .collect::<Result<Vec<_>, _>>()?;
     // Taps are set up before boot so errors come first; `net_plans` owns
     // what kvmkit created and removes it when run_vm returns.

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use self::disk::{DiskImage, SECTOR_SIZE};
-use self::request::{handle, RequestContext, MAX_REQUEST_BYTES, VIRTIO_BLK_ID_BYTES};
+use self::disk::{AlignedBuffer, DiskImage, SECTOR_SIZE};
+use self::request::{handle, RequestContext, CHUNK, MAX_REQUEST_BYTES, VIRTIO_BLK_ID_BYTES};
 use super::VIRTIO_MMIO_INT_VRING;
 use super::{read_config_bytes, Activation, Interrupt, QueueHandler, VirtioDevice, Worker, VIRTIO_F_VERSION_1};
 
@@ -95,13 +95,7 @@ impl VirtioDevice for Block {
 
     fn activate(&mut self, _acked: u64, mut a: Activation) -> Result<(), String> {
         let queue = a.queues.pop().ok_or("no queue")?;
-        let handler = BlockHandler {
-            memory: a.memory,
-            queue,
-            interrupt: a.interrupt,
-            disk: self.disk.clone(),
-            id: self.id,
-        };
+        let handler = BlockHandler::new(a.memory, queue, a.interrupt, self.disk.clone(), self.id);
         self.worker = Some(Worker::spawn(self.name.clone(), a.queue_events, handler).map_err(|e| e.to_string())?);
         Ok(())
     }
@@ -118,6 +112,7 @@ pub struct BlockHandler {
     interrupt: Arc<Interrupt>,
     disk: Arc<DiskImage>,
     id: [u8; VIRTIO_BLK_ID_BYTES],
+    scratch: AlignedBuffer,
 }
 
 impl BlockHandler {
@@ -138,6 +133,7 @@ impl BlockHandler {
             interrupt,
             disk,
             id,
+            scratch: AlignedBuffer::new(CHUNK),
         }
     }
 
@@ -151,7 +147,7 @@ impl BlockHandler {
         let mut done = 0;
         while let Some(chain) = self.queue.pop_descriptor_chain(&self.memory) {
             let head = chain.head_index();
-            let completion = handle(&self.memory, chain, &ctx);
+            let completion = handle(&self.memory, chain, &ctx, &mut self.scratch);
             if completion.status.is_none() {
                 tracing::debug!("virtio-blk: malformed request (no status byte) completed empty");
             }

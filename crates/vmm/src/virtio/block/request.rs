@@ -32,8 +32,9 @@ pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
 pub const VIRTIO_BLK_ID_BYTES: usize = 20;
 /// Largest data transfer accepted in one request (bounds host memory use).
 pub const MAX_REQUEST_BYTES: usize = 16 << 20;
-/// Copy buffer size between guest memory and the image.
-const CHUNK: usize = 1 << 20;
+/// Copy buffer size between guest memory and the image (the scratch buffer
+/// a caller passes to [`handle`] must be at least this long).
+pub const CHUNK: usize = 1 << 20;
 
 /// The request header the driver puts first in the chain.
 #[repr(C)]
@@ -93,7 +94,12 @@ fn range_ok(sector: u64, len: u64, disk_size: u64) -> Option<u64> {
 }
 
 /// Executes the request in `chain`.
-pub fn handle(mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>, ctx: &RequestContext<'_>) -> Completion {
+pub fn handle(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    ctx: &RequestContext<'_>,
+    scratch: &mut [u8],
+) -> Completion {
     let (reader, writer) = match (Reader::<()>::new(mem, chain.clone()), Writer::<()>::new(mem, chain)) {
         (Ok(r), Ok(w)) => (r, w),
         _ => {
@@ -103,10 +109,10 @@ pub fn handle(mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>, c
             }
         }
     };
-    execute(reader, writer, ctx)
+    execute(reader, writer, ctx, scratch)
 }
 
-fn execute(mut reader: Reader<'_>, mut writer: Writer<'_>, ctx: &RequestContext<'_>) -> Completion {
+fn execute(mut reader: Reader<'_>, mut writer: Writer<'_>, ctx: &RequestContext<'_>, scratch: &mut [u8]) -> Completion {
     let writable = writer.available_bytes();
     if writable == 0 {
         return Completion {
@@ -129,8 +135,8 @@ fn execute(mut reader: Reader<'_>, mut writer: Writer<'_>, ctx: &RequestContext<
         Err(_) => return finish(&mut status_writer, 0, VIRTIO_BLK_S_IOERR),
     };
     let (data_len, status) = match header.request_type {
-        VIRTIO_BLK_T_IN => read_sectors(&mut writer, header.sector, ctx),
-        VIRTIO_BLK_T_OUT => (0, write_sectors(&mut reader, header.sector, ctx)),
+        VIRTIO_BLK_T_IN => read_sectors(&mut writer, header.sector, ctx, scratch),
+        VIRTIO_BLK_T_OUT => (0, write_sectors(&mut reader, header.sector, ctx, scratch)),
         VIRTIO_BLK_T_FLUSH => (
             0,
             if ctx.disk.flush().is_ok() {
@@ -165,7 +171,10 @@ fn finish(status_writer: &mut Writer<'_>, data_len: u32, status: u8) -> Completi
     }
 }
 
-fn read_sectors(writer: &mut Writer<'_>, sector: u64, ctx: &RequestContext<'_>) -> (u32, u8) {
+fn read_sectors(writer: &mut Writer<'_>, sector: u64, ctx: &RequestContext<'_>, buf: &mut [u8]) -> (u32, u8) {
+    if buf.is_empty() {
+        return (0, VIRTIO_BLK_S_IOERR);
+    }
     let len = writer.available_bytes();
     if len > MAX_REQUEST_BYTES {
         return (0, VIRTIO_BLK_S_IOERR);
@@ -173,10 +182,9 @@ fn read_sectors(writer: &mut Writer<'_>, sector: u64, ctx: &RequestContext<'_>) 
     let Some(offset) = range_ok(sector, len as u64, ctx.disk.size()) else {
         return (0, VIRTIO_BLK_S_IOERR);
     };
-    let mut buf = vec![0u8; len.min(CHUNK)];
     let mut done = 0usize;
     while done < len {
-        let n = (len - done).min(CHUNK);
+        let n = (len - done).min(CHUNK).min(buf.len());
         if ctx.disk.read_at(&mut buf[..n], offset + done as u64).is_err() || writer.write_all(&buf[..n]).is_err() {
             return (done as u32, VIRTIO_BLK_S_IOERR);
         }
@@ -185,7 +193,10 @@ fn read_sectors(writer: &mut Writer<'_>, sector: u64, ctx: &RequestContext<'_>) 
     (len as u32, VIRTIO_BLK_S_OK)
 }
 
-fn write_sectors(reader: &mut Reader<'_>, sector: u64, ctx: &RequestContext<'_>) -> u8 {
+fn write_sectors(reader: &mut Reader<'_>, sector: u64, ctx: &RequestContext<'_>, buf: &mut [u8]) -> u8 {
+    if buf.is_empty() {
+        return VIRTIO_BLK_S_IOERR;
+    }
     if ctx.read_only {
         return VIRTIO_BLK_S_IOERR;
     }
@@ -196,10 +207,9 @@ fn write_sectors(reader: &mut Reader<'_>, sector: u64, ctx: &RequestContext<'_>)
     let Some(offset) = range_ok(sector, len as u64, ctx.disk.size()) else {
         return VIRTIO_BLK_S_IOERR;
     };
-    let mut buf = vec![0u8; len.min(CHUNK)];
     let mut done = 0usize;
     while done < len {
-        let n = (len - done).min(CHUNK);
+        let n = (len - done).min(CHUNK).min(buf.len());
         if reader.read_exact(&mut buf[..n]).is_err() || ctx.disk.write_at(&buf[..n], offset + done as u64).is_err() {
             return VIRTIO_BLK_S_IOERR;
         }

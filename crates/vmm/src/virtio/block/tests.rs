@@ -43,13 +43,13 @@ impl Rig {
         queue.set_ready(true);
         let irq = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
         let disk = DiskImage::open(&path, read_only).expect("disk");
-        let handler = BlockHandler {
-            memory: mem.clone(),
+        let handler = BlockHandler::new(
+            mem.clone(),
             queue,
-            interrupt: Arc::new(Interrupt::new(irq)),
-            disk: Arc::new(disk),
-            id: *b"kvmkit-test-disk\0\0\0\0",
-        };
+            Arc::new(Interrupt::new(irq)),
+            Arc::new(disk),
+            *b"kvmkit-test-disk\0\0\0\0",
+        );
         Self {
             mem,
             handler,
