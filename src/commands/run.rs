@@ -294,7 +294,8 @@ mod tests {
             DiskConfig {
                 path: "/a.img".into(),
                 read_only: true,
-                id: "data".into()
+                id: "data".into(),
+                direct: false,
             }
         );
         assert_eq!(
@@ -302,7 +303,8 @@ mod tests {
             DiskConfig {
                 path: "/b.img".into(),
                 read_only: false,
-                id: "disk1".into()
+                id: "disk1".into(),
+                direct: false,
             }
         );
         assert!(parse_disks(&["ro=on".into()]).is_err());
