@@ -172,4 +172,18 @@ pub struct BenchArgs {
     /// Output directory (default bench-out/<timestamp>).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Guest: `kvmkit` (kvmkit's own test guest, runs on every KVM host) or
+    /// `linux` (the paper's programs in a Debian guest; needs VMX/SVM).
+    #[arg(long, value_enum, default_value_t = BenchGuest::Kvmkit)]
+    pub guest: BenchGuest,
+}
+
+/// Which guest `kvmkit bench` measures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum BenchGuest {
+    /// kvmkit's own test guest: the same workload code as the host runner.
+    #[default]
+    Kvmkit,
+    /// A Debian guest running the paper's exact programs.
+    Linux,
 }

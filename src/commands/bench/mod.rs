@@ -27,6 +27,16 @@ use results::{BenchResults, EnvInfo, WorkloadResult};
 /// Runs the bench; exit status 0 when every cell was measured, 1 when some run failed.
 pub fn run(args: &BenchArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
+    if args.guest == crate::cli::BenchGuest::Linux {
+        use kvmkit_vmm::host::kvm::VendorModule;
+        if VendorModule::detect(std::path::Path::new("/sys/module")) == Some(VendorModule::KvmPvm) {
+            bail!(
+                "--guest linux: this host's KVM is kvm_pvm, where Debian's stock kernel cannot boot; \
+                 use the default --guest kvmkit, or a PVM-enabled kernel with `kvmkit run --kernel`"
+            );
+        }
+        bail!("--guest linux (the paper's programs in a Debian guest) is not implemented yet; use --guest kvmkit");
+    }
     if args.runs == 0 {
         bail!("--runs 0: give at least 1 run");
     }
