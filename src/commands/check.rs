@@ -6,6 +6,9 @@ use crate::cli::CheckArgs;
 
 /// Prints the host report; exit status 0 when KVM can be used, 1 otherwise.
 pub fn run(args: &CheckArgs) -> anyhow::Result<u8> {
+    // A report piped into `head` ends quietly, as other command-line tools do.
+    // SAFETY: restoring the default disposition of SIGPIPE has no other effect.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let report = check_host();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

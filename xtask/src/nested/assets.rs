@@ -9,8 +9,10 @@ use anyhow::{bail, Context, Result};
 
 /// The L1 kernel's meta package (resolved to the versioned package with `apt-cache depends`).
 const L1_KERNEL_META: &str = "linux-image-amd64";
-/// The module whose dependency chain L1 loads (irqbypass, kvm, ccp, kvm_amd on Debian 12).
-const L1_TOP_MODULE: &str = "kvm_amd";
+/// The modules whose dependency chains L1 loads, in order: kvm_amd (irqbypass, kvm, ccp, kvm_amd
+/// on Debian 12) and tun (`/dev/net/tun` for the net-* scenarios' taps; a module in Debian's
+/// generic kernel). A built-in one has nothing to load.
+const L1_TOP_MODULES: &[&str] = &["kvm_amd", "tun"];
 
 /// The L1 kernel and the modules to insmod in order.
 pub struct L1Kernel {
@@ -160,36 +162,44 @@ pub fn l1_kernel(nested: &Path) -> Result<L1Kernel> {
         .to_string();
     // The package ships no modules.dep: build one, then ask modprobe for the load order.
     run(Command::new("depmod").arg("-b").arg(&root).arg(&version))?;
-    let show =
-        run(Command::new("modprobe")
-            .arg("-d")
-            .arg(&root)
-            .args(["-S", &version, "--show-depends", L1_TOP_MODULE]))?;
     let out = tmp.join("out");
     std::fs::create_dir_all(out.join("modules"))?;
-    let mut order = Vec::new();
-    for line in show.lines() {
-        let Some(rest) = line.strip_prefix("insmod ") else {
-            continue;
-        };
-        let path = PathBuf::from(rest.split_whitespace().next().unwrap_or_default());
-        let name = path
-            .file_name()
-            .context("bad modprobe line")?
-            .to_string_lossy()
-            .into_owned();
-        std::fs::copy(&path, out.join("modules").join(&name)).with_context(|| format!("copying {}", path.display()))?;
-        order.push(name);
+    let mut order: Vec<String> = Vec::new();
+    let mut shown = String::new();
+    for top in L1_TOP_MODULES {
+        let show = run(Command::new("modprobe")
+            .arg("-d")
+            .arg(&root)
+            .args(["-S", &version, "--show-depends", top]))?;
+        for line in show.lines() {
+            let Some(rest) = line.strip_prefix("insmod ") else {
+                continue;
+            };
+            let path = PathBuf::from(rest.split_whitespace().next().unwrap_or_default());
+            let name = path
+                .file_name()
+                .context("bad modprobe line")?
+                .to_string_lossy()
+                .into_owned();
+            if order.contains(&name) {
+                continue;
+            }
+            std::fs::copy(&path, out.join("modules").join(&name))
+                .with_context(|| format!("copying {}", path.display()))?;
+            order.push(name);
+        }
+        shown.push_str(&show);
     }
     if !order
         .iter()
         .any(|n| n.starts_with("kvm-amd") || n.starts_with("kvm_amd"))
     {
-        bail!("modprobe --show-depends {L1_TOP_MODULE} named no kvm-amd module:\n{show}");
+        bail!("modprobe --show-depends kvm_amd named no kvm-amd module:\n{shown}");
     }
     std::fs::copy(&vmlinuz, out.join("bzImage"))?;
     std::fs::write(out.join("modules.order"), order.join("\n") + "\n")?;
     std::fs::write(out.join("version"), format!("{version}\n"))?;
+    std::fs::write(out.join("tops"), L1_TOP_MODULES.join(" ") + "\n")?;
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&out, &dir)?;
     std::fs::remove_dir_all(&tmp)?;
@@ -197,12 +207,17 @@ pub fn l1_kernel(nested: &Path) -> Result<L1Kernel> {
 }
 
 fn read_l1(dir: &Path) -> Result<Option<L1Kernel>> {
-    let (Ok(version), Ok(order)) = (
+    let (Ok(version), Ok(order), Ok(tops)) = (
         std::fs::read_to_string(dir.join("version")),
         std::fs::read_to_string(dir.join("modules.order")),
+        std::fs::read_to_string(dir.join("tops")),
     ) else {
         return Ok(None);
     };
+    // A cache made for other top modules (before tun was added) is rebuilt from the cached .deb.
+    if tops.trim() != L1_TOP_MODULES.join(" ") {
+        return Ok(None);
+    }
     let modules: Vec<PathBuf> = order
         .lines()
         .filter(|l| !l.is_empty())

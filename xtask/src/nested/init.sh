@@ -189,6 +189,124 @@ sc_blk_two() {
   expect_line /tmp/l2 '^lab-vdb-serial=lab-second$'
 }
 
+# The net-* scenarios. `--net auto` makes taps kvmkit0, kvmkit1, ... on the first free /30s of
+# 10.0.2.0/24 (host .1 guest .2, then host .5 guest .6) and removes them when kvmkit exits.
+taps() { ip -o link show 2>/dev/null | awk -F': ' '{ sub(/@.*/, "", $2); print $2 }' | grep '^kvmkit' | tr '\n' ' '; }
+no_taps() {
+  t=$(taps)
+  [ -z "$t" ] || { fail "kvmkit tap(s) left in L1 $1: $t"; return 1; }
+}
+need_net() {
+  need_linux || return 1
+  kvmkit run --help 2>/dev/null | grep -q -- '--net' || { fail "kvmkit has no 'run --net' yet"; return 1; }
+  [ -c /dev/net/tun ] || { fail "no /dev/net/tun in L1 (tun did not load; see @@LAB-INFO lines)"; return 1; }
+  no_taps "before the scenario"
+}
+# bg OUT CMD...: starts CMD like vm, but in the background (busybox timeout execs CMD, so $bgpid
+# is kvmkit itself); finish OUT waits for it and sets $rc and $took; stop_bg ends it early.
+bg() {
+  out=$1
+  shift
+  t0=$(now)
+  timeout -s TERM "$T" "$@" </dev/null >"$out.raw" 2>&1 &
+  bgpid=$!
+}
+running() { kill -0 "$bgpid" 2>/dev/null; }
+stop_bg() { ! running || { info "stopping the VM early"; kill -TERM "$bgpid"; }; }
+finish() {
+  wait "$bgpid"
+  rc=$?
+  settle "$1"
+}
+# wait_for OUT PATTERN: 0 once the running VM printed PATTERN; 1 if it ended or $T passed first.
+wait_for() {
+  n=0
+  while ! grep -q -- "$2" "$1.raw" 2>/dev/null; do
+    running && [ $n -lt $((T * 5)) ] || { fail "the guest never printed $2 (VM ended or ${T}s passed)"; return 1; }
+    sleep 0.2
+    n=$((n + 1))
+  done
+}
+# guest_has OUT ADDR: the guest's `ip addr` (in OUT.raw) shows ADDR.
+guest_has() {
+  grep -q "inet $2/" "$1.raw" ||
+    fail "the guest's ip addr shows no $2 (its first NIC should get it from the kernel's ip= argument)"
+}
+# l1_ping ADDR: pings ADDR from L1 (output on the console).
+l1_ping() {
+  ping -c 3 -W 2 "$1" >/tmp/ping 2>&1
+  prc=$?
+  sed "s/^/  | L1 ping $1: /" /tmp/ping
+  [ $prc = 0 ] || fail "ping -c 3 -W 2 $1 from L1 failed (status $prc)"
+}
+l1_show_taps() {
+  info "kvmkit taps in L1 while the VM runs: $(taps)"
+  ip -o -4 addr show 2>/dev/null | grep kvmkit | sed 's/^/  | L1 addr: /'
+}
+sc_net_ping() {
+  need_net || return
+  bg /tmp/l2 kvmkit run --linux --net auto -- sh -c 'ip addr; echo lab-net-up; sleep 8'
+  if wait_for /tmp/l2 lab-net-up; then
+    l1_show_taps
+    guest_has /tmp/l2 10.0.2.2
+    l1_ping 10.0.2.2
+  fi
+  finish /tmp/l2
+  expect_rc 0
+  no_taps "after kvmkit exited" || return
+  # The other direction: the guest pings L1's side of its tap.
+  vm /tmp/l2b kvmkit run --linux --net auto -- ping -c 3 10.0.2.1
+  expect_rc 0
+  no_taps "after the second kvmkit exited"
+}
+sc_net_tcp() {
+  need_net || return
+  bg /tmp/l2 kvmkit run --linux --net auto -- sh -c 'ip addr; echo lab-net-up; nc -l -p 7 -e cat; echo lab-nc-done'
+  if wait_for /tmp/l2 lab-net-up; then
+    l1_show_taps
+    guest_has /tmp/l2 10.0.2.2
+    # The guest's nc may not listen yet: a refused connection is retried.
+    n=0
+    got=""
+    while [ $n -lt 5 ] && running; do
+      n=$((n + 1))
+      got=$(echo lab-tcp | timeout 10 nc -w 3 10.0.2.2 7 2>/tmp/nc.err)
+      [ "$got" = lab-tcp ] && break
+      sleep 1
+    done
+    info "L1 nc 10.0.2.2 7: got '$got' after $n attempt(s) $(tr '\n' ' ' </tmp/nc.err)"
+    [ "$got" = lab-tcp ] || { fail "echo lab-tcp | nc -w 3 10.0.2.2 7 from L1 got '$got', not lab-tcp"; stop_bg; }
+  fi
+  finish /tmp/l2
+  expect_rc 0
+  expect_line /tmp/l2 '^lab-nc-done'
+  no_taps "after kvmkit exited"
+}
+sc_net_two() {
+  need_net || return
+  # The guest sets up eth1 from the second kvmkit.net=MAC,GUEST,HOST,PREFIX word (eth0 has ip=)
+  # and prints, per NIC, its address and both MACs (the word's and the interface's).
+  bg /tmp/l2 kvmkit run --linux --net auto --net auto -- sh -c 'i=0; for w in $(cat /proc/cmdline); do case $w in kvmkit.net=*) set -- $(echo ${w#kvmkit.net=} | tr , " "); echo lab-nic$i=$2 $1 $(cat /sys/class/net/eth$i/address); if [ $i = 1 ]; then ip addr add $2/$4 dev eth1; ip link set eth1 up; fi; i=$((i + 1));; esac; done; ip addr; echo lab-net-up; sleep 10'
+  if wait_for /tmp/l2 lab-net-up; then
+    l1_show_taps
+    set -- $(taps)
+    [ $# = 2 ] || fail "$# kvmkit tap(s) in L1 while the VM runs, expected 2"
+    for i in 0 1; do
+      set -- $(tr -d '\r' </tmp/l2.raw | sed -n "s/^lab-nic$i=//p")
+      if [ $# != 3 ]; then
+        fail "the guest printed no lab-nic$i line (kvmkit.net= word $i missing?)"
+        continue
+      fi
+      [ "$2" = "$3" ] || fail "eth$i has MAC $3 but kvmkit.net= word $i says $2 (NICs not in --net order)"
+      guest_has /tmp/l2 "$1"
+      l1_ping "$1"
+    done
+  fi
+  finish /tmp/l2
+  expect_rc 0
+  no_taps "after kvmkit exited"
+}
+
 for name in $SCENARIOS; do
   echo "@@LAB $name START"
   why=""

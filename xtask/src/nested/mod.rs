@@ -78,6 +78,21 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "two `--disk`s: /dev/vda (16 MiB) and /dev/vdb (4 MiB) in /proc/partitions with their sizes; \
          vdb's serial (GET_ID) is its id=",
     ),
+    (
+        "net-ping",
+        "`--net auto`: kvmkit makes tap kvmkitN with 10.0.2.1/30, the stock virtio_net gets 10.0.2.2 from ip=; \
+         L1 pings the guest, the guest pings L1 (exit 0); no tap is left afterwards",
+    ),
+    (
+        "net-tcp",
+        "`--net auto`: the guest serves a TCP echo (busybox nc -l -p 7 -e cat); L1's nc sends lab-tcp and \
+         gets it back; no tap is left afterwards",
+    ),
+    (
+        "net-two",
+        "`--net auto --net auto`: two taps and two NICs; the guest sets eth1 up from its kvmkit.net= word; \
+         L1 pings both guest addresses; no tap is left afterwards",
+    ),
 ];
 
 /// L1's CPU count unless `--l1-cpus` says otherwise.
@@ -189,8 +204,15 @@ pub fn run(options: &Options) -> Result<bool> {
 
     // The blk-* scenarios' disk and debugfs (with its libraries) to look into it from L1.
     let mut extra = vec![("lab/ext4.img".to_string(), 0o644, assets::ext4_image(&out_dir)?)];
-    for (path, host) in assets::program_with_libs("debugfs", "e2fsprogs", "/sbin/debugfs")? {
-        extra.push((path, 0o755, host));
+    // The net-* scenarios: iproute2's `ip` (kvmkit runs `ip -d/-s/-o ...`, more than busybox's
+    // applet offers) replaces busybox's /sbin/ip.
+    for (path, host) in assets::program_with_libs("debugfs", "e2fsprogs", "/sbin/debugfs")?
+        .into_iter()
+        .chain(assets::program_with_libs("ip", "iproute2", "/sbin/ip")?)
+    {
+        if !extra.iter().any(|(p, _, _)| *p == path) {
+            extra.push((path, 0o755, host));
+        }
     }
 
     let cpio = out_dir.join("l1.cpio");
@@ -295,7 +317,8 @@ pub fn run(options: &Options) -> Result<bool> {
 
 /// Writes the L1 initramfs: busybox and its applet links, the static kvmkit, the kvm modules,
 /// the L2 assets under `/lab/cache/linux`, `extra` host files `(path, mode, source)` (the ext4
-/// image, debugfs and its libraries), `/lab/hello.txt`, and `/init`.
+/// image, debugfs and iproute2's ip with their libraries; an extra file takes the place of a
+/// busybox applet link of the same path), `/lab/hello.txt`, and `/init`.
 fn write_initramfs(
     out: &Path,
     l1: &assets::L1Kernel,
@@ -324,7 +347,7 @@ fn write_initramfs(
     a.char_device("dev/null", 0o666, 1, 3);
     a.host_file("bin/busybox", 0o755, busybox);
     for applet in assets::busybox_applets(busybox)? {
-        if applet != "bin/busybox" {
+        if applet != "bin/busybox" && !extra.iter().any(|(p, _, _)| *p == applet) {
             a.symlink(&applet, "/bin/busybox");
         }
     }

@@ -1,0 +1,37 @@
+//! `kvmkit check` on this host: one line per item, the paper's closing
+//! sentence, and the same facts as JSON.
+
+mod common;
+
+use std::time::Duration;
+
+#[test]
+fn check_reports_every_item_and_the_verdict() {
+    let out = common::run(&["check"], Duration::from_secs(30));
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    let last = out.stdout.lines().last().unwrap_or_default();
+    assert_eq!(last, "KVM acceleration can be used");
+    for item in [
+        "/dev/kvm present",
+        "/dev/kvm read-write",
+        "vendor module",
+        "KVM API version",
+        "KVM_CAP_IRQCHIP",
+    ] {
+        assert!(out.stdout.contains(item), "missing {item}: {}", out.stdout);
+    }
+}
+
+#[test]
+fn check_json_says_the_same() {
+    let out = common::run(&["check", "--json"], Duration::from_secs(30));
+    assert_eq!(out.code, Some(0));
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(v["usable"], true);
+    assert_eq!(v["verdict"], "KVM acceleration can be used");
+    let module = v["vendor_module"].as_str().unwrap_or_default();
+    assert!(["kvm_intel", "kvm_amd", "kvm_pvm"].contains(&module), "{v:#}");
+    assert!(v["items"]
+        .as_array()
+        .is_some_and(|a| a.iter().all(|i| i["ok"] == true || i["required"] == false)));
+}
