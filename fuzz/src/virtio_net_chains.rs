@@ -79,7 +79,6 @@ const TX_DESC: u64 = 0x3000;
 const TX_AVAIL: u64 = 0x4000;
 const TX_USED: u64 = 0x4400;
 const INDIRECT: u64 = 0x5000;
-const INDIRECT_END: u64 = 0x7000;
 const DATA: u64 = 0x7000;
 const DATA_END: u64 = 0x1_1000;
 const MAX_OPS: usize = 256;
@@ -507,23 +506,29 @@ impl Rig<'_> {
     }
 
     /// The rx queue's writable buffers (every writable descriptor of its
-    /// table and of the indirect tables it refers to) and the descriptor
-    /// bytes read to find them.
-    fn rx_writable(&self) -> (Vec<Range>, Vec<Range>) {
+    /// table and of the indirect tables it refers to) and the indirect
+    /// tables read to find them. Reads a snapshot; each table once.
+    fn rx_writable(&self, snap: &[Vec<u8>]) -> (Vec<Range>, Vec<Range>) {
         let (mut writable, mut tables) = (Vec::new(), Vec::new());
         let entry = |at: u64| -> Option<(u64, u32, u16)> {
-            let mut raw = [0u8; 16];
-            self.mem.read_slice(&mut raw, GuestAddress(at)).ok()?;
+            let (i, &(base, len)) = RAM_REGIONS
+                .iter()
+                .enumerate()
+                .find(|(_, &(b, l))| at >= b && at.checked_add(16).is_some_and(|e| e <= b + l as u64))?;
+            let off = (at - base) as usize;
+            debug_assert!(off + 16 <= len);
+            let raw = &snap[i][off..off + 16];
             Some((
                 u64::from_le_bytes(raw[0..8].try_into().expect("8 bytes")),
                 u32::from_le_bytes(raw[8..12].try_into().expect("4 bytes")),
                 u16::from_le_bytes([raw[12], raw[13]]),
             ))
         };
+        let mut seen = std::collections::HashSet::new();
         for i in 0..u64::from(self.rx.size) {
             let Some((addr, len, flags)) = entry(self.rx.desc + 16 * i) else { continue };
             if flags & F_INDIRECT != 0 {
-                if len % 16 != 0 {
+                if len % 16 != 0 || !seen.insert((addr, len)) {
                     continue;
                 }
                 let n = u64::from(len / 16).min(u64::from(u16::MAX));
@@ -580,7 +585,8 @@ impl Rig<'_> {
 
     /// One `process_tx` or `process_rx` round, checked against the model.
     fn call(&mut self, tx: bool) {
-        let (writable, rx_tables) = self.rx_writable();
+        let before = snapshot(&self.mem);
+        let (writable, rx_tables) = self.rx_writable(&before);
         let writable = merged(writable);
         let used_rings = vec![self.rx.used_range(), self.tx.used_range()];
         let mut reads = vec![
@@ -594,7 +600,7 @@ impl Rig<'_> {
         reads.extend_from_slice(&used_rings);
         let clean = !overlaps(&writable, &merged(reads));
         let allowed = merged([writable.clone(), used_rings].concat());
-        let before = clean.then(|| snapshot(&self.mem));
+        let before = clean.then_some(before);
         let c0 = self.count();
 
         if tx {

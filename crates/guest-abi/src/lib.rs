@@ -8,6 +8,8 @@
 //! allows every port), so the common path is not emulated even under PVM.
 #![no_std]
 
+pub mod virtio_mmio;
+
 /// Debug port written with boot milestones (as Cloud Hypervisor uses 0x80).
 pub const DEBUG_PORT: u16 = 0x80;
 /// Milestone byte written to [`DEBUG_PORT`] at the guest's very first instruction.

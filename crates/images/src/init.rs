@@ -40,6 +40,38 @@ pub fn cmdline_command(cmd: &str) -> String {
     out
 }
 
+/// Network set-up in `/init`: Debian's kernels have no `CONFIG_IP_PNP` (the
+/// kernel ignores `ip=`) and virtio_net is a module, so `/init` configures
+/// each NIC itself from the `kvmkit.net=MAC,GUEST_IP,HOST_IP,PREFIX` words
+/// kvmkit passes (one per NIC, matched by MAC); the first NIC's host address
+/// becomes the default route.
+pub(crate) const NET_SETUP: &str = r#"
+# kvmkit.net=MAC,GUEST_IP,HOST_IP,PREFIX per NIC, matched to interfaces by MAC.
+ip link set lo up 2>/dev/null
+first_net=1
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        kvmkit.net=*)
+            spec=${arg#kvmkit.net=}
+            mac=${spec%%,*}; rest=${spec#*,}
+            gip=${rest%%,*}; rest=${rest#*,}
+            hip=${rest%%,*}; prefix=${rest#*,}
+            for dev in /sys/class/net/*; do
+                if [ "$(cat "$dev/address" 2>/dev/null)" = "$mac" ]; then
+                    ifname=${dev##*/}
+                    ip addr add "$gip/$prefix" dev "$ifname" && ip link set "$ifname" up ||
+                        echo "kvmkit-init: cannot configure $ifname"
+                    if [ "$first_net" = 1 ]; then
+                        ip route add default via "$hip" dev "$ifname" 2>/dev/null
+                        first_net=0
+                    fi
+                fi
+            done
+            ;;
+    esac
+done
+"#;
+
 /// Generates `/init` for kernel `kernel_version` with the modules of `modules` loaded in order.
 pub(crate) fn init_script(kernel_version: &str, modules: &Resolution) -> String {
     let mut s = String::new();
@@ -84,6 +116,7 @@ kvmkit_insmod() {{
             modules.missing.join(" ")
         ));
     }
+    s.push_str(NET_SETUP);
     s.push_str(&format!(
         r#"
 # {key}=<percent-encoded command> or {key}=b64:<base64 command>
@@ -214,6 +247,9 @@ mod tests {
         assert!(a < b && b < c);
         assert!(s.contains("insmod \"/lib/modules/6.1.0-56-cloud-amd64/$1\""));
         assert!(s.contains("# built into the kernel: ext4"));
+        let net = s.find("kvmkit.net=").expect("network set-up");
+        let last_insmod = s.rfind("kvmkit_insmod ").expect("insmod");
+        assert!(net > last_insmod, "NICs are configured after virtio_net is loaded");
         // The milestone comes before anything else that does work.
         let milestone = pos("kvmkit_outb 128 96\n");
         assert!(milestone < pos("mount -t proc"));

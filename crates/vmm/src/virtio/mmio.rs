@@ -15,51 +15,25 @@ use crate::bus::BusDevice;
 
 /// Size of one virtio-mmio window.
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
-/// "virt".
-const MAGIC_VALUE: u32 = 0x7472_6976;
+/// QueueNotify: KVM turns writes here into ioeventfd signals.
+pub use kvmkit_guest_abi::virtio_mmio::REG_QUEUE_NOTIFY;
+use kvmkit_guest_abi::virtio_mmio::{
+    MAGIC_VALUE, REG_CONFIG as CONFIG_SPACE, REG_CONFIG_GENERATION, REG_DEVICE_FEATURES, REG_DEVICE_FEATURES_SEL,
+    REG_DEVICE_ID, REG_DRIVER_FEATURES, REG_DRIVER_FEATURES_SEL, REG_INTERRUPT_ACK, REG_INTERRUPT_STATUS, REG_MAGIC,
+    REG_QUEUE_DESC_HIGH, REG_QUEUE_DESC_LOW, REG_QUEUE_DEVICE_HIGH, REG_QUEUE_DEVICE_LOW, REG_QUEUE_DRIVER_HIGH,
+    REG_QUEUE_DRIVER_LOW, REG_QUEUE_NUM, REG_QUEUE_NUM_MAX, REG_QUEUE_READY, REG_QUEUE_SEL, REG_STATUS, REG_VENDOR_ID,
+    REG_VERSION, VERSION_MODERN,
+};
+
 /// Vendor id reported to drivers ("KVMK").
 const VENDOR_ID: u32 = 0x4b4d_564b;
 
-const REG_MAGIC: u64 = 0x000;
-const REG_VERSION: u64 = 0x004;
-const REG_DEVICE_ID: u64 = 0x008;
-const REG_VENDOR_ID: u64 = 0x00c;
-const REG_DEVICE_FEATURES: u64 = 0x010;
-const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
-const REG_DRIVER_FEATURES: u64 = 0x020;
-const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
-const REG_QUEUE_SEL: u64 = 0x030;
-const REG_QUEUE_NUM_MAX: u64 = 0x034;
-const REG_QUEUE_NUM: u64 = 0x038;
-const REG_QUEUE_READY: u64 = 0x044;
-/// QueueNotify: KVM turns writes here into ioeventfd signals.
-pub const REG_QUEUE_NOTIFY: u64 = 0x050;
-const REG_INTERRUPT_STATUS: u64 = 0x060;
-const REG_INTERRUPT_ACK: u64 = 0x064;
-const REG_STATUS: u64 = 0x070;
-const REG_QUEUE_DESC_LOW: u64 = 0x080;
-const REG_QUEUE_DESC_HIGH: u64 = 0x084;
-const REG_QUEUE_DRIVER_LOW: u64 = 0x090;
-const REG_QUEUE_DRIVER_HIGH: u64 = 0x094;
-const REG_QUEUE_DEVICE_LOW: u64 = 0x0a0;
-const REG_QUEUE_DEVICE_HIGH: u64 = 0x0a4;
-const REG_CONFIG_GENERATION: u64 = 0x0fc;
-const CONFIG_SPACE: u64 = 0x100;
-
 /// Device status bits.
 pub mod status {
-    /// The guest found the device.
-    pub const ACKNOWLEDGE: u32 = 1;
-    /// The guest has a driver for it.
-    pub const DRIVER: u32 = 2;
-    /// The driver is ready.
-    pub const DRIVER_OK: u32 = 4;
-    /// Feature negotiation is complete.
-    pub const FEATURES_OK: u32 = 8;
-    /// The device hit an error and needs a reset.
-    pub const DEVICE_NEEDS_RESET: u32 = 64;
-    /// The driver gave up.
-    pub const FAILED: u32 = 128;
+    pub use kvmkit_guest_abi::virtio_mmio::{
+        STATUS_ACKNOWLEDGE as ACKNOWLEDGE, STATUS_DRIVER as DRIVER, STATUS_DRIVER_OK as DRIVER_OK,
+        STATUS_FAILED as FAILED, STATUS_FEATURES_OK as FEATURES_OK, STATUS_NEEDS_RESET as DEVICE_NEEDS_RESET,
+    };
 }
 
 const MAX_WARNINGS: u32 = 20;
@@ -241,7 +215,7 @@ impl MmioTransport {
     fn read_register(&mut self, offset: u64) -> u32 {
         match offset {
             REG_MAGIC => MAGIC_VALUE,
-            REG_VERSION => 2,
+            REG_VERSION => VERSION_MODERN,
             REG_DEVICE_ID => self.device.device_type(),
             REG_VENDOR_ID => VENDOR_ID,
             REG_DEVICE_FEATURES => match self.device_features_sel {
