@@ -412,3 +412,70 @@ fn network_setup_errors_say_what_is_wrong() {
     assert_ne!(code, Some(0));
     assert!(stderr.contains("multicast"), "{stderr}");
 }
+
+/// Sends `count` UDP datagrams of `payload` bytes to `addr`:9 from a socket
+/// opened in a thread moved into namespace `ns`; returns how many the
+/// kernel took. The first one makes the namespace's kernel ARP for `addr`.
+fn udp_flood(ns: &str, addr: Ipv4Addr, count: u32, payload: usize) -> u32 {
+    let f = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns");
+    // SAFETY: setns with a netns fd affects only the calling thread.
+    assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp socket");
+    let data = vec![0x5au8; payload];
+    let mut sent = 0;
+    for i in 0..count {
+        // The first datagram waits in the neighbour queue until the guest
+        // answers ARP; then pace lightly so the tap's queue never overflows.
+        if i == 1 {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        if sock.send_to(&data, (addr, 9)).is_ok() {
+            sent += 1;
+        }
+        if i % 50 == 49 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    sent
+}
+
+#[test]
+fn net_rx_counts_frames_from_the_host() {
+    if skip() {
+        return;
+    }
+    let ns = Netns::new("rx");
+    ns.ip(&["tuntap", "add", "dev", "kvrx0", "mode", "tap", "vnet_hdr"]);
+    ns.ip(&["addr", "add", "10.0.4.1/30", "dev", "kvrx0"]);
+    ns.ip(&["link", "set", "kvrx0", "up"]);
+    let results = std::env::temp_dir().join(format!("kvmkit-it-net-rx-{}.json", std::process::id()));
+    let r = results.to_string_lossy().to_string();
+    let mut vm = Vm::start(&ns, &["--results", &r, "--net", "tap=kvrx0", "--workload", "net-rx:6"]);
+    let line = vm
+        .wait_for("net-rx: guest", Duration::from_secs(40))
+        .unwrap_or_else(|| panic!("no guest line; console so far:\n{}", vm.seen.join("\n")));
+    let ip = guest_ip(&line);
+    assert_eq!(ip, Ipv4Addr::new(10, 0, 4, 2));
+    let name = ns.0.clone();
+    let sent = std::thread::spawn(move || udp_flood(&name, ip, 1000, 200))
+        .join()
+        .expect("udp sender");
+    let (code, console, stderr) = vm.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "console:\n{console}\nstderr:\n{stderr}");
+    assert_eq!(sent, 1000, "{console}");
+    let frames = field(&console, "frames").unwrap_or(0);
+    let bytes = field(&console, "bytes").unwrap_or(0);
+    // 1000 UDP frames of 14 + 20 + 8 + 200 bytes, plus ARP (and IPv6 noise).
+    assert!(
+        (1000..1050).contains(&frames),
+        "net-rx counted {frames} frames\n{console}"
+    );
+    assert!(bytes >= 1000 * 242, "net-rx counted {bytes} bytes\n{console}");
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&results).expect("results")).expect("json");
+    let _ = std::fs::remove_file(&results);
+    let value = json["reports"]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["name"] == "net-rx"))
+        .map(|r| r["value"].clone());
+    assert_eq!(value, Some(Value::from(frames)), "{json:#}");
+}

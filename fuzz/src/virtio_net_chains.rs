@@ -220,7 +220,7 @@ struct Rig<'a> {
     tables: u64,
     outcome: Outcome,
     hostbuf: Vec<u8>,
-    pattern: Vec<u8>,
+    pattern: &'static [u8],
 }
 
 impl Rig<'_> {
@@ -323,7 +323,11 @@ impl Rig<'_> {
             for (k, &(addr, len, flags)) in descs.iter().enumerate() {
                 let k = k as u16;
                 let index = (head + k) % size;
-                let next = if k + 1 < n { Some((head + k + 1) % size) } else { last_next };
+                let next = if k + 1 < n {
+                    Some((head + k + 1) % size)
+                } else {
+                    last_next
+                };
                 let f = flags | if next.is_some() { F_NEXT } else { 0 };
                 self.write_desc(table_addr, index, addr, len, f, next.unwrap_or(0));
             }
@@ -526,7 +530,9 @@ impl Rig<'_> {
         };
         let mut seen = std::collections::HashSet::new();
         for i in 0..u64::from(self.rx.size) {
-            let Some((addr, len, flags)) = entry(self.rx.desc + 16 * i) else { continue };
+            let Some((addr, len, flags)) = entry(self.rx.desc + 16 * i) else {
+                continue;
+            };
             if flags & F_INDIRECT != 0 {
                 if len % 16 != 0 || !seen.insert((addr, len)) {
                     continue;
@@ -768,7 +774,8 @@ pub fn run(data: &[u8]) -> Outcome {
         counters.clone(),
         acked,
     );
-    let pattern: Vec<u8> = (0..70_000u32).map(|i| (i * 7 + (i >> 8)) as u8).collect();
+    static PATTERN: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let pattern = PATTERN.get_or_init(|| (0..70_000u32).map(|i| (i * 7 + (i >> 8)) as u8).collect());
     let mut rig = Rig {
         input,
         mem,
@@ -815,7 +822,12 @@ pub fn run(data: &[u8]) -> Outcome {
         c[0],
         c[2]
     );
-    assert!(c[1] <= rig.injected_bytes, "rx_bytes {} > bytes sent {}", c[1], rig.injected_bytes);
+    assert!(
+        c[1] <= rig.injected_bytes,
+        "rx_bytes {} > bytes sent {}",
+        c[1],
+        rig.injected_bytes
+    );
     assert!(c[1] <= c[0] * MAX_FRAME_BYTES as u64);
     Outcome {
         rx_frames: c[0],

@@ -139,3 +139,23 @@ fn virtio_net_chains_smoke() {
     assert!(total.tx_frames > 0 && total.tx_dropped > 0, "{total:?}");
     assert!(total.bad_chains > 0 && total.checked_calls > 0, "{total:?}");
 }
+
+/// The fuzzer's first find in virtio-net: a tx avail index set more than the
+/// queue size ahead made `process_tx` spin forever (enable_notification saw
+/// "more", pop saw nothing), so the worker never stopped and kvmkit hung at
+/// exit joining it. The same index on rx made the worker busy-poll.
+#[test]
+fn virtio_net_avail_index_far_ahead_does_not_spin() {
+    // Sizes 1; set the tx avail index to 0x8000; process_tx; same on rx
+    // with a frame waiting; process_rx.
+    let input = [0, 0, 58, 0, 0x80, 7, 34, 0, 0x80, 4, 2, 0, 5];
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let o = virtio_net_chains::run(&input);
+        let _ = tx.send(o);
+    });
+    let o = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("virtio-net spun on a bogus avail index");
+    assert_eq!(o.rx_frames, 0);
+}

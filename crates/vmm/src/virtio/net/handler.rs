@@ -218,7 +218,10 @@ impl NetHandler {
                 break;
             }
             match self.tx.enable_notification(&self.memory) {
-                Ok(true) => continue,
+                // More chains, unless the avail index is more than the queue
+                // size ahead: then none can be popped and this would spin.
+                Ok(true) if !self.avail_index_bogus(true) => continue,
+                Ok(true) => break,
                 Ok(false) => break,
                 Err(e) => {
                     self.warn(&format!("tx queue: {e:?}"));
@@ -418,12 +421,27 @@ impl NetHandler {
         }
     }
 
+    /// Whether the queue's avail index is more than the queue size ahead of
+    /// the device (a driver bug or a hostile guest): nothing can be popped
+    /// until the driver fixes it. Warns once per occurrence.
+    fn avail_index_bogus(&mut self, tx: bool) -> bool {
+        let q = if tx { &mut self.tx } else { &mut self.rx };
+        let bogus = q.iter(&self.memory).is_err();
+        if bogus {
+            let which = if tx { "tx" } else { "rx" };
+            self.warn(&format!(
+                "{which} queue: avail index more than the queue size ahead; ignored until the driver notifies again"
+            ));
+        }
+        bogus
+    }
+
     /// Rx notifications: on while a frame waits for buffers (so the driver
     /// tells us when it adds some), off otherwise. Returns true when buffers
     /// arrived meanwhile (retry at once).
     pub fn arm_rx_notification(&mut self) -> bool {
         if self.pending.is_some() {
-            self.rx.enable_notification(&self.memory).unwrap_or(false)
+            self.rx.enable_notification(&self.memory).unwrap_or(false) && !self.avail_index_bogus(false)
         } else {
             let _ = self.rx.disable_notification(&self.memory);
             false
