@@ -129,3 +129,21 @@ fn rng_delivers_the_requested_bytes() {
     assert_eq!(results(&res, "rng")[0]["value"], 65536);
     assert!(out.stdout.contains("sane=yes"), "{}", out.stdout);
 }
+
+#[test]
+fn data_flushed_before_sigkill_is_on_the_host_disk() {
+    // blk-pattern writes every sector, FLUSHes, then reads back and prints
+    // "verified="; kvmkit is SIGKILLed the moment that line appears. Nothing
+    // the guest flushed may be missing from the image afterwards.
+    let img = Image::new("sigkill", 8);
+    let disk = img.arg("");
+    let (stdout, found) = common::run_until(
+        &["run", "--guest", "--no-stdin", "--disk", &disk, "--workload", "blk-pattern"],
+        "verified=",
+        std::time::Duration::from_secs(120),
+    );
+    assert!(found, "the guest never got past its flush:\n{stdout}");
+    let data = img.bytes();
+    let written = data.chunks(512).filter(|s| s.iter().any(|&b| b != 0)).count();
+    assert_eq!(written, 8 * 2048, "sectors flushed before the kill are missing on the host");
+}

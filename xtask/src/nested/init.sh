@@ -189,6 +189,16 @@ sc_blk_two() {
   expect_line /tmp/l2 '^lab-vdb-serial=lab-second$'
 }
 
+sc_blk_rng() {
+  need_linux || return
+  vm /tmp/l2 kvmkit run --linux --rng -- sh -c 'echo lab-hwrng=$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null); dd if=/dev/hwrng of=/tmp/r bs=256 count=1 2>/dev/null; echo lab-rng-bytes=$(wc -c </tmp/r); echo lab-rng-distinct=$(od -An -v -tx1 /tmp/r | tr " " "\n" | grep . | sort -u | wc -l)'
+  expect_rc 0
+  expect_line /tmp/l2 '^lab-hwrng=virtio_rng'
+  expect_line /tmp/l2 '^lab-rng-bytes=256$'
+  d=$(sed -n 's/^lab-rng-distinct=//p' /tmp/l2 | tr -d ' ')
+  [ "${d:-0}" -gt 100 ] || fail "256 bytes from /dev/hwrng had only ${d:-0} distinct values"
+}
+
 # The net-* scenarios. `--net auto` makes taps kvmkit0, kvmkit1, ... on the first free /30s of
 # 10.0.2.0/24 (host .1 guest .2, then host .5 guest .6) and removes them when kvmkit exits.
 taps() { ip -o link show 2>/dev/null | awk -F': ' '{ sub(/@.*/, "", $2); print $2 }' | grep '^kvmkit' | tr '\n' ' '; }

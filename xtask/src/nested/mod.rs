@@ -79,6 +79,11 @@ pub const SCENARIOS: &[(&str, &str)] = &[
          vdb's serial (GET_ID) is its id=",
     ),
     (
+        "blk-rng",
+        "`--rng`: the stock virtio-rng driver becomes the guest's hw_random (rng_current virtio_rng.0) and \
+         /dev/hwrng yields 256 bytes with more than 100 distinct values",
+    ),
+    (
         "net-ping",
         "`--net auto`: kvmkit makes tap kvmkitN with 10.0.2.1/30, the stock virtio_net gets 10.0.2.2 from ip=; \
          L1 pings the guest, the guest pings L1 (exit 0); no tap is left afterwards",
