@@ -138,12 +138,24 @@ fn data_flushed_before_sigkill_is_on_the_host_disk() {
     let img = Image::new("sigkill", 8);
     let disk = img.arg("");
     let (stdout, found) = common::run_until(
-        &["run", "--guest", "--no-stdin", "--disk", &disk, "--workload", "blk-pattern"],
+        &[
+            "run",
+            "--guest",
+            "--no-stdin",
+            "--disk",
+            &disk,
+            "--workload",
+            "blk-pattern",
+        ],
         "verified=",
         std::time::Duration::from_secs(120),
     );
     assert!(found, "the guest never got past its flush:\n{stdout}");
     let data = img.bytes();
     let written = data.chunks(512).filter(|s| s.iter().any(|&b| b != 0)).count();
-    assert_eq!(written, 8 * 2048, "sectors flushed before the kill are missing on the host");
+    assert_eq!(
+        written,
+        8 * 2048,
+        "sectors flushed before the kill are missing on the host"
+    );
 }
