@@ -243,6 +243,17 @@ struct Nic {
 }
 
 /// Opens every virtio-net device (at most [`MAX_NICS`]) and prints a line per NIC.
+/// Says which NIC's device needs a reset, if any (checked every 100 ms).
+fn broken_nic(who: &str, nics: &[Option<Nic>]) -> bool {
+    match nics.iter().flatten().find(|n| n.net.broken()) {
+        Some(n) => {
+            println!("{who}: device at {:#x} needs a reset", n.net.base());
+            true
+        }
+        None => false,
+    }
+}
+
 fn open_all(who: &str, plan: &Plan, nics: &mut [Option<Nic>; MAX_NICS]) -> usize {
     let (found, n) = probe(&plan.devices, ID_NET, who);
     let mut opened = 0;
@@ -313,12 +324,9 @@ pub fn echo(plan: &Plan, seconds: u64) -> u32 {
         }
         if now >= next_check {
             next_check = now + 100 * khz;
-            for n in nics.iter().flatten() {
-                if n.net.broken() {
-                    println!("{WHO}: device at {:#x} needs a reset", n.net.base());
-                    status = exit::DEVICE_ERROR;
-                    break 'outer;
-                }
+            if broken_nic(WHO, &nics) {
+                status = exit::DEVICE_ERROR;
+                break 'outer;
             }
         }
         for n in nics.iter_mut().flatten() {
@@ -538,12 +546,9 @@ pub fn rx(plan: &Plan, seconds: u64) -> u32 {
         }
         if now >= next_check {
             next_check = now + 100 * khz;
-            for n in nics.iter().flatten() {
-                if n.net.broken() {
-                    println!("{WHO}: device at {:#x} needs a reset", n.net.base());
-                    status = exit::DEVICE_ERROR;
-                    break 'outer;
-                }
+            if broken_nic(WHO, &nics) {
+                status = exit::DEVICE_ERROR;
+                break 'outer;
             }
         }
         for n in nics.iter_mut().flatten() {
