@@ -44,6 +44,9 @@ pub struct ImageArgs {
 pub enum ImageCommand {
     /// Build the default Linux guest assets into the cache ($KVMKIT_CACHE, default ~/.cache/kvmkit).
     Fetch,
+    /// Build the Debian root file system of `kvmkit bench --guest linux` (python3, memtester,
+    /// openssl, 7-Zip, POV-Ray, PostMark and kvmkit's harness) into the cache.
+    Rootfs,
     /// Show what is cached, with versions and sizes.
     List,
 }
@@ -176,6 +179,20 @@ pub struct BenchArgs {
     /// `linux` (the paper's programs in a Debian guest; needs VMX/SVM).
     #[arg(long, value_enum, default_value_t = BenchGuest::Kvmkit)]
     pub guest: BenchGuest,
+    /// `--guest linux`: boot this kernel instead of the cached Debian one (e.g. a
+    /// PVM-enabled kernel on a kvm_pvm host).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+}
+
+impl BenchArgs {
+    /// `kvmkit` or `linux`.
+    pub fn guest_name(&self) -> &'static str {
+        match self.guest {
+            BenchGuest::Kvmkit => "kvmkit",
+            BenchGuest::Linux => "linux",
+        }
+    }
 }
 
 /// Which guest `kvmkit bench` measures.

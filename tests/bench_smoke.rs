@@ -128,3 +128,93 @@ fn quick_bench_measures_every_cell() {
     assert!(svgs >= 1, "no SVG in {}", dir.display());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--guest linux` with the host column only (this host may be kvm_pvm, where Debian's
+/// kernel cannot boot; the nested lab's bench-linux scenario runs the guest column): the
+/// rootfs is built, every one of the paper's programs runs in its chroot and reports.
+#[test]
+fn linux_guest_programs_run_on_the_host() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: the host column of --guest linux chroots, which needs root");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("kvmkit-bench-linux-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_string_lossy().to_string();
+    let out = common::run(
+        &[
+            "bench",
+            "--guest",
+            "linux",
+            "--profile",
+            "quick",
+            "--runs",
+            "1",
+            "--env",
+            "host",
+            "--out",
+            &d,
+        ],
+        Duration::from_secs(900),
+    );
+    assert_eq!(out.code, Some(0), "stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    for label in [
+        "1e5 (python3)",
+        "memtester 4M",
+        "dd read 1M",
+        "dd write 1M",
+        "POV-Ray 3.7",
+        "OpenSSL speed",
+        "7-Zip",
+        "PostMark",
+    ] {
+        assert!(out.stdout.contains(label), "no row '{label}':\n{}", out.stdout);
+    }
+    let text = std::fs::read_to_string(dir.join("results.json")).expect("results.json");
+    let res: Value = serde_json::from_str(&text).expect("results.json parses");
+    assert_eq!(res["guest"], "linux");
+    let packages = res["linux"]["rootfs_packages"].as_array().expect("rootfs packages");
+    assert!(packages.iter().any(|p| p[0] == "povray"), "{packages:?}");
+    for id in [
+        "py-primes:100000",
+        "memtester:4",
+        "dd-read:1",
+        "dd-write:1",
+        "povray:160",
+        "openssl:1",
+        "7z:1",
+        "postmark:500",
+    ] {
+        let host = &res["workloads"][id]["host"];
+        let samples = host["samples"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{id}: no host samples: {res:#}"));
+        assert_eq!(samples.len(), 1, "{id}: {host:#}");
+        let v = samples[0]["value"].as_f64().unwrap_or(0.0);
+        assert!(v.is_finite() && v > 0.0, "{id}: value {v}");
+    }
+    assert_eq!(
+        res["workloads"]["py-primes:100000"]["host"]["samples"][0]["result"],
+        9592
+    );
+    assert!(dir.join("report.md").is_file());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// On a kvm_pvm host, a Linux guest column is refused in one line that points to --kernel.
+#[test]
+fn linux_guest_on_pvm_points_to_kernel() {
+    if !std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        eprintln!("skipped: this host's KVM is not kvm_pvm");
+        return;
+    }
+    let out = common::run(
+        &["bench", "--guest", "linux", "--profile", "quick", "--env", "kvmkit"],
+        Duration::from_secs(60),
+    );
+    assert_ne!(out.code, Some(0));
+    let line = out.stderr.trim();
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(line.contains("kvm_pvm") && line.contains("--kernel"), "{line}");
+}

@@ -16,7 +16,7 @@ const INITRAMFS: &str = "initramfs.cpio";
 const BUSYBOX: &str = "busybox";
 
 /// Runs a command, returning its stdout; a non-zero exit becomes [`ImageError::Command`].
-fn run(cmd: &mut Command) -> Result<String, ImageError> {
+pub(crate) fn run(cmd: &mut Command) -> Result<String, ImageError> {
     let line = format!("{cmd:?}").replace('"', "");
     let out = cmd.output().map_err(|e| ImageError::io(format!("running {line}"), e))?;
     if !out.status.success() {
@@ -127,7 +127,7 @@ fn copy(from: &Path, to: &Path) -> Result<(), ImageError> {
 }
 
 /// Removes `linux.tmp-<pid>` directories left by processes that no longer exist.
-fn sweep_stale(cache: &Cache) {
+pub(crate) fn sweep_stale(cache: &Cache) {
     let Ok(entries) = std::fs::read_dir(cache.root()) else {
         return;
     };
@@ -135,7 +135,9 @@ fn sweep_stale(cache: &Cache) {
         let name = entry.file_name().to_string_lossy().into_owned();
         let pid = name
             .strip_prefix("linux.tmp-")
-            .or_else(|| name.strip_prefix("linux.old-"));
+            .or_else(|| name.strip_prefix("linux.old-"))
+            .or_else(|| name.strip_prefix("rootfs.tmp-"))
+            .or_else(|| name.strip_prefix("rootfs.old-"));
         if let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) {
             if !Path::new(&format!("/proc/{pid}")).exists() {
                 let _ = std::fs::remove_dir_all(entry.path());

@@ -1,6 +1,8 @@
 //! Builds and caches the assets kvmkit needs to boot a real Linux guest: Debian's cloud kernel
 //! (as ELF `vmlinux` and as bzImage) and a small busybox initramfs whose `/init` can run one
-//! command given on the kernel command line and report its exit status to the VMM.
+//! command given on the kernel command line and report its exit status to the VMM; and the
+//! Debian root file system with the paper's programs that `kvmkit bench --guest linux` runs
+//! (see [`build_rootfs`]).
 //!
 //! Packages are fetched with `apt-get download` and unpacked with `dpkg-deb -x` into a
 //! temporary directory under the cache; nothing is installed on the host.
@@ -25,6 +27,7 @@ mod fetch;
 mod init;
 mod manifest;
 mod modules;
+mod rootfs;
 
 use std::path::{Path, PathBuf};
 
@@ -35,6 +38,7 @@ pub use init::{
     USERSPACE_READY_MARKER,
 };
 pub use modules::GUEST_MODULES;
+pub use rootfs::{build_rootfs, cached_rootfs, list_rootfs, rootfs_dir, RootfsAssets, ROOTFS_PACKAGES};
 
 /// Errors from building, fetching or validating guest assets.
 #[derive(Debug, thiserror::Error)]

@@ -35,9 +35,11 @@ pub struct Sample {
 type PerCpu = Vec<(u64, u64)>;
 
 /// What one run measured: per kind it measures (`Kind::siblings`), per CPU (ns, value).
-struct Measured {
-    kinds: Vec<(Kind, PerCpu)>,
-    note: Option<String>,
+pub(super) struct Measured {
+    /// Per kind: per CPU (ns, value).
+    pub kinds: Vec<(Kind, PerCpu)>,
+    /// How it was measured, where that needs saying.
+    pub note: Option<String>,
 }
 
 /// Results of a run kept for its sibling rows: (env, run, spec, kind) -> (per CPU, wall s, note).
@@ -59,6 +61,8 @@ pub struct Runner {
     pub memory_mib: u64,
     /// The other halves of multi-row runs (`blk-seq`'s read after its write row ran).
     pub cache: Mutex<Cache>,
+    /// `--guest linux`: the kernel, initramfs and rootfs.
+    pub linux: Option<super::linux::LinuxGuest>,
 }
 
 impl Runner {
@@ -75,16 +79,20 @@ impl Runner {
             Some(c) => c,
             None => {
                 let t0 = Instant::now();
-                let disk = self.make_disk(env, w, run)?;
-                let measured = match env {
-                    Env::Host => self.host(w, disk.as_deref()),
-                    Env::Kvmkit => self.kvmkit(w, run, timeout, disk.as_deref()),
-                    Env::Qemu => self.qemu(w, timeout, disk.as_deref()),
+                let measured = if w.kind.is_linux() {
+                    self.linux(env, w, run, timeout)?
+                } else {
+                    let disk = self.make_disk(env, w, run)?;
+                    let measured = match env {
+                        Env::Host => self.host(w, disk.as_deref()),
+                        Env::Kvmkit => self.kvmkit(w, run, timeout, disk.as_deref()),
+                        Env::Qemu => self.qemu(w, timeout, disk.as_deref()),
+                    };
+                    if let Some(d) = &disk {
+                        let _ = std::fs::remove_file(d);
+                    }
+                    measured?
                 };
-                if let Some(d) = &disk {
-                    let _ = std::fs::remove_file(d);
-                }
-                let measured = measured?;
                 let wall_s = t0.elapsed().as_secs_f64();
                 let mut mine = None;
                 let mut cache = self.cache.lock().map_err(|_| anyhow::anyhow!("cache poisoned"))?;
@@ -148,6 +156,26 @@ impl Runner {
 
     fn memory_for(&self, w: &Workload) -> u64 {
         self.memory_mib.max(w.min_memory_mib())
+    }
+
+    /// One of the paper's programs (`--guest linux`).
+    fn linux(&self, env: Env, w: &Workload, run: usize, timeout: Duration) -> anyhow::Result<Measured> {
+        let linux = self
+            .linux
+            .as_ref()
+            .context("the Linux guest assets were not prepared")?;
+        let vmm = match env {
+            Env::Qemu => self.qemu.as_deref().context("QEMU is not available")?,
+            _ => self.exe.as_path(),
+        };
+        let scratch = self.out.join("tmp");
+        let on = super::linux::Machine {
+            vmm,
+            scratch: &scratch,
+            cpus: self.cpus,
+            memory_mib: self.memory_for(w),
+        };
+        linux.run(env, w, run, &on, timeout)
     }
 
     /// The same workload code on host threads (one per vCPU), in this process; the disk
@@ -223,7 +251,7 @@ impl Runner {
         let _ = std::fs::remove_file(&results);
         let json: serde_json::Value = serde_json::from_str(&text).context("results JSON")?;
         let mut kinds = Vec::new();
-        for &k in w.kind.siblings() {
+        for k in w.kind.siblings() {
             let mut per_cpu = BTreeMap::new();
             for r in json["reports"].as_array().into_iter().flatten() {
                 if r["kind"] == "result" && r["name"] == k.name() {
@@ -281,7 +309,7 @@ impl Runner {
             ),
         }
         let mut kinds = vec![(w.kind, parsed.per_cpu.into_values().collect())];
-        for &k in w.kind.siblings().iter().filter(|&&k| k != w.kind) {
+        for k in w.kind.siblings().into_iter().filter(|&k| k != w.kind) {
             kinds.push((k, parse_serial(&out.stdout, k).per_cpu.into_values().collect()));
         }
         Ok(Measured { kinds, note: None })
@@ -317,6 +345,7 @@ fn host_thread(kind: Kind, arg: u64, thread: usize, threads: usize) -> anyhow::R
         }
         Kind::Exits | Kind::MmioExits => bail!("{} has no bare-host counterpart", kind.name()),
         Kind::BlkWrite | Kind::BlkRead | Kind::SmallIo => bail!("{} needs a disk file", kind.name()),
+        k => bail!("{} runs in the Debian rootfs (--guest linux)", k.name()),
     }
 }
 
@@ -374,6 +403,7 @@ pub fn parse_serial(text: &str, kind: Kind) -> Serial {
             Kind::Raytrace => num("time_ns").zip(num("checksum")),
             Kind::Md5 | Kind::Des | Kind::Blowfish | Kind::Compress => num("time_ns").zip(num("result")),
             Kind::SmallIo => num("time_ns").zip(num("ops_per_s")),
+            _ => None,
         };
         if let Some(e) = entry {
             out.per_cpu.insert(cpu, e);
@@ -450,7 +480,7 @@ pub fn run_with_timeout(mut cmd: Command, limit: Duration) -> anyhow::Result<Chi
 }
 
 /// The last few lines of stderr (or stdout), on one line, for error messages.
-fn last_lines(stderr: &str, stdout: &str) -> String {
+pub fn last_lines(stderr: &str, stdout: &str) -> String {
     let text = if stderr.trim().is_empty() { stdout } else { stderr };
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(3)..].join(" | ")

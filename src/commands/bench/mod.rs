@@ -5,6 +5,7 @@
 
 mod chart;
 mod env;
+mod linux;
 mod machine;
 mod profile;
 mod report;
@@ -19,23 +20,17 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 pub use profile::{Env, Profile, Table};
 
-use crate::cli::BenchArgs;
+use crate::cli::{BenchArgs, BenchGuest};
 use env::Runner;
 use machine::Machine;
-use results::{BenchResults, EnvInfo, WorkloadResult};
+use results::{BenchResults, EnvInfo, LinuxInfo, WorkloadResult};
 
 /// Runs the bench; exit status 0 when every cell was measured, 1 when some run failed.
 pub fn run(args: &BenchArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
-    if args.guest == crate::cli::BenchGuest::Linux {
-        use kvmkit_vmm::host::kvm::VendorModule;
-        if VendorModule::detect(std::path::Path::new("/sys/module")) == Some(VendorModule::KvmPvm) {
-            bail!(
-                "--guest linux: this host's KVM is kvm_pvm, where Debian's stock kernel cannot boot; \
-                 use the default --guest kvmkit, or a PVM-enabled kernel with `kvmkit run --kernel`"
-            );
-        }
-        bail!("--guest linux (the paper's programs in a Debian guest) is not implemented yet; use --guest kvmkit");
+    let linux_mode = args.guest == BenchGuest::Linux;
+    if args.kernel.is_some() && !linux_mode {
+        bail!("--kernel is for --guest linux (the default guest is built into kvmkit)");
     }
     if args.runs == 0 {
         bail!("--runs 0: give at least 1 run");
@@ -53,6 +48,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<u8> {
     } else {
         Env::ALL.into_iter().filter(|e| args.envs.contains(e)).collect()
     };
+    if linux_mode && args.kernel.is_none() && envs.iter().any(|e| e.is_guest()) {
+        use kvmkit_vmm::host::kvm::VendorModule;
+        if VendorModule::detect(Path::new("/sys/module")) == Some(VendorModule::KvmPvm) {
+            bail!(
+                "--guest linux: this host's KVM is kvm_pvm, where Debian's stock kernel cannot boot; give a \
+                 PVM-enabled kernel with --kernel PATH, use --env host, or the default --guest kvmkit"
+            );
+        }
+    }
     let out = args
         .out
         .clone()
@@ -76,9 +80,19 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<u8> {
             EnvInfo {
                 available,
                 reason,
-                description: describe(e),
+                description: describe(e, linux_mode),
             },
         );
+    }
+    // SAFETY: geteuid has no preconditions.
+    if linux_mode && envs.contains(&Env::Host) && unsafe { libc::geteuid() } != 0 {
+        let why = "the host column of --guest linux runs in a chroot, which needs root".to_owned();
+        warn(format!("{why}; the host column is dropped"));
+        envs.retain(|&e| e != Env::Host);
+        if let Some(i) = environments.get_mut("host") {
+            i.available = false;
+            i.reason = Some(why);
+        }
     }
     let qemu = if envs.contains(&Env::Qemu) {
         match env::ensure_qemu(&mut warn) {
@@ -103,13 +117,24 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<u8> {
             machine.load_average[0], machine.cpus_online, machine.load_per_cpu
         ));
     }
-    if !machine.kvmkit_optimized {
+    // (--guest linux runs Debian's programs on the host: kvmkit's own build does not matter there.)
+    if !machine.kvmkit_optimized && !linux_mode {
         warn(
             "kvmkit was built without optimizations: the host column runs unoptimized code, so guest/host ratios \
               are not meaningful (build with --release)"
                 .into(),
         );
     }
+    let linux = if linux_mode {
+        Some(linux::LinuxGuest::prepare(args.kernel.clone())?)
+    } else {
+        None
+    };
+    let linux_info = linux.as_ref().map(|l| LinuxInfo {
+        kernel: l.kernel.display().to_string(),
+        cached_kernel_release: l.kernel_version.clone(),
+        rootfs_packages: l.rootfs.packages.clone(),
+    });
     let guest_elf = out.join("kvmkit-guest.elf");
     std::fs::write(&guest_elf, kvmkit_guest_image::GUEST_ELF)
         .with_context(|| format!("cannot write {}", guest_elf.display()))?;
@@ -121,10 +146,18 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<u8> {
         cpus: args.cpus,
         memory_mib: args.memory,
         cache: std::sync::Mutex::default(),
+        linux,
     };
 
-    let workloads = profile::workloads(args.profile, &tables);
-    let pending = profile::not_measured(&tables);
+    let workloads = if linux_mode {
+        profile::linux_workloads(args.profile, &tables)
+    } else {
+        profile::workloads(args.profile, &tables)
+    };
+    if workloads.is_empty() {
+        bail!("--only: the selected tables have no {} workloads", args.guest_name());
+    }
+    let pending = profile::not_measured(&tables, linux_mode);
     // Steps, interleaved: run 1 of every workload in host, kvmkit, qemu; then run 2...
     let steps: Vec<(usize, usize, Env, f64)> = (0..args.runs)
         .flat_map(|r| workloads.iter().enumerate().map(move |(wi, w)| (r, wi, w)))
@@ -133,8 +166,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<u8> {
         .collect();
     let estimate: f64 = steps.iter().map(|s| s.3).sum();
     eprintln!(
-        "kvmkit bench: profile {}, {} workload(s) x {} environment(s) ({}) x {} run(s) = {} runs, estimated {}; \
+        "kvmkit bench: guest {}, profile {}, {} workload(s) x {} environment(s) ({}) x {} run(s) = {} runs, estimated {}; \
          output in {}",
+        args.guest_name(),
         args.profile.name(),
         workloads.len(),
         envs.len(),
@@ -175,9 +209,21 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<u8> {
     }
     let mut done_ms = 0.0;
     let mut failed = 0usize;
-    for &(run, wi, e, est) in &steps {
+    // Without a terminal the bar is hidden: log each step instead (CI logs, the nested lab).
+    let plain = !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    for (i, &(run, wi, e, est)) in steps.iter().enumerate() {
         let w = &workloads[wi];
         bar.set_message(format!("run {}/{} {} on {}", run + 1, args.runs, w.id, e.name()));
+        if plain {
+            eprintln!(
+                "kvmkit bench: [{}/{}] run {} of {} on {}",
+                i + 1,
+                steps.len(),
+                run + 1,
+                w.id,
+                e.name()
+            );
+        }
         let timeout = Duration::from_secs_f64(60.0 + 20.0 * est);
         let outcome = runner.run(e, w, run, timeout);
         let cell = rows.get_mut(&w.id).expect("row").cell_mut(e);
@@ -185,12 +231,18 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<u8> {
             Ok(sample) => cell.samples.push(sample),
             Err(err) => {
                 failed += 1;
-                bar.println(format!(
+                let line = format!(
                     "kvmkit bench: {} on {} (run {}) failed: {err:#}",
                     w.id,
                     e.name(),
                     run + 1
-                ));
+                );
+                // A hidden bar (no terminal) prints nothing.
+                if plain {
+                    eprintln!("{line}");
+                } else {
+                    bar.println(line);
+                }
                 cell.failures.push(format!("run {}: {err:#}", run));
             }
         }
@@ -210,6 +262,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<u8> {
     let mut results = BenchResults {
         schema: "kvmkit-bench/1",
         profile: args.profile,
+        guest: args.guest_name(),
+        linux: linux_info,
         runs: args.runs,
         cpus: args.cpus,
         memory_mib: args.memory,
@@ -218,7 +272,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<u8> {
         workloads: rows,
         order: workloads.iter().map(|w| w.id.clone()).collect(),
         not_measured: pending,
-        not_measured_reason: profile::PENDING_REASON,
+        not_measured_reason: if linux_mode {
+            profile::LINUX_PENDING_REASON
+        } else {
+            profile::PENDING_REASON
+        },
         warnings,
         started_unix: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -256,7 +314,18 @@ fn write(path: &Path, text: String) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn describe(e: Env) -> String {
+fn describe(e: Env, linux: bool) -> String {
+    if linux {
+        return match e {
+            Env::Host => "the bare host: the paper's programs in a chroot of kvmkit's Debian rootfs".into(),
+            Env::Kvmkit => "Debian's cloud kernel, kvmkit's initramfs and the rootfs (read-only virtio-blk) \
+                            under kvmkit run"
+                .into(),
+            Env::Qemu => "the same kernel, initramfs and disks under qemu-system-x86_64 -M microvm -accel kvm \
+                          -cpu host,-arch-capabilities,+invtsc"
+                .into(),
+        };
+    }
     match e {
         Env::Host => "the bare host: the same workload code on host threads, in the kvmkit process".into(),
         Env::Kvmkit => "kvmkit's test guest under kvmkit (kvmkit run --guest)".into(),

@@ -165,7 +165,7 @@ pub fn terminal(results: &BenchResults) -> String {
         if table == Table::Exits && envs.contains(&Env::Host) {
             out += "(host: no VM exit on the bare host; the guest figures stand alone)\n";
         }
-        if let Some(note) = table_note(table) {
+        if let Some(note) = table_note(table, results.linux.is_some()) {
             out += note;
             out.push('\n');
         }
@@ -180,8 +180,24 @@ pub fn terminal(results: &BenchResults) -> String {
     out
 }
 
-/// What a table's rows mean, where the figures need it.
-fn table_note(table: Table) -> Option<&'static str> {
+/// What a table's rows mean, where the figures need it (`linux`: `--guest linux`).
+fn table_note(table: Table, linux: bool) -> Option<&'static str> {
+    if linux {
+        return match table {
+            Table::Disk => Some(
+                "(one bench.py run gives both rows: `dd if=/dev/zero bs=1M conv=fdatasync` onto a fresh ext4 \
+                 file system, then a page-cache drop and `dd iflag=direct` back. Host: a directory of the \
+                 output directory's file system; guests: a fresh ext4 image on a second virtio-blk disk, \
+                 whose reads the host may serve from its page cache.)",
+            ),
+            Table::Suite => Some(
+                "(seconds, lower is better. openssl speed and 7z b measure for a fixed time and report a \
+                 rate; their rows are the time that rate needs for a fixed amount of work, so the ratio is \
+                 host rate / guest rate, like the paper's score ratios.)",
+            ),
+            _ => None,
+        };
+    }
     match table {
         Table::Disk => Some(
             "(one blk-seq run gives both rows: sequential 128 KiB writes then FLUSH, then reads; fresh sparse \
@@ -220,14 +236,26 @@ pub fn markdown(results: &BenchResults, charts: &[String]) -> String {
         results.memory_mib,
         results.wall_s
     );
-    let _ = writeln!(
-        out,
-        "Every environment runs the same workload code (the `kvmkit-workloads` crate): in this process on \
-         the host, in kvmkit's test guest under kvmkit, and in the same guest ELF under QEMU (microvm, KVM). \
-         Cells are median (min–max) of the runs; ratios are guest median / host median (> 1: the guest is \
-         slower). The paper's columns are {PAPER}: a Python prime script and memtester on unknown 2017 \
-         hardware, so compare its ratios, not its absolute times.\n"
-    );
+    if let Some(linux) = &results.linux {
+        let _ = writeln!(
+            out,
+            "Guest `linux`: the paper's own programs, run by kvmkit's harness (`/kvmkit/bench.py`) from one \
+             Debian rootfs: on the host in a chroot of it, in the guests from its ext4 image as a read-only \
+             virtio-blk disk, booting {} with kvmkit's busybox initramfs. Cells are median (min–max) of the \
+             runs; ratios are guest median / host median (> 1: the guest is slower). The paper's columns are \
+             {PAPER} on unknown 2017 hardware, so compare its ratios, not its absolute times.\n",
+            linux.kernel
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "Every environment runs the same workload code (the `kvmkit-workloads` crate): in this process on \
+             the host, in kvmkit's test guest under kvmkit, and in the same guest ELF under QEMU (microvm, KVM). \
+             Cells are median (min–max) of the runs; ratios are guest median / host median (> 1: the guest is \
+             slower). The paper's columns are {PAPER}: a Python prime script and memtester on unknown 2017 \
+             hardware, so compare its ratios, not its absolute times.\n"
+        );
+    }
     let _ = writeln!(out, "## Machine\n");
     let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "unknown".into());
     let _ = writeln!(out, "- host kernel: {} ({})", m.kernel, m.kernel_version);
@@ -258,6 +286,29 @@ pub fn markdown(results: &BenchResults, charts: &[String]) -> String {
         "- QEMU: {}",
         m.qemu_version.clone().unwrap_or_else(|| "not available".into())
     );
+    if let Some(linux) = &results.linux {
+        let versions: Vec<String> = [
+            "python3-minimal",
+            "memtester",
+            "coreutils",
+            "openssl",
+            "7zip",
+            "povray",
+            "postmark",
+        ]
+        .iter()
+        .filter_map(|p| linux.rootfs_packages.iter().find(|(n, _)| n == p))
+        .map(|(n, v)| format!("{n} {v}"))
+        .collect();
+        let _ = writeln!(
+            out,
+            "- guest kernel: {} (cached Debian kernel {}); rootfs: {} packages ({})",
+            linux.kernel,
+            linux.cached_kernel_release,
+            linux.rootfs_packages.len(),
+            versions.join(", ")
+        );
+    }
     for (name, info) in &results.environments {
         if let Some(r) = &info.reason {
             let _ = writeln!(out, "- environment {name} not run: {r}");
@@ -275,8 +326,12 @@ pub fn markdown(results: &BenchResults, charts: &[String]) -> String {
             let _ = writeln!(out, "- ⚠ {w}");
         }
     }
-    let _ = writeln!(
-        out,
+    let sizes = if results.linux.is_some() {
+        "\n## Sizes\n\nquick: python3 primes 1e5, memtester 4M, dd 1M, POV-Ray 160x120, openssl speed 1 s, \
+         7z b 1 pass, PostMark 500 transactions; default: primes 1e5/1e6, memtester 10M/100M, dd 1M/10M, \
+         POV-Ray 320x240, openssl 2 s, 7z b 1 pass, PostMark 2000; paper: primes 1e5/1e6/1e7, memtester \
+         10M/100M/1000M, dd 1M/10M/100M, POV-Ray 640x480, openssl 5 s, 7z b 3 passes, PostMark 20000."
+    } else {
         "\n## Sizes\n\nquick: primes 1e5, memtest 4 MiB, 10000 exits; default: primes 1e5/1e6, memtest \
          10/100 MiB, 20000 exits; paper: primes 1e5/1e6/1e7, memtest 10/100/1000 MiB, 100000 exits. The \
          memtester-style passes are slow here (~0.75 s per 16 MiB), so the quick and default profiles keep \
@@ -284,7 +339,8 @@ pub fn markdown(results: &BenchResults, charts: &[String]) -> String {
          1000 MB row is in --profile paper only. Disk (blk-seq): quick 1 MiB, default 1/10 MiB, paper \
          1/10/100 MiB. Suite (ray tracer width, MD5, DES, Blowfish, LZ4 MiB, small-I/O operations): quick \
          320, 16, 2, 8, 16, 256; default 640, 64, 8, 32, 64, 1024; paper 1600, 256, 32, 128, 256, 8192."
-    );
+    };
+    let _ = writeln!(out, "{sizes}");
     for table in Table::ALL {
         let rows = rows_of(results, table);
         let pending: Vec<_> = results.not_measured.iter().filter(|p| p.table == table).collect();
@@ -349,7 +405,7 @@ pub fn markdown(results: &BenchResults, charts: &[String]) -> String {
             }
             out += &md_row(&r);
         }
-        if let Some(note) = table_note(table) {
+        if let Some(note) = table_note(table, results.linux.is_some()) {
             let _ = writeln!(out, "\n{}", note.trim_start_matches('(').trim_end_matches(')'));
         }
         if !pending.is_empty() {

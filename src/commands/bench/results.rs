@@ -204,6 +204,17 @@ pub struct EnvInfo {
     pub description: String,
 }
 
+/// What `--guest linux` ran.
+#[derive(Clone, Debug, Serialize)]
+pub struct LinuxInfo {
+    /// The guest kernel image.
+    pub kernel: String,
+    /// The cached Debian kernel's release (the kernel, unless `--kernel` replaced it).
+    pub cached_kernel_release: String,
+    /// `(package, version)` of every package in the rootfs.
+    pub rootfs_packages: Vec<(String, String)>,
+}
+
 /// The whole of `results.json`.
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchResults {
@@ -211,6 +222,11 @@ pub struct BenchResults {
     pub schema: &'static str,
     /// Profile.
     pub profile: Profile,
+    /// Which guest: `kvmkit` (the no_std test guest) or `linux` (the paper's programs).
+    pub guest: &'static str,
+    /// `--guest linux`: the kernel, its release and the rootfs's package versions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub linux: Option<LinuxInfo>,
     /// Runs per cell.
     pub runs: usize,
     /// vCPUs per guest / host threads.

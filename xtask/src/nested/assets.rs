@@ -12,7 +12,8 @@ const L1_KERNEL_META: &str = "linux-image-amd64";
 /// The modules whose dependency chains L1 loads, in order: kvm_amd (irqbypass, kvm, ccp, kvm_amd
 /// on Debian 12) and tun (`/dev/net/tun` for the net-* scenarios' taps; a module in Debian's
 /// generic kernel). A built-in one has nothing to load.
-const L1_TOP_MODULES: &[&str] = &["kvm_amd", "tun"];
+/// kvm_amd, tun for the net-* scenarios, and virtio-blk + ext4 for the bench rootfs disk.
+const L1_TOP_MODULES: &[&str] = &["kvm_amd", "tun", "virtio_mmio", "virtio_blk", "ext4"];
 
 /// The L1 kernel and the modules to insmod in order.
 pub struct L1Kernel {
@@ -369,6 +370,27 @@ pub fn l2_assets(kvmkit: &Path, cache: &Path) -> Result<Option<L2Assets>> {
         .with_context(|| format!("{} has no kernel_version", manifest.display()))?
         .to_string();
     Ok(Some(L2Assets { dir, kernel_version }))
+}
+
+/// Runs `kvmkit image rootfs` (idempotent, cached) and returns the image to attach to L1 as
+/// its read-only virtio disk and the manifest to put beside it; `Ok(None)` with a printed
+/// reason when it cannot be built (the bench-linux scenario then fails).
+pub fn rootfs(kvmkit: &Path, cache: &Path) -> Result<Option<(PathBuf, PathBuf)>> {
+    eprintln!("nested: kvmkit image rootfs");
+    let status = Command::new(kvmkit)
+        .args(["image", "rootfs"])
+        .env("KVMKIT_CACHE", cache)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .context("running kvmkit image rootfs")?;
+    let dir = cache.join("rootfs");
+    let (image, manifest) = (dir.join("rootfs.ext4"), dir.join("manifest.json"));
+    if !status.success() || !image.is_file() || !manifest.is_file() {
+        eprintln!("nested: `kvmkit image rootfs` failed ({status}); the bench-linux scenario will fail");
+        return Ok(None);
+    }
+    Ok(Some((image, manifest)))
 }
 
 /// The line in `/hello.txt` of the lab's ext4 image (also `/lab/hello.txt` in L1, to compare).

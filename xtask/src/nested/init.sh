@@ -25,6 +25,18 @@ for ko in $(cat /lab/modules.order); do
 done
 dmesg | grep -i -E 'kvm|svm' | sed 's/^/@@LAB-INFO dmesg: /'
 
+# bench-linux: the bench rootfs arrives as L1's read-only virtio disk. Mounted, it is the
+# tree the host column chroots into; the device itself is the image L2 gets.
+if [ -b /dev/vda ] && [ -s /lab/cache/rootfs/manifest.json ]; then
+  mkdir -p /lab/cache/rootfs/root
+  if mount -t ext4 -o ro,noload /dev/vda /lab/cache/rootfs/root; then
+    ln -sf /dev/vda /lab/cache/rootfs/rootfs.ext4
+    info "bench rootfs: /dev/vda ($(cat /sys/block/vda/size) sectors) mounted on /lab/cache/rootfs/root"
+  else
+    info "bench rootfs: mounting /dev/vda failed"
+  fi
+fi
+
 # Scenario helpers. Each scenario sets $why (first failure wins) or leaves it empty to pass.
 why=""
 fail() { [ -n "$why" ] || why="$*"; }
@@ -315,6 +327,44 @@ sc_net_two() {
   finish /tmp/l2
   expect_rc 0
   no_taps "after kvmkit exited"
+}
+
+# bench-linux: the whole `kvmkit bench --guest linux` in the quick profile, all three columns:
+# host (chroot), kvmkit and QEMU (stock Debian L2 guests). Prints its progress every 30 s so
+# the lab does not take the long run for a hang.
+sc_bench_linux() {
+  need_linux || return
+  [ -L /lab/cache/rootfs/rootfs.ext4 ] || { fail "no bench rootfs in L1 (kvmkit image rootfs failed on the host?)"; return; }
+  BT=$(arg lab.bench_timeout)
+  [ -n "$BT" ] || BT=1500
+  rm -rf /tmp/bench-out /tmp/bench.rc
+  t0=$(now)
+  (timeout -s TERM "$BT" kvmkit bench --guest linux --profile quick --runs 1 --out /tmp/bench-out \
+    </dev/null >/tmp/bench.raw 2>&1; echo $? >/tmp/bench.rc) &
+  while [ ! -e /tmp/bench.rc ]; do
+    sleep 30
+    info "bench-linux: $(tr '\r' '\n' </tmp/bench.raw | grep -v '^$' | tail -n 1 | cut -c1-150)"
+  done
+  wait
+  rc=$(cat /tmp/bench.rc)
+  T0=$T
+  T=$BT
+  settle /tmp/bench
+  T=$T0
+  expect_rc 0
+  for f in results.json report.md ratios.svg; do
+    [ -s "/tmp/bench-out/$f" ] || fail "no $f in the output directory"
+  done
+  # Every Linux workload is in results.json; no run failed (the exit status says so too) and
+  # no column was dropped.
+  for w in py-primes:100000 memtester:4 dd-read:1 dd-write:1 povray:160 openssl:1 7z:1 postmark:500; do
+    grep -q "\"$w\"" /tmp/bench-out/results.json || fail "results.json has no $w"
+  done
+  grep -q '"failures": \[$' /tmp/bench-out/results.json && fail "results.json records failed runs"
+  grep -q '"available": false' /tmp/bench-out/results.json && fail "an environment was not available"
+  expect_line /tmp/bench '^Table 4'
+  expect_line /tmp/bench 'POV-Ray 3.7'
+  info "bench-linux: $(grep -c '"value"' /tmp/bench-out/results.json) samples; timings are emulated (TCG), not speed"
 }
 
 for name in $SCENARIOS; do

@@ -1,8 +1,9 @@
 //! A raw disk image on the host: opened, checked and locked before boot.
 
 use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
 /// Sector size of the virtio-blk protocol.
@@ -136,7 +137,14 @@ impl DiskImage {
         if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
             return Err(DiskError::Locked(p));
         }
-        let size = file.metadata().map_err(|e| DiskError::Io(p.clone(), e))?.len();
+        // A block device's metadata says 0 bytes: its size is where a seek to the end lands.
+        let size = if meta.file_type().is_block_device() {
+            (&file)
+                .seek(SeekFrom::End(0))
+                .map_err(|e| DiskError::Io(p.clone(), e))?
+        } else {
+            file.metadata().map_err(|e| DiskError::Io(p.clone(), e))?.len()
+        };
         if size % SECTOR_SIZE != 0 {
             return Err(DiskError::NotSectorAligned(p, size));
         }
