@@ -196,7 +196,7 @@ impl LinuxGuest {
             .arg(format!("path={},ro=on,id={ROOT_SERIAL}", self.rootfs.image.display()));
         if let Some(img) = data {
             cmd.arg("--disk")
-                .arg(format!("path={},id={DATA_SERIAL}", img.display()));
+                .arg(format!("path={},id={DATA_SERIAL}{}", img.display(), data_cache(w)));
         }
         cmd
     }
@@ -226,10 +226,24 @@ impl LinuxGuest {
         .args(["-device", &format!("virtio-blk-device,drive=root,serial={ROOT_SERIAL}")]);
         if let Some(img) = data {
             cmd.arg("-drive")
-                .arg(format!("file={},format=raw,if=none,id=data", img.display()))
+                .arg(format!(
+                    "file={},format=raw,if=none,id=data{}",
+                    img.display(),
+                    data_cache(w)
+                ))
                 .args(["-device", &format!("virtio-blk-device,drive=data,serial={DATA_SERIAL}")]);
         }
         cmd
+    }
+}
+
+/// The scratch disk's cache option: `,cache=none` (O_DIRECT in both VMMs) for dd, whose
+/// read must be cold, as on the host.
+fn data_cache(w: &Workload) -> &'static str {
+    if w.kind.uncached_disk() {
+        ",cache=none"
+    } else {
+        ""
     }
 }
 

@@ -291,25 +291,34 @@ impl Kind {
         }
     }
 
+    /// Whether its disk bypasses the host page cache in both VMMs (kvmkit `cache=none`, QEMU
+    /// `cache=none`: O_DIRECT): Table 3, whose reads must be cold in every column, as the
+    /// host's O_DIRECT read after a cache drop is.
+    pub fn uncached_disk(self) -> bool {
+        matches!(self, Self::BlkWrite | Self::BlkRead | Self::DdWrite | Self::DdRead)
+    }
+
     /// Extra `kvmkit run` arguments (devices) for this workload, given its disk image.
     pub fn kvmkit_args(self, disk: Option<&Path>) -> Vec<String> {
+        let cache = if self.uncached_disk() { ",cache=none" } else { "" };
         match disk {
-            Some(img) => vec!["--disk".into(), format!("path={}", img.display())],
+            Some(img) => vec!["--disk".into(), format!("path={}{cache}", img.display())],
             None => Vec::new(),
         }
     }
 
     /// Extra QEMU arguments (devices) for this workload, given its disk image. With a
     /// disk, the machine is `microvm,acpi=off` so QEMU puts `virtio_mmio.device=` on the
-    /// command line; the image uses QEMU's default cache mode (writeback through the host
-    /// page cache, FLUSH = fdatasync), as kvmkit does.
+    /// command line. Table 3's image is `cache=none` (O_DIRECT) as in kvmkit; the others use
+    /// QEMU's default (writeback through the host page cache, FLUSH = fdatasync), as kvmkit does.
     pub fn qemu_args(self, disk: Option<&Path>) -> Vec<String> {
+        let cache = if self.uncached_disk() { ",cache=none" } else { "" };
         match disk {
             Some(img) => vec![
                 "-global".into(),
                 "virtio-mmio.force-legacy=false".into(),
                 "-drive".into(),
-                format!("file={},format=raw,if=none,id=d0", img.display()),
+                format!("file={},format=raw,if=none,id=d0{cache}", img.display()),
                 "-device".into(),
                 "virtio-blk-device,drive=d0".into(),
             ],

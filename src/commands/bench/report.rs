@@ -187,8 +187,8 @@ fn table_note(table: Table, linux: bool) -> Option<&'static str> {
             Table::Disk => Some(
                 "(one bench.py run gives both rows: `dd if=/dev/zero bs=1M conv=fdatasync` onto a fresh ext4 \
                  file system, then a page-cache drop and `dd iflag=direct` back. Host: a directory of the \
-                 output directory's file system; guests: a fresh ext4 image on a second virtio-blk disk, \
-                 whose reads the host may serve from its page cache.)",
+                 output directory's file system; guests: a fresh ext4 image on a second virtio-blk disk \
+                 with cache=none (O_DIRECT) in kvmkit and QEMU, so every column's read is cold.)",
             ),
             Table::Suite => Some(
                 "(seconds, lower is better. openssl speed and 7z b measure for a fixed time and report a \
@@ -202,9 +202,9 @@ fn table_note(table: Table, linux: bool) -> Option<&'static str> {
         Table::Disk => Some(
             "(one blk-seq run gives both rows: sequential 128 KiB writes then FLUSH, then reads; fresh sparse \
              raw image per run. Host: the same writes + fdatasync on a file of the output directory, then a \
-             cold O_DIRECT read after posix_fadvise(DONTNEED). Guests: kvmkit and QEMU (cache=writeback, its \
-             default) both go through the host page cache, so the guests' reads of the just-written image are \
-             served from host RAM, not cold as on the host.)",
+             cold O_DIRECT read after posix_fadvise(DONTNEED). Guests: the image is cache=none (O_DIRECT) in \
+             kvmkit and in QEMU, so the guests' reads are cold too and their writes reach the host disk \
+             before they complete.)",
         ),
         Table::Suite => Some(
             "(seconds for the given size, lower is better, every CPU runs the whole size except the ray \

@@ -7,11 +7,14 @@ pub mod request;
 
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use self::disk::{AlignedBuffer, DiskImage, SECTOR_SIZE};
-use self::request::{handle, RequestContext, CHUNK, MAX_REQUEST_BYTES, VIRTIO_BLK_ID_BYTES};
+use self::request::{
+    handle, handle_merged, plain_request, Completion, Plain, RequestContext, MAX_REQUEST_BYTES, MERGE_BYTES,
+    VIRTIO_BLK_ID_BYTES,
+};
 use super::VIRTIO_MMIO_INT_VRING;
 use super::{read_config_bytes, Activation, Interrupt, QueueHandler, VirtioDevice, Worker, VIRTIO_F_VERSION_1};
 
@@ -133,32 +136,88 @@ impl BlockHandler {
             interrupt,
             disk,
             id,
-            scratch: AlignedBuffer::new(CHUNK),
+            scratch: AlignedBuffer::new(MERGE_BYTES),
         }
     }
 
     /// Completes every available request; returns how many.
+    ///
+    /// Reads (or writes) that follow each other on the disk, taken one after the other from
+    /// the ring, are merged into one disk access of up to [`MERGE_BYTES`] (16 sequential
+    /// 128 KiB requests become one 2 MiB `pwrite`, as in QEMU): on a `cache=none` disk each
+    /// access waits for the device, so this is most of the cost. Completions keep the
+    /// driver's order.
     pub fn drain(&mut self) -> usize {
+        let Self {
+            memory,
+            queue,
+            disk,
+            id,
+            scratch,
+            ..
+        } = self;
         let ctx = RequestContext {
-            disk: &self.disk,
-            read_only: self.disk.read_only(),
-            id: &self.id,
+            disk,
+            read_only: disk.read_only(),
+            id,
         };
-        let mut done = 0;
-        while let Some(chain) = self.queue.pop_descriptor_chain(&self.memory) {
-            let head = chain.head_index();
-            let completion = handle(&self.memory, chain, &ctx, &mut self.scratch);
+        let mut done: Vec<(u16, Completion)> = Vec::new();
+        let mut run: Vec<(_, Plain)> = Vec::new();
+        while let Some(chain) = queue.pop_descriptor_chain(&*memory) {
+            let plain = plain_request(memory, &chain, &ctx);
+            if let (Some(p), Some((_, last))) = (plain, run.last()) {
+                let total: usize = run.iter().map(|(_, q)| q.len).sum();
+                if p.write == last.write && last.offset + last.len as u64 == p.offset && total + p.len <= MERGE_BYTES {
+                    run.push((chain, p));
+                    continue;
+                }
+            }
+            execute_run(memory, std::mem::take(&mut run), &ctx, scratch, &mut done);
+            match plain {
+                Some(p) => run.push((chain, p)),
+                None => {
+                    let head = chain.head_index();
+                    done.push((head, handle(memory, chain, &ctx, scratch)));
+                }
+            }
+        }
+        execute_run(memory, run, &ctx, scratch, &mut done);
+        let mut used = 0;
+        for (head, completion) in done {
             if completion.status.is_none() {
                 tracing::debug!("virtio-blk: malformed request (no status byte) completed empty");
             }
-            if let Err(e) = self.queue.add_used(&self.memory, head, completion.used_len) {
+            match queue.add_used(&*memory, head, completion.used_len) {
+                Ok(()) => used += 1,
                 // A bad head index: the chain was consumed, the ones behind it still run.
-                tracing::debug!("virtio-blk: cannot complete request {head}: {e:?}");
-                continue;
+                Err(e) => tracing::debug!("virtio-blk: cannot complete request {head}: {e:?}"),
             }
-            done += 1;
         }
-        done
+        used
+    }
+}
+
+/// Executes a run of mergeable requests: alone through [`handle`], together through
+/// [`handle_merged`]; appends `(head, completion)` to `done` in order.
+fn execute_run(
+    memory: &GuestMemoryMmap,
+    run: Vec<(DescriptorChain<&GuestMemoryMmap>, Plain)>,
+    ctx: &RequestContext<'_>,
+    scratch: &mut AlignedBuffer,
+    done: &mut Vec<(u16, Completion)>,
+) {
+    match run.len() {
+        0 => {}
+        1 => {
+            for (chain, _) in run {
+                let head = chain.head_index();
+                done.push((head, handle(memory, chain, ctx, scratch)));
+            }
+        }
+        _ => {
+            let heads: Vec<u16> = run.iter().map(|(c, _)| c.head_index()).collect();
+            done.extend(heads.into_iter().zip(handle_merged(memory, run, ctx, scratch)));
+        }
     }
 }
 

@@ -35,6 +35,10 @@ pub const MAX_REQUEST_BYTES: usize = 16 << 20;
 /// Copy buffer size between guest memory and the image (the scratch buffer
 /// a caller passes to [`handle`] must be at least this long).
 pub const CHUNK: usize = 1 << 20;
+/// Most bytes one merged disk access moves (see [`handle_merged`]): 16 in-flight 128 KiB
+/// requests and then some. The handler's scratch buffer is this long; untouched pages of it
+/// cost no memory.
+pub const MERGE_BYTES: usize = 4 << 20;
 
 /// The request header the driver puts first in the chain.
 #[repr(C)]
@@ -91,6 +95,133 @@ fn range_ok(sector: u64, len: u64, disk_size: u64) -> Option<u64> {
     let offset = sector.checked_mul(SECTOR_SIZE)?;
     let end = offset.checked_add(len)?;
     (end <= disk_size).then_some(offset)
+}
+
+/// A plain read or write that may be merged with its neighbours (see [`handle_merged`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plain {
+    /// OUT (true) or IN.
+    pub write: bool,
+    /// Byte offset on the disk.
+    pub offset: u64,
+    /// Data bytes.
+    pub len: usize,
+}
+
+/// `chain` as a [`Plain`] request, if it is a well-formed IN or OUT of 1 to [`MERGE_BYTES`] bytes
+/// inside the disk (and, for OUT, the disk is writable); anything else is left to [`handle`],
+/// which answers it as before.
+pub fn plain_request(
+    mem: &GuestMemoryMmap,
+    chain: &DescriptorChain<&GuestMemoryMmap>,
+    ctx: &RequestContext<'_>,
+) -> Option<Plain> {
+    let mut reader = Reader::<()>::new(mem, chain.clone()).ok()?;
+    let writer = Writer::<()>::new(mem, chain.clone()).ok()?;
+    let writable = writer.available_bytes();
+    let header: RequestHeader = reader.read_obj().ok()?;
+    let (write, len) = match header.request_type {
+        VIRTIO_BLK_T_OUT if !ctx.read_only && writable >= 1 => (true, reader.available_bytes()),
+        VIRTIO_BLK_T_IN if writable >= 1 => (false, writable - 1),
+        _ => return None,
+    };
+    if len == 0 || len > MERGE_BYTES {
+        return None;
+    }
+    let offset = range_ok(header.sector, len as u64, ctx.disk.size())?;
+    Some(Plain { write, offset, len })
+}
+
+/// Executes `run`, consecutive [`Plain`] requests of one direction whose ranges follow each
+/// other on the disk and fit in `scratch` together, with one disk access (as QEMU merges
+/// them): writes are gathered into `scratch` and written at once, reads read at once and
+/// scattered. Returns a completion per request, in order; should a guest buffer fail
+/// mid-copy, every request of the run is executed on its own by [`handle`] instead.
+pub fn handle_merged(
+    mem: &GuestMemoryMmap,
+    run: Vec<(DescriptorChain<&GuestMemoryMmap>, Plain)>,
+    ctx: &RequestContext<'_>,
+    scratch: &mut [u8],
+) -> Vec<Completion> {
+    let total: usize = run.iter().map(|(_, p)| p.len).sum();
+    let (Some((_, first)), true) = (run.first(), total <= scratch.len()) else {
+        return run.into_iter().map(|(c, _)| handle(mem, c, ctx, scratch)).collect();
+    };
+    let (write, offset) = (first.write, first.offset);
+    if write {
+        let mut at = 0;
+        for (chain, p) in &run {
+            let copied = Reader::<()>::new(mem, chain.clone()).ok().and_then(|mut r| {
+                r.read_obj::<RequestHeader>().ok()?;
+                r.read_exact(&mut scratch[at..at + p.len]).ok()
+            });
+            if copied.is_none() {
+                return run.into_iter().map(|(c, _)| handle(mem, c, ctx, scratch)).collect();
+            }
+            at += p.len;
+        }
+        let status = match ctx.disk.write_at(&scratch[..total], offset) {
+            Ok(()) => VIRTIO_BLK_S_OK,
+            Err(_) => VIRTIO_BLK_S_IOERR,
+        };
+        return run
+            .into_iter()
+            .map(|(chain, _)| complete_plain(mem, chain, 0, status))
+            .collect();
+    }
+    if ctx.disk.read_at(&mut scratch[..total], offset).is_err() {
+        return run
+            .into_iter()
+            .map(|(chain, _)| complete_plain(mem, chain, 0, VIRTIO_BLK_S_IOERR))
+            .collect();
+    }
+    let mut at = 0;
+    let mut out = Vec::with_capacity(run.len());
+    for (chain, p) in run {
+        let data = &scratch[at..at + p.len];
+        at += p.len;
+        out.push(match Writer::<()>::new(mem, chain) {
+            Ok(mut w) => match w.split_at(p.len) {
+                Ok(mut status_writer) => {
+                    let (n, status) = match w.write_all(data) {
+                        Ok(()) => (p.len as u32, VIRTIO_BLK_S_OK),
+                        Err(_) => (0, VIRTIO_BLK_S_IOERR),
+                    };
+                    finish(&mut status_writer, n, status)
+                }
+                Err(_) => Completion {
+                    used_len: 0,
+                    status: None,
+                },
+            },
+            Err(_) => Completion {
+                used_len: 0,
+                status: None,
+            },
+        });
+    }
+    out
+}
+
+/// Writes `status` into the last writable byte of `chain` (a plain request's status byte).
+fn complete_plain(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    data_len: u32,
+    status: u8,
+) -> Completion {
+    let none = Completion {
+        used_len: 0,
+        status: None,
+    };
+    let Ok(mut w) = Writer::<()>::new(mem, chain) else {
+        return none;
+    };
+    let writable = w.available_bytes();
+    match writable.checked_sub(1).map(|at| w.split_at(at)) {
+        Some(Ok(mut status_writer)) => finish(&mut status_writer, data_len, status),
+        _ => none,
+    }
 }
 
 /// Executes the request in `chain`.
