@@ -25,7 +25,7 @@ pub enum Command {
     Run(RunArgs),
     /// Run a test-guest workload on the bare host (same code) for comparison.
     Host(HostArgs),
-    /// Linux guest assets (kernel, busybox initramfs) built from Debian packages.
+    /// Linux guest assets (kernel, busybox initramfs) and the bench rootfs, built from Debian packages.
     Image(ImageArgs),
     /// The paper's experiment in one command: every workload on the host, a kvmkit guest and a QEMU guest.
     Bench(BenchArgs),
