@@ -31,6 +31,11 @@ pub struct Sample {
     pub note: Option<String>,
 }
 
+/// The note of a Table 3 guest run whose image could not be `cache=none`.
+pub(super) const NO_DIRECT_IO: &str =
+    "the output directory's file system has no O_DIRECT, so the image was not cache=none: the guest's \
+     reads may come from the host page cache";
+
 /// Per CPU (ns, value) of one kind, as one run measured it.
 type PerCpu = Vec<(u64, u64)>;
 
@@ -83,6 +88,7 @@ impl Runner {
                     self.linux(env, w, run, timeout)?
                 } else {
                     let disk = self.make_disk(env, w, run)?;
+                    let warm = env.is_guest() && w.kind.cache_option(disk.as_deref()).is_empty();
                     let measured = match env {
                         Env::Host => self.host(w, disk.as_deref()),
                         Env::Kvmkit => self.kvmkit(w, run, timeout, disk.as_deref()),
@@ -91,7 +97,11 @@ impl Runner {
                     if let Some(d) = &disk {
                         let _ = std::fs::remove_file(d);
                     }
-                    measured?
+                    let mut measured = measured?;
+                    if warm && w.kind.uncached_disk() {
+                        measured.note = Some(NO_DIRECT_IO.to_owned());
+                    }
+                    measured
                 };
                 let wall_s = t0.elapsed().as_secs_f64();
                 let mut mine = None;

@@ -94,6 +94,8 @@ impl LinuxGuest {
             memory_mib,
         } = *on;
         let name = format!("{}-{}-{run}", env.name(), w.spec.replace(':', "-"));
+        // Whether a guest's scratch disk is cache=none (its reads cold).
+        let mut cold = false;
         let out = match env {
             Env::Host => {
                 let dir = scratch.join(name);
@@ -119,6 +121,7 @@ impl LinuxGuest {
                     }
                     None => None,
                 };
+                cold = !w.kind.cache_option(data.as_deref()).is_empty();
                 let mem = memory_mib.to_string();
                 let cmd = if env == Env::Kvmkit {
                     self.kvmkit_command(vmm, w, cpus, &mem, data.as_deref(), timeout)
@@ -152,11 +155,14 @@ impl LinuxGuest {
                 parse(&out.stdout, k).with_context(|| format!("no `kvmkit-linux: {}` line in the output", k.name()))?;
             kinds.push((k, vec![(ns, result)]));
         }
-        let note = out
-            .stdout
-            .lines()
-            .find(|l| l.contains("kvmkit-linux: dd-read") && l.contains("direct=0"))
-            .map(|_| "the file system refused O_DIRECT: the read followed a page-cache drop".to_owned());
+        let note = if env.is_guest() && w.kind.uncached_disk() && !cold {
+            Some(super::env::NO_DIRECT_IO.to_owned())
+        } else {
+            out.stdout
+                .lines()
+                .find(|l| l.contains("kvmkit-linux: dd-read") && l.contains("direct=0"))
+                .map(|_| "the file system refused O_DIRECT: the read followed a page-cache drop".to_owned())
+        };
         Ok(Measured { kinds, note })
     }
 
@@ -195,8 +201,11 @@ impl LinuxGuest {
             .arg("--disk")
             .arg(format!("path={},ro=on,id={ROOT_SERIAL}", self.rootfs.image.display()));
         if let Some(img) = data {
-            cmd.arg("--disk")
-                .arg(format!("path={},id={DATA_SERIAL}{}", img.display(), data_cache(w)));
+            cmd.arg("--disk").arg(format!(
+                "path={},id={DATA_SERIAL}{}",
+                img.display(),
+                w.kind.cache_option(Some(img))
+            ));
         }
         cmd
     }
@@ -229,21 +238,11 @@ impl LinuxGuest {
                 .arg(format!(
                     "file={},format=raw,if=none,id=data{}",
                     img.display(),
-                    data_cache(w)
+                    w.kind.cache_option(Some(img))
                 ))
                 .args(["-device", &format!("virtio-blk-device,drive=data,serial={DATA_SERIAL}")]);
         }
         cmd
-    }
-}
-
-/// The scratch disk's cache option: `,cache=none` (O_DIRECT in both VMMs) for dd, whose
-/// read must be cold, as on the host.
-fn data_cache(w: &Workload) -> &'static str {
-    if w.kind.uncached_disk() {
-        ",cache=none"
-    } else {
-        ""
     }
 }
 

@@ -298,9 +298,19 @@ impl Kind {
         matches!(self, Self::BlkWrite | Self::BlkRead | Self::DdWrite | Self::DdRead)
     }
 
+    /// `,cache=none` for an [`Self::uncached_disk`] image whose file system takes O_DIRECT
+    /// (tmpfs does not: QEMU refuses `cache=none` there), else nothing.
+    pub fn cache_option(self, disk: Option<&Path>) -> &'static str {
+        if self.uncached_disk() && disk.is_some_and(supports_direct_io) {
+            ",cache=none"
+        } else {
+            ""
+        }
+    }
+
     /// Extra `kvmkit run` arguments (devices) for this workload, given its disk image.
     pub fn kvmkit_args(self, disk: Option<&Path>) -> Vec<String> {
-        let cache = if self.uncached_disk() { ",cache=none" } else { "" };
+        let cache = self.cache_option(disk);
         match disk {
             Some(img) => vec!["--disk".into(), format!("path={}{cache}", img.display())],
             None => Vec::new(),
@@ -312,7 +322,7 @@ impl Kind {
     /// command line. Table 3's image is `cache=none` (O_DIRECT) as in kvmkit; the others use
     /// QEMU's default (writeback through the host page cache, FLUSH = fdatasync), as kvmkit does.
     pub fn qemu_args(self, disk: Option<&Path>) -> Vec<String> {
-        let cache = if self.uncached_disk() { ",cache=none" } else { "" };
+        let cache = self.cache_option(disk);
         match disk {
             Some(img) => vec![
                 "-global".into(),
@@ -337,6 +347,16 @@ impl Kind {
             _ => None,
         }
     }
+}
+
+/// Whether `path` (an existing file) can be opened with O_DIRECT.
+pub fn supports_direct_io(path: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .is_ok()
 }
 
 /// One measured row of a table.
