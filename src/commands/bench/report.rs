@@ -287,19 +287,11 @@ pub fn markdown(results: &BenchResults, charts: &[String]) -> String {
         m.qemu_version.clone().unwrap_or_else(|| "not available".into())
     );
     if let Some(linux) = &results.linux {
-        let versions: Vec<String> = [
-            "python3-minimal",
-            "memtester",
-            "coreutils",
-            "openssl",
-            "7zip",
-            "povray",
-            "postmark",
-        ]
-        .iter()
-        .filter_map(|p| linux.rootfs_packages.iter().find(|(n, _)| n == p))
-        .map(|(n, v)| format!("{n} {v}"))
-        .collect();
+        let versions: Vec<String> = kvmkit_images::ROOTFS_PACKAGES
+            .iter()
+            .filter_map(|p| linux.rootfs_packages.iter().find(|(n, _)| n == p))
+            .map(|(n, v)| format!("{n} {v}"))
+            .collect();
         let _ = writeln!(
             out,
             "- guest kernel: {} (cached Debian kernel {}); rootfs: {} packages ({})",

@@ -163,16 +163,22 @@ impl BlockHandler {
         };
         let mut done: Vec<(u16, Completion)> = Vec::new();
         let mut run: Vec<(_, Plain)> = Vec::new();
+        // Data bytes of `run`.
+        let mut run_bytes = 0;
         while let Some(chain) = queue.pop_descriptor_chain(&*memory) {
             let plain = plain_request(memory, &chain, &ctx);
             if let (Some(p), Some((_, last))) = (plain, run.last()) {
-                let total: usize = run.iter().map(|(_, q)| q.len).sum();
-                if p.write == last.write && last.offset + last.len as u64 == p.offset && total + p.len <= MERGE_BYTES {
+                if p.write == last.write
+                    && last.offset + last.len as u64 == p.offset
+                    && run_bytes + p.len <= MERGE_BYTES
+                {
+                    run_bytes += p.len;
                     run.push((chain, p));
                     continue;
                 }
             }
             execute_run(memory, std::mem::take(&mut run), &ctx, scratch, &mut done);
+            run_bytes = plain.map_or(0, |p| p.len);
             match plain {
                 Some(p) => run.push((chain, p)),
                 None => {
