@@ -15,12 +15,15 @@ pub mod control;
 pub mod device_manager;
 pub mod devices;
 pub mod host;
+pub mod lifecycle;
 pub mod machine;
 pub mod memory;
 pub mod net;
+pub mod rpc;
 pub mod vcpu;
 pub mod virtio;
 pub mod vm;
+pub mod vmm_config;
 
 pub use control::ExitReason;
 pub use machine::{run_vm, DiskConfig, KernelSource, MachineError, RunOutcome, VmConfig};
