@@ -226,6 +226,8 @@ isr_common:
     addl $0x80, %eax
     movw $EXIT_PORT, %dx
     outl %eax, %dx
+    movb $GED_SLEEP_S5, %al      /* the same S5 byte to port 0x600: Cloud Hypervisor */
+    outb %al, %dx
     movl $GED_SLEEP_ADDR, %eax
     movb $GED_SLEEP_S5, (%rax)
     movb $I8042_RESET, %al

@@ -59,7 +59,10 @@ pub fn main(start_info: u64, hv_tsc_khz: u64) -> ! {
     let (tsc_khz, source) = match config.tsc_khz {
         Some(k) => (k, "cmdline"),
         None if hv_tsc_khz != 0 => (hv_tsc_khz, "cpuid 0x40000010"),
-        None => tsc::detect_khz().map_or((0, "unknown"), |k| (k, "cpuid")),
+        None => match tsc::detect_khz() {
+            Some(k) => (k, "cpuid"),
+            None => tsc::calibrate_pit().map_or((0, "unknown"), |k| (k, "pit")),
+        },
     };
     let w = config.workload;
     let (mem_base, mem_len) = match w {

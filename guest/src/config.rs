@@ -40,6 +40,9 @@ pub enum Workload {
     NetTx(u64, u64),
     /// `net-rx:SECONDS`: count frames and bytes received on every NIC for SECONDS (answering ARP).
     NetRx(u64),
+    /// `ticks:MS`: print `tick=K` every MS milliseconds of TSC time, forever
+    /// (BSP only; shows that a paused VM makes no progress).
+    Ticks(u64),
     /// `idle`: boot and exit.
     Idle,
     /// `fault`: execute `ud2` (tests the exception path: exit 0x86).
@@ -67,7 +70,9 @@ impl Workload {
             "memtest" => Self::Memtest(num(16)?),
             "exits" => Self::Exits(num(10_000)?),
             "mmio-exits" => Self::MmioExits(num(10_000)?),
-            "blk-seq" | "rng" | "raytrace" | "md5" | "des" | "blowfish" | "compress" | "smallio" if num(1)? == 0 => {
+            "blk-seq" | "rng" | "raytrace" | "md5" | "des" | "blowfish" | "compress" | "smallio" | "ticks"
+                if num(1)? == 0 =>
+            {
                 return Err("this workload needs a non-zero argument")
             }
             "raytrace" => Self::Raytrace(num(320)?),
@@ -78,6 +83,7 @@ impl Workload {
             "smallio" => Self::SmallIo(num(1024)?),
             "blk-seq" => Self::BlkSeq(num(16)?),
             "rng" => Self::Rng(num(4096)?),
+            "ticks" => Self::Ticks(num(100)?),
             "net-echo" => Self::NetEcho(num(10)?),
             "net-rx" => Self::NetRx(num(10)?),
             "net-tx" => {
@@ -125,6 +131,7 @@ impl Workload {
             Self::Blowfish(_) => "blowfish",
             Self::Compress(_) => "compress",
             Self::SmallIo(_) => "smallio",
+            Self::Ticks(_) => "ticks",
             Self::Idle => "idle",
             Self::Fault => "fault",
             Self::Panic => "panic",
@@ -148,7 +155,8 @@ impl Workload {
             | Self::SmallIo(n)
             | Self::NetEcho(n)
             | Self::NetRx(n)
-            | Self::NetTx(n, _) => n,
+            | Self::NetTx(n, _)
+            | Self::Ticks(n) => n,
             Self::BlkPattern | Self::Idle | Self::Fault | Self::Panic => 0,
         }
     }

@@ -22,6 +22,7 @@ mod smp;
 mod start_info;
 mod suite;
 mod suite_io;
+mod ticks;
 mod tsc;
 mod virtio;
 mod workload;

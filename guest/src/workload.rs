@@ -77,6 +77,13 @@ pub fn run(cpu: u32, plan: &Plan) -> u32 {
                 r.ns
             );
         }
+        Workload::Ticks(ms) => {
+            // The BSP alone prints; the other CPUs are done at once.
+            if cpu == 0 {
+                crate::ticks::run(ms, khz)
+            }
+            return exit::OK;
+        }
         Workload::Idle => return exit::OK,
         Workload::Fault => {
             // SAFETY: ud2 only raises #UD, which boot.S's IDT turns into an

@@ -23,6 +23,7 @@ const GUEST_WORKLOADS: &[&str] = &[
     "exits",
     "mmio-exits",
     "idle",
+    "ticks",
     "fault",
     "panic",
     "blk-pattern",
