@@ -49,6 +49,13 @@ pub enum ImageCommand {
     Rootfs,
     /// Show what is cached, with versions and sizes.
     List,
+    /// Write kvmkit's own test guest (a PVH ELF, the one `kvmkit run --guest` boots) to FILE,
+    /// for `kvmkit run --kernel FILE` or another VMM (Firecracker, Cloud Hypervisor, QEMU).
+    Guest {
+        /// Where to write the ELF (its directory must exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 /// Options of `kvmkit host`.

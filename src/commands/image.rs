@@ -1,8 +1,10 @@
-//! `kvmkit image`: Linux guest assets built from Debian packages, cached.
+//! `kvmkit image`: Linux guest assets built from Debian packages, cached; kvmkit's own guest as a file.
 
+use std::io::Write;
+use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use kvmkit_images::{
     build_rootfs, cached_linux_assets, cached_rootfs, fetch_linux_assets, list, Cache, LinuxAssets, RootfsAssets,
@@ -10,10 +12,14 @@ use kvmkit_images::{
 
 use crate::cli::{ImageArgs, ImageCommand};
 
-/// Runs `kvmkit image fetch|rootfs|list`.
+/// Runs `kvmkit image fetch|rootfs|list|guest`.
 pub fn run(args: &ImageArgs) -> anyhow::Result<u8> {
+    if let ImageCommand::Guest { out } = &args.command {
+        return write_guest(out);
+    }
     let cache = Cache::from_env().context("cannot locate the kvmkit cache (set KVMKIT_CACHE)")?;
     match args.command {
+        ImageCommand::Guest { .. } => unreachable!("handled above"),
         ImageCommand::Fetch => {
             let assets = ensure_linux_assets(&cache)?;
             println!("kernel     {} ({})", assets.kernel.display(), assets.kernel_version);
@@ -56,6 +62,64 @@ pub fn run(args: &ImageArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// `kvmkit image guest --out FILE`: writes the embedded test guest to a
+/// temporary file beside FILE, then renames it over FILE.
+fn write_guest(out: &Path) -> anyhow::Result<u8> {
+    let bytes = kvmkit_guest_image::GUEST_ELF;
+    write_atomically(out, bytes)?;
+    println!(
+        "wrote kvmkit's test guest ({}, PVH ELF) to {}",
+        human(bytes.len() as u64),
+        out.display()
+    );
+    println!(
+        "boot it: kvmkit run --kernel {} --cmdline \"console=ttyS0 reboot=k panic=1 kvmkit.workload=primes:100000\"",
+        out.display()
+    );
+    println!(
+        "  (or as the kernel of Firecracker, Cloud Hypervisor or QEMU -M microvm; it prints on COM1 and \
+         ends the VM itself; see docs/test-guest.md)"
+    );
+    Ok(0)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory
+/// and a rename, so `path` is never seen half-written.
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let Some(name) = path.file_name() else {
+        bail!("cannot write {}: not a file name", path.display());
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!(
+            "cannot write {}: directory {} does not exist",
+            path.display(),
+            dir.display()
+        );
+    }
+    if path.is_dir() {
+        bail!("cannot write {}: it is a directory", path.display());
+    }
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        bail!("cannot write {}: {e}", path.display());
+    }
+    Ok(())
 }
 
 /// The cached Linux assets, fetched and built first when absent or corrupt.
