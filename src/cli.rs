@@ -22,13 +22,45 @@ pub enum Command {
     /// Report whether this host can run VMs, one line per requirement.
     Check(CheckArgs),
     /// Boot a VM: a Linux kernel (--kernel) or kvmkit's own test guest (--guest).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run a test-guest workload on the bare host (same code) for comparison.
     Host(HostArgs),
     /// Linux guest assets (kernel, busybox initramfs) and the bench rootfs, built from Debian packages.
     Image(ImageArgs),
     /// The paper's experiment in one command: every workload on the host, a kvmkit guest and a QEMU guest.
     Bench(BenchArgs),
+    /// Drive a running kvmkit (or Firecracker) over its API socket.
+    Ctl(CtlArgs),
+}
+
+/// Options of `kvmkit ctl`.
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The VMM's API socket (`kvmkit run --api-sock PATH`).
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// `kvmkit ctl` subcommands.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum CtlCommand {
+    /// Instance info (`GET /`): id, state, version.
+    Info,
+    /// The VM's configuration (`GET /vm/config`).
+    Config,
+    /// Pause the vCPUs (`PATCH /vm {"state": "Paused"}`).
+    Pause,
+    /// Resume the vCPUs (`PATCH /vm {"state": "Resumed"}`).
+    Resume,
+    /// Press Ctrl-Alt-Del in the guest (`PUT /actions SendCtrlAltDel`).
+    CtrlAltDel,
+    /// Write a metrics line now (`PUT /actions FlushMetrics`).
+    FlushMetrics,
+    /// End the VM and the VMM (kvmkit only: `PUT /kvmkit/stop`).
+    Stop,
 }
 
 /// Options of `kvmkit image`.
@@ -100,7 +132,7 @@ pub struct RunArgs {
         long,
         value_name = "PATH",
         conflicts_with_all = ["guest", "linux"],
-        required_unless_present_any = ["guest", "linux"]
+        required_unless_present_any = ["guest", "linux", "api_sock", "config_file"]
     )]
     pub kernel: Option<PathBuf>,
     /// Boot kvmkit's own test guest (built into this binary).
@@ -156,6 +188,30 @@ pub struct RunArgs {
     /// Write how the run went (exit, boot milestones, guest reports) to FILE as JSON.
     #[arg(long, value_name = "FILE")]
     pub results: Option<PathBuf>,
+    /// Serve Firecracker's REST API on this unix socket (docs/api.md). Alone, the VMM waits
+    /// for configuration and InstanceStart over it; with --kernel/--guest/--linux/--config-file
+    /// the VM boots at once and the API stays up.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
+    /// Boot from a Firecracker-style JSON config file (boot-source, machine-config, drives,
+    /// network-interfaces, entropy, logger, metrics).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "guest", "linux", "initrd"])]
+    pub config_file: Option<PathBuf>,
+    /// Run without an API socket (needs --config-file).
+    #[arg(long, requires = "config_file", conflicts_with = "api_sock")]
+    pub no_api: bool,
+    /// Instance id reported by `GET /`.
+    #[arg(long, value_name = "ID", default_value = "anonymous-instance")]
+    pub id: String,
+    /// Write Firecracker-style JSON metrics lines to this file or FIFO (every 60 s and on FlushMetrics).
+    #[arg(long, value_name = "PATH")]
+    pub metrics_path: Option<PathBuf>,
+    /// Write log lines to this file or FIFO instead of stderr.
+    #[arg(long, value_name = "PATH")]
+    pub log_path: Option<PathBuf>,
+    /// Log level: Off, Error, Warning, Info, Debug, Trace.
+    #[arg(long, value_name = "LEVEL")]
+    pub level: Option<String>,
 }
 
 /// Options of `kvmkit bench`.

@@ -2,6 +2,8 @@
 
 mod cli;
 mod commands;
+mod firecracker;
+mod logging;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -10,7 +12,22 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let start = Instant::now();
-    let cli = cli::Cli::parse();
+    let cli = if firecracker::invoked_as_firecracker() {
+        let fc = firecracker::FirecrackerArgs::parse();
+        match firecracker::translate(fc) {
+            Ok(argv) => cli::Cli::parse_from(argv),
+            Err(Ok(text)) => {
+                println!("{text}");
+                return ExitCode::SUCCESS;
+            }
+            Err(Err(why)) => {
+                eprintln!("kvmkit: error: {why}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        cli::Cli::parse()
+    };
     init_logging(cli.verbose);
     let result = match cli.command {
         cli::Command::Check(args) => commands::check::run(&args),
@@ -18,6 +35,7 @@ fn main() -> ExitCode {
         cli::Command::Host(args) => commands::host::run(&args),
         cli::Command::Image(args) => commands::image::run(&args),
         cli::Command::Bench(args) => commands::bench::run(&args),
+        cli::Command::Ctl(args) => commands::ctl::run(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -35,11 +53,5 @@ fn init_logging(verbose: u8) {
         2 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KVMKIT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    logging::init(default);
 }

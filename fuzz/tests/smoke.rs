@@ -1,19 +1,21 @@
 //! Stable smoke test: replays a few hundred pseudo-random inputs (and any
-//! saved corpus or crash inputs under fuzz/corpus/<target>/ and
-//! fuzz/artifacts/<target>/) through the same functions the libFuzzer
-//! targets run, so CI exercises them without nightly or libFuzzer.
+//! stored seeds, saved corpus or crash inputs under fuzz/seeds/<target>/,
+//! fuzz/corpus/<target>/ and fuzz/artifacts/<target>/) through the same
+//! functions the libFuzzer targets run, so CI exercises them without
+//! nightly or libFuzzer.
 //!
 //! Run: `cd fuzz && cargo test`.
 
 use std::path::Path;
 
 use kvmkit_fuzz::{
-    guest_report, pio_devices, pseudo_random_inputs, virtio_blk_request, virtio_mmio_transport, virtio_net_chains,
+    api_request, guest_report, pio_devices, pseudo_random_inputs, virtio_blk_request, virtio_mmio_transport,
+    virtio_net_chains,
 };
 
 fn saved_inputs(target: &str) -> Vec<Vec<u8>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    ["corpus", "artifacts"]
+    ["seeds", "corpus", "artifacts"]
         .iter()
         .filter_map(|d| std::fs::read_dir(root.join(d).join(target)).ok())
         .flatten()
@@ -158,4 +160,94 @@ fn virtio_net_avail_index_far_ahead_does_not_spin() {
         .recv_timeout(std::time::Duration::from_secs(10))
         .expect("virtio-net spun on a bogus avail index");
     assert_eq!(o.rx_frames, 0);
+}
+
+#[test]
+fn api_request_smoke() {
+    use std::collections::BTreeMap;
+
+    let mut inputs = inputs("api_request", 0x6b76_6d6b_6974_0006);
+    // Mutants of the stored seeds (cut short, bytes changed, bodies swapped)
+    // reach deeper than random bytes, which rarely form a request line.
+    let seeds = saved_inputs("api_request");
+    assert!(seeds.len() >= 40, "{} stored seeds", seeds.len());
+    let mut state = 0x6b76_6d6b_6974_0007u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 16) as usize
+    };
+    for (i, seed) in seeds.iter().enumerate() {
+        for _ in 0..20 {
+            let mut m = seed.clone();
+            match next() % 4 {
+                0 => m.truncate(next() % (m.len() + 1)),
+                1 => {
+                    for _ in 0..1 + next() % 4 {
+                        if !m.is_empty() {
+                            let at = next() % m.len();
+                            m[at] = next() as u8;
+                        }
+                    }
+                }
+                2 => {
+                    let other = &seeds[(i + 1 + next()) % seeds.len()];
+                    let body = other.iter().position(|&b| b == b'\n').map_or(&[][..], |p| &other[p..]);
+                    let line_end = m.iter().position(|&b| b == b'\n').unwrap_or(m.len());
+                    m.truncate(line_end);
+                    m.extend_from_slice(body);
+                }
+                _ => {
+                    let at = next() % (m.len() + 1);
+                    m.insert(at, b"/%? {\"\0"[next() % 7]);
+                }
+            }
+            inputs.push(m);
+        }
+    }
+    let mut verdicts: BTreeMap<String, usize> = BTreeMap::new();
+    for input in &inputs {
+        let key = match api_request::run(input) {
+            api_request::Verdict::Accepted(name) => format!("ok {name}"),
+            api_request::Verdict::Refused(kind) => format!("refused {kind}"),
+        };
+        *verdicts.entry(key).or_default() += 1;
+    }
+    eprintln!("api_request: {} inputs: {verdicts:?}", inputs.len());
+    // Every route is reached, and every kind of refusal.
+    for key in [
+        "ok get_instance_info",
+        "ok get_version",
+        "ok get_vm_config",
+        "ok get_machine_config",
+        "ok get_metrics",
+        "ok put_machine_config",
+        "ok patch_machine_config",
+        "ok put_boot_source",
+        "ok put_drive",
+        "ok patch_drive",
+        "ok put_network_interface",
+        "ok put_entropy",
+        "ok put_logger",
+        "ok put_metrics",
+        "ok instance_start",
+        "ok send_ctrl_alt_del",
+        "ok flush_metrics",
+        "ok pause",
+        "ok resume",
+        "ok stop",
+        "refused InvalidPathMethod",
+        "refused BadPath",
+        "refused Unsupported",
+        "refused MissingBody",
+        "refused UnexpectedBody",
+        "refused InvalidJson",
+        "refused InvalidBody",
+        "refused MissingId",
+        "refused InvalidId",
+        "refused IdMismatch",
+    ] {
+        assert!(verdicts.contains_key(key), "no input reached {key}: {verdicts:?}");
+    }
 }

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod ctl;
 pub mod host;
 pub mod image;
 pub mod run;

@@ -57,10 +57,10 @@ extern "C" fn on_exit_signal(sig: libc::c_int) {
     }
 }
 
-/// Routes SIGINT and SIGTERM to `fd` (an eventfd the VMM thread polls).
+/// Routes SIGINT, SIGTERM, SIGHUP and SIGQUIT to `fd` (an eventfd the VMM thread polls).
 pub fn install_exit_signal_handlers(fd: RawFd) -> std::io::Result<()> {
     SIGNAL_FD.store(fd, Ordering::SeqCst);
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
         // SAFETY: a zeroed sigaction with a handler and empty mask is valid.
         let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
         action.sa_sigaction = on_exit_signal as *const () as usize;
@@ -79,17 +79,4 @@ pub fn last_exit_signal() -> Option<i32> {
         0 => None,
         s => Some(s),
     }
-}
-
-extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-
-/// The real-time signal used to kick vCPU threads out of `KVM_RUN`.
-pub fn kick_signal() -> libc::c_int {
-    vmm_sys_util::signal::SIGRTMIN()
-}
-
-/// Installs the (empty) vCPU kick handler; `KVM_RUN` then returns EINTR.
-pub fn install_kick_handler() -> std::io::Result<()> {
-    vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
-        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
 }

@@ -45,8 +45,10 @@ pub enum ExitReason {
     /// The guest kernel panicked (seen on its console) and then reset or
     /// powered off.
     GuestPanic,
-    /// The host asked kvmkit to stop (SIGINT, SIGTERM).
+    /// The host asked kvmkit to stop (SIGINT, SIGTERM, SIGHUP, SIGQUIT).
     Signal(i32),
+    /// A control-plane client asked the VMM to stop.
+    Stopped(&'static str),
     /// The VM ran longer than its time limit.
     Timeout(Duration),
     /// kvmkit itself failed.
@@ -60,7 +62,7 @@ impl ExitReason {
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::GuestExit(s) => i32::try_from(*s).ok().filter(|s| *s <= 255).unwrap_or(1),
-            Self::Reset(_) | Self::PowerOff(_) => 0,
+            Self::Reset(_) | Self::PowerOff(_) | Self::Stopped(_) => 0,
             Self::Signal(sig) => 128 + sig,
             Self::Timeout(_) => 124,
             Self::Halted { .. }
@@ -73,7 +75,10 @@ impl ExitReason {
 
     /// Whether this ending is a failure worth a line on stderr.
     pub fn is_failure(&self) -> bool {
-        !matches!(self, Self::GuestExit(0) | Self::Reset(_) | Self::PowerOff(_))
+        !matches!(
+            self,
+            Self::GuestExit(0) | Self::Reset(_) | Self::PowerOff(_) | Self::Stopped(_)
+        )
     }
 }
 
@@ -88,6 +93,7 @@ impl std::fmt::Display for ExitReason {
             Self::VcpuFailure { cpu, rip, what } => write!(f, "vCPU {cpu} failed at RIP {rip:#x}: {what}"),
             Self::GuestPanic => write!(f, "guest kernel panic (the VM ended at the panic's reboot)"),
             Self::Signal(sig) => write!(f, "stopped by signal {sig}"),
+            Self::Stopped(by) => write!(f, "stopped by {by}"),
             Self::Timeout(t) => write!(f, "guest still running after the {} s time limit", t.as_secs_f64()),
             Self::VmmError(e) => write!(f, "kvmkit error: {e}"),
         }

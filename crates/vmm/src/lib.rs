@@ -4,8 +4,11 @@
 //! [`memory`] and [`arch`] (guest RAM and the x86_64 memory map, boot
 //! tables, CPUID, MP table), [`boot`] (kernel images and boot protocols),
 //! [`vm`] and [`vcpu`] (KVM state and the per-vCPU run loop), [`bus`] and
-//! [`devices`] (where exits go), [`control`] (how a VM ends), [`console`]
-//! (the host terminal and signals), and [`machine`], which assembles them.
+//! [`devices`] and [`device_manager`] (where exits go), [`control`] (how a
+//! VM ends), [`console`] (the host terminal and signals), [`vmm_config`]
+//! (the resources a VM is built from, as plain serde data), [`machine`]
+//! (the VM object and its [`lifecycle`]), [`rpc`] (what a control plane may
+//! ask) and [`runtime`] (the VMM thread's event loop that serves it).
 
 pub mod arch;
 pub mod boot;
@@ -18,12 +21,15 @@ pub mod host;
 pub mod lifecycle;
 pub mod machine;
 pub mod memory;
+pub mod metrics;
 pub mod net;
 pub mod rpc;
+pub mod runtime;
 pub mod vcpu;
 pub mod virtio;
 pub mod vm;
 pub mod vmm_config;
 
 pub use control::ExitReason;
-pub use machine::{run_vm, DiskConfig, KernelSource, MachineError, RunOutcome, VmConfig};
+pub use machine::{KernelSource, Machine, MachineError, MachineOptions, RunOutcome};
+pub use runtime::{run_vmm, VmmOptions};

@@ -1,9 +1,13 @@
 //! A minimal i8042 keyboard controller: enough for Linux to probe it
-//! quietly (controller configuration byte, self tests) and for `reboot=k`
-//! (command 0xfe, pulse the reset line) to end the VM. No keyboard or mouse
-//! is attached.
+//! quietly (controller configuration byte, self tests), for `reboot=k`
+//! (command 0xfe, pulse the reset line) to end the VM, and for the VMM to
+//! press Ctrl-Alt-Del (`SendCtrlAltDel`): the scancodes are queued and IRQ 1
+//! is raised for each. No mouse is attached.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
+
+use vmm_sys_util::eventfd::EventFd;
 
 use kvmkit_guest_abi::I8042_RESET;
 
@@ -27,13 +31,26 @@ const CMD_AUX_INTERFACE_TEST: u8 = 0xa9;
 const CMD_WRITE_AUX: u8 = 0xd4;
 const CMD_WRITE_OUTPUT_PORT: u8 = 0xd1;
 
+/// Keyboard IRQ (ISA IRQ 1).
+pub const I8042_KBD_IRQ: u32 = 1;
+/// Scancodes (set 1, as the controller translates them) of Ctrl, Alt and
+/// Del pressed, then released.
+const CTRL_ALT_DEL: [u8; 10] = [0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d, 0, 0];
+/// Most bytes kept waiting for the guest to read.
+const MAX_QUEUED: usize = 32;
+const CTR_KBD_INT: u8 = 0x01;
+
 /// The i8042 device.
 pub struct I8042 {
     control: Arc<VmControl>,
     ctr: u8,
     output: Option<u8>,
+    /// Keyboard bytes waiting behind `output`.
+    queued: VecDeque<u8>,
     /// The command whose data byte the next data-port write carries.
     pending: Option<u8>,
+    /// Raises IRQ 1 (an irqfd), when wired.
+    kbd_irq: Option<EventFd>,
 }
 
 impl I8042 {
@@ -43,7 +60,43 @@ impl I8042 {
             control,
             ctr: 0x45,
             output: None,
+            queued: VecDeque::new(),
             pending: None,
+            kbd_irq: None,
+        }
+    }
+
+    /// Wires the keyboard interrupt (an irqfd registered for IRQ 1).
+    pub fn with_kbd_irq(mut self, irq: EventFd) -> Self {
+        self.kbd_irq = Some(irq);
+        self
+    }
+
+    /// Presses and releases Ctrl-Alt-Del. Returns false when the guest
+    /// has not read the previous keys yet (nothing is queued then).
+    pub fn trigger_ctrl_alt_del(&mut self) -> bool {
+        let keys = &CTRL_ALT_DEL[..8];
+        if self.queued.len() + keys.len() > MAX_QUEUED {
+            return false;
+        }
+        self.queued.extend(keys.iter().copied());
+        self.feed();
+        true
+    }
+
+    /// Moves the next queued key into the output buffer and interrupts.
+    fn feed(&mut self) {
+        if self.output.is_some() {
+            return;
+        }
+        if let Some(b) = self.queued.pop_front() {
+            self.output = Some(b);
+            if self.ctr & CTR_KBD_INT != 0 {
+                if let Some(irq) = &self.kbd_irq {
+                    // A failed eventfd write means an interrupt is pending anyway.
+                    let _ = irq.write(1);
+                }
+            }
         }
     }
 
@@ -75,7 +128,11 @@ impl BusDevice for I8042 {
         data.fill(0);
         let Some(first) = data.first_mut() else { return };
         *first = match offset {
-            DATA_OFFSET => self.output.take().unwrap_or(0),
+            DATA_OFFSET => {
+                let b = self.output.take().unwrap_or(0);
+                self.feed();
+                b
+            }
             COMMAND_OFFSET => STATUS_SYSTEM_FLAG | if self.output.is_some() { STATUS_OUTPUT_FULL } else { 0 },
             _ => 0,
         };
@@ -130,6 +187,26 @@ mod tests {
         assert_eq!(read(&mut d, COMMAND_OFFSET) & STATUS_OUTPUT_FULL, 0);
         d.write(COMMAND_OFFSET, &[CMD_SELF_TEST]);
         assert_eq!(read(&mut d, DATA_OFFSET), 0x55);
+    }
+
+    #[test]
+    fn ctrl_alt_del_queues_scancodes_and_interrupts() {
+        let (_, d) = dev();
+        let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let mut d = d.with_kbd_irq(irq.try_clone().expect("clone"));
+        assert!(d.trigger_ctrl_alt_del());
+        let mut got = Vec::new();
+        while read(&mut d, COMMAND_OFFSET) & STATUS_OUTPUT_FULL != 0 {
+            got.push(read(&mut d, DATA_OFFSET));
+        }
+        assert_eq!(got, CTRL_ALT_DEL[..8]);
+        assert_eq!(irq.read().expect("irq raised"), 8, "one interrupt per byte");
+        // A guest that never reads cannot make the queue grow.
+        let mut accepted = 0;
+        for _ in 0..100 {
+            accepted += usize::from(d.trigger_ctrl_alt_del());
+        }
+        assert!(accepted <= MAX_QUEUED / 8 + 1, "{accepted}");
     }
 
     #[test]

@@ -120,6 +120,30 @@ impl MmioTransport {
         self.interrupt.ack(u32::MAX);
     }
 
+    /// The device behind this transport.
+    pub fn device(&self) -> &dyn VirtioDevice {
+        self.device.as_ref()
+    }
+
+    /// The device behind this transport, for device-specific operations.
+    pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
+        self.device.as_mut()
+    }
+
+    /// Tells the driver the device configuration changed (new generation,
+    /// configuration-change interrupt), e.g. after a disk was swapped.
+    pub fn config_changed(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if self.status & status::DRIVER_OK != 0 {
+            self.interrupt.signal(VIRTIO_MMIO_INT_CONFIG);
+        }
+    }
+
+    /// Stops the device's worker at the VM's end (the guest sees nothing).
+    pub fn shutdown(&mut self) {
+        self.device.reset();
+    }
+
     fn needs_reset(&mut self, why: &str) {
         self.warn(&format!("{why}; device needs reset"));
         self.status |= status::DEVICE_NEEDS_RESET;

@@ -97,6 +97,13 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, acked_features: u64, activation: Activation) -> Result<(), String>;
     /// Stops the device (driver reset or VM end); it may be activated again.
     fn reset(&mut self);
+    /// The device's counters as `(name, value)` pairs (requests, bytes, errors).
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+    /// The device as `Any`, so its owner can reach device-specific
+    /// operations (e.g. swapping a block device's backing file).
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
 }
 
 /// Copies `src[offset..]` into `data`, zero-filling what lies beyond `src`.

@@ -49,6 +49,10 @@ impl VirtioDevice for Rng {
     fn reset(&mut self) {
         self.worker = None;
     }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
 }
 
 /// Fills `buf` from the host's entropy pool.

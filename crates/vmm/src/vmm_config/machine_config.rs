@@ -6,10 +6,11 @@ use super::{invalid, ConfigError};
 
 /// Memory when none is configured (Firecracker's default).
 pub const DEFAULT_MEM_SIZE_MIB: u64 = 128;
-/// Most vCPUs a VM may have (Firecracker's limit, within kvmkit's MP table).
-pub const MAX_VCPUS: u8 = 32;
+/// Most vCPUs a VM may have: what kvmkit's MP table describes (37, above
+/// Firecracker's 32).
+pub const MAX_VCPUS: u8 = crate::arch::x86_64::mptable::MAX_CPUS;
 /// Least guest memory kvmkit boots with.
-pub const MIN_MEM_SIZE_MIB: u64 = 16;
+pub const MIN_MEM_SIZE_MIB: u64 = crate::memory::MIN_MEMORY_MIB;
 /// Most guest memory kvmkit boots with (below the 32-bit MMIO hole plus
 /// what fits above 4 GiB in one region).
 pub const MAX_MEM_SIZE_MIB: u64 = 1 << 20;
@@ -31,7 +32,7 @@ pub enum HugePages {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MachineConfig {
-    /// Number of vCPUs (1 to 32).
+    /// Number of vCPUs (1 to [`MAX_VCPUS`]).
     pub vcpu_count: u8,
     /// Guest RAM in MiB.
     pub mem_size_mib: u64,

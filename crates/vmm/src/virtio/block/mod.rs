@@ -5,7 +5,8 @@
 pub mod disk;
 pub mod request;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
@@ -30,13 +31,40 @@ const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << 14;
 pub const QUEUE_SIZE: u16 = 256;
 const SEG_MAX: u32 = 128;
 
+/// The disk a block device works on; replaced while the VM runs by
+/// `PATCH /drives/{id}` (the worker picks the new one up at its next
+/// notification).
+#[derive(Debug)]
+pub struct DiskSlot {
+    disk: Mutex<Arc<DiskImage>>,
+    generation: AtomicU64,
+}
+
+impl DiskSlot {
+    fn current(&self) -> Arc<DiskImage> {
+        crate::bus::lock(&self.disk).clone()
+    }
+}
+
+/// A block device's counters.
+#[derive(Debug, Default)]
+pub struct BlockCounters {
+    /// Requests completed.
+    pub requests: AtomicU64,
+    /// Requests completed with an error status.
+    pub errors: AtomicU64,
+    /// Backing files swapped in while running.
+    pub swaps: AtomicU64,
+}
+
 /// A virtio-blk device.
 pub struct Block {
-    disk: Arc<DiskImage>,
+    slot: Arc<DiskSlot>,
     id: [u8; VIRTIO_BLK_ID_BYTES],
     config: [u8; 60],
     worker: Option<Worker>,
     name: String,
+    counters: Arc<BlockCounters>,
 }
 
 impl Block {
@@ -47,12 +75,38 @@ impl Block {
         ident[..n].copy_from_slice(&id.as_bytes()[..n]);
         let config = config_space(disk.size());
         Self {
-            disk: Arc::new(disk),
+            slot: Arc::new(DiskSlot {
+                disk: Mutex::new(Arc::new(disk)),
+                generation: AtomicU64::new(0),
+            }),
             id: ident,
             config,
             worker: None,
             name: format!("virtio-blk-{id}"),
+            counters: Arc::new(BlockCounters::default()),
         }
+    }
+
+    /// Whether the device is read-only (fixed for its life: the driver
+    /// negotiated it).
+    pub fn read_only(&self) -> bool {
+        self.slot.current().read_only()
+    }
+
+    /// Whether the current disk bypasses the host page cache.
+    pub fn direct(&self) -> bool {
+        self.slot.current().direct()
+    }
+
+    /// Replaces the backing disk; returns the new capacity in bytes. The
+    /// caller then tells the driver (configuration-change interrupt).
+    pub fn swap_disk(&mut self, disk: DiskImage) -> u64 {
+        let size = disk.size();
+        *crate::bus::lock(&self.slot.disk) = Arc::new(disk);
+        self.slot.generation.fetch_add(1, Ordering::SeqCst);
+        self.counters.swaps.fetch_add(1, Ordering::Relaxed);
+        self.config[0..8].copy_from_slice(&(size / SECTOR_SIZE).to_le_bytes());
+        size
     }
 }
 
@@ -84,7 +138,7 @@ impl VirtioDevice for Block {
 
     fn features(&self) -> u64 {
         let mut f = VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_BLK_SIZE | VIRTIO_BLK_F_FLUSH;
-        if self.disk.read_only() {
+        if self.read_only() {
             f |= VIRTIO_BLK_F_RO;
         } else {
             f |= VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES;
@@ -98,13 +152,28 @@ impl VirtioDevice for Block {
 
     fn activate(&mut self, _acked: u64, mut a: Activation) -> Result<(), String> {
         let queue = a.queues.pop().ok_or("no queue")?;
-        let handler = BlockHandler::new(a.memory, queue, a.interrupt, self.disk.clone(), self.id);
+        let mut handler = BlockHandler::new(a.memory, queue, a.interrupt, self.slot.current(), self.id);
+        handler.slot = Some((self.slot.clone(), self.slot.generation.load(Ordering::SeqCst)));
+        handler.counters = Some(self.counters.clone());
         self.worker = Some(Worker::spawn(self.name.clone(), a.queue_events, handler).map_err(|e| e.to_string())?);
         Ok(())
     }
 
     fn reset(&mut self) {
         self.worker = None;
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let c = &self.counters;
+        vec![
+            ("requests", c.requests.load(Ordering::Relaxed)),
+            ("errors", c.errors.load(Ordering::Relaxed)),
+            ("swaps", c.swaps.load(Ordering::Relaxed)),
+        ]
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
     }
 }
 
@@ -116,6 +185,8 @@ pub struct BlockHandler {
     disk: Arc<DiskImage>,
     id: [u8; VIRTIO_BLK_ID_BYTES],
     scratch: AlignedBuffer,
+    slot: Option<(Arc<DiskSlot>, u64)>,
+    counters: Option<Arc<BlockCounters>>,
 }
 
 impl BlockHandler {
@@ -137,6 +208,8 @@ impl BlockHandler {
             disk,
             id,
             scratch: AlignedBuffer::new(MERGE_BYTES),
+            slot: None,
+            counters: None,
         }
     }
 
@@ -189,6 +262,11 @@ impl BlockHandler {
         }
         execute_run(memory, run, &ctx, scratch, &mut done);
         let mut used = 0;
+        if let Some(c) = &self.counters {
+            let errors = done.iter().filter(|(_, d)| d.status.is_some_and(|s| s != 0)).count();
+            c.requests.fetch_add(done.len() as u64, Ordering::Relaxed);
+            c.errors.fetch_add(errors as u64, Ordering::Relaxed);
+        }
         for (head, completion) in done {
             if completion.status.is_none() {
                 tracing::debug!("virtio-blk: malformed request (no status byte) completed empty");
@@ -229,6 +307,13 @@ fn execute_run(
 
 impl QueueHandler for BlockHandler {
     fn process_queue(&mut self, _index: usize) {
+        if let Some((slot, seen)) = &mut self.slot {
+            let now = slot.generation.load(Ordering::SeqCst);
+            if now != *seen {
+                *seen = now;
+                self.disk = slot.current();
+            }
+        }
         // Re-check after completing a batch: the driver may add more meanwhile.
         loop {
             if self.drain() == 0 {

@@ -196,6 +196,24 @@ impl VirtioDevice for Net {
     fn reset(&mut self) {
         self.worker = None;
     }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let c = &self.counters;
+        let g = |v: &std::sync::atomic::AtomicU64| v.load(std::sync::atomic::Ordering::Relaxed);
+        vec![
+            ("rx_frames", g(&c.rx_frames)),
+            ("rx_bytes", g(&c.rx_bytes)),
+            ("rx_dropped", g(&c.rx_dropped)),
+            ("tx_frames", g(&c.tx_frames)),
+            ("tx_bytes", g(&c.tx_bytes)),
+            ("tx_dropped", g(&c.tx_dropped)),
+            ("bad_chains", g(&c.bad_chains)),
+        ]
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,209 @@
+//! A vCPU's thread and the handle the VMM drives it with.
+//!
+//! The thread runs a small state machine: **Running** (`KVM_RUN` in a loop),
+//! **Paused** (blocked on the event channel), **Exited** (the vCPU ended the
+//! VM, or was told to finish). Events ([`VcpuEvent`]) arrive on a channel;
+//! the sender kicks the thread ([`super::kick`]) so a running vCPU leaves
+//! `KVM_RUN` and reads them. Every event gets exactly one
+//! [`VcpuResponse`].
+
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::{kick, Step, Vcpu};
+
+/// What the VMM asks of a vCPU thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VcpuEvent {
+    /// Stop running guest code until Resume.
+    Pause,
+    /// Run guest code again.
+    Resume,
+    /// End the thread.
+    Finish,
+}
+
+/// How a vCPU thread answered an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VcpuResponse {
+    /// Now paused.
+    Paused,
+    /// Now running.
+    Resumed,
+    /// The thread is ending (answer to Finish).
+    Exited,
+    /// The event makes no sense in this state (e.g. Resume after the vCPU ended the VM).
+    NotAllowed(String),
+}
+
+/// Errors driving a vCPU thread.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuHandleError {
+    /// The thread could not be started.
+    #[error("cannot start the thread of vCPU {0}: {1}")]
+    Spawn(usize, std::io::Error),
+    /// The thread is gone.
+    #[error("vCPU {0} has ended")]
+    Gone(usize),
+    /// No answer in time.
+    #[error("vCPU {0} did not answer {1:?} within {2} ms")]
+    Timeout(usize, VcpuEvent, u128),
+    /// The event was refused.
+    #[error("vCPU {0}: {1}")]
+    Refused(usize, String),
+}
+
+/// The VMM's end of a vCPU thread.
+pub struct VcpuHandle {
+    index: usize,
+    events: Sender<VcpuEvent>,
+    responses: Receiver<VcpuResponse>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Running,
+    Paused,
+    Exited,
+}
+
+impl VcpuHandle {
+    /// Starts `vcpu`'s thread, running or (with `paused`) waiting for Resume.
+    pub fn spawn(vcpu: Vcpu, paused: bool) -> Result<Self, VcpuHandleError> {
+        let index = vcpu.index;
+        let (events, event_rx) = channel();
+        let (response_tx, responses) = channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || thread_main(vcpu, paused, &event_rx, &response_tx))
+            .map_err(|e| VcpuHandleError::Spawn(index, e))?;
+        Ok(Self {
+            index,
+            events,
+            responses,
+            thread: Some(thread),
+        })
+    }
+
+    /// This vCPU's index.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Sends `event` and kicks the thread out of `KVM_RUN`.
+    pub fn send(&self, event: VcpuEvent) -> Result<(), VcpuHandleError> {
+        self.events.send(event).map_err(|_| VcpuHandleError::Gone(self.index))?;
+        if let Some(t) = &self.thread {
+            kick::kick(t.as_pthread_t());
+        }
+        Ok(())
+    }
+
+    /// Waits for the answer to an event sent with [`Self::send`]. While
+    /// waiting, the thread is kicked again now and then: a kick that landed
+    /// before the thread registered its `kvm_run` is not lost for good.
+    pub fn response(&self, event: VcpuEvent, timeout: Duration) -> Result<VcpuResponse, VcpuHandleError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(VcpuHandleError::Timeout(self.index, event, timeout.as_millis()));
+            }
+            match self.responses.recv_timeout(left.min(Duration::from_millis(20))) {
+                Ok(r) => return Ok(r),
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Some(t) = &self.thread {
+                        if !t.is_finished() {
+                            kick::kick(t.as_pthread_t());
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return Err(VcpuHandleError::Gone(self.index)),
+            }
+        }
+    }
+
+    /// Sends `event` and waits for the expected answer.
+    pub fn request(&self, event: VcpuEvent, timeout: Duration) -> Result<(), VcpuHandleError> {
+        self.send(event)?;
+        match self.response(event, timeout)? {
+            VcpuResponse::NotAllowed(why) => Err(VcpuHandleError::Refused(self.index, why)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Tells the thread to finish and joins it. Returns false (and leaves
+    /// the thread detached, logging it) only if it did not end in `timeout`.
+    pub fn finish(mut self, timeout: Duration) -> bool {
+        let Some(thread) = self.thread.take() else { return true };
+        let _ = self.events.send(VcpuEvent::Finish);
+        let deadline = Instant::now() + timeout;
+        while !thread.is_finished() && Instant::now() < deadline {
+            kick::kick(thread.as_pthread_t());
+            // Wakes as soon as the thread answers; else re-kicks after 2 ms.
+            let _ = self.responses.recv_timeout(Duration::from_millis(2));
+        }
+        if thread.is_finished() {
+            let _ = thread.join();
+            true
+        } else {
+            tracing::error!("vCPU {} did not stop within {} ms", self.index, timeout.as_millis());
+            false
+        }
+    }
+}
+
+fn thread_main(mut vcpu: Vcpu, paused: bool, events: &Receiver<VcpuEvent>, responses: &Sender<VcpuResponse>) {
+    // SAFETY: the pointer is this thread's vCPU kvm_run mapping; `vcpu`
+    // lives (and stays mapped) until after `kick::clear` below.
+    unsafe { kick::register(vcpu.kvm_run_ptr()) };
+    let mut state = if paused { State::Paused } else { State::Running };
+    loop {
+        let event = match state {
+            // Events sent before this thread registered its kvm_run are seen
+            // here; later ones also set immediate_exit, so KVM_RUN returns.
+            State::Running => match events.try_recv() {
+                Ok(e) => e,
+                Err(TryRecvError::Empty) => {
+                    match vcpu.step() {
+                        Step::Continue => {}
+                        Step::Interrupted => vcpu.clear_immediate_exit(),
+                        Step::Ended(reason) => {
+                            vcpu.control.request_exit(reason);
+                            state = State::Exited;
+                        }
+                    }
+                    // A device (the exit port, the i8042 reset line) or
+                    // another vCPU ended the VM: run no further guest code.
+                    if vcpu.control.stopping() {
+                        state = State::Exited;
+                    }
+                    continue;
+                }
+                Err(TryRecvError::Disconnected) => break,
+            },
+            State::Paused | State::Exited => match events.recv() {
+                Ok(e) => e,
+                Err(_) => break,
+            },
+        };
+        let answer = match (state, event) {
+            (_, VcpuEvent::Finish) => break,
+            (State::Exited, e) => VcpuResponse::NotAllowed(format!("{e:?}: vCPU {} has ended", vcpu.index)),
+            (_, VcpuEvent::Pause) => {
+                state = State::Paused;
+                VcpuResponse::Paused
+            }
+            (_, VcpuEvent::Resume) => {
+                state = State::Running;
+                VcpuResponse::Resumed
+            }
+        };
+        let _ = responses.send(answer);
+    }
+    kick::clear();
+    let _ = responses.send(VcpuResponse::Exited);
+}

@@ -1,0 +1,363 @@
+//! From `kvmkit run` flags (or `--config-file`) to the VM's resources: the
+//! same [`VmResources`] the API fills, plus what only the CLI decides (the
+//! embedded guest, the boot protocol, taps it creates for `--net`).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use kvmkit_guest_abi::{CMDLINE_CPUS, CMDLINE_WORKLOAD};
+use kvmkit_vmm::boot::BootProtocol;
+use kvmkit_vmm::net::{NetGuard, NetPlan};
+use kvmkit_vmm::vmm_config::{
+    format_mac, BlockDeviceConfig, BootSourceConfig, EntropyDeviceConfig, LogLevel, LoggerConfig, MachineConfig,
+    MetricsConfig, NetworkInterfaceConfig, VmResources,
+};
+use kvmkit_vmm::{KernelSource, MachineOptions};
+
+use crate::cli::{BootArg, RunArgs};
+
+/// Default command line for Linux guests.
+pub const DEFAULT_LINUX_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+/// Default command line for `--linux` (kvmkit's Debian assets): quiet, since
+/// every console byte is a VM exit; a panic reboots at once, which ends the VM.
+pub const LINUX_ASSETS_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off quiet";
+
+/// Workloads the test guest knows (checked here so a typo fails fast).
+const GUEST_WORKLOADS: &[&str] = &[
+    "primes",
+    "memtest",
+    "exits",
+    "mmio-exits",
+    "idle",
+    "ticks",
+    "fault",
+    "panic",
+    "blk-pattern",
+    "blk-seq",
+    "rng",
+    "raytrace",
+    "md5",
+    "des",
+    "blowfish",
+    "compress",
+    "smallio",
+    "net-echo",
+    "net-tx",
+    "net-rx",
+];
+
+/// Everything `kvmkit run` hands the VMM.
+pub struct RunPlan {
+    /// The VM's resources.
+    pub resources: VmResources,
+    /// How the machine is built.
+    pub machine: MachineOptions,
+    /// Boot at once (false: wait for InstanceStart over the API).
+    pub boot_now: bool,
+    /// Taps and addresses kvmkit set up for `--net`, undone when dropped.
+    pub net_guards: Vec<NetGuard>,
+}
+
+/// `--timeout` as a duration.
+pub fn timeout(args: &RunArgs) -> anyhow::Result<Option<Duration>> {
+    match args.timeout {
+        Some(t) if !(t > 0.0 && t.is_finite()) => bail!("--timeout {t}: give a positive number of seconds"),
+        Some(t) => Ok(Some(Duration::from_secs_f64(t))),
+        None => Ok(None),
+    }
+}
+
+/// Turns the flags into resources and machine options. Fails with one
+/// clear message, before anything is started.
+pub fn plan(args: &RunArgs, start: Instant) -> anyhow::Result<RunPlan> {
+    timeout(args)?;
+    let mut machine = MachineOptions::new(start);
+    machine.protocol = match args.boot_protocol {
+        BootArg::Auto => BootProtocol::Auto,
+        BootArg::Linux => BootProtocol::Linux,
+        BootArg::Pvh => BootProtocol::Pvh,
+    };
+    let mut resources = if let Some(path) = &args.config_file {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        VmResources::from_config_json(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?
+    } else {
+        VmResources::default()
+    };
+    let booting_from_flags = args.guest || args.linux || args.kernel.is_some();
+    let boot_now = booting_from_flags || args.config_file.is_some();
+    if !boot_now && args.api_sock.is_none() {
+        bail!("give --kernel PATH, --linux, --guest, --config-file FILE or --api-sock PATH");
+    }
+    if booting_from_flags {
+        check_cpus(args.cpus)?;
+        kvmkit_vmm::memory::validate_size(args.memory, kvmkit_vmm::memory::host_memory_mib())?;
+        resources.set_machine_config(MachineConfig {
+            vcpu_count: u8::try_from(args.cpus).unwrap_or(u8::MAX),
+            mem_size_mib: args.memory,
+            ..Default::default()
+        })?;
+        let (boot, kernel) = boot_source(args)?;
+        resources.set_boot_source(boot)?;
+        machine.kernel = kernel;
+        machine.tsc_hint = args.guest;
+        for d in parse_disks(&args.disks)? {
+            resources.put_drive(d)?;
+        }
+        if args.rng {
+            resources.set_entropy(EntropyDeviceConfig::default())?;
+        }
+    } else if !args.disks.is_empty() || args.rng {
+        bail!("--disk and --rng go with --kernel, --guest or --linux; with --config-file or the API use its drives and entropy");
+    }
+    let mut net_guards = Vec::new();
+    if !args.nets.is_empty() {
+        if !booting_from_flags {
+            bail!("--net goes with --kernel, --guest or --linux; with --config-file or the API use network-interfaces");
+        }
+        let mut plans: Vec<NetPlan> = Vec::new();
+        for (i, cfg) in parse_nets(&args.nets)?.iter().enumerate() {
+            let (tap, plan) = kvmkit_vmm::net::setup_net(cfg, i)?;
+            let id = format!("net{i}");
+            resources.put_network_interface(NetworkInterfaceConfig {
+                iface_id: id.clone(),
+                host_dev_name: plan.tap_name.clone(),
+                guest_mac: Some(format_mac(&plan.mac)),
+                ..Default::default()
+            })?;
+            machine.taps.push((id, tap));
+            plans.push(plan);
+        }
+        let words = kvmkit_vmm::net::cmdline_words(&plans);
+        if let Some(b) = &mut resources.boot_source {
+            let args = b.boot_args.get_or_insert_with(String::new);
+            *args = format!("{args} {words}").trim().to_owned();
+        }
+        net_guards.extend(plans.into_iter().map(|p| p.guard));
+    }
+    if let Some(p) = &args.metrics_path {
+        resources.metrics = Some(MetricsConfig {
+            metrics_path: p.display().to_string(),
+        });
+    }
+    if args.log_path.is_some() || args.level.is_some() {
+        let level = match &args.level {
+            Some(l) => Some(
+                LogLevel::parse(l)
+                    .with_context(|| format!("--level {l}: choose Off, Error, Warning, Info, Debug or Trace"))?,
+            ),
+            None => None,
+        };
+        resources.logger = Some(LoggerConfig {
+            log_path: args.log_path.as_ref().map(|p| p.display().to_string()),
+            level,
+            ..Default::default()
+        });
+    }
+    Ok(RunPlan {
+        resources,
+        machine,
+        boot_now,
+        net_guards,
+    })
+}
+
+/// Checks `--cpus` with a message in the flag's terms.
+fn check_cpus(cpus: usize) -> anyhow::Result<()> {
+    let max = usize::from(kvmkit_vmm::vmm_config::MAX_VCPUS);
+    if cpus == 0 {
+        bail!("--cpus 0: a VM needs at least 1 vCPU");
+    }
+    if cpus > max {
+        bail!("--cpus {cpus}: at most {max} vCPUs are supported");
+    }
+    Ok(())
+}
+
+/// The boot source for `--guest`, `--linux` or `--kernel`, and the
+/// embedded kernel for `--guest`.
+fn boot_source(args: &RunArgs) -> anyhow::Result<(BootSourceConfig, Option<KernelSource>)> {
+    if args.guest {
+        let workload = args.workload.clone().unwrap_or_else(|| "primes:100000".into());
+        check_workload(&workload)?;
+        let mut cmdline = format!("{CMDLINE_WORKLOAD}={workload} {CMDLINE_CPUS}={}", args.cpus);
+        if let Some(extra) = &args.cmdline {
+            cmdline = format!("{extra} {cmdline}");
+        }
+        let boot = BootSourceConfig {
+            kernel_image_path: "<kvmkit test guest>".into(),
+            initrd_path: None,
+            boot_args: Some(cmdline),
+        };
+        let kernel = KernelSource::Embedded {
+            name: "kvmkit test guest".into(),
+            bytes: kvmkit_guest_image::GUEST_ELF,
+        };
+        return Ok((boot, Some(kernel)));
+    }
+    if args.linux {
+        warn_if_pvm();
+        let cache = kvmkit_images::Cache::from_env().context("cannot locate the kvmkit cache (set KVMKIT_CACHE)")?;
+        let assets = crate::commands::image::ensure_linux_assets(&cache)?;
+        let mut cmdline = LINUX_ASSETS_CMDLINE.to_owned();
+        if let Some(extra) = &args.cmdline {
+            cmdline = format!("{cmdline} {extra}");
+        }
+        if !args.command.is_empty() {
+            cmdline = format!(
+                "{cmdline} {}",
+                kvmkit_images::cmdline_command(&shell_join(&args.command))
+            );
+        }
+        let boot = BootSourceConfig {
+            kernel_image_path: assets.kernel.display().to_string(),
+            initrd_path: Some(assets.initramfs.display().to_string()),
+            boot_args: Some(cmdline),
+        };
+        return Ok((boot, None));
+    }
+    let Some(path) = &args.kernel else {
+        bail!("give --kernel PATH, --linux or --guest")
+    };
+    let boot = BootSourceConfig {
+        kernel_image_path: path.display().to_string(),
+        initrd_path: args.initrd.as_ref().map(|p| p.display().to_string()),
+        boot_args: Some(args.cmdline.clone().unwrap_or_else(|| DEFAULT_LINUX_CMDLINE.into())),
+    };
+    // A path with a non-UTF-8 name still opens: hand the file over as given.
+    Ok((boot, Some(KernelSource::Path(path.clone()))))
+}
+
+/// Parses every `--net` spec.
+pub fn parse_nets(specs: &[String]) -> anyhow::Result<Vec<kvmkit_vmm::net::NetConfig>> {
+    specs
+        .iter()
+        .map(|s| kvmkit_vmm::net::NetConfig::parse(s).map_err(anyhow::Error::from))
+        .collect()
+}
+
+/// Parses `--disk path=IMG[,ro=on|off][,id=NAME][,cache=none]` (a bare path also works).
+pub fn parse_disks(specs: &[String]) -> anyhow::Result<Vec<BlockDeviceConfig>> {
+    let mut disks = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let mut disk = BlockDeviceConfig {
+            drive_id: format!("disk{i}"),
+            ..Default::default()
+        };
+        for part in spec.split(',') {
+            match part.split_once('=') {
+                Some(("path", p)) => disk.path_on_host = p.to_owned(),
+                Some(("ro", "on" | "true" | "1")) => disk.is_read_only = true,
+                Some(("ro", "off" | "false" | "0")) => disk.is_read_only = false,
+                Some(("cache", "none")) => disk.direct = true,
+                Some(("cache", "writeback")) => disk.direct = false,
+                Some(("id", id)) if !id.is_empty() && id.len() <= 20 => disk.drive_id = id.to_owned(),
+                Some(("id", id)) => bail!("--disk {spec}: id '{id}' must be 1 to 20 characters"),
+                Some((k, v)) => bail!("--disk {spec}: unknown option {k}={v} (use path=IMG,ro=on,id=NAME,cache=none)"),
+                None if disk.path_on_host.is_empty() => disk.path_on_host = part.to_owned(),
+                None => bail!("--disk {spec}: '{part}' is not key=value"),
+            }
+        }
+        if disk.path_on_host.is_empty() {
+            bail!("--disk {spec}: give path=IMG");
+        }
+        disk.validate().map_err(|e| anyhow::anyhow!("--disk {spec}: {e}"))?;
+        if disks.iter().any(|d: &BlockDeviceConfig| d.drive_id == disk.drive_id) {
+            bail!("--disk {spec}: id '{}' is used by another disk", disk.drive_id);
+        }
+        disks.push(disk);
+    }
+    Ok(disks)
+}
+
+/// Joins a command and its arguments into one shell command line, quoting
+/// each word so the guest shell sees exactly the words given.
+pub fn shell_join(words: &[String]) -> String {
+    let quote = |w: &String| {
+        if !w.is_empty()
+            && w.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+        {
+            w.clone()
+        } else {
+            format!("'{}'", w.replace('\'', "'\\''"))
+        }
+    };
+    words.iter().map(quote).collect::<Vec<_>>().join(" ")
+}
+
+/// Stock kernels stop early on PVM hosts; say so once instead of letting the
+/// user wait for a shell that will not come.
+fn warn_if_pvm() {
+    use kvmkit_vmm::host::kvm::VendorModule;
+    if VendorModule::detect(std::path::Path::new("/sys/module")) == Some(VendorModule::KvmPvm) {
+        eprintln!(
+            "kvmkit: warning: this host's KVM is kvm_pvm: Debian's stock kernel cannot finish booting here \
+             (use a PVM-enabled kernel with --kernel, or the nested lab: cargo xtask nested)"
+        );
+    }
+}
+
+fn check_workload(spec: &str) -> anyhow::Result<()> {
+    let name = spec.split(':').next().unwrap_or_default();
+    if !GUEST_WORKLOADS.contains(&name) {
+        bail!(
+            "unknown workload '{name}': choose one of {}",
+            GUEST_WORKLOADS.join(", ")
+        );
+    }
+    if spec.split_ascii_whitespace().count() != 1 {
+        bail!("workload '{spec}' must not contain spaces");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_quoted_for_the_guest_shell() {
+        let w = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(shell_join(&w(&["uname", "-r"])), "uname -r");
+        assert_eq!(shell_join(&w(&["sh", "-c", "exit 7"])), "sh -c 'exit 7'");
+        assert_eq!(shell_join(&w(&["echo", "it's"])), "echo 'it'\\''s'");
+        assert_eq!(shell_join(&w(&["printf", ""])), "printf ''");
+    }
+
+    #[test]
+    fn disk_specs_parse() {
+        let d = parse_disks(&["path=/a.img,ro=on,id=data".into(), "/b.img".into()]).expect("parse");
+        assert_eq!(
+            (
+                d[0].path_on_host.as_str(),
+                d[0].is_read_only,
+                d[0].drive_id.as_str(),
+                d[0].direct
+            ),
+            ("/a.img", true, "data", false)
+        );
+        assert_eq!(
+            (
+                d[1].path_on_host.as_str(),
+                d[1].is_read_only,
+                d[1].drive_id.as_str(),
+                d[1].direct
+            ),
+            ("/b.img", false, "disk1", false)
+        );
+        assert!(parse_disks(&["path=/a,id=x".into(), "path=/b,id=x".into()]).is_err());
+        assert!(parse_disks(&["ro=on".into()]).is_err());
+        assert!(parse_disks(&["path=/a,cache=none".into()]).is_ok_and(|d| d[0].direct));
+        assert!(parse_disks(&["path=/a,cache=maybe".into()]).is_err());
+        assert!(parse_disks(&["path=/a,id=".into()]).is_err());
+    }
+
+    #[test]
+    fn workloads_are_checked_by_name() {
+        assert!(check_workload("primes:100000").is_ok());
+        assert!(check_workload("idle").is_ok());
+        assert!(check_workload("bogus:1").is_err());
+        assert!(check_workload("primes:1 x").is_err());
+    }
+}

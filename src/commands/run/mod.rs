@@ -1,0 +1,59 @@
+//! `kvmkit run`: flags (or a config file) become the VM's resources, an
+//! optional API socket serves Firecracker's API, and the VMM thread runs
+//! until the VM ends.
+
+mod config;
+mod report;
+
+use std::time::Instant;
+
+use anyhow::Context;
+use kvmkit_vmm::rpc::action_channel;
+use kvmkit_vmm::{run_vmm, VmmOptions};
+
+use crate::cli::RunArgs;
+
+pub use config::LINUX_ASSETS_CMDLINE;
+
+/// Boots the VM (or waits for one over the API) and returns the process exit status.
+pub fn run(args: &RunArgs, start: Instant) -> anyhow::Result<u8> {
+    let plan = config::plan(args, start)?;
+    if let Some(logger) = &plan.resources.logger {
+        crate::logging::apply(logger).map_err(anyhow::Error::msg)?;
+    }
+    let (actions, api) = match &args.api_sock {
+        Some(path) => {
+            let (tx, rx) = action_channel().context("cannot create the API channel")?;
+            let server = kvmkit_api::ApiServer::spawn(path, tx, kvmkit_api::ServerInfo::new(args.id.clone()))?;
+            (Some(rx), Some(server))
+        }
+        None => (None, None),
+    };
+    let config::RunPlan {
+        resources,
+        machine,
+        boot_now,
+        net_guards,
+    } = plan;
+    let outcome = run_vmm(
+        resources,
+        VmmOptions {
+            machine,
+            boot_now,
+            stdin: !args.no_stdin,
+            timeout: config::timeout(args)?,
+            id: args.id.clone(),
+            actions,
+            logger: Some(Box::new(crate::logging::apply)),
+        },
+    );
+    drop(api);
+    drop(net_guards);
+    let outcome = outcome?;
+    report::report(args, &outcome);
+    if let Some(path) = &args.results {
+        let json = serde_json::to_string_pretty(&report::summary(&outcome))?;
+        std::fs::write(path, json + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(outcome.reason.exit_code().clamp(0, 255) as u8)
+}

@@ -1,0 +1,69 @@
+//! What `kvmkit run` prints and writes once the VM has ended.
+
+use kvmkit_guest_abi::ReportKind;
+use kvmkit_vmm::RunOutcome;
+
+use crate::cli::RunArgs;
+
+pub fn report(args: &RunArgs, outcome: &RunOutcome) {
+    for r in &outcome.reports {
+        match ReportKind::from_raw(r.kind) {
+            Some(ReportKind::Exception) => eprintln!(
+                "kvmkit: guest exception {} on vCPU {} at RIP {:#x} (error code {:#x})",
+                r.arg, r.cpu, r.value, r.ticks
+            ),
+            Some(ReportKind::Panic) => {
+                eprintln!(
+                    "kvmkit: guest panicked on vCPU {}: {}",
+                    r.cpu,
+                    r.name_str().unwrap_or("<not UTF-8>")
+                )
+            }
+            _ => {}
+        }
+    }
+    if args.boot_time {
+        let us = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+        eprintln!(
+            "boot-time: start -> guest entry {} us, -> guest ready {} us, -> first output {} us, -> VM end {} us",
+            us(outcome.entry_us),
+            us(outcome.ready_us),
+            us(outcome.first_output_us),
+            us(outcome.end_us)
+        );
+    }
+    if outcome.reason.is_failure() {
+        eprintln!("kvmkit: {}", outcome.reason);
+    }
+}
+
+/// The JSON form of a run, for `--results`.
+pub fn summary(outcome: &RunOutcome) -> serde_json::Value {
+    let reports: Vec<_> = outcome
+        .reports
+        .iter()
+        .map(|r| {
+            let kind = match ReportKind::from_raw(r.kind) {
+                Some(ReportKind::CpuOnline) => "cpu_online",
+                Some(ReportKind::Result) => "result",
+                Some(ReportKind::Exception) => "exception",
+                Some(ReportKind::Panic) => "panic",
+                None => "unknown",
+            };
+            serde_json::json!({
+                "kind": kind, "cpu": r.cpu, "name": r.name_str().unwrap_or(""),
+                "arg": r.arg, "value": r.value, "ticks": r.ticks, "ns": r.ns,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "exit": { "reason": outcome.reason.to_string(), "code": outcome.reason.exit_code() },
+        "boot_time_us": {
+            "guest_entry": outcome.entry_us, "guest_ready": outcome.ready_us,
+            "first_output": outcome.first_output_us, "vm_end": outcome.end_us,
+        },
+        "reports": reports,
+        "unclaimed_pio": outcome.unclaimed_pio,
+        "unclaimed_mmio": outcome.unclaimed_mmio,
+    })
+}
