@@ -228,6 +228,10 @@ impl VirtioDevice for Recorder {
         self.log.lock().expect("log").active = false;
         self.inner.reset();
     }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self.inner.as_any_mut()
+    }
 }
 
 /// A temp image removed on drop.
