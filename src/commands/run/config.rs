@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use kvmkit_guest_abi::{CMDLINE_CPUS, CMDLINE_WORKLOAD};
+use kvmkit_hostnet::{NetGuard, NetPlan};
 use kvmkit_vmm::boot::BootProtocol;
-use kvmkit_vmm::net::{NetGuard, NetPlan};
 use kvmkit_vmm::vmm_config::{
     format_mac, BlockDeviceConfig, BootSourceConfig, EntropyDeviceConfig, LogLevel, LoggerConfig, MachineConfig,
     MetricsConfig, NetworkInterfaceConfig, VmResources,
@@ -117,7 +117,7 @@ pub fn plan(args: &RunArgs, start: Instant) -> anyhow::Result<RunPlan> {
         }
         let mut plans: Vec<NetPlan> = Vec::new();
         for (i, cfg) in parse_nets(&args.nets)?.iter().enumerate() {
-            let (tap, plan) = kvmkit_vmm::net::setup_net(cfg, i)?;
+            let (tap, plan) = kvmkit_hostnet::setup_net(cfg, i)?;
             let id = format!("net{i}");
             resources.put_network_interface(NetworkInterfaceConfig {
                 iface_id: id.clone(),
@@ -128,7 +128,7 @@ pub fn plan(args: &RunArgs, start: Instant) -> anyhow::Result<RunPlan> {
             machine.taps.push((id, tap));
             plans.push(plan);
         }
-        let words = kvmkit_vmm::net::cmdline_words(&plans);
+        let words = kvmkit_hostnet::cmdline_words(&plans);
         if let Some(b) = &mut resources.boot_source {
             let args = b.boot_args.get_or_insert_with(String::new);
             *args = format!("{args} {words}").trim().to_owned();
@@ -229,10 +229,10 @@ fn boot_source(args: &RunArgs) -> anyhow::Result<(BootSourceConfig, Option<Kerne
 }
 
 /// Parses every `--net` spec.
-pub fn parse_nets(specs: &[String]) -> anyhow::Result<Vec<kvmkit_vmm::net::NetConfig>> {
+pub fn parse_nets(specs: &[String]) -> anyhow::Result<Vec<kvmkit_hostnet::NetConfig>> {
     specs
         .iter()
-        .map(|s| kvmkit_vmm::net::NetConfig::parse(s).map_err(anyhow::Error::from))
+        .map(|s| kvmkit_hostnet::NetConfig::parse(s).map_err(anyhow::Error::from))
         .collect()
 }
 

@@ -1,11 +1,11 @@
-//! Host networking for virtio-net: tap devices ([`tap`]) and the `--net`
-//! set-up ([`config`]): existing taps, an automatic tap with a private /30,
-//! or a tap on an existing bridge.
+//! The host end of a virtio-net NIC: a tap device ([`tap`]) and the error
+//! type for opening one. The VMM only receives taps (by name or pre-opened,
+//! see [`crate::MachineOptions::taps`]); deciding which tap, with what
+//! addresses or on which bridge (`--net`), is host-network policy in the
+//! `kvmkit-hostnet` crate.
 
-pub mod config;
 pub mod tap;
 
-pub use config::{cmdline_words, setup_net, NetConfig, NetGuard, NetMode, NetPlan};
 pub use tap::Tap;
 
 /// Why networking could not be set up. Every message says what failed and,
