@@ -299,6 +299,33 @@ impl DeviceManager {
         }
     }
 
+    /// Parks every virtio device's worker (after the vCPUs are parked, so
+    /// no new request arrives): the VM then touches no guest memory.
+    pub fn pause(&self) -> Result<(), DeviceError> {
+        for s in &self.slots {
+            if let DeviceHandle::Virtio(t) = &s.handle {
+                lock(t)
+                    .device_mut()
+                    .pause()
+                    .map_err(|e| DeviceError::Host(format!("device {}: {e}", s.info.id)))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets every virtio device's worker run again.
+    pub fn resume(&self) -> Result<(), DeviceError> {
+        for s in &self.slots {
+            if let DeviceHandle::Virtio(t) = &s.handle {
+                lock(t)
+                    .device_mut()
+                    .resume()
+                    .map_err(|e| DeviceError::Host(format!("device {}: {e}", s.info.id)))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Stops every virtio device's worker. Called when the VM ends.
     pub fn shutdown(&self) {
         for s in &self.slots {

@@ -233,17 +233,25 @@ impl Machine {
         Ok(())
     }
 
-    /// Parks every vCPU: no guest instruction runs until [`Self::resume`].
+    /// Parks every vCPU, then every device worker: no guest instruction
+    /// runs and no device touches guest memory until [`Self::resume`].
     /// Returns once all have answered.
     pub fn pause(&mut self) -> Result<(), MachineError> {
         self.require(VmState::Running, VmState::Paused)?;
         self.broadcast(VcpuEvent::Pause)?;
+        if let Err(e) = self.devices.pause() {
+            // Back to a consistent running VM before reporting.
+            let _ = self.devices.resume();
+            let _ = self.broadcast(VcpuEvent::Resume);
+            return Err(e.into());
+        }
         self.transition(VmState::Paused)
     }
 
     /// Lets every vCPU run again.
     pub fn resume(&mut self) -> Result<(), MachineError> {
         self.require(VmState::Paused, VmState::Running)?;
+        self.devices.resume()?;
         self.broadcast(VcpuEvent::Resume)?;
         self.transition(VmState::Running)
     }

@@ -8,7 +8,9 @@
 //! [`VcpuResponse`].
 
 use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -58,6 +60,11 @@ pub enum VcpuHandleError {
 /// The VMM's end of a vCPU thread.
 pub struct VcpuHandle {
     index: usize,
+    /// A kick was sent and the thread has not seen it yet. Kicks are only
+    /// sent when this is clear: a real-time signal per event would queue,
+    /// and a flood of queued signals can keep a vCPU thread busy
+    /// delivering them (seen on kvm_pvm), so it never reads its events.
+    kick_pending: Arc<AtomicBool>,
     events: Sender<VcpuEvent>,
     responses: Receiver<VcpuResponse>,
     thread: Option<JoinHandle<()>>,
@@ -76,12 +83,15 @@ impl VcpuHandle {
         let index = vcpu.index;
         let (events, event_rx) = channel();
         let (response_tx, responses) = channel();
+        let kick_pending = Arc::new(AtomicBool::new(false));
+        let seen = kick_pending.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
-            .spawn(move || thread_main(vcpu, paused, &event_rx, &response_tx))
+            .spawn(move || thread_main(vcpu, paused, &event_rx, &response_tx, &seen))
             .map_err(|e| VcpuHandleError::Spawn(index, e))?;
         Ok(Self {
             index,
+            kick_pending,
             events,
             responses,
             thread: Some(thread),
@@ -96,15 +106,23 @@ impl VcpuHandle {
     /// Sends `event` and kicks the thread out of `KVM_RUN`.
     pub fn send(&self, event: VcpuEvent) -> Result<(), VcpuHandleError> {
         self.events.send(event).map_err(|_| VcpuHandleError::Gone(self.index))?;
-        if let Some(t) = &self.thread {
-            kick::kick(t.as_pthread_t());
-        }
+        self.kick();
         Ok(())
     }
 
+    /// Kicks the thread out of `KVM_RUN`, unless a kick is still on its way.
+    fn kick(&self) {
+        if let Some(t) = &self.thread {
+            if !t.is_finished() && !self.kick_pending.swap(true, Ordering::SeqCst) {
+                kick::kick(t.as_pthread_t());
+            }
+        }
+    }
+
     /// Waits for the answer to an event sent with [`Self::send`]. While
-    /// waiting, the thread is kicked again now and then: a kick that landed
-    /// before the thread registered its `kvm_run` is not lost for good.
+    /// waiting, the thread is kicked again now and then if the last kick
+    /// was seen (belt and braces: the thread reads its events before every
+    /// `KVM_RUN`, and a kick makes the next `KVM_RUN` return at once).
     pub fn response(&self, event: VcpuEvent, timeout: Duration) -> Result<VcpuResponse, VcpuHandleError> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -114,13 +132,7 @@ impl VcpuHandle {
             }
             match self.responses.recv_timeout(left.min(Duration::from_millis(20))) {
                 Ok(r) => return Ok(r),
-                Err(RecvTimeoutError::Timeout) => {
-                    if let Some(t) = &self.thread {
-                        if !t.is_finished() {
-                            kick::kick(t.as_pthread_t());
-                        }
-                    }
-                }
+                Err(RecvTimeoutError::Timeout) => self.kick(),
                 Err(RecvTimeoutError::Disconnected) => return Err(VcpuHandleError::Gone(self.index)),
             }
         }
@@ -142,8 +154,10 @@ impl VcpuHandle {
         let _ = self.events.send(VcpuEvent::Finish);
         let deadline = Instant::now() + timeout;
         while !thread.is_finished() && Instant::now() < deadline {
-            kick::kick(thread.as_pthread_t());
-            // Wakes as soon as the thread answers; else re-kicks after 2 ms.
+            if !self.kick_pending.swap(true, Ordering::SeqCst) {
+                kick::kick(thread.as_pthread_t());
+            }
+            // Wakes as soon as the thread answers; else looks again after 2 ms.
             let _ = self.responses.recv_timeout(Duration::from_millis(2));
         }
         if thread.is_finished() {
@@ -156,7 +170,13 @@ impl VcpuHandle {
     }
 }
 
-fn thread_main(mut vcpu: Vcpu, paused: bool, events: &Receiver<VcpuEvent>, responses: &Sender<VcpuResponse>) {
+fn thread_main(
+    mut vcpu: Vcpu,
+    paused: bool,
+    events: &Receiver<VcpuEvent>,
+    responses: &Sender<VcpuResponse>,
+    kick_pending: &AtomicBool,
+) {
     // SAFETY: the pointer is this thread's vCPU kvm_run mapping; `vcpu`
     // lives (and stays mapped) until after `kick::clear` below.
     unsafe { kick::register(vcpu.kvm_run_ptr()) };
@@ -170,7 +190,12 @@ fn thread_main(mut vcpu: Vcpu, paused: bool, events: &Receiver<VcpuEvent>, respo
                 Err(TryRecvError::Empty) => {
                     match vcpu.step() {
                         Step::Continue => {}
-                        Step::Interrupted => vcpu.clear_immediate_exit(),
+                        Step::Interrupted => {
+                            vcpu.clear_immediate_exit();
+                            // Cleared before the next look at the channel:
+                            // an event sent meanwhile is seen there.
+                            kick_pending.store(false, Ordering::SeqCst);
+                        }
                         Step::Ended(reason) => {
                             vcpu.control.request_exit(reason);
                             state = State::Exited;
@@ -190,6 +215,7 @@ fn thread_main(mut vcpu: Vcpu, paused: bool, events: &Receiver<VcpuEvent>, respo
                 Err(_) => break,
             },
         };
+        kick_pending.store(false, Ordering::SeqCst);
         let answer = match (state, event) {
             (_, VcpuEvent::Finish) => break,
             (State::Exited, e) => VcpuResponse::NotAllowed(format!("{e:?}: vCPU {} has ended", vcpu.index)),

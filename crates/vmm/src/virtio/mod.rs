@@ -20,7 +20,7 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-pub use worker::{QueueHandler, Worker};
+pub use worker::{QueueHandler, Queues, Worker, WorkerError, WorkerHandler};
 
 /// Feature bit: the device conforms to virtio 1.x (required by kvmkit).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -100,6 +100,15 @@ pub trait VirtioDevice: Send {
     /// The device's counters as `(name, value)` pairs (requests, bytes, errors).
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
+    }
+    /// Parks the device's worker (no queue or guest memory is touched
+    /// until [`Self::resume`]). Devices without a running worker do nothing.
+    fn pause(&mut self) -> Result<(), WorkerError> {
+        Ok(())
+    }
+    /// Lets a paused worker run again.
+    fn resume(&mut self) -> Result<(), WorkerError> {
+        Ok(())
     }
     /// The device as `Any`, so its owner can reach device-specific
     /// operations (e.g. swapping a block device's backing file).

@@ -5,17 +5,22 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
-use super::{Activation, Interrupt, QueueHandler, VirtioDevice, Worker, VIRTIO_F_VERSION_1, VIRTIO_MMIO_INT_VRING};
+use super::{
+    Activation, Interrupt, QueueHandler, Queues, VirtioDevice, Worker, WorkerError, VIRTIO_F_VERSION_1,
+    VIRTIO_MMIO_INT_VRING,
+};
 
 /// Virtio device id of an entropy device.
 pub const VIRTIO_ID_RNG: u32 = 4;
 /// Most bytes produced for one request.
 pub const MAX_BYTES_PER_REQUEST: usize = 64 * 1024;
+/// Most requests completed per worker round (then other work gets a turn).
+const REQUESTS_PER_ROUND: usize = 64;
 
 /// The entropy device.
 #[derive(Default)]
 pub struct Rng {
-    worker: Option<Worker>,
+    worker: Option<Worker<Queues<RngHandler>>>,
 }
 
 impl VirtioDevice for Rng {
@@ -42,12 +47,22 @@ impl VirtioDevice for Rng {
             queue,
             interrupt: a.interrupt,
         };
-        self.worker = Some(Worker::spawn("virtio-rng".into(), a.queue_events, handler).map_err(|e| e.to_string())?);
+        self.worker = Some(
+            Worker::spawn("virtio-rng".into(), a.queue_events, Queues::new(handler, 1)).map_err(|e| e.to_string())?,
+        );
         Ok(())
     }
 
     fn reset(&mut self) {
         self.worker = None;
+    }
+
+    fn pause(&mut self) -> Result<(), WorkerError> {
+        self.worker.as_ref().map_or(Ok(()), Worker::pause)
+    }
+
+    fn resume(&mut self) -> Result<(), WorkerError> {
+        self.worker.as_ref().map_or(Ok(()), Worker::resume)
     }
 
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
@@ -80,9 +95,11 @@ struct RngHandler {
 }
 
 impl QueueHandler for RngHandler {
-    fn process_queue(&mut self, _index: usize) {
+    fn process_queue(&mut self, _index: usize) -> bool {
         let mut any = false;
         let mut buf = vec![0u8; MAX_BYTES_PER_REQUEST];
+        let mut done = 0;
+        let mut more = false;
         while let Some(chain) = self.queue.pop_descriptor_chain(&self.memory) {
             let head = chain.head_index();
             let mut written = 0usize;
@@ -100,9 +117,15 @@ impl QueueHandler for RngHandler {
                 break;
             }
             any = true;
+            done += 1;
+            if done == REQUESTS_PER_ROUND {
+                more = true;
+                break;
+            }
         }
         if any && self.queue.needs_notification(&self.memory).unwrap_or(true) {
             self.interrupt.signal(VIRTIO_MMIO_INT_VRING);
         }
+        more
     }
 }

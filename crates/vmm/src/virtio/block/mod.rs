@@ -17,7 +17,10 @@ use self::request::{
     VIRTIO_BLK_ID_BYTES,
 };
 use super::VIRTIO_MMIO_INT_VRING;
-use super::{read_config_bytes, Activation, Interrupt, QueueHandler, VirtioDevice, Worker, VIRTIO_F_VERSION_1};
+use super::{
+    read_config_bytes, Activation, Interrupt, QueueHandler, Queues, VirtioDevice, Worker, WorkerError,
+    VIRTIO_F_VERSION_1,
+};
 
 /// Virtio device id of a block device.
 pub const VIRTIO_ID_BLOCK: u32 = 2;
@@ -29,6 +32,8 @@ const VIRTIO_BLK_F_DISCARD: u64 = 1 << 13;
 const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << 14;
 /// Queue size offered to drivers.
 pub const QUEUE_SIZE: u16 = 256;
+/// Batches a worker round drains before yielding.
+const DRAINS_PER_ROUND: usize = 4;
 const SEG_MAX: u32 = 128;
 
 /// The disk a block device works on; replaced while the VM runs by
@@ -62,7 +67,7 @@ pub struct Block {
     slot: Arc<DiskSlot>,
     id: [u8; VIRTIO_BLK_ID_BYTES],
     config: [u8; 60],
-    worker: Option<Worker>,
+    worker: Option<Worker<Queues<BlockHandler>>>,
     name: String,
     counters: Arc<BlockCounters>,
 }
@@ -155,7 +160,8 @@ impl VirtioDevice for Block {
         let mut handler = BlockHandler::new(a.memory, queue, a.interrupt, self.slot.current(), self.id);
         handler.slot = Some((self.slot.clone(), self.slot.generation.load(Ordering::SeqCst)));
         handler.counters = Some(self.counters.clone());
-        self.worker = Some(Worker::spawn(self.name.clone(), a.queue_events, handler).map_err(|e| e.to_string())?);
+        self.worker =
+            Some(Worker::spawn(self.name.clone(), a.queue_events, Queues::new(handler, 1)).map_err(|e| e.to_string())?);
         Ok(())
     }
 
@@ -170,6 +176,14 @@ impl VirtioDevice for Block {
             ("errors", c.errors.load(Ordering::Relaxed)),
             ("swaps", c.swaps.load(Ordering::Relaxed)),
         ]
+    }
+
+    fn pause(&mut self) -> Result<(), WorkerError> {
+        self.worker.as_ref().map_or(Ok(()), Worker::pause)
+    }
+
+    fn resume(&mut self) -> Result<(), WorkerError> {
+        self.worker.as_ref().map_or(Ok(()), Worker::resume)
     }
 
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
@@ -213,7 +227,7 @@ impl BlockHandler {
         }
     }
 
-    /// Completes every available request; returns how many.
+    /// Completes the available requests (at most a ring's worth, [`QUEUE_SIZE`]); returns how many.
     ///
     /// Reads (or writes) that follow each other on the disk, taken one after the other from
     /// the ring, are merged into one disk access of up to [`MERGE_BYTES`] (16 sequential
@@ -238,7 +252,12 @@ impl BlockHandler {
         let mut run: Vec<(_, Plain)> = Vec::new();
         // Data bytes of `run`.
         let mut run_bytes = 0;
-        while let Some(chain) = queue.pop_descriptor_chain(&*memory) {
+        // At most one ring's worth per drain: a guest that keeps
+        // republishing cannot keep the worker here forever.
+        for _ in 0..QUEUE_SIZE {
+            let Some(chain) = queue.pop_descriptor_chain(&*memory) else {
+                break;
+            };
             let plain = plain_request(memory, &chain, &ctx);
             if let (Some(p), Some((_, last))) = (plain, run.last()) {
                 if p.write == last.write
@@ -306,7 +325,7 @@ fn execute_run(
 }
 
 impl QueueHandler for BlockHandler {
-    fn process_queue(&mut self, _index: usize) {
+    fn process_queue(&mut self, _index: usize) -> bool {
         if let Some((slot, seen)) = &mut self.slot {
             let now = slot.generation.load(Ordering::SeqCst);
             if now != *seen {
@@ -314,15 +333,17 @@ impl QueueHandler for BlockHandler {
                 self.disk = slot.current();
             }
         }
-        // Re-check after completing a batch: the driver may add more meanwhile.
-        loop {
+        // Re-check after completing a batch: the driver may add more
+        // meanwhile. A few batches per round, then other work gets a turn.
+        for _ in 0..DRAINS_PER_ROUND {
             if self.drain() == 0 {
-                break;
+                return false;
             }
             if self.queue.needs_notification(&self.memory).unwrap_or(true) {
                 self.interrupt.signal(VIRTIO_MMIO_INT_VRING);
             }
         }
+        true
     }
 }
 

@@ -211,6 +211,14 @@ impl VirtioDevice for Net {
         ]
     }
 
+    fn pause(&mut self) -> Result<(), super::WorkerError> {
+        self.worker.as_ref().map_or(Ok(()), NetWorker::pause)
+    }
+
+    fn resume(&mut self) -> Result<(), super::WorkerError> {
+        self.worker.as_ref().map_or(Ok(()), NetWorker::resume)
+    }
+
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
         self
     }

@@ -1,101 +1,98 @@
-//! The NIC's worker thread: polls the rx and tx queues' ioeventfds and the
-//! tap. The tap is polled only while the guest has rx buffers for its
-//! frames; with a frame waiting and no buffers, the worker sleeps until the
-//! driver notifies the rx queue. Tx floods are worked in bursts, alternating
-//! with rx, so neither side starves the other. No busy loops.
+//! The NIC's worker: the shared [`Worker`] helper driving a [`NetLoop`],
+//! which polls the tap as an extra descriptor. The tap is polled only while
+//! the guest has rx buffers for its frames; with a frame waiting and no
+//! buffers, the worker sleeps until the driver notifies the rx queue. Tx
+//! floods are worked in bursts, alternating with rx, so neither side
+//! starves the other. No busy loops.
 
-use std::os::fd::AsRawFd;
-use std::thread::JoinHandle;
+use std::os::fd::RawFd;
 
 use vmm_sys_util::eventfd::EventFd;
 
 use super::handler::{NetHandler, RxState};
 use super::{RX_QUEUE, TX_QUEUE};
+use crate::virtio::{Worker, WorkerError, WorkerHandler};
+
+/// A NIC's handler with the rx/tx state carried between rounds.
+pub struct NetLoop {
+    h: NetHandler,
+    tx_more: bool,
+    rx_more: bool,
+}
+
+impl NetLoop {
+    /// The handler (and its queues).
+    pub fn into_inner(self) -> NetHandler {
+        self.h
+    }
+}
+
+impl WorkerHandler for NetLoop {
+    fn start(&mut self) -> bool {
+        self.tx_more = self.h.process_tx();
+        self.rx_more = matches!(self.h.process_rx(), RxState::More);
+        self.tx_more || self.rx_more
+    }
+
+    fn extra_fds(&mut self) -> Vec<(RawFd, i16)> {
+        // Rx notifications on only while a frame waits for buffers.
+        if self.h.arm_rx_notification() {
+            self.rx_more = true;
+        }
+        let tap_events = if self.h.rx_blocked() { 0 } else { libc::POLLIN };
+        vec![(self.h.backend_fd(), tap_events)]
+    }
+
+    fn work(&mut self, notified: &[bool], extra: &[i16]) -> bool {
+        let queue = |i: usize| notified.get(i).copied().unwrap_or(false);
+        // POLLIN, or POLLERR/POLLHUP when the tap went away: the read says which.
+        let do_rx = self.rx_more || queue(RX_QUEUE) || extra.first().is_some_and(|&r| r != 0);
+        let do_tx = self.tx_more || queue(TX_QUEUE);
+        if do_tx {
+            self.tx_more = self.h.process_tx();
+        }
+        if do_rx {
+            self.rx_more = matches!(self.h.process_rx(), RxState::More);
+        }
+        self.tx_more || self.rx_more
+    }
+
+    fn is_done(&self) -> bool {
+        self.h.is_dead()
+    }
+}
 
 /// A running NIC worker, stopped when dropped.
-pub struct NetWorker {
-    stop: EventFd,
-    thread: Option<JoinHandle<()>>,
-}
+pub struct NetWorker(Worker<NetLoop>);
 
 impl NetWorker {
     /// Starts thread `name` driving `handler`; `events` are the rx and tx queues' eventfds.
-    pub fn spawn(name: String, events: Vec<EventFd>, mut handler: NetHandler) -> std::io::Result<Self> {
+    pub fn spawn(name: String, events: Vec<EventFd>, handler: NetHandler) -> std::io::Result<Self> {
         if events.len() != 2 {
             return Err(std::io::Error::other("virtio-net needs two queue eventfds"));
         }
-        let stop = EventFd::new(libc::EFD_NONBLOCK)?;
-        let stop_fd = stop.try_clone()?;
-        let thread = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || run(&events, &stop_fd, &mut handler))?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
+        let l = NetLoop {
+            h: handler,
+            tx_more: false,
+            rx_more: false,
+        };
+        Ok(Self(Worker::spawn(name, events, l)?))
     }
-}
 
-fn pollfd(fd: i32, events: i16) -> libc::pollfd {
-    libc::pollfd { fd, events, revents: 0 }
-}
-
-fn run(events: &[EventFd], stop: &EventFd, h: &mut NetHandler) {
-    let mut tx_more = h.process_tx();
-    let mut rx_more = matches!(h.process_rx(), RxState::More);
-    loop {
-        if h.is_dead() {
-            break;
-        }
-        // Rx notifications on only while a frame waits for buffers.
-        if h.arm_rx_notification() {
-            rx_more = true;
-        }
-        let tap_events = if h.rx_blocked() { 0 } else { libc::POLLIN };
-        let mut fds = [
-            pollfd(events[RX_QUEUE].as_raw_fd(), libc::POLLIN),
-            pollfd(events[TX_QUEUE].as_raw_fd(), libc::POLLIN),
-            pollfd(h.backend_fd(), tap_events),
-            pollfd(stop.as_raw_fd(), libc::POLLIN),
-        ];
-        let timeout = if tx_more || rx_more { 0 } else { -1 };
-        // SAFETY: `fds` is a valid array of 4 pollfds.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-        if n < 0 {
-            continue;
-        }
-        if fds[3].revents != 0 {
-            break;
-        }
-        let mut do_rx = rx_more;
-        let mut do_tx = tx_more;
-        if fds[0].revents & libc::POLLIN != 0 {
-            let _ = events[RX_QUEUE].read();
-            do_rx = true;
-        }
-        if fds[1].revents & libc::POLLIN != 0 {
-            let _ = events[TX_QUEUE].read();
-            do_tx = true;
-        }
-        if fds[2].revents != 0 {
-            // POLLIN, or POLLERR/POLLHUP when the tap went away: the read says which.
-            do_rx = true;
-        }
-        if do_tx {
-            tx_more = h.process_tx();
-        }
-        if do_rx {
-            rx_more = matches!(h.process_rx(), RxState::More);
-        }
+    /// Parks the worker.
+    pub fn pause(&self) -> Result<(), WorkerError> {
+        self.0.pause()
     }
-    tracing::debug!("virtio-net worker ends: {}", h.counters().summary());
-}
 
-impl Drop for NetWorker {
-    fn drop(&mut self) {
-        let _ = self.stop.write(1);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    /// Lets it run again.
+    pub fn resume(&self) -> Result<(), WorkerError> {
+        self.0.resume()
+    }
+
+    /// Stops it and hands the handler back.
+    pub fn stop(self) -> Option<NetHandler> {
+        let h = self.0.stop()?;
+        tracing::debug!("virtio-net worker ends: {}", h.h.counters().summary());
+        Some(h.into_inner())
     }
 }
