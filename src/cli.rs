@@ -45,7 +45,7 @@ pub struct CtlArgs {
 }
 
 /// `kvmkit ctl` subcommands.
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum CtlCommand {
     /// Instance info (`GET /`): id, state, version.
     Info,
@@ -61,6 +61,18 @@ pub enum CtlCommand {
     FlushMetrics,
     /// End the VM and the VMM (kvmkit only: `PUT /kvmkit/stop`).
     Stop,
+    /// Send any API request (for scripts without curl) and print the answer's body.
+    ///
+    /// The body is printed as it came; exit status 0 on 2xx, 1 with the fault_message on
+    /// stderr otherwise. E.g. `request PUT /machine-config '{"vcpu_count": 1, "mem_size_mib": 256}'`.
+    Request {
+        /// HTTP method: GET, PUT, PATCH, ...
+        method: String,
+        /// Request path, e.g. /machine-config or /drives/rootfs.
+        path: String,
+        /// JSON body (none for GET).
+        body: Option<String>,
+    },
 }
 
 /// Options of `kvmkit image`.

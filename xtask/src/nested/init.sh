@@ -329,6 +329,113 @@ sc_net_two() {
   no_taps "after kvmkit exited"
 }
 
+# api: kvmkit as a Firecracker-style VMM, driven over its API socket with `kvmkit ctl request`
+# (L1 has no curl): configure, boot the stock kernel + busybox initramfs, pause, resume, then
+# Ctrl-Alt-Del, which must reboot the guest and so (reboot=k) end the VMM with status 0. The
+# i8042 keyboard carries it; /init is a shell, which leaves kernel.ctrl-alt-del at the kernel's
+# default 1 (restart at once; an init that sets it to 0 gets SIGINT instead).
+# The guest prints lab-api-up, then lab-tick=N every second, and after the first tick its
+# keyboard's boot lines from dmesg (lab-kbd: ...).
+API_SOCK=/tmp/api.sock
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+# ctl WHAT ARGS...: `kvmkit ctl ARGS`, its output in /tmp/ctl.out and on the console; a
+# non-zero status fails the scenario (WHAT says which step).
+ctl() {
+  what=$1
+  shift
+  kvmkit ctl --api-sock "$API_SOCK" "$@" >/tmp/ctl.out 2>&1
+  crc=$?
+  sed "s/^/  | ctl $what: /" /tmp/ctl.out
+  [ $crc = 0 ] || { fail "$what: kvmkit ctl $1 ... exited $crc: $(tr '\n' ' ' </tmp/ctl.out)"; return 1; }
+}
+# ctl_state STATE: `ctl info` says the VM is STATE.
+ctl_state() {
+  ctl info info || return 1
+  grep -q "\"state\": \"$1\"" /tmp/ctl.out || { fail "ctl info does not say $1: $(tr '\n' ' ' </tmp/ctl.out)"; return 1; }
+}
+# api_tick: the guest's last lab-tick number (-1 before the first).
+api_tick() {
+  t=$(tr -d '\r' </tmp/api.raw | sed -n 's/^lab-tick=\([0-9][0-9]*\)$/\1/p' | tail -n 1)
+  echo "${t:--1}"
+}
+api_steps() {
+  n=0
+  while [ ! -S "$API_SOCK" ]; do
+    running && [ $n -lt 100 ] || { fail "no API socket $API_SOCK (the VMM ended or 10 s passed)"; return 1; }
+    sleep 0.1
+    n=$((n + 1))
+  done
+  ctl_state "Not started" || return 1
+  ctl machine-config request PUT /machine-config '{"vcpu_count": 1, "mem_size_mib": 256}' || return 1
+  ctl boot-source request PUT /boot-source "{\"kernel_image_path\": \"/lab/cache/linux/vmlinux\", \"initrd_path\": \"/lab/cache/linux/initramfs.cpio\", \"boot_args\": \"$1\"}" || return 1
+  ctl machine-config request GET /machine-config || return 1
+  grep -q '"vcpu_count":1,"mem_size_mib":256' /tmp/ctl.out || { fail "GET /machine-config is not 1 vCPU, 256 MiB"; return 1; }
+  t_start=$(now)
+  ctl InstanceStart request PUT /actions '{"action_type": "InstanceStart"}' || return 1
+  wait_for /tmp/api '^lab-api-up' || return 1
+  info "api: InstanceStart to the guest's lab-api-up in $(since "$t_start") s"
+  ctl_state Running || return 1
+  n=0
+  while [ "$(api_tick)" -lt 1 ]; do
+    running && [ $n -lt 100 ] || { fail "the guest printed no lab-tick=1 within 20 s"; return 1; }
+    sleep 0.2
+    n=$((n + 1))
+  done
+  ctl pause pause || return 1
+  ctl_state Paused || return 1
+  # A line written just before the pause may still be on its way to the file.
+  sleep 0.5
+  a=$(api_tick)
+  sleep 3
+  b=$(api_tick)
+  info "api: paused at lab-tick=$a; 3 s later lab-tick=$b"
+  [ "$a" = "$b" ] || { fail "the guest ran while paused (lab-tick=$a, 3 s later $b)"; return 1; }
+  ctl resume resume || return 1
+  ctl_state Running || return 1
+  t_resume=$(now)
+  n=0
+  while [ "$(api_tick)" -le "$b" ]; do
+    running && [ $n -lt 100 ] || { fail "no lab-tick after lab-tick=$b within 20 s of resuming"; return 1; }
+    sleep 0.2
+    n=$((n + 1))
+  done
+  info "api: resumed; lab-tick=$(api_tick) $(since "$t_resume") s later"
+  t_cad=$(now)
+  ctl ctrl-alt-del ctrl-alt-del || return 1
+  n=0
+  while running; do
+    [ $n -lt 150 ] || { fail "the VMM still runs 30 s after ctl ctrl-alt-del"; return 1; }
+    sleep 0.2
+    n=$((n + 1))
+  done
+  info "api: the VMM exited $(since "$t_cad") s after ctl ctrl-alt-del"
+}
+sc_api() {
+  need_linux || return
+  kvmkit ctl --help 2>/dev/null | grep -q request || { fail "kvmkit has no 'ctl request' yet"; return; }
+  rm -f "$API_SOCK"
+  cmd='echo lab-api-up; i=0; while :; do echo lab-tick=$i; [ $i = 1 ] && dmesg | grep -i -E "i8042|serio|atkbd|keyboard|input:" | sed "s/^/lab-kbd: /"; i=$((i + 1)); sleep 1; done'
+  args="console=ttyS0 reboot=k panic=-1 pci=off quiet kvmkit.cmd=b64:$(printf '%s' "$cmd" | base64 | tr -d '\n')"
+  # Boot, pause and resume, and the reboot take longer than one command under the timeout.
+  T0=$T
+  T=$((T * 2))
+  bg /tmp/api kvmkit run --api-sock "$API_SOCK"
+  if ! api_steps "$args" && running; then
+    info "stopping the VMM early"
+    kvmkit ctl --api-sock "$API_SOCK" stop >/dev/null 2>&1
+    sleep 2
+    stop_bg
+  fi
+  finish /tmp/api
+  T=$T0
+  expect_rc 0
+  expect_line /tmp/api '^lab-kbd: .*input: AT .* keyboard'
+  expect_line /tmp/api 'reboot: Restarting system'
+  n=$(grep -c 'reboot: Restarting system' /tmp/api)
+  [ "$n" -le 1 ] || fail "the guest rebooted $n times (reboot loop)"
+  [ ! -e "$API_SOCK" ] || fail "the API socket is left after the VMM exited"
+}
+
 # bench-linux: the whole `kvmkit bench --guest linux` in the quick profile, all three columns:
 # host (chroot), kvmkit and QEMU (stock Debian L2 guests). Prints its progress every 30 s so
 # the lab does not take the long run for a hang.

@@ -64,6 +64,12 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "a guest kernel panic (sysrq c) ends the VM with a non-zero status (no reboot loop)",
     ),
     (
+        "api",
+        "`run --api-sock` driven by `kvmkit ctl request` (no curl in L1): machine-config, boot-source (stock \
+         kernel + busybox initramfs), InstanceStart; `ctl info` Running; `ctl pause` freezes the guest's \
+         per-second counter, `ctl resume` restarts it; `ctl ctrl-alt-del` reboots the guest and the VMM exits 0",
+    ),
+    (
         "blk-ext4",
         "`--disk`: the stock virtio_mmio + virtio_blk find the disk (ACPI), the guest mounts a host-made ext4 \
          image, reads /hello.txt, writes /new and syncs; after exit L1's debugfs reads /new from the image",

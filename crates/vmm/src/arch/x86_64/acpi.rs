@@ -10,7 +10,7 @@
 //!              XSDT ("XSDT")  ----------------------------> FADT, MADT
 //!              FADT ("FACP", HW_REDUCED_ACPI) --X_DSDT----> DSDT
 //!              MADT ("APIC": local APICs, I/O APIC, ISO, local APIC NMI)
-//!              DSDT ("DSDT": \_SB.COM1, \_SB.VRnn virtio-mmio devices)
+//!              DSDT ("DSDT": \_SB.COM1, \_SB.PS2_ i8042, \_SB.VRnn virtio-mmio devices)
 //! ```
 //!
 //! Every table starts on a 16-byte boundary, one after the other, and the
@@ -109,6 +109,11 @@ const COM1_PORT_COUNT: u8 = 8;
 const COM1_GSI: u32 = 4;
 /// `_HID` of virtio-mmio devices (the Linux virtio_mmio driver's ACPI id).
 const VIRTIO_MMIO_HID: &str = "LNRO0005";
+/// I/O ports of the i8042 keyboard controller: data, and command/status.
+const I8042_DATA_PORT: u16 = 0x60;
+const I8042_COMMAND_PORT: u16 = 0x64;
+/// GSI of the keyboard's interrupt (ISA IRQ 1).
+const I8042_KBD_GSI: u32 = 1;
 
 /// One virtio-mmio device to describe in the DSDT (unused for now, but supported).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,6 +210,30 @@ fn com1_aml() -> Vec<u8> {
     ))
 }
 
+/// AML for the i8042 keyboard controller (`\_SB.PS2_`, PNP0303, ports 0x60
+/// and 0x64, IRQ 1), as Firecracker describes it. Hardware-reduced ACPI
+/// leaves Linux no legacy PIC, so an ISA IRQ exists only once a device
+/// claims it: without this device Linux's i8042 driver probes the ports
+/// directly and its request for IRQ 1 fails ("probe of i8042 failed with
+/// error -22"), so there is no keyboard and no Ctrl-Alt-Del. There is no AUX
+/// (PNP0F13) device: Linux then leaves the AUX port alone.
+fn i8042_aml() -> Vec<u8> {
+    let hid = EISAName::new("PNP0303");
+    let data = IO::new(I8042_DATA_PORT, I8042_DATA_PORT, 1, 1);
+    let command = IO::new(I8042_COMMAND_PORT, I8042_COMMAND_PORT, 1, 1);
+    // Consumer, edge-triggered, active high, exclusive.
+    let irq = Interrupt::new(true, true, false, false, I8042_KBD_GSI);
+    let crs = ResourceTemplate::new(vec![&data, &command, &irq]);
+    to_bytes(&aml::Device::new(
+        Path::new("PS2_"),
+        vec![
+            &Name::new(Path::new("_HID"), &hid),
+            &Name::new(Path::new("_UID"), &aml::ZERO),
+            &Name::new(Path::new("_CRS"), &crs),
+        ],
+    ))
+}
+
 /// AML for virtio-mmio device number `index` (`\_SB.VRxx`, `xx` = `index` in hex).
 fn virtio_mmio_aml(index: u8, device: &AcpiMmioDevice) -> Result<Vec<u8>, AcpiError> {
     let bad = || AcpiError::BadMmioDevice {
@@ -247,9 +276,9 @@ pub const ACPI_RESET_VALUE: u8 = 1;
 pub const ACPI_S5_SLP_TYP: u8 = 5;
 
 /// Builds the DSDT: `_S5_` (soft-off sleep type) and a `\_SB` scope holding
-/// COM1 and one device per virtio-mmio window.
+/// COM1, the i8042 and one device per virtio-mmio window.
 fn build_dsdt(mmio_devices: &[AcpiMmioDevice]) -> Result<Sdt, AcpiError> {
-    let mut devices = vec![com1_aml()];
+    let mut devices = vec![com1_aml(), i8042_aml()];
     for (index, device) in mmio_devices.iter().enumerate() {
         let index = u8::try_from(index).map_err(|_| AcpiError::TooManyMmioDevices(mmio_devices.len()))?;
         devices.push(virtio_mmio_aml(index, device)?);
@@ -616,6 +645,12 @@ mod tests {
         let (_, dsdt) = read_dsdt(&mem, rsdp_addr);
         assert_eq!(count(&dsdt, b"LNRO0005"), 0);
         assert_eq!(count(&dsdt, b"COM1"), 1);
+        // The i8042: its two one-port I/O descriptors (tag, 16-bit decode,
+        // min, max, alignment, length) and IRQ 1.
+        assert_eq!(count(&dsdt, b"PS2_"), 1);
+        assert_eq!(count(&dsdt, &[0x47, 1, 0x60, 0, 0x60, 0, 1, 1]), 1);
+        assert_eq!(count(&dsdt, &[0x47, 1, 0x64, 0, 0x64, 0, 1, 1]), 1);
+        assert_eq!(count(&dsdt, &[0x89, 6, 0, 0b0011, 1, 1, 0, 0, 0]), 1);
 
         let devices = two_devices();
         let (mem, rsdp_addr) = setup(2, &devices);
@@ -734,7 +769,16 @@ mod tests {
             assert!(output.status.success(), "iasl -d {name} failed:\n{log}");
             let dsl = std::fs::read_to_string(dir.join(format!("{name}.dsl"))).expect("iasl output");
             if name == "dsdt" {
-                for needle in ["\"LNRO0005\"", "VR00", "VR01", "COM1", "PNP0501", "Memory32Fixed"] {
+                for needle in [
+                    "\"LNRO0005\"",
+                    "VR00",
+                    "VR01",
+                    "COM1",
+                    "PNP0501",
+                    "Device (PS2)",
+                    "PNP0303",
+                    "Memory32Fixed",
+                ] {
                     assert!(dsl.contains(needle), "{needle} missing from:\n{dsl}");
                 }
             }
