@@ -1,5 +1,6 @@
 //! Logging set-up: `tracing` to stderr (or a file/FIFO from `--log-path` or
-//! `PUT /logger`), the level from `-v`, `--level`, `KVMKIT_LOG` or the API.
+//! `PUT /logger`), the level from `-v`, `--level`, `KVMKIT_LOG` (targets
+//! syntax: `warn`, `kvmkit_vmm=debug,info`) or the API.
 //! No ANSI colour: logs often end up in files.
 
 use std::fs::OpenOptions;
@@ -8,10 +9,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use kvmkit_vmm::vmm_config::LoggerConfig;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{reload, EnvFilter, Registry};
+use tracing_subscriber::{reload, Registry};
 
 type Target = Arc<Mutex<Box<dyn Write + Send>>>;
 
@@ -43,7 +45,7 @@ impl<'a> MakeWriter<'a> for Switch {
 }
 
 struct Handles {
-    filter: reload::Handle<EnvFilter, Registry>,
+    filter: reload::Handle<Targets, Registry>,
     target: Target,
 }
 
@@ -51,7 +53,16 @@ static HANDLES: OnceLock<Handles> = OnceLock::new();
 
 /// Starts logging at `default` level (`KVMKIT_LOG` overrides) to stderr.
 pub fn init(default: &str) {
-    let filter = EnvFilter::try_from_env("KVMKIT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // `Targets` (`warn`, `kvmkit_vmm=debug,info`): no regex engine to
+    // build at every start, unlike an EnvFilter.
+    let fallback = || default.parse::<Targets>().unwrap_or_default();
+    let filter = match std::env::var("KVMKIT_LOG") {
+        Ok(spec) => spec.parse::<Targets>().unwrap_or_else(|e| {
+            eprintln!("kvmkit: warning: KVMKIT_LOG={spec}: {e}; using {default}");
+            fallback()
+        }),
+        Err(_) => fallback(),
+    };
     let (filter, handle) = reload::Layer::new(filter);
     let target: Target = Arc::new(Mutex::new(Box::new(std::io::stderr())));
     let fmt = tracing_subscriber::fmt::layer()
@@ -93,7 +104,9 @@ pub fn apply(cfg: &LoggerConfig) -> Result<(), String> {
             Some(m) => format!("off,{m}={level}"),
             None => level.to_owned(),
         };
-        let filter = EnvFilter::try_new(&directive).map_err(|e| format!("log filter '{directive}': {e}"))?;
+        let filter = directive
+            .parse::<Targets>()
+            .map_err(|e| format!("log filter '{directive}': {e}"))?;
         h.filter.reload(filter).map_err(|e| e.to_string())?;
     }
     Ok(())

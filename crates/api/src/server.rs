@@ -160,6 +160,7 @@ impl ApiServer {
         let metrics = info.metrics.clone();
         let limit = info.max_body_bytes;
 
+        let probe_sender = sender.clone();
         let service = Service {
             sender,
             limiter: LogLimiter::new(LOG_LINES_PER_SECOND, Duration::from_secs(1)),
@@ -175,6 +176,8 @@ impl ApiServer {
             stop: stop.clone(),
             work: work_tx.clone(),
             limit,
+            sender: probe_sender,
+            metrics: metrics.clone(),
         };
         let pump = match thread::Builder::new()
             .name("fc_api_accept".into())
@@ -407,6 +410,9 @@ struct Pump {
     stop: Arc<AtomicBool>,
     work: Sender<Work>,
     limit: usize,
+    /// For the readiness probe, answered on this thread.
+    sender: ActionSender,
+    metrics: Arc<ApiMetrics>,
 }
 
 impl Pump {
@@ -423,7 +429,23 @@ impl Pump {
         }
     }
 
+    /// `GET /` with no body, answered here from the state the VMM thread
+    /// publishes: the probe clients poll, at the cost of one thread hop.
+    fn probe(&self, rq: &Request) -> Option<ApiResponse> {
+        if *rq.method() != tiny_http::Method::Get || rq.url() != "/" || rq.body_length().unwrap_or(0) != 0 {
+            return None;
+        }
+        let info = self.sender.instance_info()?;
+        ApiMetrics::add(&self.metrics.requests);
+        ApiMetrics::add(&self.metrics.status_2xx);
+        Some(json(200, &info))
+    }
+
     fn dispatch(&self, rq: Request) {
+        if let Some(r) = self.probe(&rq) {
+            respond(rq, r);
+            return;
+        }
         let received = Instant::now();
         match body_kind(&rq) {
             kind @ (BodyKind::Buffered | BodyKind::Upgrade) => {
@@ -571,7 +593,17 @@ impl Service {
         };
         let name = action.name();
         let notable = is_notable(&action);
-        let response = match self.sender.call(action, self.info.action_timeout) {
+        // The readiness probe: answered from the state the VMM thread
+        // publishes, without a round trip to it.
+        let published = match action {
+            VmmAction::GetInstanceInfo => self.sender.instance_info().map(VmmData::InstanceInfo),
+            _ => None,
+        };
+        let result = match published {
+            Some(data) => Ok(data),
+            None => self.sender.call(action, self.info.action_timeout),
+        };
+        let response = match result {
             Ok(data) => render(data),
             Err(e) => return self.finish(method, url, name, received, Outcome::ActionFailed(e.to_string())),
         };

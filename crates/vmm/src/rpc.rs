@@ -9,7 +9,7 @@
 //! the API and tests.
 
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -161,22 +161,37 @@ pub struct ActionRequest {
 pub struct ActionSender {
     tx: Sender<ActionRequest>,
     wake: Arc<EventFd>,
+    info: Arc<Mutex<Option<InstanceInfo>>>,
 }
 
 /// The VMM side: polled by the VMM thread's event loop.
 pub struct ActionReceiver {
     rx: Receiver<ActionRequest>,
     wake: Arc<EventFd>,
+    info: Arc<Mutex<Option<InstanceInfo>>>,
 }
 
 /// A connected sender/receiver pair.
 pub fn action_channel() -> std::io::Result<(ActionSender, ActionReceiver)> {
     let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
     let (tx, rx) = mpsc::channel();
-    Ok((ActionSender { tx, wake: wake.clone() }, ActionReceiver { rx, wake }))
+    let info = Arc::new(Mutex::new(None));
+    Ok((
+        ActionSender {
+            tx,
+            wake: wake.clone(),
+            info: info.clone(),
+        },
+        ActionReceiver { rx, wake, info },
+    ))
 }
 
 impl ActionSender {
+    /// The instance info last published by the VMM thread, if any.
+    pub fn instance_info(&self) -> Option<InstanceInfo> {
+        crate::bus::lock(&self.info).clone()
+    }
+
     /// Sends `action` and waits up to `timeout` for the answer.
     pub fn call(&self, action: VmmAction, timeout: Duration) -> ActionResult {
         let (reply, answer) = mpsc::channel();
@@ -197,6 +212,14 @@ impl ActionSender {
 }
 
 impl ActionReceiver {
+    /// Publishes the instance info the VMM thread holds now, so `GET /`
+    /// (the readiness probe clients poll) is answered without a round trip
+    /// to the VMM thread. The VMM publishes after every action and state
+    /// change; the published state is never ahead of the real one.
+    pub fn publish(&self, info: InstanceInfo) {
+        *crate::bus::lock(&self.info) = Some(info);
+    }
+
     /// The eventfd that becomes readable when a request is waiting.
     pub fn wake_fd(&self) -> &EventFd {
         &self.wake

@@ -102,16 +102,20 @@ impl Vmm {
         self.start.elapsed().as_micros() as u64
     }
 
+    fn instance_info(&self) -> InstanceInfo {
+        InstanceInfo {
+            app_name: "kvmkit".into(),
+            id: self.id.clone(),
+            state: self.state(),
+            vmm_version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+
     fn handle(&mut self, action: VmmAction) -> ActionResult {
         use VmmAction::*;
         let done = |r: Result<(), ActionError>| r.map(|()| VmmData::Empty);
         match action {
-            GetInstanceInfo => Ok(VmmData::InstanceInfo(InstanceInfo {
-                app_name: "kvmkit".into(),
-                id: self.id.clone(),
-                state: self.state(),
-                vmm_version: env!("CARGO_PKG_VERSION").into(),
-            })),
+            GetInstanceInfo => Ok(VmmData::InstanceInfo(self.instance_info())),
             GetVmConfig => Ok(VmmData::VmConfig(Box::new(
                 self.machine
                     .as_ref()
@@ -252,6 +256,9 @@ pub fn run_vmm(resources: VmResources, opts: VmmOptions) -> Result<RunOutcome, M
     if boot_now {
         vmm.boot()?;
     }
+    if let Some(a) = &actions {
+        a.publish(vmm.instance_info());
+    }
     let _terminal = if stdin {
         TerminalGuard::new(libc::STDIN_FILENO)
     } else {
@@ -329,6 +336,9 @@ pub fn run_vmm(resources: VmResources, opts: VmmOptions) -> Result<RunOutcome, M
                     if let Err(e) = &result {
                         tracing::debug!("action {name} refused: {e}");
                     }
+                    // Published before answering: a client that sees this
+                    // answer and then polls GET / sees the new state.
+                    a.publish(vmm.instance_info());
                     // The client may have gone; its answer is then dropped.
                     let _ = req.reply.send(result);
                 }
