@@ -72,7 +72,11 @@ impl TaskPool {
     pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
         let mut queue = self.sharing.todo.lock().unwrap();
 
-        if self.sharing.waiting_tasks.load(Ordering::Acquire) == 0 {
+        // kvmkit patch: a waiting thread that was notified but has not
+        // taken its task yet still counts as waiting; only queue when more
+        // threads wait than tasks are queued, else a task could sit behind
+        // a connection that never finishes its request.
+        if self.sharing.waiting_tasks.load(Ordering::Acquire) <= queue.len() {
             self.add_thread(Some(code));
         } else {
             queue.push_back(code);
