@@ -140,7 +140,7 @@ fn primes_are_right_after_many_pause_resume_cycles() {
         eprintln!("skipped: no /dev/kvm");
         return;
     }
-    let (mut m, console) = machine("primes:3000000", 1);
+    let (mut m, console) = machine("primes:5000000", 1);
     m.start(false).expect("start");
     let mut cycles = 0;
     while cycles < 100 && !m.control().stopping() {
@@ -157,7 +157,7 @@ fn primes_are_right_after_many_pause_resume_cycles() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(m.stop(ExitReason::Stopped("the test")));
-    assert!(console.text().contains("count=216816"), "{}", console.text());
+    assert!(console.text().contains("count=348513"), "{}", console.text());
     assert_eq!(m.outcome().reason, ExitReason::GuestExit(0));
     assert!(
         cycles >= 10,
