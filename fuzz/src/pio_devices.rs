@@ -311,7 +311,7 @@ pub fn run(data: &[u8]) -> Outcome {
     assert_eq!(m.control.reports(), model.reports);
     assert_eq!(m.control.timeline.entry.get().is_some(), model.entry_seen);
     assert_eq!(m.control.timeline.ready.get().is_some(), model.ready_seen);
-    let unclaimed: u64 = m.pio.unclaimed_accesses().iter().map(|&(_, n)| n).sum();
+    let unclaimed: u64 = m.pio.unclaimed_summary().total;
     assert_eq!(unclaimed, model.unclaimed_pio);
     Outcome {
         reports: model.reports.len(),

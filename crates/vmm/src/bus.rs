@@ -1,7 +1,9 @@
 //! Port-I/O and MMIO buses: route a vCPU's exit to the device at that address.
 //!
 //! Accesses nobody claims read as all-ones and are otherwise ignored; each
-//! unclaimed address is logged once and counted, never per access.
+//! unclaimed address is logged once and counted, never per access. The table
+//! of unclaimed addresses is bounded ([`MAX_UNCLAIMED_ADDRS`]): a guest
+//! scanning the MMIO hole is counted in a total, not one entry per address.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -38,12 +40,54 @@ pub enum BusError {
     },
 }
 
+/// Most distinct unclaimed addresses a bus keeps a count for; accesses to
+/// further addresses are only added to the total.
+pub const MAX_UNCLAIMED_ADDRS: usize = 1024;
+/// Most unclaimed addresses an [`UnclaimedSummary`] lists.
+pub const UNCLAIMED_TOP: usize = 32;
+
+#[derive(Default)]
+struct Unclaimed {
+    counts: HashMap<u64, u64>,
+    total: u64,
+    untracked: u64,
+}
+
+/// Unclaimed accesses on one bus, bounded: the most accessed addresses, the
+/// total, and how many accesses went elsewhere.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UnclaimedSummary {
+    /// Up to [`UNCLAIMED_TOP`] (address, count) pairs, sorted by address.
+    pub top: Vec<(u64, u64)>,
+    /// All unclaimed accesses.
+    pub total: u64,
+    /// Accesses not in `top` (the "and N more").
+    pub more: u64,
+    /// Distinct addresses counted (at most [`MAX_UNCLAIMED_ADDRS`]).
+    pub addresses: u64,
+    /// Whether more distinct addresses were seen than the table keeps.
+    pub overflowed: bool,
+}
+
+impl std::fmt::Display for UnclaimedSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} unclaimed accesses", self.total)?;
+        for (i, (a, n)) in self.top.iter().enumerate() {
+            write!(f, "{} {a:#x} x{n}", if i == 0 { ":" } else { "," })?;
+        }
+        if self.more > 0 {
+            write!(f, ", and {} more", self.more)?;
+        }
+        Ok(())
+    }
+}
+
 /// One bus (port I/O or MMIO) mapping address ranges to devices.
 #[derive(Default)]
 pub struct Bus {
     name: &'static str,
     devices: BTreeMap<u64, (u64, SharedDevice)>,
-    unclaimed: Mutex<HashMap<u64, u64>>,
+    unclaimed: Mutex<Unclaimed>,
 }
 
 impl Bus {
@@ -107,20 +151,43 @@ impl Bus {
     }
 
     fn note_unclaimed(&self, addr: u64, what: &str) {
-        let mut seen = self.unclaimed.lock().unwrap_or_else(|p| p.into_inner());
-        let count = seen.entry(addr).or_insert(0);
-        *count += 1;
-        if *count == 1 {
-            tracing::debug!("{} {what} at {addr:#x}: no device there (logged once)", self.name);
+        let mut seen = lock(&self.unclaimed);
+        seen.total += 1;
+        let full = seen.counts.len() >= MAX_UNCLAIMED_ADDRS;
+        match seen.counts.get_mut(&addr) {
+            Some(n) => *n += 1,
+            None if full => {
+                seen.untracked += 1;
+                if seen.untracked == 1 {
+                    tracing::debug!(
+                        "{}: more than {MAX_UNCLAIMED_ADDRS} unclaimed addresses; further ones are only counted",
+                        self.name
+                    );
+                }
+            }
+            None => {
+                seen.counts.insert(addr, 1);
+                tracing::debug!("{} {what} at {addr:#x}: no device there (logged once)", self.name);
+            }
         }
     }
 
-    /// Unclaimed addresses and how often each was accessed.
-    pub fn unclaimed_accesses(&self) -> Vec<(u64, u64)> {
-        let seen = self.unclaimed.lock().unwrap_or_else(|p| p.into_inner());
-        let mut v: Vec<_> = seen.iter().map(|(&a, &n)| (a, n)).collect();
+    /// Unclaimed accesses: the [`UNCLAIMED_TOP`] most accessed addresses
+    /// (sorted by address), the total and the rest.
+    pub fn unclaimed_summary(&self) -> UnclaimedSummary {
+        let seen = lock(&self.unclaimed);
+        let mut v: Vec<_> = seen.counts.iter().map(|(&a, &n)| (a, n)).collect();
+        v.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.truncate(UNCLAIMED_TOP);
         v.sort_unstable();
-        v
+        let shown: u64 = v.iter().map(|&(_, n)| n).sum();
+        UnclaimedSummary {
+            top: v,
+            total: seen.total,
+            more: seen.total - shown,
+            addresses: seen.counts.len() as u64,
+            overflowed: seen.untracked > 0,
+        }
     }
 }
 
@@ -193,6 +260,31 @@ mod tests {
         }
         bus.write(0x70, &[1]);
         assert_eq!(b, [0xff; 4]);
-        assert_eq!(bus.unclaimed_accesses(), vec![(0x70, 1), (0xcfc, 3)]);
+        let s = bus.unclaimed_summary();
+        assert_eq!(s.top, vec![(0x70, 1), (0xcfc, 3)]);
+        assert_eq!((s.total, s.more, s.addresses, s.overflowed), (4, 0, 2, false));
+    }
+
+    #[test]
+    fn a_scan_of_the_mmio_hole_keeps_the_table_bounded() {
+        let bus = Bus::new("mmio");
+        let mut b = [0u8; 4];
+        // A hot address, then a scan of far more addresses than the table keeps.
+        for _ in 0..100 {
+            bus.read(0xfee0_0000, &mut b);
+        }
+        let scanned = 4 * MAX_UNCLAIMED_ADDRS as u64;
+        for i in 0..scanned {
+            bus.write(0xd000_0000 + i * 4, &[0]);
+        }
+        let s = bus.unclaimed_summary();
+        assert_eq!(s.total, 100 + scanned);
+        assert_eq!(s.top.len(), UNCLAIMED_TOP);
+        assert!(s.top.contains(&(0xfee0_0000, 100)), "the hot address is in the top");
+        assert_eq!(s.more, scanned - (UNCLAIMED_TOP as u64 - 1));
+        assert_eq!(s.addresses, MAX_UNCLAIMED_ADDRS as u64);
+        assert!(s.overflowed);
+        assert_eq!(lock(&bus.unclaimed).counts.len(), MAX_UNCLAIMED_ADDRS);
+        assert!(s.to_string().ends_with(&format!("and {} more", s.more)));
     }
 }

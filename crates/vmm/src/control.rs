@@ -1,6 +1,6 @@
 //! How a running VM is told to stop, and what the VM reports back.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -133,6 +133,11 @@ impl BootTimeline {
     }
 }
 
+/// Most guest reports kept; later ones are counted in
+/// [`VmControl::reports_dropped`] (a guest writing reports in a loop must not
+/// grow the VMM).
+pub const MAX_REPORTS: usize = 4096;
+
 /// State shared by the vCPU threads, the devices and the VMM thread.
 #[derive(Debug)]
 pub struct VmControl {
@@ -140,6 +145,7 @@ pub struct VmControl {
     reason: Mutex<Option<ExitReason>>,
     wake: EventFd,
     reports: Mutex<Vec<Report>>,
+    reports_dropped: AtomicU64,
     guest_panicked: AtomicBool,
     /// Boot milestones.
     pub timeline: BootTimeline,
@@ -153,6 +159,7 @@ impl VmControl {
             reason: Mutex::new(None),
             wake: EventFd::new(libc::EFD_NONBLOCK)?,
             reports: Mutex::new(Vec::new()),
+            reports_dropped: AtomicU64::new(0),
             guest_panicked: AtomicBool::new(false),
             timeline: BootTimeline::new(start),
         })
@@ -201,9 +208,20 @@ impl VmControl {
         &self.wake
     }
 
-    /// Records a report from the guest.
+    /// Records a report from the guest; past [`MAX_REPORTS`] it is only
+    /// counted (and said once).
     pub fn add_report(&self, report: Report) {
-        lock(&self.reports).push(report);
+        let mut reports = lock(&self.reports);
+        if reports.len() < MAX_REPORTS {
+            reports.push(report);
+        } else if self.reports_dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::warn!("the guest sent more than {MAX_REPORTS} reports; later ones are counted, not kept");
+        }
+    }
+
+    /// How many guest reports were dropped past [`MAX_REPORTS`].
+    pub fn reports_dropped(&self) -> u64 {
+        self.reports_dropped.load(Ordering::Relaxed)
     }
 
     /// All reports received so far.
@@ -234,6 +252,17 @@ mod tests {
         c.request_exit(ExitReason::Reset("i8042 reset"));
         assert_eq!(c.reason(), Some(ExitReason::GuestPanic));
         assert_eq!(ExitReason::GuestPanic.exit_code(), 1);
+    }
+
+    #[test]
+    fn reports_are_capped_and_the_rest_counted() {
+        let c = VmControl::new(Instant::now()).expect("control");
+        let r = Report::new(kvmkit_guest_abi::ReportKind::Result, 0);
+        for _ in 0..MAX_REPORTS + 10 {
+            c.add_report(r);
+        }
+        assert_eq!(c.reports().len(), MAX_REPORTS);
+        assert_eq!(c.reports_dropped(), 10);
     }
 
     #[test]

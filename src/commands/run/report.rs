@@ -22,6 +22,13 @@ pub fn report(args: &RunArgs, outcome: &RunOutcome) {
             _ => {}
         }
     }
+    if outcome.reports_dropped > 0 {
+        eprintln!(
+            "kvmkit: the guest sent {} reports past the first {}; they were counted, not kept",
+            outcome.reports_dropped,
+            outcome.reports.len()
+        );
+    }
     if args.boot_time {
         let us = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
         eprintln!(
@@ -63,7 +70,12 @@ pub fn summary(outcome: &RunOutcome) -> serde_json::Value {
             "first_output": outcome.first_output_us, "vm_end": outcome.end_us,
         },
         "reports": reports,
-        "unclaimed_pio": outcome.unclaimed_pio,
-        "unclaimed_mmio": outcome.unclaimed_mmio,
+        "reports_dropped": outcome.reports_dropped,
+        "unclaimed_pio": outcome.unclaimed_pio.top,
+        "unclaimed_pio_total": outcome.unclaimed_pio.total,
+        "unclaimed_pio_more": outcome.unclaimed_pio.more,
+        "unclaimed_mmio": outcome.unclaimed_mmio.top,
+        "unclaimed_mmio_total": outcome.unclaimed_mmio.total,
+        "unclaimed_mmio_more": outcome.unclaimed_mmio.more,
     })
 }

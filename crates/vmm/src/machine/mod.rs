@@ -13,7 +13,7 @@ use vm_memory::GuestMemoryMmap;
 
 pub use builder::{validate_cpus, KernelSource, MachineOptions};
 
-use crate::bus::lock;
+use crate::bus::{lock, UnclaimedSummary};
 use crate::control::{ExitReason, VmControl};
 use crate::device_manager::{DeviceHandle, DeviceInfo, DeviceKind, DeviceManager};
 use crate::devices::i8042::I8042;
@@ -94,8 +94,11 @@ pub enum MachineError {
 pub struct RunOutcome {
     /// Why it ended.
     pub reason: ExitReason,
-    /// Reports the guest sent over the kvmkit port protocol.
+    /// Reports the guest sent over the kvmkit port protocol (at most
+    /// [`crate::control::MAX_REPORTS`]).
     pub reports: Vec<Report>,
+    /// Reports dropped past that cap.
+    pub reports_dropped: u64,
     /// Microseconds from start to the guest's first instruction.
     pub entry_us: Option<u64>,
     /// Microseconds from start to the guest's ready milestone.
@@ -104,10 +107,10 @@ pub struct RunOutcome {
     pub first_output_us: Option<u64>,
     /// Microseconds from start to the VM's end.
     pub end_us: Option<u64>,
-    /// Port-I/O addresses no device claimed, with access counts.
-    pub unclaimed_pio: Vec<(u64, u64)>,
-    /// MMIO addresses no device claimed, with access counts.
-    pub unclaimed_mmio: Vec<(u64, u64)>,
+    /// Port-I/O addresses no device claimed, with access counts (bounded).
+    pub unclaimed_pio: UnclaimedSummary,
+    /// MMIO addresses no device claimed, with access counts (bounded).
+    pub unclaimed_mmio: UnclaimedSummary,
 }
 
 impl RunOutcome {
@@ -116,12 +119,13 @@ impl RunOutcome {
         Self {
             reason,
             reports: Vec::new(),
+            reports_dropped: 0,
             entry_us: None,
             ready_us: None,
             first_output_us: None,
             end_us: None,
-            unclaimed_pio: Vec::new(),
-            unclaimed_mmio: Vec::new(),
+            unclaimed_pio: UnclaimedSummary::default(),
+            unclaimed_mmio: UnclaimedSummary::default(),
         }
     }
 }
@@ -320,12 +324,13 @@ impl Machine {
         RunOutcome {
             reason,
             reports: self.control.reports(),
+            reports_dropped: self.control.reports_dropped(),
             entry_us: t.micros(&t.entry),
             ready_us: t.micros(&t.ready),
             first_output_us: t.micros(&t.first_output),
             end_us: t.micros(&t.end),
-            unclaimed_pio: self.buses.pio.unclaimed_accesses(),
-            unclaimed_mmio: self.buses.mmio.unclaimed_accesses(),
+            unclaimed_pio: self.buses.pio.unclaimed_summary(),
+            unclaimed_mmio: self.buses.mmio.unclaimed_summary(),
         }
     }
 }
