@@ -36,9 +36,9 @@ pub enum Command {
 /// Options of `kvmkit ctl`.
 #[derive(Debug, Args)]
 pub struct CtlArgs {
-    /// The VMM's API socket (`kvmkit run --api-sock PATH`).
-    #[arg(long, value_name = "PATH")]
-    pub api_sock: PathBuf,
+    /// The VMM's API socket (`kvmkit run --api-sock PATH`); also taken after the subcommand.
+    #[arg(long, value_name = "PATH", global = true)]
+    pub api_sock: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: CtlCommand,
@@ -61,6 +61,28 @@ pub enum CtlCommand {
     FlushMetrics,
     /// End the VM and the VMM (kvmkit only: `PUT /kvmkit/stop`).
     Stop,
+    /// Write a snapshot of the paused VM (`PUT /snapshot/create`, Full): the state file and
+    /// the memory file (guest RAM).
+    Snapshot {
+        /// State file to write.
+        #[arg(long, value_name = "FILE")]
+        state: PathBuf,
+        /// Memory file to write.
+        #[arg(long, value_name = "FILE")]
+        mem: PathBuf,
+    },
+    /// Load a snapshot into a fresh kvmkit (`PUT /snapshot/load`); it stays paused unless --resume.
+    Load {
+        /// State file.
+        #[arg(long, value_name = "FILE")]
+        state: PathBuf,
+        /// Memory file.
+        #[arg(long, value_name = "FILE")]
+        mem: PathBuf,
+        /// Run the VM once loaded.
+        #[arg(long)]
+        resume: bool,
+    },
     /// Send any API request (for scripts without curl) and print the answer's body.
     ///
     /// The body is printed as it came; exit status 0 on 2xx, 1 with the fault_message on
@@ -144,7 +166,7 @@ pub struct RunArgs {
         long,
         value_name = "PATH",
         conflicts_with_all = ["guest", "linux"],
-        required_unless_present_any = ["guest", "linux", "api_sock", "config_file"]
+        required_unless_present_any = ["guest", "linux", "api_sock", "config_file", "restore_state"]
     )]
     pub kernel: Option<PathBuf>,
     /// Boot kvmkit's own test guest (built into this binary).
@@ -205,6 +227,24 @@ pub struct RunArgs {
     /// the VM boots at once and the API stays up.
     #[arg(long, value_name = "PATH")]
     pub api_sock: Option<PathBuf>,
+    /// Restore a snapshot instead of booting: the state file (`kvmkit ctl snapshot --state`).
+    /// The VM runs at once without --api-sock; with it, it waits Paused unless --resume.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "restore_mem",
+        conflicts_with_all = ["kernel", "guest", "linux", "config_file", "disks", "nets", "rng"]
+    )]
+    pub restore_state: Option<PathBuf>,
+    /// The snapshot's memory file, mapped copy-on-write (pages load on first touch).
+    #[arg(long, value_name = "FILE", requires = "restore_state")]
+    pub restore_mem: Option<PathBuf>,
+    /// Read the memory file into fresh memory at restore instead of mapping it.
+    #[arg(long, requires = "restore_state")]
+    pub restore_mem_copy: bool,
+    /// With --restore-state and --api-sock: run the restored VM at once.
+    #[arg(long, requires = "restore_state")]
+    pub resume: bool,
     /// Boot from a Firecracker-style JSON config file (boot-source, machine-config, drives,
     /// network-interfaces, entropy, logger, metrics).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "guest", "linux", "initrd"])]

@@ -78,8 +78,8 @@ pub fn parse_response(raw: &[u8]) -> anyhow::Result<Response> {
 const MAX_PATH: usize = 4096;
 
 /// The request a `kvmkit ctl` command sends: method, path and body.
-fn route(cmd: &CtlCommand) -> anyhow::Result<(String, &str, Option<&str>)> {
-    let fixed = |m: &str, p: &'static str, b: Option<&'static str>| Ok((m.to_string(), p, b));
+fn route(cmd: &CtlCommand) -> anyhow::Result<(String, &str, Option<String>)> {
+    let fixed = |m: &str, p: &'static str, b: Option<&'static str>| Ok((m.to_string(), p, b.map(str::to_owned)));
     match cmd {
         CtlCommand::Info => fixed("GET", "/", None),
         CtlCommand::Config => fixed("GET", "/vm/config", None),
@@ -88,6 +88,22 @@ fn route(cmd: &CtlCommand) -> anyhow::Result<(String, &str, Option<&str>)> {
         CtlCommand::CtrlAltDel => fixed("PUT", "/actions", Some(r#"{"action_type": "SendCtrlAltDel"}"#)),
         CtlCommand::FlushMetrics => fixed("PUT", "/actions", Some(r#"{"action_type": "FlushMetrics"}"#)),
         CtlCommand::Stop => fixed("PUT", "/kvmkit/stop", None),
+        CtlCommand::Snapshot { state, mem } => {
+            let body = serde_json::json!({
+                "snapshot_type": "Full",
+                "snapshot_path": path_text(state)?,
+                "mem_file_path": path_text(mem)?,
+            });
+            Ok(("PUT".into(), "/snapshot/create", Some(body.to_string())))
+        }
+        CtlCommand::Load { state, mem, resume } => {
+            let body = serde_json::json!({
+                "snapshot_path": path_text(state)?,
+                "mem_backend": {"backend_type": "File", "backend_path": path_text(mem)?},
+                "resume_vm": resume,
+            });
+            Ok(("PUT".into(), "/snapshot/load", Some(body.to_string())))
+        }
         CtlCommand::Request { method, path, body } => {
             // The method and path go into the request line as they are:
             // nothing that could end it or the header early.
@@ -98,15 +114,26 @@ fn route(cmd: &CtlCommand) -> anyhow::Result<(String, &str, Option<&str>)> {
             if !path.starts_with('/') || path.len() > MAX_PATH || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
                 bail!("path {path:?}: give a path starting with / and without spaces, e.g. /machine-config");
             }
-            Ok((method, path.as_str(), body.as_deref()))
+            Ok((method, path.as_str(), body.clone()))
         }
     }
+}
+
+/// A path for a JSON body: absolute (the VMM may run elsewhere) and UTF-8.
+fn path_text(p: &std::path::Path) -> anyhow::Result<String> {
+    let abs = std::path::absolute(p).with_context(|| format!("{}: cannot make it absolute", p.display()))?;
+    abs.to_str()
+        .map(str::to_owned)
+        .with_context(|| format!("{}: the API takes UTF-8 paths only", p.display()))
 }
 
 /// Runs `kvmkit ctl`.
 pub fn run(args: &CtlArgs) -> anyhow::Result<u8> {
     let (method, path, body) = route(&args.command)?;
-    let r = request(&args.api_sock, &method, path, body)?;
+    let Some(sock) = &args.api_sock else {
+        bail!("give --api-sock PATH (the socket of kvmkit run --api-sock)");
+    };
+    let r = request(sock, &method, path, body.as_deref())?;
     let raw = matches!(args.command, CtlCommand::Request { .. });
     let (code, out, err) = outcome(&method, path, &r, raw)?;
     if let Some(out) = out {

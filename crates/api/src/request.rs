@@ -7,6 +7,7 @@
 //! refused with a message that names the feature.
 
 use kvmkit_vmm::rpc::VmmAction;
+use kvmkit_vmm::snapshot::params::{CreateSnapshotBody, LoadSnapshotBody};
 use kvmkit_vmm::vmm_config::{
     BlockDeviceConfig, BlockDeviceUpdate, BootSourceConfig, EntropyDeviceConfig, LoggerConfig, MachineConfig,
     MachineConfigUpdate, MetricsConfig, NetworkInterfaceConfig,
@@ -167,6 +168,8 @@ enum Route<'a> {
     Logger,
     Metrics,
     KvmkitStop,
+    SnapshotCreate,
+    SnapshotLoad,
     /// A collection path without its id (`/drives`).
     MissingId(&'static str),
     /// A Firecracker path kvmkit does not implement (any method).
@@ -182,6 +185,7 @@ impl Route<'_> {
             Route::Drive(_) => &["PUT", "PATCH"],
             Route::NetworkInterface(_) => &["PUT"],
             Route::BootSource | Route::Entropy | Route::Actions | Route::Logger | Route::KvmkitStop => &["PUT"],
+            Route::SnapshotCreate | Route::SnapshotLoad => &["PUT"],
             Route::Vm => &["PATCH"],
             Route::Metrics => &["GET", "PUT"],
             Route::MissingId(_) | Route::Unsupported(_) => &[],
@@ -199,8 +203,6 @@ const UNSUPPORTED: &[(&[&str], &str)] = &[
     (&["balloon", "hinting", "stop"], "balloon devices are"),
     (&["mmds"], "MMDS (the microVM metadata service) is"),
     (&["mmds", "config"], "MMDS (the microVM metadata service) is"),
-    (&["snapshot", "create"], "snapshots are"),
-    (&["snapshot", "load"], "snapshots are"),
     (&["vsock"], "vsock devices are"),
     (&["cpu-config"], "custom CPU templates are"),
     (&["serial"], "serial device configuration is"),
@@ -302,6 +304,16 @@ pub fn parse_request(method: &str, path: &str, body: &[u8]) -> Result<ParsedRequ
         },
         ("PUT", Route::Logger) => VmmAction::PutLogger(req.json::<LoggerConfig>("Logger")?),
         ("PUT", Route::Metrics) => VmmAction::PutMetrics(req.json::<MetricsConfig>("Metrics")?),
+        ("PUT", Route::SnapshotCreate) => VmmAction::CreateSnapshot(
+            req.json::<CreateSnapshotBody>("SnapshotCreateParams")?
+                .validate()
+                .map_err(|detail| req.invalid_body("SnapshotCreateParams", detail))?,
+        ),
+        ("PUT", Route::SnapshotLoad) => VmmAction::LoadSnapshot(
+            req.json::<LoadSnapshotBody>("SnapshotLoadParams")?
+                .validate()
+                .map_err(|detail| req.invalid_body("SnapshotLoadParams", detail))?,
+        ),
         ("PUT", Route::KvmkitStop) => {
             // No body, or an empty object: `curl -X PUT` sends none.
             if !req.body.iter().all(u8::is_ascii_whitespace) {
@@ -357,6 +369,16 @@ struct Req<'a> {
 }
 
 impl Req<'_> {
+    /// A body that parsed but failed the route's own checks.
+    fn invalid_body(&self, schema: &'static str, detail: String) -> RequestError {
+        RequestError::InvalidBody {
+            method: self.method.clone(),
+            path: self.path.clone(),
+            schema,
+            detail,
+        }
+    }
+
     fn invalid_path_method(&self, hint: &str) -> RequestError {
         RequestError::InvalidPathMethod {
             method: self.method.clone(),
@@ -498,6 +520,8 @@ fn route(path: &str) -> Option<Route<'_>> {
         ["logger"] => Route::Logger,
         ["metrics"] => Route::Metrics,
         ["kvmkit", "stop"] => Route::KvmkitStop,
+        ["snapshot", "create"] => Route::SnapshotCreate,
+        ["snapshot", "load"] => Route::SnapshotLoad,
         ["pmem"] => Route::MissingId("/pmem/{id}"),
         ["pmem", _] => Route::Unsupported("virtio-pmem devices are"),
         other => Route::Unsupported(UNSUPPORTED.iter().find(|(p, _)| *p == other)?.1),

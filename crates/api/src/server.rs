@@ -708,7 +708,13 @@ impl Service {
 fn is_notable(action: &VmmAction) -> bool {
     matches!(
         action,
-        VmmAction::InstanceStart | VmmAction::Pause | VmmAction::Resume | VmmAction::SendCtrlAltDel | VmmAction::Stop
+        VmmAction::InstanceStart
+            | VmmAction::Pause
+            | VmmAction::Resume
+            | VmmAction::SendCtrlAltDel
+            | VmmAction::Stop
+            | VmmAction::CreateSnapshot(_)
+            | VmmAction::LoadSnapshot(_)
     )
 }
 

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod net;
 pub mod rpc;
 pub mod runtime;
+pub mod snapshot;
 pub mod vcpu;
 pub mod virtio;
 pub mod vm;

@@ -62,6 +62,10 @@ pub enum VmmAction {
     GetMetrics,
     /// kvmkit extension (`kvmkit ctl stop`): end the VM and the VMM.
     Stop,
+    /// `PUT /snapshot/create` (VM Paused).
+    CreateSnapshot(crate::snapshot::CreateSnapshotParams),
+    /// `PUT /snapshot/load` (fresh VMM, before any configuration).
+    LoadSnapshot(crate::snapshot::LoadSnapshotParams),
 }
 
 impl VmmAction {
@@ -87,6 +91,8 @@ impl VmmAction {
             Self::Resume => "resume",
             Self::GetMetrics => "get_metrics",
             Self::Stop => "stop",
+            Self::CreateSnapshot(_) => "create_snapshot",
+            Self::LoadSnapshot(_) => "load_snapshot",
         }
     }
 }

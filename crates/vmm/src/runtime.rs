@@ -13,9 +13,10 @@ use crate::bus::lock;
 use crate::console::{install_exit_signal_handlers, last_exit_signal, TerminalGuard};
 use crate::control::ExitReason;
 use crate::lifecycle::VmState;
-use crate::machine::{Machine, MachineError, MachineOptions, RunOutcome};
+use crate::machine::{Machine, MachineError, MachineOptions, RestorePaths, RunOutcome};
 use crate::metrics::{self, ApiCounters, MetricsSink};
 use crate::rpc::{ActionError, ActionReceiver, ActionResult, InstanceInfo, VmmAction, VmmData};
+use crate::snapshot::LoadSnapshotParams;
 use crate::vmm_config::{LoggerConfig, VmResources};
 
 /// Applies a `PUT /logger` body (the logging set-up is the caller's).
@@ -38,6 +39,9 @@ pub struct VmmOptions {
     pub actions: Option<ActionReceiver>,
     /// Applies `PUT /logger`.
     pub logger: Option<LoggerHook>,
+    /// Restore this snapshot at once instead of building a VM
+    /// (`kvmkit run --restore-state`).
+    pub restore: Option<LoadSnapshotParams>,
 }
 
 struct Vmm {
@@ -51,6 +55,8 @@ struct Vmm {
     start: Instant,
     /// Set when a client asked the VMM to end before any VM ran.
     ended: Option<ExitReason>,
+    /// Something was configured (a snapshot loads only into a fresh VMM).
+    configured: bool,
 }
 
 fn start_error(e: MachineError) -> ActionError {
@@ -85,6 +91,26 @@ impl Vmm {
         Ok(())
     }
 
+    /// Builds the VM from a snapshot; it stays Paused unless `resume_vm`.
+    fn load_snapshot(&mut self, p: &LoadSnapshotParams) -> Result<(), MachineError> {
+        let paths = RestorePaths {
+            state: &p.snapshot_path,
+            memory: &p.mem_file_path,
+            copy_memory: p.copy_memory,
+        };
+        let mut m = Machine::restore(&paths, &mut self.opts)?;
+        m.start(!p.resume_vm)?;
+        tracing::info!(
+            "snapshot {} restored ({}), {} us after start",
+            p.snapshot_path.display(),
+            if p.resume_vm { "running" } else { "paused" },
+            self.start.elapsed().as_micros()
+        );
+        self.resources = m.resources().clone();
+        self.machine = Some(m);
+        Ok(())
+    }
+
     fn flush_metrics(&mut self) -> Result<(), ActionError> {
         let line = metrics::json_line(self.machine.as_ref(), &self.api, self.startup_us()).to_string();
         match &mut self.metrics {
@@ -113,6 +139,12 @@ impl Vmm {
 
     fn handle(&mut self, action: VmmAction) -> ActionResult {
         use VmmAction::*;
+        if !matches!(
+            action,
+            GetInstanceInfo | GetVmConfig | GetMachineConfig | GetMetrics | LoadSnapshot(_) | FlushMetrics
+        ) {
+            self.configured = true;
+        }
         let done = |r: Result<(), ActionError>| r.map(|()| VmmData::Empty);
         match action {
             GetInstanceInfo => Ok(VmmData::InstanceInfo(self.instance_info())),
@@ -194,6 +226,23 @@ impl Vmm {
             FlushMetrics => done(self.flush_metrics()),
             Pause => done(self.running()?.pause().map_err(transition_error)),
             Resume => done(self.running()?.resume().map_err(transition_error)),
+            CreateSnapshot(p) => {
+                let m = self.running()?;
+                m.snapshot(&p.snapshot_path, &p.mem_file_path)
+                    .map_err(|e| ActionError::Runtime(format!("cannot create the snapshot: {e}")))?;
+                Ok(VmmData::Empty)
+            }
+            LoadSnapshot(p) => {
+                self.pre_boot()?;
+                if self.configured {
+                    return Err(ActionError::Runtime(
+                        "a snapshot loads only into a fresh VMM, before any configuration".into(),
+                    ));
+                }
+                self.load_snapshot(&p)
+                    .map_err(|e| ActionError::Runtime(format!("cannot load the snapshot: {e}")))?;
+                Ok(VmmData::Empty)
+            }
             Stop => {
                 match &mut self.machine {
                     Some(m) => m.control().request_exit(ExitReason::Stopped("a control-plane request")),
@@ -233,6 +282,7 @@ pub fn run_vmm(resources: VmResources, opts: VmmOptions) -> Result<RunOutcome, M
         id,
         actions,
         logger,
+        restore,
     } = opts;
     let start = machine.start;
     let metrics = match &resources.metrics {
@@ -249,11 +299,14 @@ pub fn run_vmm(resources: VmResources, opts: VmmOptions) -> Result<RunOutcome, M
         logger,
         start,
         ended: None,
+        configured: false,
     };
     let signal_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| MachineError::Host(format!("eventfd: {e}")))?;
     install_exit_signal_handlers(signal_evt.as_raw_fd())
         .map_err(|e| MachineError::Host(format!("signal handlers: {e}")))?;
-    if boot_now {
+    if let Some(p) = &restore {
+        vmm.load_snapshot(p)?;
+    } else if boot_now {
         vmm.boot()?;
     }
     if let Some(a) = &actions {

@@ -86,7 +86,7 @@ pub fn plan(args: &RunArgs, start: Instant) -> anyhow::Result<RunPlan> {
     };
     let booting_from_flags = args.guest || args.linux || args.kernel.is_some();
     let boot_now = booting_from_flags || args.config_file.is_some();
-    if !boot_now && args.api_sock.is_none() {
+    if !boot_now && args.api_sock.is_none() && args.restore_state.is_none() {
         bail!("give --kernel PATH, --linux, --guest, --config-file FILE or --api-sock PATH");
     }
     if booting_from_flags {

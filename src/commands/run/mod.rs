@@ -9,11 +9,24 @@ use std::time::Instant;
 
 use anyhow::Context;
 use kvmkit_vmm::rpc::action_channel;
+use kvmkit_vmm::snapshot::LoadSnapshotParams;
 use kvmkit_vmm::{run_vmm, VmmOptions};
 
 use crate::cli::RunArgs;
 
 pub use config::LINUX_ASSETS_CMDLINE;
+
+/// `--restore-state`/`--restore-mem` as a snapshot load: the VM runs at
+/// once unless an API socket is there to resume it.
+fn restore_params(args: &RunArgs) -> Option<LoadSnapshotParams> {
+    let state = args.restore_state.as_ref()?;
+    Some(LoadSnapshotParams {
+        snapshot_path: state.clone(),
+        mem_file_path: args.restore_mem.clone().unwrap_or_default(),
+        copy_memory: args.restore_mem_copy,
+        resume_vm: args.resume || args.api_sock.is_none(),
+    })
+}
 
 /// Boots the VM (or waits for one over the API) and returns the process exit status.
 pub fn run(args: &RunArgs, start: Instant) -> anyhow::Result<u8> {
@@ -45,6 +58,7 @@ pub fn run(args: &RunArgs, start: Instant) -> anyhow::Result<u8> {
             id: args.id.clone(),
             actions,
             logger: Some(Box::new(crate::logging::apply)),
+            restore: restore_params(args),
         },
     );
     drop(api);

@@ -221,8 +221,6 @@ fn unsupported_features_are_named() {
         ("PUT", "/mmds", "MMDS"),
         ("PATCH", "/mmds", "MMDS"),
         ("PUT", "/mmds/config", "MMDS"),
-        ("PUT", "/snapshot/create", "snapshots are"),
-        ("PUT", "/snapshot/load", "snapshots are"),
         ("PUT", "/vsock", "vsock devices are"),
         ("PUT", "/cpu-config", "CPU templates are"),
         ("PUT", "/serial", "serial device configuration is"),

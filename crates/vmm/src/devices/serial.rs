@@ -105,6 +105,19 @@ impl SerialDevice {
         }
     }
 
+    /// A UART in a saved state (snapshot restore); raises its interrupt
+    /// if the state has one pending.
+    pub fn from_state(irq: EventFd, out: ConsoleOut, state: &vm_superio::serial::SerialState) -> Result<Self, String> {
+        let uart = Serial::from_state(state, EventFdTrigger(irq), vm_superio::serial::NoEvents, out)
+            .map_err(|e| format!("serial state: {e:?}"))?;
+        Ok(Self { uart, write_errors: 0 })
+    }
+
+    /// The UART's registers and FIFO (for snapshots).
+    pub fn state(&self) -> vm_superio::serial::SerialState {
+        self.uart.state()
+    }
+
     /// Feeds host input to the guest; returns how many bytes fit in the FIFO.
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
         let room = self.uart.fifo_capacity();

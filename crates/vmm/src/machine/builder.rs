@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvmkit_guest_abi::{DEBUG_PORT, NULL_MMIO_ADDR, NULL_MMIO_SIZE, PORT_BASE, PORT_COUNT};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{Machine, MachineError};
@@ -66,6 +67,17 @@ pub struct MachineOptions {
     pub taps: Vec<(String, Tap)>,
     /// Where the guest's serial output goes (default stdout).
     pub console: Option<Box<dyn Write + Send>>,
+    /// Rebuild a snapshotted VM: its RAM and device state instead of a
+    /// kernel to load (see [`Machine::restore`]).
+    pub restore: Option<RestoreSource>,
+}
+
+/// What a VM restored from a snapshot is built with, besides its resources.
+pub struct RestoreSource {
+    /// Guest RAM, mapped from the memory file.
+    pub memory: GuestMemoryMmap,
+    /// The serial port's saved state.
+    pub serial: vm_superio::serial::SerialState,
 }
 
 impl MachineOptions {
@@ -78,6 +90,7 @@ impl MachineOptions {
             kernel: None,
             taps: Vec::new(),
             console: None,
+            restore: None,
         }
     }
 }
@@ -157,9 +170,12 @@ impl Machine {
     pub fn build(resources: &VmResources, opts: &mut MachineOptions) -> Result<Self, MachineError> {
         let start = opts.start;
         tracing::debug!("building the VM, {} us after start", start.elapsed().as_micros());
-        resources
-            .check_bootable()
-            .map_err(|e| MachineError::Config(e.to_string()))?;
+        let restore = opts.restore.take();
+        if restore.is_none() {
+            resources
+                .check_bootable()
+                .map_err(|e| MachineError::Config(e.to_string()))?;
+        }
         resources
             .machine_config
             .validate()
@@ -173,7 +189,10 @@ impl Machine {
             .kernel
             .clone()
             .unwrap_or_else(|| KernelSource::Path(PathBuf::from(&boot_cfg.kernel_image_path)));
-        let (kernel, kernel_name) = open_kernel(&kernel_source)?;
+        let kernel = match restore {
+            None => Some(open_kernel(&kernel_source)?),
+            Some(_) => None,
+        };
         let disks = resources
             .drives
             .iter()
@@ -190,7 +209,10 @@ impl Machine {
             };
             nics.push((n.iface_id.clone(), tap, n.mac()));
         }
-        let memory = create_guest_memory(memory_mib)?;
+        let (memory, serial_state) = match restore {
+            Some(r) => (r.memory, Some(r.serial)),
+            None => (create_guest_memory(memory_mib)?, None),
+        };
         let control = Arc::new(VmControl::new(start).map_err(host_err("eventfd"))?);
         let vm = Vm::new(&kvm, &memory)?;
         tracing::debug!("VM created");
@@ -205,7 +227,11 @@ impl Machine {
         };
         let console = opts.console.take().unwrap_or_else(|| Box::new(std::io::stdout()));
         let out = ConsoleOut::new(console, control.clone());
-        let serial = Arc::new(Mutex::new(SerialDevice::new(irqfd(COM1_IRQ)?, out)));
+        let serial = match serial_state {
+            Some(st) => SerialDevice::from_state(irqfd(COM1_IRQ)?, out, &st).map_err(MachineError::Host)?,
+            None => SerialDevice::new(irqfd(COM1_IRQ)?, out),
+        };
+        let serial = Arc::new(Mutex::new(serial));
         let i8042 = Arc::new(Mutex::new(
             I8042::new(control.clone()).with_kbd_irq(irqfd(I8042_KBD_IRQ)?),
         ));
@@ -256,32 +282,18 @@ impl Machine {
         for i in 0..cpus {
             vcpus.push(Vcpu::new(&vm, i, cpus, &supported, buses.clone(), control.clone())?);
         }
-        let mut cmdline = boot_cfg.boot_args_or_default().to_owned();
-        let virtio_words = dm.cmdline_words();
-        if !virtio_words.is_empty() {
-            cmdline = format!("{cmdline} {virtio_words}");
+        if let Some((kernel, kernel_name)) = kernel {
+            load_kernel(LoadKernel {
+                resources,
+                opts,
+                boot_cfg: &boot_cfg,
+                dm: &dm,
+                memory: &memory,
+                vcpus: &vcpus,
+                kernel,
+                kernel_name,
+            })?;
         }
-        if opts.tsc_hint {
-            if let Some(khz) = vcpus[0].tsc_khz() {
-                cmdline.push_str(&format!(" {}={khz}", kvmkit_guest_abi::CMDLINE_TSC_KHZ));
-            }
-        }
-        // The topology goes to Linux both ways: ACPI MADT (what modern kernels
-        // read; Debian's cloud kernel has no MP-table parser) and an MP table.
-        setup_mptable(&memory, cpus as u8).map_err(|e| MachineError::Host(format!("MP table: {e}")))?;
-        let rsdp = setup_acpi_tables(&memory, cpus as u8, dm.acpi_devices())
-            .map_err(|e| MachineError::Host(format!("ACPI tables: {e}")))?;
-        let mut source = BootSource {
-            kernel,
-            kernel_name,
-            initrd: boot_cfg.initrd_path.as_ref().map(PathBuf::from),
-            cmdline,
-            protocol: opts.protocol,
-            rsdp: Some(rsdp),
-        };
-        let entry = boot::boot(&memory, memory_mib << 20, &mut source)?;
-        vcpus[0].configure_boot(&memory, entry)?;
-        tracing::debug!("kernel loaded, vCPUs configured: {entry:x?}");
         crate::vcpu::kick::install_kick_handler().map_err(host_err("vCPU kick signal"))?;
 
         Ok(Machine {
@@ -299,4 +311,60 @@ impl Machine {
             vcpus: Vec::new(),
         })
     }
+}
+
+/// What loading the kernel needs from [`Machine::build`].
+struct LoadKernel<'a> {
+    resources: &'a VmResources,
+    opts: &'a MachineOptions,
+    boot_cfg: &'a crate::vmm_config::BootSourceConfig,
+    dm: &'a DeviceManager,
+    memory: &'a GuestMemoryMmap,
+    vcpus: &'a [Vcpu],
+    kernel: File,
+    kernel_name: String,
+}
+
+/// Writes the boot tables (MP table, ACPI), loads the kernel and puts the
+/// BSP at its entry point (a fresh boot; a restore skips this).
+fn load_kernel(k: LoadKernel<'_>) -> Result<(), MachineError> {
+    let LoadKernel {
+        resources,
+        opts,
+        boot_cfg,
+        dm,
+        memory,
+        vcpus,
+        kernel,
+        kernel_name,
+    } = k;
+    let memory_mib = resources.machine_config.mem_size_mib;
+    let cpus = vcpus.len();
+    let mut cmdline = boot_cfg.boot_args_or_default().to_owned();
+    let virtio_words = dm.cmdline_words();
+    if !virtio_words.is_empty() {
+        cmdline = format!("{cmdline} {virtio_words}");
+    }
+    if opts.tsc_hint {
+        if let Some(khz) = vcpus[0].tsc_khz() {
+            cmdline.push_str(&format!(" {}={khz}", kvmkit_guest_abi::CMDLINE_TSC_KHZ));
+        }
+    }
+    // The topology goes to Linux both ways: ACPI MADT (what modern kernels
+    // read; Debian's cloud kernel has no MP-table parser) and an MP table.
+    setup_mptable(memory, cpus as u8).map_err(|e| MachineError::Host(format!("MP table: {e}")))?;
+    let rsdp = setup_acpi_tables(memory, cpus as u8, dm.acpi_devices())
+        .map_err(|e| MachineError::Host(format!("ACPI tables: {e}")))?;
+    let mut source = BootSource {
+        kernel,
+        kernel_name,
+        initrd: boot_cfg.initrd_path.as_ref().map(PathBuf::from),
+        cmdline,
+        protocol: opts.protocol,
+        rsdp: Some(rsdp),
+    };
+    let entry = boot::boot(memory, memory_mib << 20, &mut source)?;
+    vcpus[0].configure_boot(memory, entry)?;
+    tracing::debug!("kernel loaded, vCPUs configured: {entry:x?}");
+    Ok(())
 }

@@ -4,6 +4,7 @@
 //! vCPUs are driven through their [`VcpuHandle`]s.
 
 mod builder;
+mod snapshot;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,7 +12,8 @@ use std::time::Duration;
 use kvmkit_guest_abi::Report;
 use vm_memory::GuestMemoryMmap;
 
-pub use builder::{validate_cpus, KernelSource, MachineOptions};
+pub use builder::{validate_cpus, KernelSource, MachineOptions, RestoreSource};
+pub use snapshot::RestorePaths;
 
 use crate::bus::{lock, UnclaimedSummary};
 use crate::control::{ExitReason, VmControl};
@@ -87,6 +89,9 @@ pub enum MachineError {
     /// Anything else on the host side.
     #[error("{0}")]
     Host(String),
+    /// Saving or restoring a snapshot.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
 }
 
 /// How a VM run went.

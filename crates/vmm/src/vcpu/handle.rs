@@ -25,6 +25,8 @@ pub enum VcpuEvent {
     Resume,
     /// End the thread.
     Finish,
+    /// Answer with the vCPU's state (only while paused).
+    SaveState,
 }
 
 /// How a vCPU thread answered an event.
@@ -38,7 +40,21 @@ pub enum VcpuResponse {
     Exited,
     /// The event makes no sense in this state (e.g. Resume after the vCPU ended the VM).
     NotAllowed(String),
+    /// The vCPU's state (answer to SaveState).
+    State(SavedVcpu),
 }
+
+/// A vCPU's state as read by its thread, or why it could not be read.
+#[derive(Debug, Clone)]
+pub struct SavedVcpu(pub std::sync::Arc<Result<crate::snapshot::VcpuState, String>>);
+
+impl PartialEq for SavedVcpu {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SavedVcpu {}
 
 /// Errors driving a vCPU thread.
 #[derive(Debug, thiserror::Error)]
@@ -219,6 +235,12 @@ fn thread_main(
         let answer = match (state, event) {
             (_, VcpuEvent::Finish) => break,
             (State::Exited, e) => VcpuResponse::NotAllowed(format!("{e:?}: vCPU {} has ended", vcpu.index)),
+            (State::Running, VcpuEvent::SaveState) => {
+                VcpuResponse::NotAllowed(format!("vCPU {} is running; pause it first", vcpu.index))
+            }
+            (State::Paused, VcpuEvent::SaveState) => {
+                VcpuResponse::State(SavedVcpu(Arc::new(vcpu.save_state().map_err(|e| e.to_string()))))
+            }
             (_, VcpuEvent::Pause) => {
                 state = State::Paused;
                 VcpuResponse::Paused

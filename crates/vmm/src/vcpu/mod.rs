@@ -156,6 +156,32 @@ impl Vcpu {
         Ok(())
     }
 
+    /// Reads this vCPU's state for a snapshot. Runs `KVM_RUN` once with
+    /// `immediate_exit` set first, so an I/O or MMIO exit served last is
+    /// completed inside KVM (KVM's API: state is consistent only then);
+    /// no guest instruction runs.
+    pub fn save_state(&mut self) -> Result<crate::snapshot::VcpuState, crate::snapshot::SnapshotError> {
+        self.fd.set_kvm_immediate_exit(1);
+        let r = match self.fd.run() {
+            Err(e) if e.errno() == libc::EINTR => Ok(()),
+            Ok(VcpuExit::Intr) => Ok(()),
+            other => Err(format!("{other:?}")),
+        };
+        self.fd.set_kvm_immediate_exit(0);
+        if let Err(what) = r {
+            return Err(crate::snapshot::SnapshotError::Kvm(format!(
+                "vCPU {}: KVM_RUN with immediate_exit returned {what}",
+                self.index
+            )));
+        }
+        crate::snapshot::vcpu::save(&self.fd, self.index)
+    }
+
+    /// Writes a saved state into this (not yet started) vCPU.
+    pub fn restore_state(&self, state: &crate::snapshot::VcpuState) -> Result<(), crate::snapshot::SnapshotError> {
+        crate::snapshot::vcpu::restore(&self.fd, state)
+    }
+
     /// The vCPU's TSC frequency in kHz, when KVM reports it.
     pub fn tsc_khz(&self) -> Option<u32> {
         self.fd.get_tsc_khz().ok().filter(|&k| k > 0)

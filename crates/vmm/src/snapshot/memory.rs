@@ -1,0 +1,133 @@
+//! The memory file: guest RAM regions back to back. Restore maps it
+//! `MAP_PRIVATE`: the guest reads pages from the file on first touch and
+//! its writes go to private copies, so the file is never changed and any
+//! number of VMs can be restored from it at once.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+
+use vm_memory::mmap::{GuestRegionMmap, MmapRegion};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use super::{file, MemoryRegionState, SnapshotError};
+
+/// Writes every region of `memory` to `path` (atomically). The VM must be
+/// paused: nothing may write guest RAM meanwhile.
+pub fn write_memory_file(memory: &GuestMemoryMmap, path: &Path) -> Result<Vec<MemoryRegionState>, SnapshotError> {
+    let mut regions = Vec::new();
+    let mut offset = 0u64;
+    for r in memory.iter() {
+        regions.push(MemoryRegionState {
+            guest_addr: r.start_addr().0,
+            size: r.len(),
+            file_offset: offset,
+        });
+        offset += r.len();
+    }
+    file::write_atomic(path, |f| {
+        for r in memory.iter() {
+            // SAFETY: the region is a live mapping of `r.len()` bytes owned by
+            // `memory`; the VM is paused, so no vCPU or device writes it while
+            // it is read here (a concurrent write could only tear the copy).
+            let bytes = unsafe { std::slice::from_raw_parts(r.as_ptr().cast_const(), r.len() as usize) };
+            f.write_all(bytes)?;
+        }
+        Ok(())
+    })?;
+    Ok(regions)
+}
+
+/// Maps `path` as guest RAM laid out as `regions`: privately
+/// (copy-on-write, loaded on demand), or with `copy` into fresh anonymous
+/// memory read eagerly. The file must be exactly as large as the regions.
+pub fn map_memory_file(
+    path: &Path,
+    regions: &[MemoryRegionState],
+    copy: bool,
+) -> Result<GuestMemoryMmap, SnapshotError> {
+    let io = |e: std::io::Error| SnapshotError::Io(format!("memory file {}: {e}", path.display()));
+    let f = File::open(path).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    let want: u64 = regions.iter().map(|r| r.size).sum();
+    if len != want {
+        return Err(SnapshotError::Memory(format!(
+            "memory file {} is {len} bytes, the snapshot's guest RAM is {want} bytes",
+            path.display()
+        )));
+    }
+    let mut out = Vec::with_capacity(regions.len());
+    for r in regions {
+        let size = r.size as usize;
+        let mapping = if copy {
+            let m = MmapRegion::new(size).map_err(|e| SnapshotError::Memory(format!("guest RAM: {e}")))?;
+            let mut done = 0usize;
+            while done < size {
+                // SAFETY: `m` is a fresh writable mapping of `size` bytes; the
+                // pointer and length stay inside it.
+                let n = unsafe {
+                    libc::pread(
+                        std::os::fd::AsRawFd::as_raw_fd(&f),
+                        m.as_ptr().add(done).cast(),
+                        size - done,
+                        (r.file_offset + done as u64) as libc::off_t,
+                    )
+                };
+                if n <= 0 {
+                    return Err(io(if n == 0 {
+                        std::io::Error::from(std::io::ErrorKind::UnexpectedEof)
+                    } else {
+                        std::io::Error::last_os_error()
+                    }));
+                }
+                done += n as usize;
+            }
+            m
+        } else {
+            let fo = FileOffset::new(f.try_clone().map_err(io)?, r.file_offset);
+            MmapRegion::build(
+                Some(fo),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_NORESERVE,
+            )
+            .map_err(|e| SnapshotError::Memory(format!("mapping {}: {e}", path.display())))?
+        };
+        let region = GuestRegionMmap::new(mapping, GuestAddress(r.guest_addr))
+            .ok_or_else(|| SnapshotError::Memory("a memory region wraps the address space".into()))?;
+        out.push(region);
+    }
+    GuestMemoryMmap::from_regions(out).map_err(|e| SnapshotError::Memory(format!("guest RAM layout: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::Bytes;
+
+    #[test]
+    fn memory_round_trips_through_a_private_mapping() {
+        let dir = std::env::temp_dir().join(format!("kvmkit-snapmem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mem");
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20), (GuestAddress(4 << 20), 1 << 20)])
+            .unwrap();
+        mem.write_obj(0xdead_beef_u32, GuestAddress(0x1000)).unwrap();
+        mem.write_obj(0x1234_u32, GuestAddress((4 << 20) + 8)).unwrap();
+        let regions = write_memory_file(&mem, &path).unwrap();
+        assert_eq!(regions.len(), 2);
+        for copy in [false, true] {
+            let back = map_memory_file(&path, &regions, copy).unwrap();
+            assert_eq!(back.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0xdead_beef);
+            assert_eq!(back.read_obj::<u32>(GuestAddress((4 << 20) + 8)).unwrap(), 0x1234);
+            // Private: the file does not change.
+            back.write_obj(7u32, GuestAddress(0x1000)).unwrap();
+        }
+        let again = map_memory_file(&path, &regions, false).unwrap();
+        assert_eq!(again.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0xdead_beef);
+        let short = &regions[..1];
+        let e = map_memory_file(&path, short, false).unwrap_err().to_string();
+        assert!(e.contains("bytes"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

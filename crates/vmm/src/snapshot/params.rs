@@ -1,0 +1,193 @@
+//! The bodies of Firecracker's snapshot calls (`PUT /snapshot/create`,
+//! `PUT /snapshot/load`) and what the VMM acts on once they are checked.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Full or diff snapshot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotType {
+    /// All of guest RAM.
+    #[default]
+    Full,
+    /// Only pages dirtied since the last snapshot (not supported yet).
+    Diff,
+}
+
+/// `PUT /snapshot/create`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshotBody {
+    /// Full (default) or Diff.
+    #[serde(default)]
+    pub snapshot_type: SnapshotType,
+    /// Where the state file goes.
+    pub snapshot_path: String,
+    /// Where the memory file goes.
+    pub mem_file_path: String,
+}
+
+/// How guest memory is brought back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemBackendType {
+    /// Map a memory file.
+    File,
+    /// A userfaultfd handler serves the pages (not supported yet).
+    Uffd,
+}
+
+/// `mem_backend` of `PUT /snapshot/load`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemBackend {
+    /// File or Uffd.
+    pub backend_type: MemBackendType,
+    /// The memory file (or the Uffd socket).
+    pub backend_path: String,
+}
+
+/// A `network_overrides` entry (renames a NIC's tap; not supported yet).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkOverride {
+    /// The NIC.
+    pub iface_id: String,
+    /// Its new tap.
+    pub host_dev_name: String,
+}
+
+/// `PUT /snapshot/load`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadSnapshotBody {
+    /// The state file.
+    pub snapshot_path: String,
+    /// The memory file (older form of `mem_backend`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_file_path: Option<String>,
+    /// Where guest memory comes from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_backend: Option<MemBackend>,
+    /// Track dirty pages after the restore (not supported yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_diff_snapshots: Option<bool>,
+    /// Same as `enable_diff_snapshots` (Firecracker's newer name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub track_dirty_pages: Option<bool>,
+    /// Run the VM at once (default: it stays Paused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_vm: Option<bool>,
+    /// Taps to use instead of the saved ones (not supported yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_overrides: Option<Vec<NetworkOverride>>,
+    /// kvmkit extension: read guest RAM eagerly instead of mapping the
+    /// memory file copy-on-write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_memory: Option<bool>,
+}
+
+/// A snapshot to write, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateSnapshotParams {
+    /// The state file.
+    pub snapshot_path: PathBuf,
+    /// The memory file.
+    pub mem_file_path: PathBuf,
+}
+
+/// A snapshot to load, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadSnapshotParams {
+    /// The state file.
+    pub snapshot_path: PathBuf,
+    /// The memory file.
+    pub mem_file_path: PathBuf,
+    /// Read guest RAM eagerly.
+    pub copy_memory: bool,
+    /// Run at once.
+    pub resume_vm: bool,
+}
+
+impl CreateSnapshotBody {
+    /// Checks the body: Full only, non-empty paths.
+    pub fn validate(self) -> Result<CreateSnapshotParams, String> {
+        if self.snapshot_type == SnapshotType::Diff {
+            return Err(
+                "diff snapshots are not supported by kvmkit yet (dirty-page tracking is not implemented)".into(),
+            );
+        }
+        if self.snapshot_path.is_empty() || self.mem_file_path.is_empty() {
+            return Err("snapshot_path and mem_file_path must not be empty".into());
+        }
+        Ok(CreateSnapshotParams {
+            snapshot_path: self.snapshot_path.into(),
+            mem_file_path: self.mem_file_path.into(),
+        })
+    }
+}
+
+impl LoadSnapshotBody {
+    /// Checks the body: exactly one of `mem_file_path` and `mem_backend`
+    /// (of type File), and nothing kvmkit does not do yet.
+    pub fn validate(self) -> Result<LoadSnapshotParams, String> {
+        let mem = match (self.mem_file_path, self.mem_backend) {
+            (Some(p), None) => p,
+            (
+                None,
+                Some(MemBackend {
+                    backend_type: MemBackendType::File,
+                    backend_path,
+                }),
+            ) => backend_path,
+            (
+                None,
+                Some(MemBackend {
+                    backend_type: MemBackendType::Uffd,
+                    ..
+                }),
+            ) => return Err("mem_backend Uffd is not supported by kvmkit yet; use File".into()),
+            (Some(_), Some(_)) => return Err("give mem_backend or mem_file_path, not both".into()),
+            (None, None) => return Err("give mem_backend (or mem_file_path)".into()),
+        };
+        if self.enable_diff_snapshots == Some(true) || self.track_dirty_pages == Some(true) {
+            return Err("dirty-page tracking (diff snapshots) is not supported by kvmkit yet".into());
+        }
+        if self.network_overrides.as_ref().is_some_and(|o| !o.is_empty()) {
+            return Err("network_overrides is not supported by kvmkit yet".into());
+        }
+        if self.snapshot_path.is_empty() || mem.is_empty() {
+            return Err("snapshot_path and the memory file path must not be empty".into());
+        }
+        Ok(LoadSnapshotParams {
+            snapshot_path: self.snapshot_path.into(),
+            mem_file_path: mem.into(),
+            copy_memory: self.copy_memory.unwrap_or(false),
+            resume_vm: self.resume_vm.unwrap_or(false),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_bodies_are_checked() {
+        let b: LoadSnapshotBody = serde_json::from_str(
+            r#"{"snapshot_path":"s","mem_backend":{"backend_type":"File","backend_path":"m"},"resume_vm":true}"#,
+        )
+        .unwrap();
+        let p = b.validate().unwrap();
+        assert_eq!(p.mem_file_path, PathBuf::from("m"));
+        assert!(p.resume_vm);
+        let b: LoadSnapshotBody = serde_json::from_str(r#"{"snapshot_path":"s","mem_file_path":"m"}"#).unwrap();
+        assert!(!b.validate().unwrap().resume_vm);
+        let b: LoadSnapshotBody = serde_json::from_str(r#"{"snapshot_path":"s"}"#).unwrap();
+        assert!(b.validate().is_err());
+        assert!(serde_json::from_str::<LoadSnapshotBody>(r#"{"snapshot_path":"s","bogus":1}"#).is_err());
+        let c: CreateSnapshotBody =
+            serde_json::from_str(r#"{"snapshot_type":"Diff","snapshot_path":"s","mem_file_path":"m"}"#).unwrap();
+        assert!(c.validate().unwrap_err().contains("diff"));
+    }
+}
