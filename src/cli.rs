@@ -31,6 +31,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// Drive a running kvmkit (or Firecracker) over its API socket.
     Ctl(CtlArgs),
+    /// List every workload (name, argument grammar, where it runs: guest, host, bench), one a line.
+    Workloads,
 }
 
 /// Options of `kvmkit ctl`.
@@ -127,7 +129,7 @@ pub enum ImageCommand {
 /// Options of `kvmkit host`.
 #[derive(Debug, Args)]
 pub struct HostArgs {
-    /// Workload: primes:N or memtest:MIB.
+    /// Workload: one with `host` in `kvmkit workloads` (primes:N, memtest:MIB, md5:MIB, ...).
     #[arg(long, default_value = "primes:100000", value_name = "NAME[:ARG]")]
     pub workload: String,
     /// Number of threads, each running the whole workload (like each vCPU).
@@ -192,7 +194,8 @@ pub struct RunArgs {
     /// Guest RAM in MiB.
     #[arg(long, default_value_t = 256, value_name = "MIB")]
     pub memory: u64,
-    /// Workload for the test guest: primes:N, memtest:MIB, exits:N, mmio-exits:N, idle, fault, panic.
+    /// Workload for the test guest, e.g. primes:N, memtest:MIB, exits:N, idle; `kvmkit workloads`
+    /// lists all of them with their grammar. Checked before the VM boots.
     #[arg(long, value_name = "NAME[:ARG]", requires = "guest")]
     pub workload: Option<String>,
     /// Print boot milestones (guest entry, guest ready) in microseconds.

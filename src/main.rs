@@ -36,6 +36,7 @@ fn main() -> ExitCode {
         cli::Command::Image(args) => commands::image::run(&args),
         cli::Command::Bench(args) => commands::bench::run(&args),
         cli::Command::Ctl(args) => commands::ctl::run(&args),
+        cli::Command::Workloads => commands::workloads::run(),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -70,6 +70,12 @@ fn unknown_workload() {
 }
 
 #[test]
+fn workload_argument_with_its_grammar() {
+    assert_user_error(&["run", "--guest", "--workload", "primes:abc"], "primes[:N]");
+    assert_user_error(&["host", "--workload", "exits:10"], "does not run on the host");
+}
+
+#[test]
 fn unknown_option() {
     assert_user_error(
         &["run", "--guest", "--bogus-option"],

@@ -67,8 +67,8 @@ pub fn main(start_info: u64, hv_tsc_khz: u64) -> ! {
     let w = config.workload;
     let (mem_base, mem_len) = match w {
         Workload::Memtest(mib) => free_region(&boot, "memtest", mib).unwrap_or_else(|()| exit(exit::NO_MEMORY)),
-        w if w.suite_bytes_per_cpu() > 0 => {
-            let mib = (w.suite_bytes_per_cpu() * u64::from(config.cpus)).div_ceil(MIB);
+        w if crate::config::suite_bytes_per_cpu(w) > 0 => {
+            let mib = (crate::config::suite_bytes_per_cpu(w) * u64::from(config.cpus)).div_ceil(MIB);
             free_region(&boot, w.name(), mib).unwrap_or_else(|()| exit(exit::NO_MEMORY))
         }
         w if w.uses_devices() => {

@@ -31,38 +31,11 @@ pub struct HostResult {
     pub ns: u64,
 }
 
-/// The workloads the host runner knows, with their default arguments.
-const KNOWN: [(&str, u64); 9] = [
-    ("primes", 100_000),
-    ("memtest", 16),
-    ("raytrace", 320),
-    ("md5", 16),
-    ("des", 4),
-    ("blowfish", 16),
-    ("compress", 16),
-    ("blk-seq", 16),
-    ("smallio", 1024),
-];
-
-/// Parses `NAME:ARG` for the workloads the host runner supports.
+/// Parses `NAME[:ARG]` for the workloads the host runner supports (the catalogue's
+/// entries with `envs.host`).
 pub fn parse_workload(spec: &str) -> anyhow::Result<(String, u64)> {
-    let (name, arg) = spec.split_once(':').unwrap_or((spec, ""));
-    let Some(&(_, default)) = KNOWN.iter().find(|(n, _)| *n == name) else {
-        bail!(
-            "the host runner knows primes:N, memtest:MIB, raytrace:W, md5:MIB, des:MIB, blowfish:MIB, \
-             compress:MIB, blk-seq:MIB and smallio:N, not '{name}'"
-        );
-    };
-    let arg: u64 = match arg {
-        "" => default,
-        a => a
-            .parse()
-            .with_context(|| format!("workload '{spec}': '{a}' is not a number"))?,
-    };
-    if arg == 0 && name != "memtest" {
-        bail!("workload '{spec}': give a non-zero argument");
-    }
-    Ok((name.to_owned(), arg))
+    let w = crate::commands::workloads::parse_for(spec, "--workload", "on the host", |e| e.envs.host)?;
+    Ok((w.name().to_owned(), w.arg()))
 }
 
 /// Runs one thread's share of a workload.

@@ -6,3 +6,4 @@ pub mod ctl;
 pub mod host;
 pub mod image;
 pub mod run;
+pub mod workloads;

@@ -6,6 +6,7 @@
 //! call the very same functions, so their timings compare like for like.
 #![cfg_attr(not(test), no_std)]
 
+mod catalog;
 mod compress;
 mod crypto;
 mod disk;
@@ -14,6 +15,7 @@ mod primes;
 mod raytrace;
 mod smallio;
 
+pub use catalog::{find, Entry, Envs, ParseError, Workload, CATALOGUE};
 pub use compress::{compress_mib, fill_text, CompressReport, COMPRESS_BLOCK, COMPRESS_WORKSPACE};
 pub use crypto::{blowfish_mib, des_mib, fill_random, md5_mib};
 pub use disk::{

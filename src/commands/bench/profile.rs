@@ -227,9 +227,10 @@ impl Kind {
         }
     }
 
-    /// Whether the bare host can run it (an exit has no host counterpart).
+    /// Whether the bare host can run it: the paper's programs always; a test-guest workload
+    /// when the catalogue says so (an exit has no host counterpart).
     pub fn on_host(self) -> bool {
-        !matches!(self, Self::Exits | Self::MmioExits)
+        self.is_linux() || kvmkit_workloads::find(self.guest_name()).is_some_and(|e| e.envs.host)
     }
 
     /// Whether every CPU reports (else the BSP alone: the device workloads).
@@ -813,6 +814,27 @@ mod tests {
         assert_eq!(r.spec, "blk-seq:10");
         assert_eq!(r.kind.disk_mib(r.arg), Some(11));
         assert!(all.iter().filter(|w| w.table == Table::Disk).all(|w| w.paper.is_some()));
+    }
+
+    #[test]
+    fn rows_come_from_the_workload_catalogue() {
+        let all = workloads(Profile::Paper, &Table::ALL);
+        for w in &all {
+            let parsed = kvmkit_workloads::Workload::parse(&w.spec).expect("the catalogue parses every spec");
+            assert!(
+                parsed.entry().envs.bench,
+                "{}: not marked bench in the catalogue",
+                w.spec
+            );
+            assert_eq!(w.kind.on_host(), parsed.entry().envs.host, "{}", w.spec);
+        }
+        for e in kvmkit_workloads::CATALOGUE.iter().filter(|e| e.envs.bench) {
+            assert!(
+                all.iter().any(|w| w.kind.guest_name() == e.name),
+                "{}: marked bench but no row measures it",
+                e.name
+            );
+        }
     }
 
     #[test]
