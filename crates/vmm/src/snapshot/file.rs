@@ -139,10 +139,17 @@ pub fn write_atomic(
 pub fn read_state(path: &Path) -> Result<SnapshotState, SnapshotError> {
     let meta = std::fs::metadata(path).map_err(|e| SnapshotError::Io(format!("{}: {e}", path.display())))?;
     if meta.len() > MAX_BODY + HEADER_LEN as u64 {
-        return Err(SnapshotError::Invalid(format!(
-            "{}: too large for a state file",
-            path.display()
-        )));
+        // Say "not a state file" for the usual mistake (the memory file given as the state).
+        let mut head = [0u8; MAGIC.len()];
+        let magic_ok = std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+            .is_ok_and(|()| head == MAGIC);
+        let why = if magic_ok {
+            "too large for a state file"
+        } else {
+            "not a kvmkit state file (bad magic)"
+        };
+        return Err(SnapshotError::Invalid(format!("{}: {why}", path.display())));
     }
     let bytes = std::fs::read(path).map_err(|e| SnapshotError::Io(format!("{}: {e}", path.display())))?;
     decode(&bytes).map_err(|e| e.in_file(path))

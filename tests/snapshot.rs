@@ -1,0 +1,311 @@
+//! Snapshot and restore across processes, on /dev/kvm: kvmkit's guest is
+//! paused in the middle of `primes:N`, snapshotted over the API, its
+//! process killed; a new process restores it (from the CLI, over the API,
+//! five clones at once) and the guest prints the right count. Broken
+//! state files and memory files are refused with one line and exit 2.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// primes:N with N = 5,000,000 runs for ~4 s here: long enough to be
+/// snapshotted in the middle. pi(5e6) = 348513.
+const WORKLOAD: &str = "primes:5000000";
+const COUNT: &str = "count=348513";
+
+fn kvm() -> bool {
+    Path::new("/dev/kvm").exists()
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kvmkit-snap-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// A kvmkit process with an API socket and its stdout collected.
+struct Vmm {
+    child: Child,
+    sock: PathBuf,
+    out: Arc<Mutex<String>>,
+}
+
+impl Vmm {
+    fn spawn(dir: &Path, name: &str, extra: &[&str]) -> Self {
+        let sock = dir.join(format!("{name}.sock"));
+        let mut child = Command::new(common::kvmkit())
+            .args(["run", "--no-stdin", "--api-sock", sock.to_str().expect("utf8")])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn kvmkit");
+        let out = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stdout.take().expect("stdout");
+        let sink = out.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().expect("out").push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(&sock).is_err() {
+            assert!(Instant::now() < deadline, "the API socket did not appear");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Self { child, sock, out }
+    }
+
+    fn stdout(&self) -> String {
+        self.out.lock().expect("out").clone()
+    }
+
+    fn wait_stdout(&self, what: &str, f: impl Fn(&str) -> bool, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !f(&self.stdout()) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}:\n{}",
+                self.stdout()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn req(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        let mut s = UnixStream::connect(&self.sock).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).expect("send");
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("bad answer to {method} {path}: {text:?}"));
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (code, body)
+    }
+
+    fn ok(&self, method: &str, path: &str, body: &str) {
+        let (status, text) = self.req(method, path, body);
+        assert_eq!(status, 204, "{method} {path} {body}: {text}");
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s.code();
+            }
+            assert!(Instant::now() < deadline, "the VMM did not exit:\n{}", self.stdout());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Boots `cpus` vCPUs on primes, pauses in the middle, snapshots to
+/// `dir/state` + `dir/mem`, then kills the process (SIGKILL).
+fn snapshot_mid_primes(dir: &Path, cpus: usize) -> (PathBuf, PathBuf) {
+    let cpus_arg = cpus.to_string();
+    let mut vmm = Vmm::spawn(dir, "orig", &["--guest", "--workload", WORKLOAD, "--cpus", &cpus_arg]);
+    let last = format!("cpu {} online", cpus - 1);
+    vmm.wait_stdout("the vCPUs online", |s| s.contains(&last), Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(700));
+    let (status, text) = vmm.req(
+        "PUT",
+        "/snapshot/create",
+        r#"{"snapshot_path":"x","mem_file_path":"y"}"#,
+    );
+    assert_eq!(status, 400, "a running VM is not snapshotted: {text}");
+    assert!(text.contains("Paused"), "{text}");
+    vmm.ok("PATCH", "/vm", r#"{"state":"Paused"}"#);
+    let state = dir.join("state");
+    let mem = dir.join("mem");
+    let body = serde_json::json!({
+        "snapshot_type": "Full",
+        "snapshot_path": state.to_str().expect("utf8"),
+        "mem_file_path": mem.to_str().expect("utf8"),
+    });
+    vmm.ok("PUT", "/snapshot/create", &body.to_string());
+    assert!(
+        !vmm.stdout().contains("count="),
+        "the snapshot should be taken in the middle of the run:\n{}",
+        vmm.stdout()
+    );
+    let _ = vmm.child.kill();
+    let _ = vmm.wait_exit(Duration::from_secs(10));
+    assert_eq!(std::fs::metadata(&mem).expect("memory file").len(), 256 << 20);
+    (state, mem)
+}
+
+fn restore_cli(state: &Path, mem: &Path, extra: &[&str]) -> common::Output {
+    let mut args = vec![
+        "run",
+        "--no-stdin",
+        "--restore-state",
+        state.to_str().expect("utf8"),
+        "--restore-mem",
+        mem.to_str().expect("utf8"),
+    ];
+    args.extend_from_slice(extra);
+    common::run(&args, Duration::from_secs(60))
+}
+
+fn assert_counts(out: &common::Output, cpus: usize) {
+    assert_eq!(out.code, Some(0), "stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    let lines = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("primes:"))
+        .collect::<Vec<_>>();
+    assert_eq!(lines.len(), cpus, "one result per vCPU:\n{}", out.stdout);
+    for l in lines {
+        assert!(l.contains(COUNT), "wrong count after restore: {l}");
+    }
+}
+
+#[test]
+fn primes_survive_snapshot_kill_and_restore() {
+    if !kvm() {
+        eprintln!("skipped: no /dev/kvm");
+        return;
+    }
+    let dir = temp_dir("one");
+    let (state, mem) = snapshot_mid_primes(&dir, 1);
+    assert_counts(&restore_cli(&state, &mem, &[]), 1);
+    // Eager copy of the memory file gives the same result.
+    assert_counts(&restore_cli(&state, &mem, &["--restore-mem-copy"]), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn two_vcpus_survive_snapshot_and_restore() {
+    if !kvm() {
+        eprintln!("skipped: no /dev/kvm");
+        return;
+    }
+    let dir = temp_dir("two");
+    let (state, mem) = snapshot_mid_primes(&dir, 2);
+    assert_counts(&restore_cli(&state, &mem, &[]), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn snapshot_loads_over_the_api_and_clones_run_at_once() {
+    if !kvm() {
+        eprintln!("skipped: no /dev/kvm");
+        return;
+    }
+    let dir = temp_dir("api");
+    let (state, mem) = snapshot_mid_primes(&dir, 1);
+    // A fresh VMM loads it (Paused), then resumes over the API.
+    let mut vmm = Vmm::spawn(&dir, "load", &[]);
+    let body = serde_json::json!({
+        "snapshot_path": state.to_str().expect("utf8"),
+        "mem_backend": {"backend_type": "File", "backend_path": mem.to_str().expect("utf8")},
+        "resume_vm": false,
+    });
+    vmm.ok("PUT", "/snapshot/load", &body.to_string());
+    let (_, info) = vmm.req("GET", "/", "");
+    assert!(info.contains("\"Paused\""), "{info}");
+    let (status, text) = vmm.req("PUT", "/snapshot/load", &body.to_string());
+    assert_eq!(status, 400, "a second load is refused: {text}");
+    vmm.ok("PATCH", "/vm", r#"{"state":"Resumed"}"#);
+    assert_eq!(vmm.wait_exit(Duration::from_secs(60)), Some(0));
+    assert!(vmm.stdout().contains(COUNT), "{}", vmm.stdout());
+    // A VMM that was configured first refuses a load.
+    let fresh = Vmm::spawn(&dir, "configured", &[]);
+    fresh.ok("PUT", "/machine-config", r#"{"vcpu_count":1,"mem_size_mib":128}"#);
+    let (status, text) = fresh.req("PUT", "/snapshot/load", &body.to_string());
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("fresh"), "{text}");
+    drop(fresh);
+    // Five clones of one snapshot at once, each with the right count.
+    let clones: Vec<_> = (0..5)
+        .map(|_| {
+            let (s, m) = (state.clone(), mem.clone());
+            std::thread::spawn(move || restore_cli(&s, &m, &[]))
+        })
+        .collect();
+    for c in clones {
+        assert_counts(&c.join().expect("clone"), 1);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One line on stderr naming the problem, exit status 2.
+fn assert_refused(out: &common::Output, what: &str) {
+    assert_eq!(out.code, Some(2), "stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    let lines: Vec<_> = out.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {}", out.stderr);
+    assert!(lines[0].contains(what), "expected '{what}' in: {}", lines[0]);
+    assert!(out.stdout.is_empty(), "nothing ran: {}", out.stdout);
+}
+
+#[test]
+fn broken_snapshots_are_refused_with_one_line() {
+    if !kvm() {
+        eprintln!("skipped: no /dev/kvm");
+        return;
+    }
+    let dir = temp_dir("bad");
+    let (state, mem) = snapshot_mid_primes(&dir, 1);
+    let good = std::fs::read(&state).expect("state");
+    let bad = dir.join("bad-state");
+    // Truncated.
+    std::fs::write(&bad, &good[..good.len() / 2]).expect("write");
+    assert_refused(&restore_cli(&bad, &mem, &[]), "truncated");
+    std::fs::write(&bad, &good[..20]).expect("write");
+    assert_refused(&restore_cli(&bad, &mem, &[]), "truncated");
+    // One byte of the body flipped.
+    let mut b = good.clone();
+    let at = b.len() - 100;
+    b[at] ^= 0x20;
+    std::fs::write(&bad, &b).expect("write");
+    assert_refused(&restore_cli(&bad, &mem, &[]), "CRC");
+    // Another format version, another kvmkit version.
+    let mut b = good.clone();
+    b[8] = 99;
+    std::fs::write(&bad, &b).expect("write");
+    assert_refused(&restore_cli(&bad, &mem, &[]), "format 99");
+    let mut b = good.clone();
+    b[12..16].copy_from_slice(b"9.9.");
+    std::fs::write(&bad, &b).expect("write");
+    assert_refused(&restore_cli(&bad, &mem, &[]), "kvmkit 9.9.");
+    // Not a state file at all.
+    assert_refused(&restore_cli(&mem, &mem, &[]), "magic");
+    // A memory file of the wrong size.
+    let short = dir.join("short-mem");
+    std::fs::write(&short, vec![0u8; 1 << 20]).expect("write");
+    assert_refused(&restore_cli(&state, &short, &[]), "bytes");
+    // A missing memory file.
+    assert_refused(&restore_cli(&state, &dir.join("nope"), &[]), "nope");
+    let _ = std::fs::remove_dir_all(&dir);
+}
