@@ -71,6 +71,7 @@ pub fn summary(outcome: &RunOutcome) -> serde_json::Value {
         },
         "reports": reports,
         "reports_dropped": outcome.reports_dropped,
+        "log_lines_suppressed": crate::logging::suppressed_lines(),
         "unclaimed_pio": outcome.unclaimed_pio.top,
         "unclaimed_pio_total": outcome.unclaimed_pio.total,
         "unclaimed_pio_more": outcome.unclaimed_pio.more,

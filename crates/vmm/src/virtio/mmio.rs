@@ -93,7 +93,11 @@ impl MmioTransport {
 
     /// The driver status register.
     pub fn status(&self) -> u32 {
-        self.status
+        if self.interrupt.is_broken() {
+            self.status | status::DEVICE_NEEDS_RESET
+        } else {
+            self.status
+        }
     }
 
     fn warn(&mut self, what: &str) {
@@ -118,6 +122,7 @@ impl MmioTransport {
         self.acked_features = 0;
         self.status = 0;
         self.interrupt.ack(u32::MAX);
+        self.interrupt.clear_broken();
     }
 
     /// The device behind this transport.
@@ -250,7 +255,7 @@ impl MmioTransport {
             REG_QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
             REG_QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
             REG_INTERRUPT_STATUS => self.interrupt.status(),
-            REG_STATUS => self.status,
+            REG_STATUS => self.status(),
             REG_CONFIG_GENERATION => self.config_generation,
             _ => {
                 self.warn(&format!("read of write-only or unknown register {offset:#x}"));

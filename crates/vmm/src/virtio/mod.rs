@@ -13,7 +13,7 @@ pub mod net;
 pub mod rng;
 mod worker;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::Queue;
@@ -35,6 +35,7 @@ pub const VIRTIO_MMIO_INT_CONFIG: u32 = 2;
 pub struct Interrupt {
     status: AtomicU32,
     irqfd: EventFd,
+    broken: AtomicBool,
 }
 
 impl Interrupt {
@@ -43,7 +44,30 @@ impl Interrupt {
         Self {
             status: AtomicU32::new(0),
             irqfd,
+            broken: AtomicBool::new(false),
         }
+    }
+
+    /// Marks the device broken (a queue whose avail index is bogus, a
+    /// worker that panicked): the transport then shows DEVICE_NEEDS_RESET
+    /// and the driver gets a configuration-change interrupt. Said once per
+    /// device reset.
+    pub fn mark_broken(&self, why: &str) {
+        if !self.broken.swap(true, Ordering::SeqCst) {
+            tracing::warn!("virtio device needs reset: {why}");
+            self.signal(VIRTIO_MMIO_INT_CONFIG);
+        }
+    }
+
+    /// Whether the device was marked broken since its last reset; its
+    /// worker then leaves its queues alone.
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::SeqCst)
+    }
+
+    /// Clears the broken mark (the driver reset the device).
+    pub fn clear_broken(&self) {
+        self.broken.store(false, Ordering::SeqCst);
     }
 
     /// Sets `bits` in the interrupt status and raises the interrupt.

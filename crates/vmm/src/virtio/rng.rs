@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::{
@@ -95,7 +95,19 @@ struct RngHandler {
 }
 
 impl QueueHandler for RngHandler {
+    fn interrupt(&self) -> Option<Arc<Interrupt>> {
+        Some(self.interrupt.clone())
+    }
+
     fn process_queue(&mut self, _index: usize) -> bool {
+        if self.interrupt.is_broken() {
+            return false;
+        }
+        if self.queue.iter(&self.memory).is_err() {
+            self.interrupt
+                .mark_broken("virtio-rng: the avail index is more than the queue size ahead");
+            return false;
+        }
         let mut any = false;
         let mut buf = vec![0u8; MAX_BYTES_PER_REQUEST];
         let mut done = 0;

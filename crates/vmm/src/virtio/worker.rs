@@ -5,16 +5,24 @@
 //! acknowledges, then touches no queue until resumed) and stop it, which
 //! hands the handler back with its queues, so their state can be saved.
 //!
+//! A handler that panics is caught: its device is marked broken
+//! (DEVICE_NEEDS_RESET, through [`WorkerHandler::interrupt`]) with a log
+//! line, and the VM goes on.
+//!
 //! No busy loops: a handler that has more work than its per-round budget
 //! says so, and the worker polls again without sleeping, so notifications,
 //! other descriptors and control messages are still seen between rounds.
 
 use std::os::fd::{AsRawFd, RawFd};
+use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
+
+use super::Interrupt;
 
 /// What a device's worker does.
 pub trait WorkerHandler: Send + 'static {
@@ -35,6 +43,10 @@ pub trait WorkerHandler: Send + 'static {
     fn is_done(&self) -> bool {
         false
     }
+    /// The device's interrupt, marked broken if the handler panics.
+    fn interrupt(&self) -> Option<Arc<Interrupt>> {
+        None
+    }
 }
 
 /// What a device does when queue `index` is notified (devices whose work is
@@ -43,6 +55,10 @@ pub trait QueueHandler: Send + 'static {
     /// Processes what is available on queue `index`, up to a budget.
     /// Returns true when work is left for another round.
     fn process_queue(&mut self, index: usize) -> bool;
+    /// The device's interrupt, marked broken if the handler panics.
+    fn interrupt(&self) -> Option<Arc<Interrupt>> {
+        None
+    }
 }
 
 /// Adapts a [`QueueHandler`] to a [`WorkerHandler`].
@@ -84,6 +100,10 @@ impl<Q: QueueHandler> WorkerHandler for Queues<Q> {
         }
         more
     }
+
+    fn interrupt(&self) -> Option<Arc<Interrupt>> {
+        self.handler.interrupt()
+    }
 }
 
 enum Command {
@@ -111,7 +131,7 @@ pub struct Worker<H: WorkerHandler> {
     commands: Sender<Command>,
     acks: Receiver<()>,
     wake: EventFd,
-    thread: Option<JoinHandle<H>>,
+    thread: Option<JoinHandle<Option<H>>>,
 }
 
 impl<H: WorkerHandler> Worker<H> {
@@ -122,9 +142,22 @@ impl<H: WorkerHandler> Worker<H> {
         let thread_wake = wake.try_clone()?;
         let (commands, command_rx) = channel();
         let (ack_tx, acks) = channel();
-        let thread = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || run(handler, &events, &thread_wake, &command_rx, &ack_tx))?;
+        let interrupt = handler.interrupt();
+        let thread = std::thread::Builder::new().name(name.clone()).spawn(move || {
+            let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                run(handler, &events, &thread_wake, &command_rx, &ack_tx)
+            }));
+            match r {
+                Ok(h) => Some(h),
+                Err(_) => {
+                    tracing::error!("device worker {name} panicked; the device needs a reset, the VM goes on");
+                    if let Some(i) = interrupt {
+                        i.mark_broken(&format!("its worker {name} panicked"));
+                    }
+                    None
+                }
+            }
+        })?;
         Ok(Self {
             commands,
             acks,
@@ -164,7 +197,7 @@ impl<H: WorkerHandler> Worker<H> {
     fn finish(&mut self) -> Option<H> {
         let t = self.thread.take()?;
         let _ = self.send(Command::Stop);
-        t.join().ok()
+        t.join().ok().flatten()
     }
 }
 
@@ -312,6 +345,28 @@ mod tests {
         w.resume().expect("resume");
         let back = w.stop().expect("handler back").into_inner();
         assert_eq!(back.backlog, 0);
+    }
+
+    struct Panics(Arc<Interrupt>);
+
+    impl QueueHandler for Panics {
+        fn process_queue(&mut self, _index: usize) -> bool {
+            panic!("a device bug");
+        }
+        fn interrupt(&self) -> Option<Arc<Interrupt>> {
+            Some(self.0.clone())
+        }
+    }
+
+    #[test]
+    fn a_worker_that_panics_marks_its_device_broken() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let interrupt = Arc::new(Interrupt::new(irq));
+        let ev = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let w = Worker::spawn("t".into(), vec![ev], Queues::new(Panics(interrupt.clone()), 1)).expect("spawn");
+        wait_for("broken", || interrupt.is_broken());
+        assert!(w.pause().is_err(), "the worker is gone");
+        assert!(w.stop().is_none());
     }
 
     #[test]

@@ -8,7 +8,7 @@ pub mod request;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use self::disk::{AlignedBuffer, DiskImage, SECTOR_SIZE};
@@ -235,6 +235,16 @@ impl BlockHandler {
     /// access waits for the device, so this is most of the cost. Completions keep the
     /// driver's order.
     pub fn drain(&mut self) -> usize {
+        // A queue whose avail index is bogus is broken until the driver
+        // resets the device (popping would fail, and log, on every try).
+        if self.interrupt.is_broken() {
+            return 0;
+        }
+        if self.queue.iter(&self.memory).is_err() {
+            self.interrupt
+                .mark_broken("virtio-blk: the avail index is more than the queue size ahead");
+            return 0;
+        }
         let Self {
             memory,
             queue,
@@ -325,6 +335,10 @@ fn execute_run(
 }
 
 impl QueueHandler for BlockHandler {
+    fn interrupt(&self) -> Option<Arc<Interrupt>> {
+        Some(self.interrupt.clone())
+    }
+
     fn process_queue(&mut self, _index: usize) -> bool {
         if let Some((slot, seen)) = &mut self.slot {
             let now = slot.generation.load(Ordering::SeqCst);

@@ -327,6 +327,16 @@ fn avail_index_far_ahead_is_refused_not_looped() {
     let mut r = Rig::new("avail", 4096, false);
     r.mem.write_obj(1000u16, GuestAddress(AVAIL + 2)).expect("idx");
     assert_eq!(r.handler.drain(), 0);
+    // The queue is broken (DEVICE_NEEDS_RESET) and not retried, even once
+    // the index looks sane again, until the driver resets the device.
+    assert!(r.handler.interrupt.is_broken());
+    assert_ne!(r.handler.interrupt.status() & crate::virtio::VIRTIO_MMIO_INT_CONFIG, 0);
+    r.mem.write_obj(0u16, GuestAddress(AVAIL + 2)).expect("idx");
+    let h = r.header(0x8000, VIRTIO_BLK_T_FLUSH, 0);
+    r.push(&[h, (0x8100, 1, F_WRITE)]);
+    assert_eq!(r.handler.drain(), 0, "a broken queue is left alone");
+    r.handler.interrupt.clear_broken();
+    assert_eq!(r.handler.drain(), 1);
 }
 
 #[test]

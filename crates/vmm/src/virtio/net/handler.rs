@@ -127,6 +127,11 @@ impl NetHandler {
         self.pending.is_some()
     }
 
+    /// The device's interrupt.
+    pub fn interrupt(&self) -> &Arc<Interrupt> {
+        &self.interrupt
+    }
+
     /// The device's counters.
     pub fn counters(&self) -> &NetCounters {
         &self.counters

@@ -6,12 +6,13 @@
 //! starves the other. No busy loops.
 
 use std::os::fd::RawFd;
+use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
 
 use super::handler::{NetHandler, RxState};
 use super::{RX_QUEUE, TX_QUEUE};
-use crate::virtio::{Worker, WorkerError, WorkerHandler};
+use crate::virtio::{Interrupt, Worker, WorkerError, WorkerHandler};
 
 /// A NIC's handler with the rx/tx state carried between rounds.
 pub struct NetLoop {
@@ -28,6 +29,10 @@ impl NetLoop {
 }
 
 impl WorkerHandler for NetLoop {
+    fn interrupt(&self) -> Option<Arc<Interrupt>> {
+        Some(self.h.interrupt().clone())
+    }
+
     fn start(&mut self) -> bool {
         self.tx_more = self.h.process_tx();
         self.rx_more = matches!(self.h.process_rx(), RxState::More);
