@@ -1,5 +1,5 @@
 //! The host side of the serial console: terminal mode, input, and the
-//! signals (SIGINT, SIGTERM) that stop a VM.
+//! signals (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1) that stop a VM.
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -57,10 +57,14 @@ extern "C" fn on_exit_signal(sig: libc::c_int) {
     }
 }
 
-/// Routes SIGINT, SIGTERM, SIGHUP and SIGQUIT to `fd` (an eventfd the VMM thread polls).
+/// The signals that end a VM like SIGTERM (their default action would kill
+/// kvmkit with the terminal left raw).
+pub const EXIT_SIGNALS: [libc::c_int; 5] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1];
+
+/// Routes the [`EXIT_SIGNALS`] to `fd` (an eventfd the VMM thread polls).
 pub fn install_exit_signal_handlers(fd: RawFd) -> std::io::Result<()> {
     SIGNAL_FD.store(fd, Ordering::SeqCst);
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+    for sig in EXIT_SIGNALS {
         // SAFETY: a zeroed sigaction with a handler and empty mask is valid.
         let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
         action.sa_sigaction = on_exit_signal as *const () as usize;
@@ -78,5 +82,24 @@ pub fn last_exit_signal() -> Option<i32> {
     match LAST_SIGNAL.load(Ordering::SeqCst) {
         0 => None,
         s => Some(s),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_terminating_signal_is_routed_to_the_exit_fd() {
+        let efd = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        install_exit_signal_handlers(std::os::fd::AsRawFd::as_raw_fd(&efd)).expect("handlers");
+        for sig in EXIT_SIGNALS {
+            // SAFETY: raise(3) delivers to this thread; the handler only writes the eventfd.
+            assert_eq!(unsafe { libc::raise(sig) }, 0);
+            assert_eq!(efd.read().expect("signalled"), 1, "signal {sig}");
+            assert_eq!(last_exit_signal(), Some(sig));
+        }
+        assert!(EXIT_SIGNALS.contains(&libc::SIGUSR1));
+        SIGNAL_FD.store(-1, Ordering::SeqCst);
     }
 }

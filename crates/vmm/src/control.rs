@@ -45,7 +45,7 @@ pub enum ExitReason {
     /// The guest kernel panicked (seen on its console) and then reset or
     /// powered off.
     GuestPanic,
-    /// The host asked kvmkit to stop (SIGINT, SIGTERM, SIGHUP, SIGQUIT).
+    /// The host asked kvmkit to stop (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1).
     Signal(i32),
     /// A control-plane client asked the VMM to stop.
     Stopped(&'static str),

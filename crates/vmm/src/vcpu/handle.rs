@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::{kick, Step, Vcpu};
+use crate::control::{ExitReason, VmControl};
 
 /// What the VMM asks of a vCPU thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,9 +102,14 @@ impl VcpuHandle {
         let (response_tx, responses) = channel();
         let kick_pending = Arc::new(AtomicBool::new(false));
         let seen = kick_pending.clone();
+        let control = vcpu.control.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
-            .spawn(move || thread_main(vcpu, paused, &event_rx, &response_tx, &seen))
+            .spawn(move || {
+                guarded(index, &control, &response_tx, || {
+                    thread_main(vcpu, paused, &event_rx, &response_tx, &seen);
+                });
+            })
             .map_err(|e| VcpuHandleError::Spawn(index, e))?;
         Ok(Self {
             index,
@@ -186,6 +192,34 @@ impl VcpuHandle {
     }
 }
 
+/// Runs a vCPU thread's body; if it panics, the VM ends with a reason
+/// (a VM whose vCPU died would otherwise wait forever) and whoever waits
+/// for an answer hears that the vCPU has exited.
+fn guarded(index: usize, control: &VmControl, responses: &Sender<VcpuResponse>, body: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        kick::clear();
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        control.request_exit(ExitReason::VmmError(format!(
+            "the vCPU {index} thread panicked: {what}"
+        )));
+        let _ = responses.send(VcpuResponse::Exited);
+    }
+}
+
+/// Unregisters the thread's `kvm_run` from kicks before the vCPU (and its
+/// mapping) is dropped, also when the thread unwinds.
+struct KickRegistration;
+
+impl Drop for KickRegistration {
+    fn drop(&mut self) {
+        kick::clear();
+    }
+}
+
 fn thread_main(
     mut vcpu: Vcpu,
     paused: bool,
@@ -196,6 +230,7 @@ fn thread_main(
     // SAFETY: the pointer is this thread's vCPU kvm_run mapping; `vcpu`
     // lives (and stays mapped) until after `kick::clear` below.
     unsafe { kick::register(vcpu.kvm_run_ptr()) };
+    let _registration = KickRegistration;
     let mut state = if paused { State::Paused } else { State::Running };
     loop {
         let event = match state {
@@ -254,4 +289,31 @@ fn thread_main(
     }
     kick::clear();
     let _ = responses.send(VcpuResponse::Exited);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vcpu_thread_that_panics_ends_the_vm_with_a_reason() {
+        let control = VmControl::new(Instant::now()).expect("control");
+        let (tx, rx) = channel();
+        std::thread::spawn({
+            let control = Arc::new(control);
+            move || {
+                guarded(3, &control, &tx, || panic!("a VMM bug"));
+                control
+            }
+        })
+        .join()
+        .map(|control| {
+            let reason = control.reason().expect("a reason");
+            assert!(matches!(&reason, ExitReason::VmmError(w) if w.contains("vCPU 3") && w.contains("a VMM bug")));
+            assert!(control.stopping());
+            assert_eq!(reason.exit_code(), 1);
+        })
+        .expect("the panic is caught");
+        assert!(matches!(rx.recv(), Ok(VcpuResponse::Exited)));
+    }
 }
