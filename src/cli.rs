@@ -33,6 +33,10 @@ pub enum Command {
     Ctl(CtlArgs),
     /// List every workload (name, argument grammar, where it runs: guest, host, bench), one a line.
     Workloads,
+    /// Named VMs on this host (like virsh): define, start, stop, list, console, logs.
+    Vm(crate::commands::vm::VmArgs),
+    /// The host daemon (foreground): supervises started VMs, restarts, autostart, re-adoption.
+    Serve(crate::commands::vm::serve::ServeArgs),
 }
 
 /// Options of `kvmkit ctl`.
@@ -273,14 +277,14 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Workload sizes: quick (<= 3 min, CI smoke test), default (<= 15 min), paper (the paper's sizes).
-    #[arg(long, value_enum, default_value_t = crate::commands::bench::Profile::Default)]
-    pub profile: crate::commands::bench::Profile,
+    #[arg(long, value_enum, default_value_t = kvmkit_bench::Profile::Default)]
+    pub profile: kvmkit_bench::Profile,
     /// Tables to run (comma-separated): cpu, memory, disk, suite, exits. Default: all.
     #[arg(long, value_enum, value_delimiter = ',', value_name = "TABLE,...")]
-    pub only: Vec<crate::commands::bench::Table>,
+    pub only: Vec<kvmkit_bench::Table>,
     /// Environments (comma-separated): host, kvmkit, qemu. Default: all.
     #[arg(long = "env", value_enum, value_delimiter = ',', value_name = "ENV,...")]
-    pub envs: Vec<crate::commands::bench::Env>,
+    pub envs: Vec<kvmkit_bench::Env>,
     /// Runs per workload and environment (interleaved across environments).
     #[arg(long, default_value_t = 3, value_name = "N")]
     pub runs: usize,
@@ -295,30 +299,10 @@ pub struct BenchArgs {
     pub out: Option<PathBuf>,
     /// Guest: `kvmkit` (kvmkit's own test guest, runs on every KVM host) or
     /// `linux` (the paper's programs in a Debian guest; needs VMX/SVM).
-    #[arg(long, value_enum, default_value_t = BenchGuest::Kvmkit)]
-    pub guest: BenchGuest,
+    #[arg(long, value_enum, default_value_t = kvmkit_bench::Guest::Kvmkit)]
+    pub guest: kvmkit_bench::Guest,
     /// `--guest linux`: boot this kernel instead of the cached Debian one (e.g. a
     /// PVM-enabled kernel on a kvm_pvm host).
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
-}
-
-impl BenchArgs {
-    /// `kvmkit` or `linux`.
-    pub fn guest_name(&self) -> &'static str {
-        match self.guest {
-            BenchGuest::Kvmkit => "kvmkit",
-            BenchGuest::Linux => "linux",
-        }
-    }
-}
-
-/// Which guest `kvmkit bench` measures.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum BenchGuest {
-    /// kvmkit's own test guest: the same workload code as the host runner.
-    #[default]
-    Kvmkit,
-    /// A Debian guest running the paper's exact programs.
-    Linux,
 }

@@ -38,6 +38,10 @@ pub use init::{
     USERSPACE_READY_MARKER,
 };
 pub use modules::GUEST_MODULES;
+
+/// Command line for these assets (`kvmkit run --linux`, `kvmkit bench --guest linux`):
+/// quiet, since every console byte is a VM exit; a panic reboots at once, which ends the VM.
+pub const LINUX_ASSETS_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off quiet";
 pub use rootfs::{build_rootfs, cached_rootfs, list_rootfs, rootfs_dir, RootfsAssets, ROOTFS_PACKAGES};
 
 /// Errors from building, fetching or validating guest assets.

@@ -18,9 +18,8 @@ use crate::cli::{BootArg, RunArgs};
 
 /// Default command line for Linux guests.
 pub const DEFAULT_LINUX_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
-/// Default command line for `--linux` (kvmkit's Debian assets): quiet, since
-/// every console byte is a VM exit; a panic reboots at once, which ends the VM.
-pub const LINUX_ASSETS_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off quiet";
+// The default command line for `--linux` comes with kvmkit's Debian assets.
+use kvmkit_images::LINUX_ASSETS_CMDLINE;
 
 /// Everything `kvmkit run` hands the VMM.
 pub struct RunPlan {

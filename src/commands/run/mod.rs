@@ -14,8 +14,6 @@ use kvmkit_vmm::{run_vmm, VmmOptions};
 
 use crate::cli::RunArgs;
 
-pub use config::LINUX_ASSETS_CMDLINE;
-
 /// `--restore-state`/`--restore-mem` as a snapshot load: the VM runs at
 /// once unless an API socket is there to resume it.
 fn restore_params(args: &RunArgs) -> Option<LoadSnapshotParams> {

@@ -1,7 +1,6 @@
 //! Running one workload once in one environment: the bare host, a kvmkit guest, a QEMU guest.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -10,7 +9,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::Serialize;
 
-use super::profile::{Env, Kind, Unit, Workload};
+use crate::environment::Env;
+use crate::kind::Kind;
+use crate::measured::{Measured, PerCpu, NO_DIRECT_IO};
+use crate::process::{last_lines, run_with_timeout};
+use crate::rows::Workload;
+use crate::table::Unit;
 
 /// One run's measurement.
 #[derive(Clone, Debug, Serialize)]
@@ -28,22 +32,6 @@ pub struct Sample {
     pub wall_s: f64,
     /// How it was measured, where that needs saying (the host's cold read: O_DIRECT or not).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-}
-
-/// The note of a Table 3 guest run whose image could not be `cache=none`.
-pub(super) const NO_DIRECT_IO: &str =
-    "the output directory's file system has no O_DIRECT, so the image was not cache=none: the guest's \
-     reads may come from the host page cache";
-
-/// Per CPU (ns, value) of one kind, as one run measured it.
-type PerCpu = Vec<(u64, u64)>;
-
-/// What one run measured: per kind it measures (`Kind::siblings`), per CPU (ns, value).
-pub(super) struct Measured {
-    /// Per kind: per CPU (ns, value).
-    pub kinds: Vec<(Kind, PerCpu)>,
-    /// How it was measured, where that needs saying.
     pub note: Option<String>,
 }
 
@@ -67,7 +55,7 @@ pub struct Runner {
     /// The other halves of multi-row runs (`blk-seq`'s read after its write row ran).
     pub cache: Mutex<Cache>,
     /// `--guest linux`: the kernel, initramfs and rootfs.
-    pub linux: Option<super::linux::LinuxGuest>,
+    pub linux: Option<crate::linux::LinuxGuest>,
 }
 
 impl Runner {
@@ -179,7 +167,7 @@ impl Runner {
             _ => self.exe.as_path(),
         };
         let scratch = self.out.join("tmp");
-        let on = super::linux::Machine {
+        let on = crate::linux::Machine {
             vmm,
             scratch: &scratch,
             cpus: self.cpus,
@@ -194,7 +182,7 @@ impl Runner {
         if let Some(path) = disk {
             return match w.kind {
                 Kind::BlkWrite | Kind::BlkRead => {
-                    let t = crate::commands::host::blk_seq_file(path, w.arg)?;
+                    let t = crate::host::blk_seq_file(path, w.arg)?;
                     let note = if t.direct {
                         "host: write + fdatasync, then posix_fadvise(DONTNEED) and an O_DIRECT (cold) read"
                     } else {
@@ -210,7 +198,7 @@ impl Runner {
                     })
                 }
                 _ => {
-                    let ns = crate::commands::host::smallio_file(path, w.arg)?;
+                    let ns = crate::host::smallio_file(path, w.arg)?;
                     Ok(Measured {
                         kinds: vec![(w.kind, vec![(ns, w.arg)])],
                         note: None,
@@ -330,11 +318,11 @@ impl Runner {
 fn host_thread(kind: Kind, arg: u64, thread: usize, threads: usize) -> anyhow::Result<(u64, u64)> {
     match kind {
         Kind::Primes => {
-            let r = crate::commands::host::run_one("primes", arg, thread)?;
+            let r = crate::host::run_one("primes", arg, thread)?;
             Ok((r.ns, r.value))
         }
         Kind::Memtest if threads == 1 => {
-            let r = crate::commands::host::run_one("memtest", arg, thread)?;
+            let r = crate::host::run_one("memtest", arg, thread)?;
             Ok((r.ns, r.value))
         }
         Kind::Memtest => {
@@ -350,7 +338,7 @@ fn host_thread(kind: Kind, arg: u64, thread: usize, threads: usize) -> anyhow::R
             Ok((t0.elapsed().as_nanos() as u64, report.errors))
         }
         Kind::Raytrace | Kind::Md5 | Kind::Des | Kind::Blowfish | Kind::Compress => {
-            let r = crate::commands::host::run_share(kind.name(), arg, thread, threads)?;
+            let r = crate::host::run_share(kind.name(), arg, thread, threads)?;
             Ok((r.ns, r.value))
         }
         Kind::Exits | Kind::MmioExits => bail!("{} has no bare-host counterpart", kind.name()),
@@ -426,74 +414,6 @@ fn fields(text: &str) -> BTreeMap<&str, &str> {
     text.split_ascii_whitespace()
         .filter_map(|kv| kv.split_once('='))
         .collect()
-}
-
-/// What a child process did.
-pub struct ChildOutput {
-    /// Exit status, None when killed (timeout) or by a signal.
-    pub code: Option<i32>,
-    /// Its stdout.
-    pub stdout: String,
-    /// Its stderr.
-    pub stderr: String,
-}
-
-/// Runs `cmd` with stdin closed, capturing output, killing it after `limit`.
-pub fn run_with_timeout(mut cmd: Command, limit: Duration) -> anyhow::Result<ChildOutput> {
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start {program}"))?;
-    let reader = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            if let Some(mut p) = pipe {
-                let mut bytes = Vec::new();
-                let _ = p.read_to_end(&mut bytes);
-                s = String::from_utf8_lossy(&bytes).into_owned();
-            }
-            s
-        })
-    };
-    let t_out = reader(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let t_err = reader(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let deadline = Instant::now() + limit;
-    let mut timed_out = false;
-    let status = loop {
-        if let Some(s) = child.try_wait()? {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            timed_out = true;
-            break child.wait()?;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let stdout = t_out.join().unwrap_or_default();
-    let stderr = t_err.join().unwrap_or_default();
-    if timed_out {
-        bail!(
-            "{program} did not finish within {:.0} s: {}",
-            limit.as_secs_f64(),
-            last_lines(&stderr, &stdout)
-        );
-    }
-    Ok(ChildOutput {
-        code: status.code(),
-        stdout,
-        stderr,
-    })
-}
-
-/// The last few lines of stderr (or stdout), on one line, for error messages.
-pub fn last_lines(stderr: &str, stdout: &str) -> String {
-    let text = if stderr.trim().is_empty() { stdout } else { stderr };
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(3)..].join(" | ")
 }
 
 /// Finds QEMU; if missing, tries `apt-get install -y qemu-system-x86` once. Err says why not.

@@ -5,11 +5,19 @@
 
 mod chart;
 mod env;
+mod environment;
+pub mod host;
+mod kind;
 mod linux;
 mod machine;
+mod measured;
+mod paper;
+mod process;
 mod profile;
 mod report;
 mod results;
+mod rows;
+mod table;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,17 +26,68 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 
-pub use profile::{Env, Profile, Table};
+pub use environment::Env;
+pub use kind::Kind;
+pub use profile::Profile;
+pub use rows::Workload;
+pub use table::{Table, Unit};
 
-use crate::cli::{BenchArgs, BenchGuest};
 use env::Runner;
 use machine::Machine;
 use results::{BenchResults, EnvInfo, LinuxInfo, WorkloadResult};
 
+/// Which guest the bench measures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Guest {
+    /// kvmkit's own test guest: the same workload code as the host runner.
+    #[default]
+    Kvmkit,
+    /// A Debian guest running the paper's exact programs.
+    Linux,
+}
+
+/// The Linux guest's assets and the bench rootfs, built or found in the cache (the CLI
+/// supplies this: it shows progress while building them).
+pub type LinuxAssetsFn<'a> = &'a dyn Fn() -> anyhow::Result<(kvmkit_images::LinuxAssets, kvmkit_images::RootfsAssets)>;
+
+/// What one `kvmkit bench` measures, and where it writes.
+pub struct Options<'a> {
+    /// Workload sizes.
+    pub profile: Profile,
+    /// Tables to run (empty: all).
+    pub only: Vec<Table>,
+    /// Environments (empty: all).
+    pub envs: Vec<Env>,
+    /// Runs per workload and environment (interleaved across environments).
+    pub runs: usize,
+    /// vCPUs per guest (and threads on the host).
+    pub cpus: usize,
+    /// Guest RAM in MiB (raised where a memory workload needs more).
+    pub memory: u64,
+    /// Output directory (None: bench-out/<timestamp>).
+    pub out: Option<PathBuf>,
+    /// The guest measured.
+    pub guest: Guest,
+    /// `Guest::Linux`: boot this kernel instead of the cached Debian one.
+    pub kernel: Option<PathBuf>,
+    /// `Guest::Linux`: the cached kernel, initramfs and rootfs.
+    pub linux_assets: LinuxAssetsFn<'a>,
+}
+
+impl Options<'_> {
+    /// `kvmkit` or `linux`.
+    pub fn guest_name(&self) -> &'static str {
+        match self.guest {
+            Guest::Kvmkit => "kvmkit",
+            Guest::Linux => "linux",
+        }
+    }
+}
+
 /// Runs the bench; exit status 0 when every cell was measured, 1 when some run failed.
-pub fn run(args: &BenchArgs) -> anyhow::Result<u8> {
+pub fn run(args: &Options) -> anyhow::Result<u8> {
     let started = Instant::now();
-    let linux_mode = args.guest == BenchGuest::Linux;
+    let linux_mode = args.guest == Guest::Linux;
     if args.kernel.is_some() && !linux_mode {
         bail!("--kernel is for --guest linux (the default guest is built into kvmkit)");
     }
@@ -126,7 +185,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<u8> {
         );
     }
     let linux = if linux_mode {
-        Some(linux::LinuxGuest::prepare(args.kernel.clone())?)
+        Some(linux::LinuxGuest::prepare(args.kernel.clone(), args.linux_assets)?)
     } else {
         None
     };
@@ -150,19 +209,19 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<u8> {
     };
 
     let workloads = if linux_mode {
-        profile::linux_workloads(args.profile, &tables)
+        rows::linux_workloads(args.profile, &tables)
     } else {
-        profile::workloads(args.profile, &tables)
+        rows::workloads(args.profile, &tables)
     };
     if workloads.is_empty() {
         bail!("--only: the selected tables have no {} workloads", args.guest_name());
     }
-    let pending = profile::not_measured(&tables, linux_mode);
+    let pending = paper::not_measured(&tables, linux_mode);
     // Steps, interleaved: run 1 of every workload in host, kvmkit, qemu; then run 2...
     let steps: Vec<(usize, usize, Env, f64)> = (0..args.runs)
         .flat_map(|r| workloads.iter().enumerate().map(move |(wi, w)| (r, wi, w)))
         .flat_map(|(r, wi, w)| envs.iter().filter(|&&e| w.runs_on(e)).map(move |&e| (r, wi, e)))
-        .map(|(r, wi, e)| (r, wi, e, profile::estimate_run_s(&workloads[wi], e, args.cpus)))
+        .map(|(r, wi, e)| (r, wi, e, rows::estimate_run_s(&workloads[wi], e, args.cpus)))
         .collect();
     let estimate: f64 = steps.iter().map(|s| s.3).sum();
     eprintln!(
@@ -273,9 +332,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<u8> {
         order: workloads.iter().map(|w| w.id.clone()).collect(),
         not_measured: pending,
         not_measured_reason: if linux_mode {
-            profile::LINUX_PENDING_REASON
+            paper::LINUX_PENDING_REASON
         } else {
-            profile::PENDING_REASON
+            paper::PENDING_REASON
         },
         warnings,
         started_unix: SystemTime::now()

@@ -2,26 +2,16 @@
 
 use std::fmt::Write as _;
 
-use super::profile::{Env, Table, Unit};
-use super::results::{BenchResults, Cell, WorkloadResult, SPREAD_WARN};
+use crate::environment::Env;
+use crate::results::{BenchResults, Cell, WorkloadResult, SPREAD_WARN};
+use crate::table::{Table, Unit};
 
 /// Label of the paper's columns.
 pub const PAPER: &str = "paper (KVM on 2017 hardware)";
 
-/// A figure with about four significant digits.
-pub fn fmt_value(v: f64, unit: Unit) -> String {
-    match unit {
-        Unit::NsPerExit => format!("{v:.0}"),
-        Unit::Seconds if v >= 100.0 => format!("{v:.1}"),
-        Unit::Seconds if v >= 1.0 => format!("{v:.3}"),
-        Unit::Seconds if v >= 0.01 => format!("{v:.4}"),
-        Unit::Seconds => format!("{v:.6}"),
-    }
-}
-
 fn median(cell: &Cell, unit: Unit) -> String {
     match (&cell.stats, &cell.skipped) {
-        (Some(s), _) => fmt_value(s.median, unit),
+        (Some(s), _) => unit.format(s.median),
         (None, Some(_)) => "-".into(),
         (None, None) if !cell.failures.is_empty() => "failed".into(),
         (None, None) => "-".into(),
@@ -34,9 +24,9 @@ fn median_min_max(cell: &Cell, unit: Unit) -> String {
             let flag = if s.spread > SPREAD_WARN { " ⚠" } else { "" };
             format!(
                 "{} ({}–{}){flag}",
-                fmt_value(s.median, unit),
-                fmt_value(s.min, unit),
-                fmt_value(s.max, unit)
+                unit.format(s.median),
+                unit.format(s.min),
+                unit.format(s.max)
             )
         }
         None => median(cell, unit),

@@ -6,8 +6,9 @@ use anyhow::anyhow;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::profile::{Env, Table};
-use super::results::BenchResults;
+use crate::environment::Env;
+use crate::results::BenchResults;
+use crate::table::Table;
 
 /// One group of bars: a label and (series name, value) pairs.
 type Group = (String, Vec<(String, f64)>);

@@ -4,9 +4,13 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::env::Sample;
-use super::machine::Machine;
-use super::profile::{Env, Pending, Profile, Table, Unit, Workload};
+use crate::env::Sample;
+use crate::environment::Env;
+use crate::machine::Machine;
+use crate::paper::Pending;
+use crate::profile::Profile;
+use crate::rows::Workload;
+use crate::table::{Table, Unit};
 
 /// Spread ((max - min) / median) above which a cell gets a warning.
 pub const SPREAD_WARN: f64 = 0.10;
@@ -157,8 +161,8 @@ impl WorkloadResult {
                         "{}: spread {:.0}% (min {} / max {}) exceeds {:.0}%",
                         env.name(),
                         st.spread * 100.0,
-                        super::report::fmt_value(st.min, unit),
-                        super::report::fmt_value(st.max, unit),
+                        unit.format(st.min),
+                        unit.format(st.max),
                         SPREAD_WARN * 100.0
                     );
                     self.warnings.push(msg);

@@ -19,10 +19,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use kvmkit_images::{Cache, RootfsAssets, EXIT_STATUS_MARKER};
+use kvmkit_images::{RootfsAssets, EXIT_STATUS_MARKER};
 
-use super::env::{last_lines, run_with_timeout, ChildOutput, Measured};
-use super::profile::{Env, Kind, Workload};
+use crate::environment::Env;
+use crate::kind::Kind;
+use crate::measured::{Measured, NO_DIRECT_IO};
+use crate::process::{last_lines, run_with_timeout, ChildOutput};
+use crate::rows::Workload;
 
 /// Serial (virtio-blk GET_ID) of the read-only root disk.
 const ROOT_SERIAL: &str = "kvmkit-rootfs";
@@ -58,10 +61,8 @@ pub struct LinuxGuest {
 
 impl LinuxGuest {
     /// Builds (or finds in the cache) the kernel, initramfs and rootfs.
-    pub fn prepare(kernel: Option<PathBuf>) -> anyhow::Result<Self> {
-        let cache = Cache::from_env().context("cannot locate the kvmkit cache (set KVMKIT_CACHE)")?;
-        let assets = crate::commands::image::ensure_linux_assets(&cache)?;
-        let rootfs = crate::commands::image::ensure_rootfs(&cache)?;
+    pub fn prepare(kernel: Option<PathBuf>, assets: crate::LinuxAssetsFn<'_>) -> anyhow::Result<Self> {
+        let (assets, rootfs) = assets()?;
         if let Some(k) = &kernel {
             if !k.is_file() {
                 bail!(
@@ -156,7 +157,7 @@ impl LinuxGuest {
             kinds.push((k, vec![(ns, result)]));
         }
         let note = if env.is_guest() && w.kind.uncached_disk() && !cold {
-            Some(super::env::NO_DIRECT_IO.to_owned())
+            Some(NO_DIRECT_IO.to_owned())
         } else {
             out.stdout
                 .lines()
@@ -176,7 +177,7 @@ impl LinuxGuest {
     fn cmdline(&self, w: &Workload) -> String {
         format!(
             "{} kvmkit.cmd=b64:{}",
-            crate::commands::run::LINUX_ASSETS_CMDLINE,
+            kvmkit_images::LINUX_ASSETS_CMDLINE,
             base64(guest_script(&w.spec).as_bytes())
         )
     }
