@@ -1,7 +1,14 @@
 //! The 16550A UART on COM1, from `vm-superio`, wired to the host console.
+//!
+//! Console output never blocks a vCPU (or the VMM thread waiting for the
+//! serial lock): [`ConsoleOut`] puts the guest's bytes in a bounded buffer
+//! that its own thread writes to the host; when the host side does not keep
+//! up (a full pipe nobody reads), the oldest bytes are dropped and counted.
 
+use std::collections::VecDeque;
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
@@ -55,10 +62,63 @@ impl StreamMatcher {
     }
 }
 
+/// Console bytes buffered for the host at most; older ones are dropped.
+pub const CONSOLE_BUFFER_BYTES: usize = 1 << 20;
+/// How long the end of a VM waits for buffered console output to go out.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most bytes the writer thread takes per write.
+const WRITE_CHUNK: usize = 64 * 1024;
+
+#[derive(Default)]
+struct Pending {
+    bytes: VecDeque<u8>,
+    dropped: u64,
+    writing: bool,
+    closing: bool,
+}
+
+#[derive(Default)]
+struct Buffer {
+    state: Mutex<Pending>,
+    changed: Condvar,
+}
+
+impl Buffer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Writes what the buffer holds to `out` until the buffer is closed and
+/// empty. Write errors (a closed pipe) drop the bytes.
+fn drain_to(mut out: Box<dyn Write + Send>, buf: &Buffer) {
+    let mut chunk = Vec::with_capacity(WRITE_CHUNK);
+    loop {
+        {
+            let mut s = buf.lock();
+            s.writing = false;
+            buf.changed.notify_all();
+            while s.bytes.is_empty() && !s.closing {
+                s = buf.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+            }
+            if s.bytes.is_empty() {
+                return;
+            }
+            let n = s.bytes.len().min(WRITE_CHUNK);
+            chunk.extend(s.bytes.drain(..n));
+            s.writing = true;
+        }
+        let _ = out.write_all(&chunk).and_then(|()| out.flush());
+        chunk.clear();
+    }
+}
+
 /// Output sink that records when the first byte went out and watches for a
-/// guest kernel panic.
+/// guest kernel panic. Writes never block: the bytes go to a bounded buffer
+/// (drop-oldest) that a thread of its own writes to the host.
 pub struct ConsoleOut {
-    out: Box<dyn Write + Send>,
+    buffer: Arc<Buffer>,
+    capacity: usize,
     control: Arc<VmControl>,
     panic_watch: StreamMatcher,
 }
@@ -66,27 +126,96 @@ pub struct ConsoleOut {
 impl ConsoleOut {
     /// Wraps `out`, stamping the first write into `control`'s timeline.
     pub fn new(out: Box<dyn Write + Send>, control: Arc<VmControl>) -> Self {
+        Self::with_capacity(out, control, CONSOLE_BUFFER_BYTES)
+    }
+
+    /// As [`Self::new`], buffering at most `capacity` bytes.
+    pub fn with_capacity(out: Box<dyn Write + Send>, control: Arc<VmControl>, capacity: usize) -> Self {
+        let buffer = Arc::new(Buffer::default());
+        let b = buffer.clone();
+        if let Err(e) = std::thread::Builder::new()
+            .name("console-out".into())
+            .spawn(move || drain_to(out, &b))
+        {
+            tracing::warn!("no console output thread ({e}); guest console output is dropped");
+        }
         Self {
-            out,
+            buffer,
+            capacity: capacity.max(1),
             control,
             panic_watch: StreamMatcher::default(),
         }
+    }
+
+    /// Console bytes dropped so far because the host did not take them.
+    pub fn dropped(&self) -> u64 {
+        self.buffer.lock().dropped
+    }
+
+    /// Waits until the buffered bytes went out, at most `timeout`; returns
+    /// whether they did.
+    pub fn drain(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.buffer.lock();
+        while !s.bytes.is_empty() || s.writing {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            s = self
+                .buffer
+                .changed
+                .wait_timeout(s, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        true
     }
 }
 
 impl Write for ConsoleOut {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if self.control.timeline.first_output.get().is_none() {
-            let _ = self.control.timeline.first_output.set(std::time::Instant::now());
+            let _ = self.control.timeline.first_output.set(Instant::now());
         }
         if self.panic_watch.feed(PANIC_MARKER, buf) {
             self.control.note_guest_panic();
         }
-        self.out.write(buf)
+        let mut s = self.buffer.lock();
+        let was_empty = s.bytes.is_empty();
+        // Only the last `capacity` bytes of `buf` can be kept.
+        let keep = &buf[buf.len().saturating_sub(self.capacity)..];
+        let over = (s.bytes.len() + keep.len()).saturating_sub(self.capacity);
+        s.bytes.drain(..over);
+        s.dropped += (over + buf.len() - keep.len()) as u64;
+        s.bytes.extend(keep);
+        if was_empty {
+            self.buffer.changed.notify_all();
+        }
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.out.flush()
+        Ok(())
+    }
+}
+
+impl Drop for ConsoleOut {
+    /// Gives the writer thread [`DRAIN_TIMEOUT`] to put out what is
+    /// buffered, then leaves it (it may be blocked on a pipe nobody reads).
+    fn drop(&mut self) {
+        let drained = self.drain(DRAIN_TIMEOUT);
+        let dropped = {
+            let mut s = self.buffer.lock();
+            s.closing = true;
+            self.buffer.changed.notify_all();
+            s.dropped + if drained { 0 } else { s.bytes.len() as u64 }
+        };
+        if dropped > 0 {
+            tracing::warn!(
+                "{dropped} bytes of guest console output were dropped: the host side did not take them in time"
+            );
+        }
     }
 }
 
@@ -169,5 +298,75 @@ mod tests {
         assert!(!m.feed(PANIC_MARKER, b"Kernel Kernel panic - not"));
         assert!(m.feed(PANIC_MARKER, b" syncing"));
         assert!(!StreamMatcher::default().feed(PANIC_MARKER, b"Kernel panic - not sync"));
+    }
+
+    /// A host side that takes nothing until released, then records.
+    struct Stuck {
+        gate: Arc<(Mutex<bool>, Condvar)>,
+        got: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Stuck {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let (open, cv) = &*self.gate;
+            let mut o = open.lock().expect("gate");
+            while !*o {
+                o = cv.wait(o).expect("gate");
+            }
+            self.got.lock().expect("got").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_host_that_does_not_read_never_blocks_the_writer_and_the_oldest_bytes_go() {
+        let control = Arc::new(VmControl::new(Instant::now()).expect("control"));
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let stuck = Stuck {
+            gate: gate.clone(),
+            got: got.clone(),
+        };
+        let mut out = ConsoleOut::with_capacity(Box::new(stuck), control.clone(), 100);
+        let t = Instant::now();
+        // The writer thread takes the first byte and blocks on it; the
+        // rest (far more than the buffer holds) must not block us.
+        out.write_all(b"A").expect("write");
+        std::thread::sleep(Duration::from_millis(50));
+        for i in 0..10_000u32 {
+            out.write_all(&[b'a' + (i % 26) as u8]).expect("write");
+        }
+        out.write_all(&[b'z'; 300]).expect("a write bigger than the buffer");
+        assert!(t.elapsed() < Duration::from_secs(2), "writes did not block");
+        assert_eq!(out.dropped(), 10_000 + 300 - 100);
+        assert!(!out.drain(Duration::from_millis(20)), "nothing went out yet");
+        assert!(control.timeline.first_output.get().is_some());
+        *gate.0.lock().expect("gate") = true;
+        gate.1.notify_all();
+        assert!(out.drain(Duration::from_secs(5)));
+        let got = got.lock().expect("got").clone();
+        assert_eq!(got.len(), 1 + 100, "the first byte, then the newest 100");
+        assert!(got[1..].iter().all(|&b| b == b'z'));
+    }
+
+    #[test]
+    fn everything_goes_out_when_the_host_keeps_up() {
+        let control = Arc::new(VmControl::new(Instant::now()).expect("control"));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let gate = Arc::new((Mutex::new(true), Condvar::new()));
+        let mut out = ConsoleOut::new(Box::new(Stuck { gate, got: got.clone() }), control);
+        let text: Vec<u8> = (0..100_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        for b in &text {
+            out.write_all(std::slice::from_ref(b)).expect("write");
+        }
+        drop(out);
+        assert_eq!(
+            *got.lock().expect("got"),
+            text,
+            "dropping the sink waits for the output"
+        );
     }
 }
