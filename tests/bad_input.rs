@@ -44,6 +44,35 @@ fn file_that_is_not_a_kernel() {
     let _ = std::fs::remove_file(path);
 }
 
+/// A FIFO (or other non-file) as an image is refused at once, not opened
+/// (open(2) on a FIFO blocks until a writer comes, before --timeout is armed).
+#[test]
+fn fifo_as_kernel_or_disk() {
+    let path = std::env::temp_dir().join(format!("kvmkit-fifo-input-{}", std::process::id()));
+    let c = std::ffi::CString::new(path.to_str().expect("utf8")).expect("cstr");
+    // SAFETY: mkfifo on a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let p = path.to_string_lossy().to_string();
+    assert_user_error(&["run", "--kernel", &p, "--timeout", "5"], "is a FIFO");
+    assert_user_error(
+        &["run", "--guest", "--disk", &format!("path={p},ro=on"), "--timeout", "5"],
+        "is a FIFO",
+    );
+    assert_user_error(&["run", "--kernel", "/dev/zero"], "character device");
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn timeouts_past_the_clock_are_refused() {
+    assert_user_error(&["run", "--guest", "--timeout", "1e19"], "--timeout 1e19: at most");
+    assert_user_error(&["run", "--guest", "--timeout", "1e300"], "at most");
+}
+
+#[test]
+fn host_memtest_larger_than_the_host_is_refused() {
+    assert_user_error(&["host", "--workload", "memtest:100000000000"], "more than the host's");
+}
+
 #[test]
 fn zero_cpus() {
     assert_user_error(&["run", "--guest", "--cpus", "0"], "at least 1 vCPU");

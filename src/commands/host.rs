@@ -14,11 +14,34 @@ pub fn parse_workload(spec: &str) -> anyhow::Result<(String, u64)> {
     Ok((w.name().to_owned(), w.arg()))
 }
 
+/// The host's physical memory in MiB.
+fn host_ram_mib() -> u64 {
+    // SAFETY: sysconf only reads system parameters.
+    let (pages, size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    (u64::try_from(pages)
+        .unwrap_or(0)
+        .saturating_mul(u64::try_from(size).unwrap_or(0)))
+        >> 20
+}
+
+/// Refuses a memtest that could not be allocated (each thread tests `mib`
+/// MiB of its own): the allocation would abort the process.
+fn check_memtest_size(mib: u64, threads: usize, ram_mib: u64) -> anyhow::Result<()> {
+    let total = mib.checked_mul(threads as u64);
+    if total.is_none_or(|t| t > ram_mib) {
+        bail!("--workload memtest:{mib}: {threads} thread(s) x {mib} MiB is more than the host's {ram_mib} MiB of RAM");
+    }
+    Ok(())
+}
+
 /// Runs the workload on `--threads` threads and prints one line per thread.
 pub fn run(args: &HostArgs) -> anyhow::Result<u8> {
     let (name, arg) = parse_workload(&args.workload)?;
     if args.threads == 0 {
         bail!("--threads 0: give at least 1 thread");
+    }
+    if name == "memtest" {
+        check_memtest_size(arg, args.threads, host_ram_mib())?;
     }
     if name == "blk-seq" || name == "smallio" {
         let path = std::env::temp_dir().join(format!("kvmkit-host-{name}-{}.img", std::process::id()));

@@ -33,10 +33,17 @@ pub struct RunPlan {
     pub net_guards: Vec<NetGuard>,
 }
 
+/// The longest `--timeout` (about 31 years): a deadline past it would
+/// overflow the clock's arithmetic.
+pub const MAX_TIMEOUT_SECS: f64 = 1e9;
+
 /// `--timeout` as a duration.
 pub fn timeout(args: &RunArgs) -> anyhow::Result<Option<Duration>> {
     match args.timeout {
         Some(t) if !(t > 0.0 && t.is_finite()) => bail!("--timeout {t}: give a positive number of seconds"),
+        Some(t) if t > MAX_TIMEOUT_SECS => {
+            bail!("--timeout {t:e}: at most {MAX_TIMEOUT_SECS:e} seconds (about 31 years)")
+        }
         Some(t) => Ok(Some(Duration::from_secs_f64(t))),
         None => Ok(None),
     }

@@ -53,6 +53,29 @@ pub struct BootSource {
     pub rsdp: Option<u64>,
 }
 
+/// Checks, without opening it, that `path` is something a VM may read an
+/// image from: a regular file or a block device. A FIFO would block in
+/// open(2) (before any time limit is armed), a socket or character device
+/// gives a stream, a directory nothing.
+pub fn check_input_file(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = std::fs::metadata(path)?.file_type();
+    let what = if t.is_file() || t.is_block_device() {
+        return Ok(());
+    } else if t.is_dir() {
+        "it is a directory"
+    } else if t.is_fifo() {
+        "it is a FIFO, not a regular file or block device"
+    } else if t.is_socket() {
+        "it is a socket, not a regular file or block device"
+    } else if t.is_char_device() {
+        "it is a character device, not a regular file or block device"
+    } else {
+        "it is not a regular file or block device"
+    };
+    Err(std::io::Error::other(what))
+}
+
 /// Errors loading a kernel or writing boot structures.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
@@ -161,6 +184,7 @@ fn load_initrd(
     addr_max: Option<u32>,
 ) -> Result<InitrdPlacement, BootError> {
     let name = path.display().to_string();
+    check_input_file(path).map_err(|e| BootError::Read(name.clone(), e))?;
     let mut file = File::open(path).map_err(|e| BootError::Read(name.clone(), e))?;
     let size = file.metadata().map_err(|e| BootError::Read(name.clone(), e))?.len();
     // Linux places no initrd above initrd_addr_max; ELF kernels get the 2 GiB default of modern kernels.
@@ -190,5 +214,50 @@ mod tests {
         assert!(build_cmdline(&long).is_err());
         assert!(build_cmdline("console=ttyS0 reboot=k").is_ok());
         assert!(build_cmdline("").is_ok());
+    }
+
+    /// Runs `f` on a thread; fails (instead of hanging) if it blocks.
+    fn within_a_second<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(1))
+            .expect("opening a FIFO must not block")
+    }
+
+    #[test]
+    fn fifos_and_other_non_files_are_refused_without_blocking() {
+        let dir = std::env::temp_dir().join(format!("kvmkit-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().expect("utf8")).expect("cstr");
+        // SAFETY: mkfifo on a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = check_input_file(&fifo).expect_err("a FIFO");
+        assert!(e.to_string().contains("FIFO"), "{e}");
+        assert!(check_input_file(std::path::Path::new("/dev/zero"))
+            .expect_err("a character device")
+            .to_string()
+            .contains("character device"));
+        assert!(check_input_file(&dir)
+            .expect_err("a directory")
+            .to_string()
+            .contains("directory"));
+        let file = dir.join("file");
+        std::fs::write(&file, b"x").expect("file");
+        check_input_file(&file).expect("a regular file");
+
+        let f = fifo.clone();
+        let initrd = within_a_second(move || {
+            let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).expect("mem");
+            load_initrd(&mem, 16 << 20, &f, HIMEM_START, None).map(|_| ())
+        });
+        let e = initrd.expect_err("a FIFO initrd").to_string();
+        assert!(e.contains("FIFO") && !e.contains("does not fit"), "{e}");
+        let f = fifo.clone();
+        let disk = within_a_second(move || crate::virtio::block::disk::DiskImage::open(&f, true).map(|_| ()));
+        assert!(disk.expect_err("a FIFO disk").to_string().contains("FIFO"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -115,12 +115,7 @@ fn open_kernel(source: &KernelSource) -> Result<(File, String), MachineError> {
     match source {
         KernelSource::Path(p) => {
             let name = p.display().to_string();
-            if p.is_dir() {
-                return Err(MachineError::KernelFile(
-                    name,
-                    std::io::Error::other("it is a directory"),
-                ));
-            }
+            boot::check_input_file(p).map_err(|e| MachineError::KernelFile(name.clone(), e))?;
             File::open(p)
                 .map(|f| (f, name.clone()))
                 .map_err(|e| MachineError::KernelFile(name, e))

@@ -108,6 +108,8 @@ impl DiskImage {
         if meta.is_dir() {
             return Err(DiskError::Directory(p));
         }
+        // A FIFO would block in open(2); a socket or character device is no disk.
+        crate::boot::check_input_file(path).map_err(|e| DiskError::Io(p.clone(), e))?;
         let open = |flags: i32| {
             use std::os::unix::fs::OpenOptionsExt;
             OpenOptions::new()
