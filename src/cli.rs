@@ -33,6 +33,14 @@ pub enum Command {
     Ctl(CtlArgs),
     /// List every workload (name, argument grammar, where it runs: guest, host, bench), one a line.
     Workloads,
+    /// Named VMs on this host (like virsh): define, start, stop, list, console, logs.
+    Vm(crate::commands::vm::VmArgs),
+    /// The host daemon (foreground): supervises started VMs, restarts, autostart, re-adoption.
+    Serve(crate::commands::vm::serve::ServeArgs),
+    /// Named VMs on this host (like virsh): define, start, stop, list, console, logs.
+    Vm(crate::commands::vm::VmArgs),
+    /// The host daemon (foreground): supervises started VMs, restarts, autostart, re-adoption.
+    Serve(crate::commands::vm::serve::ServeArgs),
 }
 
 /// Options of `kvmkit ctl`.

@@ -37,6 +37,8 @@ fn main() -> ExitCode {
         cli::Command::Bench(args) => commands::bench::run(&args),
         cli::Command::Ctl(args) => commands::ctl::run(&args),
         cli::Command::Workloads => commands::workloads::run(),
+        cli::Command::Vm(args) => commands::vm::run(&args),
+        cli::Command::Serve(args) => commands::vm::serve::run(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -6,4 +6,5 @@ pub mod ctl;
 pub mod host;
 pub mod image;
 pub mod run;
+pub mod vm;
 pub mod workloads;

@@ -1,0 +1,570 @@
+//! `kvmkit vm`: named VMs on this host, like `virsh`. A definition is
+//! Firecracker's config file stored under the state directory; a started
+//! VM is a `kvmkit run --config-file ... --api-sock ...` process in its own
+//! session, found again through its pid file and driven through its API
+//! socket. The commands act on the state directory directly, so they work
+//! the same with or without `kvmkit serve` (which supervises: restarts,
+//! autostart, re-adoption).
+
+mod console;
+mod process;
+pub mod serve;
+mod store;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use kvmkit_guest_abi::{CMDLINE_CPUS, CMDLINE_WORKLOAD};
+use kvmkit_vmm::vmm_config::{
+    BlockDeviceConfig, BootSourceConfig, EntropyDeviceConfig, MachineConfig, VmResources, MAX_VCPUS,
+};
+use serde::Serialize;
+
+use process::{PidFile, VmLock};
+pub use store::RestartPolicy;
+use store::{Settings, VmDir};
+
+/// Options of `kvmkit vm`.
+#[derive(Debug, Args)]
+pub struct VmArgs {
+    /// State directory (default $KVMKIT_STATE_DIR, else /var/lib/kvmkit).
+    #[arg(long, value_name = "DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: VmCommand,
+}
+
+/// `kvmkit vm` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Store a VM definition (Firecracker's config JSON) under the state directory.
+    Define(Box<DefineArgs>),
+    /// List defined VMs: name, state, vCPUs, memory, uptime, pid, API socket.
+    List {
+        /// Print JSON (an array of objects).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a defined VM in the background (its own kvmkit run process).
+    Start {
+        /// VM name.
+        name: String,
+    },
+    /// Stop a VM: Ctrl-Alt-Del and a grace period (Linux guests), then stop the VMM.
+    Stop {
+        /// VM name.
+        name: String,
+        /// Seconds the guest gets after Ctrl-Alt-Del before the VMM is stopped.
+        #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+        grace: f64,
+    },
+    /// Kill a VM's process at once (SIGKILL).
+    Kill {
+        /// VM name.
+        name: String,
+    },
+    /// Pause a VM's vCPUs (PATCH /vm).
+    Pause {
+        /// VM name.
+        name: String,
+    },
+    /// Resume a paused VM (PATCH /vm).
+    Resume {
+        /// VM name.
+        name: String,
+    },
+    /// Press Ctrl-Alt-Del in the guest (PUT /actions SendCtrlAltDel).
+    Reboot {
+        /// VM name.
+        name: String,
+    },
+    /// A VM's definition, settings, process and (when running) GET / answer, as JSON.
+    Info {
+        /// VM name.
+        name: String,
+    },
+    /// Print a VM's console log (guest serial output and kvmkit's messages).
+    Logs {
+        /// VM name.
+        name: String,
+        /// Only the last N lines.
+        #[arg(long, value_name = "N")]
+        lines: Option<usize>,
+    },
+    /// Attach to a running VM's serial console (detach with Ctrl-]).
+    Console {
+        /// VM name.
+        name: String,
+    },
+    /// Remove a VM's definition and files (refused while it runs).
+    Undefine {
+        /// VM name.
+        name: String,
+    },
+}
+
+/// Options of `kvmkit vm define`: a config file, or a subset of `kvmkit run`'s flags.
+#[derive(Debug, Args)]
+pub struct DefineArgs {
+    /// VM name: letters, digits, '.', '_', '-'.
+    pub name: String,
+    /// Firecracker-style JSON config file to store (checked like `kvmkit run --config-file`).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["guest", "kernel", "initrd", "cmdline", "disks", "rng", "workload"])]
+    pub config_file: Option<PathBuf>,
+    /// Boot kvmkit's own test guest (written next to the definition as guest.elf).
+    #[arg(long, conflicts_with_all = ["kernel", "initrd"])]
+    pub guest: bool,
+    /// Workload for the test guest (`kvmkit workloads`); default primes:100000.
+    #[arg(long, value_name = "NAME[:ARG]", requires = "guest")]
+    pub workload: Option<String>,
+    /// Kernel to boot (absolute path, or made absolute).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long, value_name = "PATH", requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line (--kernel: default console=ttyS0 reboot=k panic=1; --guest: appended).
+    #[arg(long, value_name = "STR")]
+    pub cmdline: Option<String>,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub cpus: usize,
+    /// Guest RAM in MiB.
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    pub memory: u64,
+    /// A raw disk image as virtio-blk (repeatable): path=IMG[,ro=on][,id=NAME].
+    #[arg(long = "disk", value_name = "path=IMG[,ro=on][,id=NAME]")]
+    pub disks: Vec<String>,
+    /// A virtio-rng device.
+    #[arg(long)]
+    pub rng: bool,
+    /// `kvmkit serve` starts this VM when it starts.
+    #[arg(long)]
+    pub autostart: bool,
+    /// When `kvmkit serve` restarts this VM.
+    #[arg(long, value_enum, default_value_t = RestartPolicy::No)]
+    pub restart: RestartPolicy,
+    /// Replace an existing definition (refused while the VM runs).
+    #[arg(long)]
+    pub replace: bool,
+}
+
+/// Default kernel command line for `--kernel`.
+const DEFAULT_LINUX_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
+
+/// Runs `kvmkit vm`.
+pub fn run(args: &VmArgs) -> anyhow::Result<u8> {
+    let state = store::state_dir(args.state_dir.as_deref());
+    match &args.command {
+        VmCommand::Define(d) => define(&state, d),
+        VmCommand::List { json } => list(&state, *json),
+        VmCommand::Start { name } => {
+            let vm = open(&state, name)?;
+            let pid = start(&vm)?;
+            println!("VM {name} started (pid {})", pid.pid);
+            Ok(0)
+        }
+        VmCommand::Stop { name, grace } => {
+            let vm = open(&state, name)?;
+            if !grace.is_finite() || *grace < 0.0 {
+                bail!("--grace {grace}: give a number of seconds, 0 or more");
+            }
+            let _lock = VmLock::take(&vm)?;
+            let Some(pid) = process::running(&vm) else {
+                bail!("VM {name} is not running");
+            };
+            let settings = vm.settings()?;
+            let how = process::stop(&vm, &pid, Duration::from_secs_f64(*grace), !settings.kvmkit_guest)?;
+            println!("VM {name} stopped ({how})");
+            Ok(0)
+        }
+        VmCommand::Kill { name } => {
+            let vm = open(&state, name)?;
+            let Some(pid) = process::running(&vm) else {
+                bail!("VM {name} is not running");
+            };
+            store::write_atomic(&vm.file("stopping"), b"")?;
+            process::signal(&pid, libc::SIGKILL);
+            if !process::wait_gone(&pid, Duration::from_secs(5)) {
+                bail!("VM {name}: process {} does not end after SIGKILL", pid.pid);
+            }
+            let mut end = process::record_end(&vm, &pid, None);
+            end.state = "stopped".into();
+            end.reason = "killed (kvmkit vm kill, SIGKILL)".into();
+            store::write_atomic(
+                &vm.file("last-exit.json"),
+                (serde_json::to_string_pretty(&end)? + "\n").as_bytes(),
+            )?;
+            println!("VM {name} killed");
+            Ok(0)
+        }
+        VmCommand::Pause { name } => vm_state(&state, name, "Paused"),
+        VmCommand::Resume { name } => vm_state(&state, name, "Resumed"),
+        VmCommand::Reboot { name } => {
+            let vm = running_vm(&state, name)?;
+            process::api_ok(&vm, "PUT", "/actions", Some(r#"{"action_type": "SendCtrlAltDel"}"#))?;
+            println!("VM {name}: Ctrl-Alt-Del sent");
+            Ok(0)
+        }
+        VmCommand::Info { name } => info(&state, name),
+        VmCommand::Logs { name, lines } => {
+            let vm = open(&state, name)?;
+            let data = std::fs::read(process::log_path(&vm)).unwrap_or_default();
+            let text = String::from_utf8_lossy(&data);
+            let all: Vec<&str> = text.lines().collect();
+            let from = lines.map_or(0, |n| all.len().saturating_sub(n));
+            for l in &all[from..] {
+                println!("{l}");
+            }
+            Ok(0)
+        }
+        VmCommand::Console { name } => {
+            let vm = running_vm(&state, name)?;
+            console::attach(&vm)
+        }
+        VmCommand::Undefine { name } => {
+            let vm = open(&state, name)?;
+            let lock = VmLock::take(&vm)?;
+            if let Some(pid) = process::running(&vm) {
+                bail!(
+                    "VM {name} is running (pid {}): stop it first (kvmkit vm stop {name})",
+                    pid.pid
+                );
+            }
+            // Remove the definition first: a half-removed folder is no VM.
+            std::fs::remove_file(vm.config_path())?;
+            drop(lock);
+            std::fs::remove_dir_all(&vm.dir).with_context(|| format!("cannot remove {}", vm.dir.display()))?;
+            println!("VM {name} undefined");
+            Ok(0)
+        }
+    }
+}
+
+/// A defined VM.
+fn open(state: &Path, name: &str) -> anyhow::Result<VmDir> {
+    let vm = VmDir::new(state, name)?;
+    vm.require()?;
+    Ok(vm)
+}
+
+/// A defined VM that runs.
+fn running_vm(state: &Path, name: &str) -> anyhow::Result<VmDir> {
+    let vm = open(state, name)?;
+    if process::running(&vm).is_none() {
+        bail!("VM {name} is not running (kvmkit vm start {name})");
+    }
+    Ok(vm)
+}
+
+/// Starts a defined VM; one of two clients starting it at once gets a clear error.
+fn start(vm: &VmDir) -> anyhow::Result<PidFile> {
+    // The child runs on in its own session; this process does not wait for it.
+    start_child(vm).map(|(_child, pid)| pid)
+}
+
+/// Starts a defined VM and returns its process (for `kvmkit serve`, which reaps it).
+fn start_child(vm: &VmDir) -> anyhow::Result<(std::process::Child, PidFile)> {
+    let _lock = VmLock::take(vm)?;
+    if let Some(pid) = process::running(vm) {
+        bail!("VM {} is already running (pid {})", vm.name, pid.pid);
+    }
+    process::spawn(vm)
+}
+
+fn vm_state(state: &Path, name: &str, to: &str) -> anyhow::Result<u8> {
+    let vm = running_vm(state, name)?;
+    process::api_ok(&vm, "PATCH", "/vm", Some(&format!(r#"{{"state": "{to}"}}"#)))?;
+    println!("VM {name} {}", to.to_ascii_lowercase());
+    Ok(0)
+}
+
+/// One row of `vm list`.
+#[derive(Debug, Serialize)]
+struct Row {
+    name: String,
+    state: String,
+    vcpus: u8,
+    memory_mib: u64,
+    uptime_s: Option<f64>,
+    pid: Option<i32>,
+    api_sock: Option<String>,
+    autostart: bool,
+    restart: RestartPolicy,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_exit: Option<String>,
+}
+
+fn row(vm: &VmDir) -> Row {
+    let (vcpus, memory_mib) = match vm.resources() {
+        Ok(r) => (r.machine_config.vcpu_count, r.machine_config.mem_size_mib),
+        Err(_) => (0, 0),
+    };
+    let settings = vm.settings().unwrap_or_default();
+    let pid = process::running(vm);
+    let (state, last_exit) = match &pid {
+        Some(_) => (process::api_state(vm), None),
+        None => match process::last_exit(vm) {
+            Some(e) => (e.state, Some(e.reason)),
+            None => ("shutoff".to_owned(), None),
+        },
+    };
+    Row {
+        name: vm.name.clone(),
+        state,
+        vcpus,
+        memory_mib,
+        uptime_s: pid.and_then(|p| p.uptime_s()).map(|s| (s * 10.0).round() / 10.0),
+        pid: pid.map(|p| p.pid),
+        api_sock: pid.map(|_| vm.file("api.sock").display().to_string()),
+        autostart: settings.autostart,
+        restart: settings.restart,
+        last_exit,
+    }
+}
+
+fn list(state: &Path, json: bool) -> anyhow::Result<u8> {
+    let rows: Vec<Row> = store::list(state)?.iter().map(row).collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(0);
+    }
+    println!(
+        "{:<20} {:<12} {:>5} {:>8} {:>10} {:>8}  API SOCKET",
+        "NAME", "STATE", "VCPUS", "MEM MIB", "UPTIME", "PID"
+    );
+    for r in rows {
+        println!(
+            "{:<20} {:<12} {:>5} {:>8} {:>10} {:>8}  {}",
+            r.name,
+            r.state,
+            r.vcpus,
+            r.memory_mib,
+            r.uptime_s.map_or("-".into(), format_uptime),
+            r.pid.map_or("-".into(), |p| p.to_string()),
+            r.api_sock.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(0)
+}
+
+fn format_uptime(s: f64) -> String {
+    let s = s as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn info(state: &Path, name: &str) -> anyhow::Result<u8> {
+    let vm = open(state, name)?;
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(vm.config_path())?)?;
+    let r = row(&vm);
+    let instance = r.pid.and_then(|_| {
+        let resp = process::api(&vm, "GET", "/", None).ok()?;
+        serde_json::from_slice::<serde_json::Value>(&resp.body).ok()
+    });
+    let out = serde_json::json!({
+        "name": name,
+        "dir": vm.dir.display().to_string(),
+        "status": r,
+        "settings": vm.settings()?,
+        "definition": config,
+        "instance": instance,
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(0)
+}
+
+/// `vm define`: build the config, check it, write it atomically.
+fn define(state: &Path, d: &DefineArgs) -> anyhow::Result<u8> {
+    let vm = VmDir::new(state, &d.name)?;
+    let (resources, guest) = definition(d)?;
+    std::fs::create_dir_all(&vm.dir).with_context(|| format!("cannot create {}", vm.dir.display()))?;
+    let _lock = VmLock::take(&vm)?;
+    let existed = vm.exists();
+    if existed && !d.replace {
+        bail!(
+            "VM {} is already defined (kvmkit vm undefine {} first, or --replace)",
+            d.name,
+            d.name
+        );
+    }
+    if existed && process::running(&vm).is_some() {
+        bail!("VM {} is running: stop it before replacing its definition", d.name);
+    }
+    let mut resources = resources;
+    if guest {
+        let elf = vm.file("guest.elf");
+        store::write_atomic(&elf, kvmkit_guest_image::GUEST_ELF)?;
+        if let Some(b) = &mut resources.boot_source {
+            b.kernel_image_path = elf.display().to_string();
+        }
+    }
+    let text = serde_json::to_string_pretty(&resources)? + "\n";
+    // The stored text must read back as the same definition.
+    VmResources::from_config_json(&text).map_err(|e| anyhow::anyhow!("definition: {e}"))?;
+    let settings = Settings {
+        autostart: d.autostart,
+        restart: d.restart,
+        kvmkit_guest: guest,
+    };
+    store::write_atomic(
+        &vm.file("vm.json"),
+        (serde_json::to_string_pretty(&settings)? + "\n").as_bytes(),
+    )?;
+    store::write_atomic(&vm.config_path(), text.as_bytes())?;
+    println!(
+        "VM {} {} ({})",
+        d.name,
+        if existed { "redefined" } else { "defined" },
+        vm.config_path().display()
+    );
+    Ok(0)
+}
+
+/// The resources a `vm define` describes, and whether it boots kvmkit's guest.
+fn definition(d: &DefineArgs) -> anyhow::Result<(VmResources, bool)> {
+    if let Some(path) = &d.config_file {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let r = VmResources::from_config_json(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        check_paths(&r)?;
+        r.check_bootable()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        return Ok((r, false));
+    }
+    let max = usize::from(MAX_VCPUS);
+    if d.cpus == 0 || d.cpus > max {
+        bail!("--cpus {}: give 1 to {max}", d.cpus);
+    }
+    kvmkit_vmm::memory::validate_size(d.memory, kvmkit_vmm::memory::host_memory_mib())?;
+    let mut r = VmResources::default();
+    r.set_machine_config(MachineConfig {
+        vcpu_count: u8::try_from(d.cpus).unwrap_or(u8::MAX),
+        mem_size_mib: d.memory,
+        ..Default::default()
+    })?;
+    let boot = if d.guest {
+        let workload = d.workload.clone().unwrap_or_else(|| "primes:100000".into());
+        crate::commands::workloads::parse_for(&workload, "--workload", "in the test guest", |e| e.envs.guest)?;
+        let mut cmdline = format!("console=ttyS0 {CMDLINE_WORKLOAD}={workload} {CMDLINE_CPUS}={}", d.cpus);
+        if let Some(extra) = &d.cmdline {
+            cmdline = format!("{extra} {cmdline}");
+        }
+        BootSourceConfig {
+            kernel_image_path: "guest.elf".into(), // replaced by the stored copy's path
+            initrd_path: None,
+            boot_args: Some(cmdline),
+        }
+    } else if let Some(k) = &d.kernel {
+        BootSourceConfig {
+            kernel_image_path: absolute(k)?,
+            initrd_path: d.initrd.as_deref().map(absolute).transpose()?,
+            boot_args: Some(d.cmdline.clone().unwrap_or_else(|| DEFAULT_LINUX_CMDLINE.into())),
+        }
+    } else {
+        bail!("give --guest [--workload W], --kernel PATH or --config-file FILE");
+    };
+    r.set_boot_source(boot)?;
+    for (i, spec) in d.disks.iter().enumerate() {
+        r.put_drive(parse_disk(spec, i)?)?;
+    }
+    if d.rng {
+        r.set_entropy(EntropyDeviceConfig::default())?;
+    }
+    if !d.guest {
+        check_paths(&r)?;
+    }
+    Ok((r, d.guest))
+}
+
+fn absolute(p: &Path) -> anyhow::Result<String> {
+    let abs = std::path::absolute(p).with_context(|| format!("{}: cannot make it absolute", p.display()))?;
+    abs.to_str()
+        .map(str::to_owned)
+        .with_context(|| format!("{}: only UTF-8 paths can go into a definition", p.display()))
+}
+
+/// The files a definition names must exist and be given as absolute paths
+/// (the VM starts from another working directory).
+fn check_paths(r: &VmResources) -> anyhow::Result<()> {
+    let mut files: Vec<(&str, &str)> = Vec::new();
+    if let Some(b) = &r.boot_source {
+        files.push(("kernel_image_path", &b.kernel_image_path));
+        if let Some(i) = &b.initrd_path {
+            files.push(("initrd_path", i));
+        }
+    }
+    for d in &r.drives {
+        files.push(("path_on_host", &d.path_on_host));
+    }
+    for (field, f) in files {
+        if !Path::new(f).is_absolute() {
+            bail!("{field} {f:?}: give an absolute path (the VM starts from its state directory)");
+        }
+        if !Path::new(f).is_file() {
+            bail!("{field} {f}: no such file");
+        }
+    }
+    Ok(())
+}
+
+/// `path=IMG[,ro=on][,id=NAME]`.
+fn parse_disk(spec: &str, index: usize) -> anyhow::Result<BlockDeviceConfig> {
+    let mut path = None;
+    let mut ro = false;
+    let mut id = format!("disk{index}");
+    for part in spec.split(',') {
+        match part.split_once('=') {
+            Some(("path", p)) if !p.is_empty() => path = Some(absolute(Path::new(p))?),
+            Some(("ro", v)) => {
+                ro = match v {
+                    "on" | "true" | "yes" => true,
+                    "off" | "false" | "no" => false,
+                    _ => bail!("--disk {spec}: ro takes on or off"),
+                }
+            }
+            Some(("id", v)) if !v.is_empty() => id = v.to_owned(),
+            _ => bail!("--disk {spec}: give path=IMG[,ro=on][,id=NAME]"),
+        }
+    }
+    let Some(path) = path else {
+        bail!("--disk {spec}: give path=IMG[,ro=on][,id=NAME]");
+    };
+    Ok(BlockDeviceConfig {
+        drive_id: id,
+        path_on_host: path,
+        is_root_device: false,
+        is_read_only: ro,
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disks_parse() {
+        let d = parse_disk("path=/tmp/a.img,ro=on,id=data", 0).expect("disk");
+        assert_eq!(
+            (d.drive_id.as_str(), d.path_on_host.as_str(), d.is_read_only),
+            ("data", "/tmp/a.img", true)
+        );
+        assert_eq!(parse_disk("path=/x", 3).expect("disk").drive_id, "disk3");
+        for bad in ["", "ro=on", "path=/x,ro=maybe", "path=/x,cache=none", "/x"] {
+            assert!(parse_disk(bad, 0).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn uptimes_read_well() {
+        assert_eq!(format_uptime(5.4), "5s");
+        assert_eq!(format_uptime(65.0), "1m05s");
+        assert_eq!(format_uptime(7300.0), "2h01m");
+    }
+}
