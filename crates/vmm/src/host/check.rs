@@ -110,6 +110,8 @@ pub fn check_host() -> HostCheck {
     ));
     if let Ok(kvm) = &kvm {
         check_api(kvm, &mut items);
+        let pvm = matches!(vendor, Some(VendorModule::KvmPvm));
+        items.extend(crate::snapshot::probe::host_items(kvm, pvm));
     }
     let usable = items.iter().all(|i| i.ok || !i.required);
     let verdict = if usable {

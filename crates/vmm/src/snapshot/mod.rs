@@ -11,6 +11,7 @@ pub mod devices;
 pub mod file;
 pub mod memory;
 pub mod params;
+pub mod probe;
 pub mod vcpu;
 pub mod vm;
 

@@ -74,7 +74,7 @@ fn ioctl(index: usize, what: &'static str) -> impl Fn(kvm_ioctls::Error) -> Snap
 
 /// Reads the MSRs in `indices`, leaving out those KVM cannot read
 /// (`KVM_GET_MSRS` stops at the first one it refuses).
-fn read_msrs(fd: &VcpuFd, index: usize, indices: &[u32]) -> Result<Vec<kvm_msr_entry>, SnapshotError> {
+pub(crate) fn read_msrs(fd: &VcpuFd, index: usize, indices: &[u32]) -> Result<Vec<kvm_msr_entry>, SnapshotError> {
     let mut out = Vec::with_capacity(indices.len());
     let mut rest: Vec<u32> = indices.to_vec();
     while !rest.is_empty() {
