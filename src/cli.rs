@@ -37,10 +37,6 @@ pub enum Command {
     Vm(crate::commands::vm::VmArgs),
     /// The host daemon (foreground): supervises started VMs, restarts, autostart, re-adoption.
     Serve(crate::commands::vm::serve::ServeArgs),
-    /// Named VMs on this host (like virsh): define, start, stop, list, console, logs.
-    Vm(crate::commands::vm::VmArgs),
-    /// The host daemon (foreground): supervises started VMs, restarts, autostart, re-adoption.
-    Serve(crate::commands::vm::serve::ServeArgs),
 }
 
 /// Options of `kvmkit ctl`.
