@@ -26,6 +26,25 @@ use tracing_subscriber::{reload, Layer, Registry};
 
 type Target = Arc<Mutex<Box<dyn Write + Send>>>;
 
+/// `eprintln!` that never panics: stderr may be a closed pipe, and what
+/// kvmkit says there is best-effort (the exit status and `--results` are not).
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+pub(crate) use errln;
+
+/// `println!` that never panics (stdout may be a closed pipe).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+pub(crate) use outln;
+
 /// The writer every log line goes through; its target can be switched.
 #[derive(Clone)]
 struct Switch(Target);
@@ -189,7 +208,7 @@ pub fn init(default: &str) {
     let fallback = || default.parse::<Targets>().unwrap_or_default();
     let filter = match std::env::var("KVMKIT_LOG") {
         Ok(spec) => spec.parse::<Targets>().unwrap_or_else(|e| {
-            eprintln!("kvmkit: warning: KVMKIT_LOG={spec}: {e}; using {default}");
+            errln!("kvmkit: warning: KVMKIT_LOG={spec}: {e}; using {default}");
             fallback()
         }),
         Err(_) => fallback(),

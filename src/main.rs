@@ -17,11 +17,11 @@ fn main() -> ExitCode {
         match firecracker::translate(fc) {
             Ok(argv) => cli::Cli::parse_from(argv),
             Err(Ok(text)) => {
-                println!("{text}");
+                crate::logging::outln!("{text}");
                 return ExitCode::SUCCESS;
             }
             Err(Err(why)) => {
-                eprintln!("kvmkit: error: {why}");
+                crate::logging::errln!("kvmkit: error: {why}");
                 return ExitCode::from(2);
             }
         }
@@ -43,7 +43,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("kvmkit: error: {e:#}");
+            crate::logging::errln!("kvmkit: error: {e:#}");
             ExitCode::from(2)
         }
     }

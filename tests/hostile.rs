@@ -114,3 +114,50 @@ fn sigusr1_ends_the_vm_like_sigterm() {
     let (code, err) = ends_within(child, Duration::from_secs(10));
     assert_eq!(code, 128 + libc::SIGUSR1, "{err}");
 }
+
+/// A pipe whose reader is gone: writes to it fail with EPIPE.
+fn broken_pipe() -> OwnedFd {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills `fds` with two new descriptors on success.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors are new and owned here; the read end is closed at once.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(r);
+    w
+}
+
+#[test]
+fn closed_stdout_and_stderr_never_panic_and_results_are_written() {
+    let results = std::env::temp_dir().join(format!("kvmkit-closed-out-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&results);
+    let r = results.to_string_lossy().to_string();
+    // A timeout: kvmkit then has something to say on stderr.
+    let mut child = Command::new(common::kvmkit())
+        .args([
+            "run",
+            "--guest",
+            "--no-stdin",
+            "--timeout",
+            "1",
+            "--workload",
+            "primes:100000000",
+            "--results",
+            &r,
+        ])
+        .stdout(Stdio::from(broken_pipe()))
+        .stderr(Stdio::from(broken_pipe()))
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "kvmkit did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(124), "the time limit's status, not a panic's 101");
+    let text = std::fs::read_to_string(&results).expect("--results written");
+    assert!(text.contains("time limit"), "{text}");
+    let _ = std::fs::remove_file(&results);
+}

@@ -11,7 +11,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<u8> {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let report = check_host();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        crate::logging::outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         for item in &report.items {
             let mark = match (item.ok, item.required) {
@@ -19,12 +19,12 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<u8> {
                 (false, true) => "FAIL",
                 (false, false) => "warn",
             };
-            println!("[{mark}] {}: {}", item.name, item.detail);
+            crate::logging::outln!("[{mark}] {}: {}", item.name, item.detail);
             if let Some(fix) = &item.fix {
-                println!("       fix: {fix}");
+                crate::logging::outln!("       fix: {fix}");
             }
         }
-        println!("{}", report.verdict);
+        crate::logging::outln!("{}", report.verdict);
     }
     Ok(if report.usable { 0 } else { 1 })
 }

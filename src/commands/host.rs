@@ -48,7 +48,7 @@ pub fn run(args: &HostArgs) -> anyhow::Result<u8> {
         let res = if name == "blk-seq" {
             blk_seq_file(&path, arg).map(|t| {
                 let rate = |ns: u64| (arg << 20) as f64 / ns.max(1) as f64 * 1e3;
-                println!(
+                crate::logging::outln!(
                     "blk-seq: MiB={arg} write_MBps={:.3} read_MBps={:.3} write_ns={} read_ns={} direct={}",
                     rate(t.write_ns),
                     rate(t.read_ns),
@@ -59,7 +59,7 @@ pub fn run(args: &HostArgs) -> anyhow::Result<u8> {
             })
         } else {
             smallio_file(&path, arg).map(|ns| {
-                println!(
+                crate::logging::outln!(
                     "smallio: N={arg} ops={} ops_per_s={:.0} time_ns={ns}",
                     2 * arg,
                     2.0 * arg as f64 / ns.max(1) as f64 * 1e9
@@ -88,17 +88,26 @@ pub fn run(args: &HostArgs) -> anyhow::Result<u8> {
     let results = results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
     for r in &results {
         match r.name.as_str() {
-            "primes" => println!(
+            "primes" => crate::logging::outln!(
                 "primes: N={} count={} time_ns={} thread={}",
-                r.arg, r.value, r.ns, r.thread
+                r.arg,
+                r.value,
+                r.ns,
+                r.thread
             ),
-            "memtest" => println!(
+            "memtest" => crate::logging::outln!(
                 "memtest: MiB={} errors={} time_ns={} thread={}",
-                r.arg, r.value, r.ns, r.thread
+                r.arg,
+                r.value,
+                r.ns,
+                r.thread
             ),
-            other => println!(
+            other => crate::logging::outln!(
                 "{other}: arg={} result={:#x} time_ns={} thread={}",
-                r.arg, r.value, r.ns, r.thread
+                r.arg,
+                r.value,
+                r.ns,
+                r.thread
             ),
         }
     }

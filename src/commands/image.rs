@@ -22,8 +22,8 @@ pub fn run(args: &ImageArgs) -> anyhow::Result<u8> {
         ImageCommand::Guest { .. } => unreachable!("handled above"),
         ImageCommand::Fetch => {
             let assets = ensure_linux_assets(&cache)?;
-            println!("kernel     {} ({})", assets.kernel.display(), assets.kernel_version);
-            println!(
+            crate::logging::outln!("kernel     {} ({})", assets.kernel.display(), assets.kernel_version);
+            crate::logging::outln!(
                 "initramfs  {} (busybox {})",
                 assets.initramfs.display(),
                 assets.busybox_version
@@ -31,27 +31,27 @@ pub fn run(args: &ImageArgs) -> anyhow::Result<u8> {
         }
         ImageCommand::Rootfs => {
             let rootfs = ensure_rootfs(&cache)?;
-            println!(
+            crate::logging::outln!(
                 "rootfs     {} ({} packages)",
                 rootfs.tree.display(),
                 rootfs.packages.len()
             );
-            println!("image      {} ({})", rootfs.image.display(), human(rootfs.image_bytes));
+            crate::logging::outln!("image      {} ({})", rootfs.image.display(), human(rootfs.image_bytes));
             for p in kvmkit_images::ROOTFS_PACKAGES {
-                println!("  {p:<16} {}", rootfs.version_of(p).unwrap_or("?"));
+                crate::logging::outln!("  {p:<16} {}", rootfs.version_of(p).unwrap_or("?"));
             }
         }
         ImageCommand::List => {
             let mut items = list(&cache).context("cannot read the cache")?;
             items.extend(kvmkit_images::list_rootfs(&cache));
             if items.is_empty() {
-                println!(
+                crate::logging::outln!(
                     "nothing cached in {} (run `kvmkit image fetch`)",
                     cache.root().display()
                 );
             }
             for item in items {
-                println!(
+                crate::logging::outln!(
                     "{:<16} {:<28} {:>10}  {}",
                     item.name,
                     item.version,
@@ -69,16 +69,16 @@ pub fn run(args: &ImageArgs) -> anyhow::Result<u8> {
 fn write_guest(out: &Path) -> anyhow::Result<u8> {
     let bytes = kvmkit_guest_image::GUEST_ELF;
     write_atomically(out, bytes)?;
-    println!(
+    crate::logging::outln!(
         "wrote kvmkit's test guest ({}, PVH ELF) to {}",
         human(bytes.len() as u64),
         out.display()
     );
-    println!(
+    crate::logging::outln!(
         "boot it: kvmkit run --kernel {} --cmdline \"console=ttyS0 reboot=k panic=1 kvmkit.workload=primes:100000\"",
         out.display()
     );
-    println!(
+    crate::logging::outln!(
         "  (or as the kernel of Firecracker, Cloud Hypervisor or QEMU -M microvm; it prints on COM1 and \
          ends the VM itself; see docs/test-guest.md)"
     );

@@ -8,7 +8,7 @@ use kvmkit_workloads::{Entry, Workload, CATALOGUE};
 pub fn run() -> anyhow::Result<u8> {
     let width = CATALOGUE.iter().map(|e| e.grammar.len()).max().unwrap_or(0);
     for e in CATALOGUE {
-        println!(
+        crate::logging::outln!(
             "{:<12} {:<width$}  {:<17}  {} ({})",
             e.name,
             e.grammar,

@@ -273,7 +273,7 @@ pub fn shell_join(words: &[String]) -> String {
 fn warn_if_pvm() {
     use kvmkit_vmm::host::kvm::VendorModule;
     if VendorModule::detect(std::path::Path::new("/sys/module")) == Some(VendorModule::KvmPvm) {
-        eprintln!(
+        crate::logging::errln!(
             "kvmkit: warning: this host's KVM is kvm_pvm: Debian's stock kernel cannot finish booting here \
              (use a PVM-enabled kernel with --kernel, or the nested lab: cargo xtask nested)"
         );

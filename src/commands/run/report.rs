@@ -8,12 +8,15 @@ use crate::cli::RunArgs;
 pub fn report(args: &RunArgs, outcome: &RunOutcome) {
     for r in &outcome.reports {
         match ReportKind::from_raw(r.kind) {
-            Some(ReportKind::Exception) => eprintln!(
+            Some(ReportKind::Exception) => crate::logging::errln!(
                 "kvmkit: guest exception {} on vCPU {} at RIP {:#x} (error code {:#x})",
-                r.arg, r.cpu, r.value, r.ticks
+                r.arg,
+                r.cpu,
+                r.value,
+                r.ticks
             ),
             Some(ReportKind::Panic) => {
-                eprintln!(
+                crate::logging::errln!(
                     "kvmkit: guest panicked on vCPU {}: {}",
                     r.cpu,
                     r.name_str().unwrap_or("<not UTF-8>")
@@ -23,7 +26,7 @@ pub fn report(args: &RunArgs, outcome: &RunOutcome) {
         }
     }
     if outcome.reports_dropped > 0 {
-        eprintln!(
+        crate::logging::errln!(
             "kvmkit: the guest sent {} reports past the first {}; they were counted, not kept",
             outcome.reports_dropped,
             outcome.reports.len()
@@ -31,7 +34,7 @@ pub fn report(args: &RunArgs, outcome: &RunOutcome) {
     }
     if args.boot_time {
         let us = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
-        eprintln!(
+        crate::logging::errln!(
             "boot-time: start -> guest entry {} us, -> guest ready {} us, -> first output {} us, -> VM end {} us",
             us(outcome.entry_us),
             us(outcome.ready_us),
@@ -40,7 +43,7 @@ pub fn report(args: &RunArgs, outcome: &RunOutcome) {
         );
     }
     if outcome.reason.is_failure() {
-        eprintln!("kvmkit: {}", outcome.reason);
+        crate::logging::errln!("kvmkit: {}", outcome.reason);
     }
 }
 
