@@ -13,6 +13,7 @@ use crate::environment::Env;
 use crate::kind::Kind;
 use crate::measured::{Measured, PerCpu, NO_DIRECT_IO};
 use crate::process::{last_lines, run_with_timeout};
+use crate::record::RunRecord;
 use crate::rows::Workload;
 use crate::table::Unit;
 
@@ -247,18 +248,13 @@ impl Runner {
         let text =
             std::fs::read_to_string(&results).with_context(|| format!("no results file {}", results.display()))?;
         let _ = std::fs::remove_file(&results);
-        let json: serde_json::Value = serde_json::from_str(&text).context("results JSON")?;
+        let record: RunRecord = serde_json::from_str(&text).context("results JSON")?;
         let mut kinds = Vec::new();
         for k in w.kind.siblings() {
-            let mut per_cpu = BTreeMap::new();
-            for r in json["reports"].as_array().into_iter().flatten() {
-                if r["kind"] == "result" && r["name"] == k.name() {
-                    let cpu = r["cpu"].as_u64().unwrap_or(0);
-                    let ns = r["ns"].as_u64().unwrap_or(0);
-                    let value = r["value"].as_u64().unwrap_or(0);
-                    per_cpu.insert(cpu, (ns, value));
-                }
-            }
+            let per_cpu: BTreeMap<u32, (u64, u64)> = record
+                .results(k.name())
+                .map(|(cpu, ns, value)| (cpu, (ns, value)))
+                .collect();
             kinds.push((k, per_cpu.into_values().collect()));
         }
         Ok(Measured { kinds, note: None })

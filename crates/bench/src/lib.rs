@@ -14,6 +14,7 @@ mod measured;
 mod paper;
 mod process;
 mod profile;
+pub mod record;
 mod report;
 mod results;
 mod rows;

@@ -1,5 +1,6 @@
 //! What `kvmkit run` prints and writes once the VM has ended.
 
+use kvmkit_bench::record::{BootTimes, ExitRecord, ReportRecord, RunRecord};
 use kvmkit_guest_abi::ReportKind;
 use kvmkit_vmm::RunOutcome;
 
@@ -47,9 +48,9 @@ pub fn report(args: &RunArgs, outcome: &RunOutcome) {
     }
 }
 
-/// The JSON form of a run, for `--results`.
-pub fn summary(outcome: &RunOutcome) -> serde_json::Value {
-    let reports: Vec<_> = outcome
+/// The record of a run, for `--results` (the bench reads it back as the same type).
+pub fn summary(outcome: &RunOutcome) -> RunRecord {
+    let reports = outcome
         .reports
         .iter()
         .map(|r| {
@@ -60,26 +61,36 @@ pub fn summary(outcome: &RunOutcome) -> serde_json::Value {
                 Some(ReportKind::Panic) => "panic",
                 None => "unknown",
             };
-            serde_json::json!({
-                "kind": kind, "cpu": r.cpu, "name": r.name_str().unwrap_or(""),
-                "arg": r.arg, "value": r.value, "ticks": r.ticks, "ns": r.ns,
-            })
+            ReportRecord {
+                kind: kind.to_owned(),
+                cpu: r.cpu,
+                name: r.name_str().unwrap_or("").to_owned(),
+                arg: r.arg,
+                value: r.value,
+                ticks: r.ticks,
+                ns: r.ns,
+            }
         })
         .collect();
-    serde_json::json!({
-        "exit": { "reason": outcome.reason.to_string(), "code": outcome.reason.exit_code() },
-        "boot_time_us": {
-            "guest_entry": outcome.entry_us, "guest_ready": outcome.ready_us,
-            "first_output": outcome.first_output_us, "vm_end": outcome.end_us,
+    RunRecord {
+        exit: ExitRecord {
+            reason: outcome.reason.to_string(),
+            code: outcome.reason.exit_code(),
         },
-        "reports": reports,
-        "reports_dropped": outcome.reports_dropped,
-        "log_lines_suppressed": crate::logging::suppressed_lines(),
-        "unclaimed_pio": outcome.unclaimed_pio.top,
-        "unclaimed_pio_total": outcome.unclaimed_pio.total,
-        "unclaimed_pio_more": outcome.unclaimed_pio.more,
-        "unclaimed_mmio": outcome.unclaimed_mmio.top,
-        "unclaimed_mmio_total": outcome.unclaimed_mmio.total,
-        "unclaimed_mmio_more": outcome.unclaimed_mmio.more,
-    })
+        boot_time_us: BootTimes {
+            guest_entry: outcome.entry_us,
+            guest_ready: outcome.ready_us,
+            first_output: outcome.first_output_us,
+            vm_end: outcome.end_us,
+        },
+        reports,
+        reports_dropped: outcome.reports_dropped,
+        log_lines_suppressed: crate::logging::suppressed_lines(),
+        unclaimed_pio: outcome.unclaimed_pio.top.clone(),
+        unclaimed_pio_total: outcome.unclaimed_pio.total,
+        unclaimed_pio_more: outcome.unclaimed_pio.more,
+        unclaimed_mmio: outcome.unclaimed_mmio.top.clone(),
+        unclaimed_mmio_total: outcome.unclaimed_mmio.total,
+        unclaimed_mmio_more: outcome.unclaimed_mmio.more,
+    }
 }
