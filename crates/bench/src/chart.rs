@@ -1,4 +1,11 @@
-//! SVG charts (plotters): guest/host ratio per workload and environment, exit latency.
+//! SVG charts (plotters): guest/host ratio per table row and environment, exit latency.
+//!
+//! The ratio chart has a log-scale axis centred on 1.0 (native speed), so a 7x row does not
+//! flatten the rest and "2x slower" and "2x faster" are the same distance from the line;
+//! each bar carries a whisker from the runs' extremes (guest min / host max to guest max /
+//! host min). Rows are labelled as in the report's tables. Each series has a fixed colour:
+//! the paper's bars are always named as the paper's and drawn in a colour no series of this
+//! run uses.
 
 use std::path::Path;
 
@@ -7,158 +14,376 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::environment::Env;
-use crate::results::BenchResults;
+use crate::results::{BenchResults, WorkloadResult};
 use crate::table::Table;
 
-/// One group of bars: a label and (series name, value) pairs.
-type Group = (String, Vec<(String, f64)>);
+/// One bar: its value and, where known, the (low, high) whisker.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Bar {
+    /// The bar's value.
+    pub value: f64,
+    /// The whisker's ends, if any.
+    pub range: Option<(f64, f64)>,
+}
 
-const COLORS: [RGBColor; 4] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(150, 150, 150),
-    GREEN,
-];
+/// One group of bars: a label and (series index, bar) pairs.
+type Group = (String, Vec<(usize, Bar)>);
+
+/// A named series with its colour.
+#[derive(Clone, Debug)]
+pub struct Series {
+    /// The legend entry.
+    pub name: String,
+    /// Its colour (unique within a chart).
+    pub color: RGBColor,
+}
+
+/// This run's kvmkit column.
+const KVMKIT_COLOR: RGBColor = RGBColor(31, 119, 180);
+/// This run's QEMU column.
+const QEMU_COLOR: RGBColor = RGBColor(255, 127, 14);
+/// The paper's figures: a grey no series of this run uses.
+const PAPER_COLOR: RGBColor = RGBColor(170, 170, 170);
+
+/// The legend entry of the paper's bars.
+pub const PAPER_SERIES: &str = "the paper: KVM/host (2017 hardware, not this run)";
+
+/// The legend entry of this run's `env` guest/host ratio.
+pub fn ratio_series(env: Env) -> String {
+    format!("this run: {}/host", env.name())
+}
+
+fn env_color(env: Env) -> RGBColor {
+    match env {
+        Env::Qemu => QEMU_COLOR,
+        _ => KVMKIT_COLOR,
+    }
+}
+
+/// The chart label of a row: the report table's row label, with the table's subject where
+/// the label is only a size.
+pub fn row_label(w: &WorkloadResult) -> String {
+    match w.table {
+        Table::Cpu => format!("primes {}", w.label),
+        Table::Memory => format!("memory {}", w.label),
+        _ => w.label.clone(),
+    }
+}
+
+/// The whisker of `env`'s ratio: guest min / host max .. guest max / host min.
+fn ratio_range(w: &WorkloadResult, env: Env) -> Option<(f64, f64)> {
+    let g = w.cell(env).stats.as_ref()?;
+    let h = w.host.stats.as_ref()?;
+    (h.min > 0.0 && h.max > 0.0).then(|| (g.min / h.max, g.max / h.min))
+}
 
 /// Writes the charts into `dir`; returns their file names.
 pub fn write_all(results: &BenchResults, dir: &Path) -> anyhow::Result<Vec<String>> {
     let mut names = Vec::new();
-    let ordered = || {
-        results
-            .order
-            .iter()
-            .filter_map(|id| results.workloads.get(id).map(|w| (id, w)))
-    };
-    // Guest/host ratios, with the paper's KVM/host ratio beside them.
-    let groups: Vec<Group> = ordered()
-        .filter(|(_, w)| w.table != Table::Exits)
-        .map(|(id, w)| {
-            let mut bars: Vec<(String, f64)> = [Env::Kvmkit, Env::Qemu]
-                .iter()
-                .filter_map(|e| w.ratios.get(e.name()).map(|&r| (format!("{}/host", e.name()), r)))
-                .collect();
-            if let Some(r) = w.paper.as_ref().and_then(|p| p.get("kvm_over_host")) {
-                bars.push(("paper KVM/host (2017)".into(), *r));
-            }
-            (id.clone(), bars)
+    let ordered = || results.order.iter().filter_map(|id| results.workloads.get(id));
+    let guests = [Env::Kvmkit, Env::Qemu];
+    let mut series: Vec<Series> = guests
+        .iter()
+        .map(|&e| Series {
+            name: ratio_series(e),
+            color: env_color(e),
         })
         .collect();
-    bar_chart(
-        &dir.join("ratios.svg"),
-        "guest/host time ratio (median; 1.0 = native speed)",
-        "guest / host",
-        &groups,
-        Some(1.0),
-    )?;
+    series.push(Series {
+        name: PAPER_SERIES.into(),
+        color: PAPER_COLOR,
+    });
+    let paper_index = series.len() - 1;
+    let mut groups: Vec<Group> = Vec::new();
+    for w in ordered().filter(|w| w.table != Table::Exits) {
+        let mut bars: Vec<(usize, Bar)> = guests
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &e)| {
+                let value = *w.ratios.get(e.name())?;
+                Some((
+                    i,
+                    Bar {
+                        value,
+                        range: ratio_range(w, e),
+                    },
+                ))
+            })
+            .collect();
+        if let Some(&r) = w.paper.as_ref().and_then(|p| p.get("kvm_over_host")) {
+            bars.push((paper_index, Bar { value: r, range: None }));
+        }
+        groups.push((row_label(w), bars));
+    }
+    let this_run = groups.iter().any(|(_, b)| b.iter().any(|&(s, _)| s != paper_index));
+    let title = if this_run {
+        "guest/host time ratio (median, whiskers: run extremes; log scale, 1.0 = native speed)"
+    } else {
+        "the paper's KVM/host ratios only: this run has no host column to divide by"
+    };
+    ratio_chart(&dir.join("ratios.svg"), title, &series, &groups)?;
     names.push("ratios.svg".to_owned());
     let exits: Vec<Group> = ordered()
-        .filter(|(_, w)| w.table == Table::Exits)
-        .map(|(id, w)| {
-            let bars = [Env::Kvmkit, Env::Qemu]
+        .filter(|w| w.table == Table::Exits)
+        .map(|w| {
+            let bars = guests
                 .iter()
-                .filter_map(|&e| w.cell(e).stats.map(|s| (e.name().to_owned(), s.median)))
+                .enumerate()
+                .filter_map(|(i, &e)| {
+                    let s = w.cell(e).stats.as_ref()?;
+                    Some((
+                        i,
+                        Bar {
+                            value: s.median,
+                            range: Some((s.min, s.max)),
+                        },
+                    ))
+                })
                 .collect();
-            (id.clone(), bars)
+            (w.label.clone(), bars)
         })
         .collect();
     if exits.iter().any(|(_, b)| !b.is_empty()) {
-        bar_chart(
+        let series: Vec<Series> = guests
+            .iter()
+            .map(|&e| Series {
+                name: format!("this run: {}", e.name()),
+                color: env_color(e),
+            })
+            .collect();
+        exit_chart(
             &dir.join("exits.svg"),
-            "VM exit round trip (median)",
-            "ns per exit",
+            "VM exit round trip (median, whiskers: min-max)",
+            &series,
             &exits,
-            None,
         )?;
         names.push("exits.svg".to_owned());
     }
     Ok(names)
 }
 
-/// A grouped bar chart; `reference` draws a dashed horizontal line (e.g. 1.0).
-fn bar_chart(path: &Path, title: &str, y_desc: &str, groups: &[Group], reference: Option<f64>) -> anyhow::Result<()> {
-    let err = |e: &dyn std::fmt::Display| anyhow!("chart {}: {e}", path.display());
-    let mut series: Vec<String> = Vec::new();
-    for (_, bars) in groups {
-        for (name, _) in bars {
-            if !series.contains(name) {
-                series.push(name.clone());
-            }
-        }
-    }
+/// The ratio chart: a log axis symmetric around 1.0, bars from 1.0 to the value.
+pub fn ratio_chart(path: &Path, title: &str, series: &[Series], groups: &[Group]) -> anyhow::Result<()> {
+    // The largest distance from 1.0, either way, sets both ends of the axis.
+    let reach = groups
+        .iter()
+        .flat_map(|(_, b)| {
+            b.iter()
+                .flat_map(|(_, bar)| [Some(bar.value), bar.range.map(|r| r.0), bar.range.map(|r| r.1)])
+        })
+        .flatten()
+        .filter(|v| *v > 0.0 && v.is_finite())
+        .map(|v| v.max(1.0 / v))
+        .fold(1.0f64, f64::max);
+    // Headroom both ways (the axis stays centred on 1.0) keeps the legend off the bars.
+    let top = (reach * 3.5).max(2.0);
+    grouped_bars(
+        path,
+        title,
+        "guest / host (log scale)",
+        series,
+        groups,
+        (1.0 / top, top),
+        true,
+    )
+}
+
+/// The exit chart: ns per exit on a linear axis from 0.
+fn exit_chart(path: &Path, title: &str, series: &[Series], groups: &[Group]) -> anyhow::Result<()> {
     let max = groups
         .iter()
-        .flat_map(|(_, b)| b.iter().map(|&(_, v)| v))
-        .chain(reference)
+        .flat_map(|(_, b)| b.iter().map(|(_, bar)| bar.range.map_or(bar.value, |r| r.1)))
         .fold(0.0f64, f64::max);
-    // Headroom above the bars for the legend.
-    let y_max = if max > 0.0 { max * 1.45 } else { 1.0 };
+    let top = if max > 0.0 { max * 1.45 } else { 1.0 };
+    grouped_bars(path, title, "ns per exit", series, groups, (0.0, top), false)
+}
+
+/// Grouped bars with whiskers. `log`: a log axis over `y`, bars from 1.0 and a dashed line
+/// there; else a linear axis, bars from 0.
+fn grouped_bars(
+    path: &Path,
+    title: &str,
+    y_desc: &str,
+    series: &[Series],
+    groups: &[Group],
+    y: (f64, f64),
+    log: bool,
+) -> anyhow::Result<()> {
+    let err = |e: &dyn std::fmt::Display| anyhow!("chart {}: {e}", path.display());
     let n = groups.len().max(1);
-    let width = (160 * n as u32).clamp(640, 1600);
-    let root = SVGBackend::new(path, (width, 480)).into_drawing_area();
+    let width = (200 * n as u32).clamp(640, 2400);
+    let root = SVGBackend::new(path, (width, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
+    let used: Vec<usize> = (0..series.len())
+        .filter(|&s| groups.iter().any(|(_, b)| b.iter().any(|&(i, _)| i == s)))
+        .collect();
+    let slots = used.len().max(1) as f64;
+    let slot_of = |s: usize| used.iter().position(|&u| u == s).unwrap_or(0) as f64;
+    let base = if log { 1.0 } else { 0.0 };
+    let mut builder = ChartBuilder::on(&root);
+    builder
+        .caption(title, ("sans-serif", 18))
         .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..n as f64, 0.0..y_max)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(0)
-        .y_desc(y_desc)
-        .draw()
-        .map_err(|e| err(&e))?;
-    let slots = series.len().max(1) as f64;
-    for (si, name) in series.iter().enumerate() {
-        let color = COLORS[si % COLORS.len()];
-        let rects: Vec<Rectangle<(f64, f64)>> = groups
-            .iter()
-            .enumerate()
-            .filter_map(|(gi, (_, bars))| {
-                let v = bars.iter().find(|(s, _)| s == name)?.1;
-                let x0 = gi as f64 + 0.1 + 0.8 * si as f64 / slots;
-                let x1 = x0 + 0.8 / slots * 0.9;
-                Some(Rectangle::new([(x0, 0.0), (x1, v)], color.filled()))
-            })
-            .collect();
-        chart
-            .draw_series(rects)
-            .map_err(|e| err(&e))?
-            .label(name.as_str())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+        .x_label_area_size(48)
+        .y_label_area_size(64);
+    // One drawing routine for both axis kinds.
+    macro_rules! draw {
+        ($chart:expr) => {{
+            let mut chart = $chart;
+            chart
+                .configure_mesh()
+                .disable_x_mesh()
+                .x_labels(0)
+                .y_desc(y_desc)
+                .draw()
+                .map_err(|e| err(&e))?;
+            for &s in &used {
+                let color = series[s].color;
+                let slot = slot_of(s);
+                let bars: Vec<(f64, f64, Bar)> = groups
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(gi, (_, bars))| {
+                        let bar = bars.iter().find(|(i, _)| *i == s)?.1;
+                        let x0 = gi as f64 + 0.1 + 0.8 * slot / slots;
+                        Some((x0, x0 + 0.8 / slots * 0.9, bar))
+                    })
+                    .collect();
+                chart
+                    .draw_series(
+                        bars.iter()
+                            .map(|&(x0, x1, b)| Rectangle::new([(x0, base), (x1, b.value)], color.filled())),
+                    )
+                    .map_err(|e| err(&e))?
+                    .label(series[s].name.as_str())
+                    .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+                chart
+                    .draw_series(bars.iter().filter_map(|&(x0, x1, b)| {
+                        let (lo, hi) = b.range?;
+                        let x = (x0 + x1) / 2.0;
+                        Some(PathElement::new(vec![(x, lo), (x, hi)], BLACK.stroke_width(1)))
+                    }))
+                    .map_err(|e| err(&e))?;
+            }
+            if log {
+                chart
+                    .draw_series(DashedLineSeries::new(
+                        [(0.0, 1.0), (n as f64, 1.0)],
+                        6,
+                        4,
+                        BLACK.stroke_width(1),
+                    ))
+                    .map_err(|e| err(&e))?;
+            }
+            for (gi, (label, bars)) in groups.iter().enumerate() {
+                let text = if bars.is_empty() {
+                    format!("{label} (no data)")
+                } else {
+                    label.clone()
+                };
+                let (px, py) = chart.backend_coord(&(gi as f64 + 0.5, y.0));
+                let style = ("sans-serif", 12)
+                    .into_font()
+                    .color(&BLACK)
+                    .pos(Pos::new(HPos::Center, VPos::Top));
+                root.draw(&Text::new(text, (px, py + 8), style)).map_err(|e| err(&e))?;
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()
+                .map_err(|e| err(&e))?;
+        }};
     }
-    if let Some(r) = reference {
-        chart
-            .draw_series(DashedLineSeries::new(
-                [(0.0, r), (n as f64, r)],
-                6,
-                4,
-                BLACK.stroke_width(1),
-            ))
-            .map_err(|e| err(&e))?;
+    if log {
+        draw!(builder
+            .build_cartesian_2d(0.0..n as f64, (y.0..y.1).log_scale())
+            .map_err(|e| err(&e))?);
+    } else {
+        draw!(builder
+            .build_cartesian_2d(0.0..n as f64, y.0..y.1)
+            .map_err(|e| err(&e))?);
     }
-    for (gi, (label, bars)) in groups.iter().enumerate() {
-        let text = if bars.is_empty() {
-            format!("{label} (no data)")
-        } else {
-            label.clone()
-        };
-        let (px, py) = chart.backend_coord(&(gi as f64 + 0.5, 0.0));
-        let style = ("sans-serif", 14)
-            .into_font()
-            .color(&BLACK)
-            .pos(Pos::new(HPos::Center, VPos::Top));
-        root.draw(&Text::new(text, (px, py + 8), style)).map_err(|e| err(&e))?;
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The text of every `<text>` element of an SVG file.
+    fn svg_texts(path: &Path) -> Vec<String> {
+        let svg = std::fs::read_to_string(path).expect("svg");
+        svg.split("<text")
+            .skip(1)
+            .filter_map(|t| {
+                let body = &t[t.find('>')? + 1..];
+                Some(body[..body.find("</text>")?].trim().to_owned())
+            })
+            .collect()
+    }
+
+    fn fill_colors(path: &Path) -> String {
+        std::fs::read_to_string(path).expect("svg")
+    }
+
+    #[test]
+    fn ratio_chart_legend_names_this_run_and_the_paper_apart() {
+        let dir = std::env::temp_dir().join(format!("kvmkit-chart-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let series = vec![
+            Series {
+                name: ratio_series(Env::Kvmkit),
+                color: KVMKIT_COLOR,
+            },
+            Series {
+                name: ratio_series(Env::Qemu),
+                color: QEMU_COLOR,
+            },
+            Series {
+                name: PAPER_SERIES.into(),
+                color: PAPER_COLOR,
+            },
+        ];
+        let bar = |value| Bar {
+            value,
+            range: Some((value * 0.9, value * 1.1)),
+        };
+        let groups: Vec<Group> = vec![
+            ("primes 1e5".into(), vec![(0, bar(1.05)), (1, bar(1.1)), (2, bar(1.07))]),
+            ("read 1M".into(), vec![(0, bar(7.0)), (2, bar(1.5))]),
+            ("MD5, 16 MiB".into(), vec![(0, bar(0.6))]),
+        ];
+        let path = dir.join("ratios.svg");
+        ratio_chart(&path, "ratios", &series, &groups).expect("chart");
+        let texts = svg_texts(&path);
+        for want in [
+            ratio_series(Env::Kvmkit),
+            ratio_series(Env::Qemu),
+            PAPER_SERIES.to_owned(),
+        ] {
+            assert!(texts.contains(&want), "legend lacks {want:?}: {texts:?}");
+        }
+        for label in ["primes 1e5", "read 1M", "MD5, 16 MiB"] {
+            assert!(texts.iter().any(|t| t == label), "no row label {label:?}");
+        }
+        // A chart with the paper's bars alone (no host column): the paper keeps its own
+        // name and grey, never this run's colours.
+        let paper_only: Vec<Group> = vec![("primes 1e5".into(), vec![(2, bar(1.07))])];
+        let path = dir.join("paper-only.svg");
+        ratio_chart(&path, "paper only", &series, &paper_only).expect("chart");
+        let texts = svg_texts(&path);
+        assert!(texts.contains(&PAPER_SERIES.to_owned()), "{texts:?}");
+        assert!(!texts.iter().any(|t| t.starts_with("this run")), "{texts:?}");
+        let svg = fill_colors(&path).to_uppercase();
+        assert!(svg.contains("#AAAAAA"), "the paper's grey is missing");
+        assert!(
+            !svg.contains("#1F77B4") && !svg.contains("#FF7F0E"),
+            "this run's colours drawn"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
