@@ -1,0 +1,423 @@
+//! `kvmkit vm` and `kvmkit serve` with kvmkit's own guest (`ticks` runs
+//! until stopped): define, start, list, pause/resume, stop, undefine; two
+//! starts at once; a VM killed behind kvmkit's back; bad definitions; the
+//! daemon's re-adoption, autostart and restart=on-failure.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::kvmkit;
+
+/// A state directory of its own; on drop every VM in it is killed and it is removed.
+struct State {
+    dir: PathBuf,
+    daemon: Option<Child>,
+}
+
+impl State {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("kvmkit-vm-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("state dir");
+        Self { dir, daemon: None }
+    }
+
+    /// `kvmkit vm ARGS --state-dir DIR`: (exit status, stdout, stderr).
+    fn vm(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(kvmkit())
+            .arg("vm")
+            .args(args)
+            .arg("--state-dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run kvmkit vm");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.vm(args);
+        assert_eq!(code, 0, "kvmkit vm {args:?}: {err}");
+        out
+    }
+
+    fn list(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.ok(&["list", "--json"])).expect("list --json")
+    }
+
+    fn entry(&self, name: &str) -> serde_json::Value {
+        self.list()
+            .into_iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not listed"))
+    }
+
+    /// Waits until `name` shows `state` (and returns the entry).
+    fn wait_state(&self, name: &str, state: &str, limit: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let e = self.entry(name);
+            if e["state"] == state {
+                return e;
+            }
+            assert!(Instant::now() < deadline, "{name} never became {state}: {e}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn ticks(&self, name: &str) -> usize {
+        self.ok(&["logs", name])
+            .lines()
+            .filter(|l| l.starts_with("tick="))
+            .count()
+    }
+
+    fn define_ticks(&self, name: &str, extra: &[&str]) {
+        let mut args = vec!["define", name, "--guest", "--workload", "ticks:20", "--memory", "64"];
+        args.extend_from_slice(extra);
+        self.ok(&args);
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        if let Some(d) = &mut self.daemon {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                if let Some(pid) = std::fs::read_to_string(e.path().join("pid"))
+                    .ok()
+                    .and_then(|t| t.split_whitespace().next()?.parse::<i32>().ok())
+                {
+                    // SAFETY: kill on a pid this test started.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn pid_of(entry: &serde_json::Value) -> i32 {
+    entry["pid"].as_i64().expect("a pid") as i32
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+#[test]
+fn define_start_list_pause_resume_stop_undefine() {
+    let s = State::new("life");
+    s.define_ticks("web", &["--cpus", "2"]);
+    let e = s.entry("web");
+    assert_eq!(
+        (e["state"].as_str(), e["vcpus"].as_u64(), e["memory_mib"].as_u64()),
+        (Some("shutoff"), Some(2), Some(64))
+    );
+    assert!(e["pid"].is_null());
+    // The definition is Firecracker's config file.
+    let config = std::fs::read_to_string(s.dir.join("web/config.json")).expect("config");
+    let v: serde_json::Value = serde_json::from_str(&config).expect("json");
+    assert_eq!(v["machine-config"]["vcpu_count"], 2);
+    assert!(v["boot-source"]["boot_args"]
+        .as_str()
+        .expect("args")
+        .contains("kvmkit.workload=ticks:20"));
+
+    let out = s.ok(&["start", "web"]);
+    assert!(out.contains("started"), "{out}");
+    let e = s.wait_state("web", "running", Duration::from_secs(10));
+    let pid = pid_of(&e);
+    assert!(alive(pid));
+    assert!(e["api_sock"].as_str().expect("sock").ends_with("web/api.sock"));
+    assert!(e["uptime_s"].as_f64().is_some());
+
+    // A second start: refused, the first one runs on.
+    let (code, _, err) = s.vm(&["start", "web"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("already running"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // Running: no undefine.
+    let (code, _, err) = s.vm(&["undefine", "web"]);
+    assert!(code != 0 && err.contains("running"), "{err}");
+
+    // Ticks come; paused, they stop; resumed, they come again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.ticks("web") < 3 {
+        assert!(Instant::now() < deadline, "no ticks: {}", s.ok(&["logs", "web"]));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s.ok(&["pause", "web"]);
+    s.wait_state("web", "paused", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(100));
+    let paused_at = s.ticks("web");
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(s.ticks("web"), paused_at, "ticks while paused");
+    s.ok(&["resume", "web"]);
+    s.wait_state("web", "running", Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.ticks("web") <= paused_at {
+        assert!(Instant::now() < deadline, "no ticks after resume");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let info: serde_json::Value = serde_json::from_str(&s.ok(&["info", "web"])).expect("info json");
+    assert_eq!(info["instance"]["state"], "Running");
+    assert_eq!(info["definition"]["machine-config"]["mem_size_mib"], 64);
+    assert_eq!(info["status"]["pid"], pid);
+
+    let out = s.ok(&["stop", "web"]);
+    assert!(out.contains("stopped"), "{out}");
+    let e = s.entry("web");
+    assert_eq!(e["state"], "stopped");
+    assert!(e["pid"].is_null());
+    assert!(!alive(pid) || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|t| t.contains(") Z")));
+    let (code, _, err) = s.vm(&["stop", "web"]);
+    assert!(code != 0 && err.contains("not running"), "{err}");
+
+    s.ok(&["undefine", "web"]);
+    assert!(s.list().is_empty());
+    assert!(!s.dir.join("web").exists());
+}
+
+#[test]
+fn two_clients_starting_one_vm_get_one_start_and_one_error() {
+    let s = State::new("race");
+    s.define_ticks("db", &[]);
+    let spawn = || {
+        Command::new(kvmkit())
+            .args(["vm", "start", "db", "--state-dir"])
+            .arg(&s.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    };
+    let (a, b) = (spawn(), spawn());
+    let outs = [a.wait_with_output().expect("a"), b.wait_with_output().expect("b")];
+    let ok = outs.iter().filter(|o| o.status.success()).count();
+    assert_eq!(ok, 1, "{outs:?}");
+    let failed = outs.iter().find(|o| !o.status.success()).expect("one failed");
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        err.contains("already running") || err.contains("another kvmkit is starting"),
+        "{err}"
+    );
+    let e = s.wait_state("db", "running", Duration::from_secs(10));
+    let dirs = std::fs::read_dir("/proc")
+        .expect("proc")
+        .flatten()
+        .filter(|p| {
+            std::fs::read(p.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*s.dir.join("db/config.json").to_string_lossy()))
+        })
+        .count();
+    assert_eq!(dirs, 1, "exactly one VMM process for db");
+    s.ok(&["kill", "db"]);
+    assert!(!alive(pid_of(&e)) || s.entry("db")["pid"].is_null());
+}
+
+#[test]
+fn a_vm_killed_behind_kvmkits_back_shows_crashed_and_its_pid_file_goes() {
+    let s = State::new("stale");
+    s.define_ticks("x", &[]);
+    s.ok(&["start", "x"]);
+    let pid = pid_of(&s.wait_state("x", "running", Duration::from_secs(10)));
+    // SAFETY: the VM this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|t| !t.contains(") Z")) {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let e = s.entry("x");
+    assert_eq!(e["state"], "crashed", "{e}");
+    assert!(e["pid"].is_null());
+    assert!(
+        e["last_exit"]
+            .as_str()
+            .expect("reason")
+            .contains("without writing its results"),
+        "{e}"
+    );
+    assert!(!s.dir.join("x/pid").exists(), "stale pid file left");
+    // It starts again.
+    s.ok(&["start", "x"]);
+    s.wait_state("x", "running", Duration::from_secs(10));
+    s.ok(&["kill", "x"]);
+}
+
+#[test]
+fn bad_definitions_are_refused_with_one_line_and_exit_2() {
+    let s = State::new("bad");
+    let cfg = |name: &str, text: &str| {
+        let p = s.dir.join(name);
+        std::fs::write(&p, text).expect("write");
+        p.display().to_string()
+    };
+    let not_json = cfg("a.json", "{");
+    let zero_cpus = cfg(
+        "b.json",
+        r#"{"boot-source": {"kernel_image_path": "/bin/true"}, "machine-config": {"vcpu_count": 0, "mem_size_mib": 64}}"#,
+    );
+    let unknown = cfg(
+        "c.json",
+        r#"{"boot-source": {"kernel_image_path": "/bin/true"}, "bogus": 1}"#,
+    );
+    let relative = cfg("d.json", r#"{"boot-source": {"kernel_image_path": "vmlinux"}}"#);
+    let no_kernel = cfg("e.json", r#"{"machine-config": {"vcpu_count": 1, "mem_size_mib": 64}}"#);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["define", "../up", "--guest"], "VM name"),
+        (vec!["define", "a b", "--guest"], "VM name"),
+        (vec!["define", "w", "--guest", "--workload", "nope"], "nope"),
+        (vec!["define", "w", "--kernel", "/nonexistent/vmlinux"], "no such file"),
+        (vec!["define", "w", "--guest", "--cpus", "0"], "--cpus"),
+        (vec!["define", "w", "--guest", "--disk", "ro=on"], "--disk"),
+        (vec!["define", "w"], "give --guest"),
+        (vec!["define", "w", "--config-file", &not_json], "JSON"),
+        (vec!["define", "w", "--config-file", &zero_cpus], "vcpu_count"),
+        (vec!["define", "w", "--config-file", &unknown], "bogus"),
+        (vec!["define", "w", "--config-file", &relative], "absolute"),
+        (vec!["define", "w", "--config-file", &no_kernel], "kernel"),
+        (vec!["start", "nothere"], "no VM named"),
+    ];
+    for (args, word) in cases {
+        let (code, out, err) = s.vm(&args);
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(word), "{args:?}: {err}");
+    }
+    assert!(s.list().is_empty());
+    assert!(!s.dir.join("w").join("config.json").exists());
+    // Defined once: a second define is refused, --replace replaces.
+    s.define_ticks("w", &[]);
+    let (code, _, err) = s.vm(&["define", "w", "--guest"]);
+    assert!(code == 2 && err.contains("already defined"), "{err}");
+    s.ok(&[
+        "define",
+        "w",
+        "--guest",
+        "--workload",
+        "ticks:50",
+        "--cpus",
+        "3",
+        "--replace",
+    ]);
+    assert_eq!(s.entry("w")["vcpus"], 3);
+}
+
+fn start_daemon(s: &mut State) {
+    let d = Command::new(kvmkit())
+        .args(["serve", "--state-dir"])
+        .arg(&s.dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve");
+    s.daemon = Some(d);
+}
+
+fn stop_daemon(s: &mut State) {
+    if let Some(mut d) = s.daemon.take() {
+        let _ = d.kill();
+        let _ = d.wait();
+    }
+}
+
+#[test]
+fn the_daemon_autostarts_restarts_on_failure_and_readopts_after_its_own_restart() {
+    let mut s = State::new("serve");
+    s.define_ticks("auto", &["--autostart", "--restart", "on-failure"]);
+    s.define_ticks("plain", &[]);
+    start_daemon(&mut s);
+    let first = pid_of(&s.wait_state("auto", "running", Duration::from_secs(15)));
+    assert_eq!(s.entry("plain")["state"], "shutoff");
+    // Started without the daemon's help: the daemon adopts it.
+    s.ok(&["start", "plain"]);
+    let plain = pid_of(&s.wait_state("plain", "running", Duration::from_secs(10)));
+
+    // A crash (SIGKILL) of an on-failure VM: the daemon starts it again.
+    // SAFETY: the VM this test started.
+    unsafe { libc::kill(first, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let second = loop {
+        let e = s.entry("auto");
+        if e["state"] == "running" && e["pid"].as_i64().is_some_and(|p| p as i32 != first) {
+            break pid_of(&e);
+        }
+        assert!(Instant::now() < deadline, "not restarted: {e}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+
+    // The daemon goes away and comes back: the VMs run on and are re-adopted.
+    stop_daemon(&mut s);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(alive(second) && alive(plain), "VMs died with the daemon");
+    start_daemon(&mut s);
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        pid_of(&s.entry("auto")),
+        second,
+        "autostart must not start a second copy"
+    );
+    // A stop through the CLI is not a failure: no restart.
+    s.ok(&["stop", "auto"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(s.entry("auto")["state"], "stopped");
+    // plain has no restart policy: killed, it stays down (crashed).
+    // SAFETY: the VM this test started.
+    unsafe { libc::kill(plain, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(1500));
+    let e = s.entry("plain");
+    assert_eq!(e["state"], "crashed", "{e}");
+    stop_daemon(&mut s);
+}
+
+/// `vm console`: the recent output, then keystrokes reach the guest's serial
+/// port (kvmkit's guest ignores them; this checks the path works) and Ctrl-] detaches.
+#[test]
+fn console_shows_output_and_detaches_on_ctrl_close_bracket() {
+    let s = State::new("console");
+    s.define_ticks("c", &[]);
+    s.ok(&["start", "c"]);
+    s.wait_state("c", "running", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut child = Command::new(kvmkit())
+        .args(["vm", "console", "c", "--state-dir"])
+        .arg(&s.dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("console");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        std::thread::sleep(Duration::from_millis(300));
+        stdin.write_all(b"hello\x1d").expect("type");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "console did not detach");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("tick="));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Detached"));
+    s.ok(&["kill", "c"]);
+    let _ = Path::new(&s.dir);
+}
