@@ -131,11 +131,12 @@ pub fn write_all(results: &BenchResults, dir: &Path) -> anyhow::Result<Vec<Strin
                 .enumerate()
                 .filter_map(|(i, &e)| {
                     let s = w.cell(e).stats.as_ref()?;
+                    // ns per exit in the results; microseconds on the chart.
                     Some((
                         i,
                         Bar {
-                            value: s.median,
-                            range: Some((s.min, s.max)),
+                            value: s.median / 1e3,
+                            range: Some((s.min / 1e3, s.max / 1e3)),
                         },
                     ))
                 })
@@ -153,7 +154,7 @@ pub fn write_all(results: &BenchResults, dir: &Path) -> anyhow::Result<Vec<Strin
             .collect();
         exit_chart(
             &dir.join("exits.svg"),
-            "VM exit round trip (median, whiskers: min-max)",
+            "VM exit round trip, PIO and MMIO (median, whiskers: min-max)",
             &series,
             &exits,
         )?;
@@ -188,14 +189,14 @@ pub fn ratio_chart(path: &Path, title: &str, series: &[Series], groups: &[Group]
     )
 }
 
-/// The exit chart: ns per exit on a linear axis from 0.
+/// The exit chart: microseconds per exit on a linear axis from 0.
 fn exit_chart(path: &Path, title: &str, series: &[Series], groups: &[Group]) -> anyhow::Result<()> {
     let max = groups
         .iter()
         .flat_map(|(_, b)| b.iter().map(|(_, bar)| bar.range.map_or(bar.value, |r| r.1)))
         .fold(0.0f64, f64::max);
     let top = if max > 0.0 { max * 1.45 } else { 1.0 };
-    grouped_bars(path, title, "ns per exit", series, groups, (0.0, top), false)
+    grouped_bars(path, title, "µs per exit", series, groups, (0.0, top), false)
 }
 
 /// Grouped bars with whiskers. `log`: a log axis over `y`, bars from 1.0 and a dashed line
@@ -384,6 +385,40 @@ mod tests {
             !svg.contains("#1F77B4") && !svg.contains("#FF7F0E"),
             "this run's colours drawn"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn exit_chart_names_pio_and_mmio_in_microseconds() {
+        let dir = std::env::temp_dir().join(format!("kvmkit-exit-chart-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let series: Vec<Series> = [Env::Kvmkit, Env::Qemu]
+            .iter()
+            .map(|&e| Series {
+                name: format!("this run: {}", e.name()),
+                color: env_color(e),
+            })
+            .collect();
+        let bar = Bar {
+            value: 40.0,
+            range: Some((38.0, 45.0)),
+        };
+        let groups: Vec<Group> = vec![
+            ("PIO (out to a null port)".into(), vec![(0, bar), (1, bar)]),
+            ("MMIO (write to a null page)".into(), vec![(0, bar), (1, bar)]),
+        ];
+        let path = dir.join("exits.svg");
+        exit_chart(&path, "exits", &series, &groups).expect("chart");
+        let texts = svg_texts(&path);
+        for want in [
+            "this run: kvmkit",
+            "this run: qemu",
+            "PIO (out to a null port)",
+            "MMIO (write to a null page)",
+            "µs per exit",
+        ] {
+            assert!(texts.iter().any(|t| t == want), "exit chart lacks {want:?}: {texts:?}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
