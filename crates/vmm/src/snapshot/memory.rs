@@ -4,7 +4,6 @@
 //! number of VMs can be restored from it at once.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::Path;
 
 use vm_memory::mmap::{GuestRegionMmap, MmapRegion};
@@ -26,16 +25,45 @@ pub fn write_memory_file(memory: &GuestMemoryMmap, path: &Path) -> Result<Vec<Me
         offset += r.len();
     }
     file::write_atomic(path, |f| {
-        for r in memory.iter() {
+        for (r, st) in memory.iter().zip(&regions) {
             // SAFETY: the region is a live mapping of `r.len()` bytes owned by
             // `memory`; the VM is paused, so no vCPU or device writes it while
             // it is read here (a concurrent write could only tear the copy).
             let bytes = unsafe { std::slice::from_raw_parts(r.as_ptr().cast_const(), r.len() as usize) };
-            f.write_all(bytes)?;
+            write_sparse(f, bytes, st.file_offset)?;
         }
-        Ok(())
+        f.set_len(offset)
     })?;
     Ok(regions)
+}
+
+/// Page granularity of the holes in a memory file.
+const PAGE: usize = 4096;
+
+/// Writes `bytes` at `offset`, leaving all-zero pages as holes: the file
+/// takes only the disk the guest used, and a restore maps holes as zero
+/// pages without reading anything.
+fn write_sparse(f: &File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut run_start: Option<usize> = None;
+    let mut at = 0;
+    while at < bytes.len() {
+        let end = (at + PAGE).min(bytes.len());
+        let zero = bytes[at..end].iter().fold(0u8, |acc, &b| acc | b) == 0;
+        match (zero, run_start) {
+            (false, None) => run_start = Some(at),
+            (true, Some(s)) => {
+                f.write_all_at(&bytes[s..at], offset + s as u64)?;
+                run_start = None;
+            }
+            _ => {}
+        }
+        at = end;
+    }
+    if let Some(s) = run_start {
+        f.write_all_at(&bytes[s..], offset + s as u64)?;
+    }
+    Ok(())
 }
 
 /// Maps `path` as guest RAM laid out as `regions`: privately
