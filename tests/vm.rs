@@ -421,3 +421,76 @@ fn console_shows_output_and_detaches_on_ctrl_close_bracket() {
     s.ok(&["kill", "c"]);
     let _ = Path::new(&s.dir);
 }
+
+/// One HTTP/1.1 request to the web console: (status, body).
+fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let auth = token.map_or(String::new(), |t| format!("X-Kvmkit-Token: {t}\r\n"));
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("send");
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    let status = raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn the_web_console_needs_its_token_and_drives_vms() {
+    use std::io::BufRead;
+    let mut s = State::new("web");
+    // A free port: bind, read it, let it go.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut d = Command::new(kvmkit())
+        .args(["serve", "--web", &addr, "--state-dir"])
+        .arg(&s.dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve");
+    let mut lines = std::io::BufReader::new(d.stdout.take().expect("stdout")).lines();
+    let token = loop {
+        let l = lines.next().expect("a line").expect("read");
+        if let Some((_, t)) = l.split_once("?token=") {
+            break t.trim().to_owned();
+        }
+    };
+    s.daemon = Some(d);
+    assert_eq!(http(&addr, "GET", "/", None, "").0, 401);
+    assert_eq!(http(&addr, "GET", "/api/vms", Some("0000"), "").0, 401);
+    assert_eq!(http(&addr, "GET", &format!("/?token={token}"), None, "").0, 200);
+    let (code, body) = http(
+        &addr,
+        "POST",
+        "/api/vms",
+        Some(&token),
+        r#"{"name":"w","workload":"nope"}"#,
+    );
+    assert!(code == 400 && body.contains("nope"), "{code} {body}");
+    let form = r#"{"name":"w","workload":"ticks:20","cpus":"1","memory":"64"}"#;
+    assert_eq!(http(&addr, "POST", "/api/vms", Some(&token), form).0, 200);
+    assert_eq!(http(&addr, "POST", "/api/vms/w/start", Some(&token), "").0, 200);
+    let (_, list) = http(&addr, "GET", "/api/vms", Some(&token), "");
+    let v: serde_json::Value = serde_json::from_str(&list).expect("json");
+    assert_eq!(v[0]["state"], "running", "{v}");
+    assert_eq!(http(&addr, "POST", "/api/vms/w/pause", Some(&token), "").0, 200);
+    assert_eq!(s.entry("w")["state"], "paused");
+    assert_eq!(http(&addr, "POST", "/api/vms/w/resume", Some(&token), "").0, 200);
+    assert_eq!(http(&addr, "POST", "/api/vms/w/stop", Some(&token), "").0, 200);
+    assert_eq!(s.entry("w")["state"], "stopped");
+    stop_daemon(&mut s);
+}

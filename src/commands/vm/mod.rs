@@ -10,6 +10,7 @@ mod console;
 mod process;
 pub mod serve;
 mod store;
+mod web;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -326,8 +327,13 @@ fn row(vm: &VmDir) -> Row {
     }
 }
 
+/// Every defined VM's row, by name.
+fn rows(state: &Path) -> anyhow::Result<Vec<Row>> {
+    Ok(store::list(state)?.iter().map(row).collect())
+}
+
 fn list(state: &Path, json: bool) -> anyhow::Result<u8> {
-    let rows: Vec<Row> = store::list(state)?.iter().map(row).collect();
+    let rows = rows(state)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(0);

@@ -38,7 +38,7 @@ pub struct ServeArgs {
     /// State directory (default $KVMKIT_STATE_DIR, else /var/lib/kvmkit).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Web console address (not yet: refused).
+    /// Serve the web console on ADDR (e.g. 127.0.0.1:8080); the token to open it is printed at start.
     #[arg(long, value_name = "ADDR")]
     pub web: Option<String>,
 }
@@ -60,14 +60,14 @@ fn say(msg: &str) {
 
 /// Runs the daemon until it is killed.
 pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
-    if let Some(addr) = &args.web {
-        anyhow::bail!(
-            "--web {addr}: the web console is not implemented yet; kvmkit vm ... manages VMs from the terminal"
-        );
-    }
     let state = store::state_dir(args.state_dir.as_deref());
     std::fs::create_dir_all(&state).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", state.display()))?;
     say(&format!("kvmkit serve: state directory {}", state.display()));
+    if let Some(addr) = &args.web {
+        let token = super::web::new_token()?;
+        super::web::spawn(addr, state.clone(), token.clone())?;
+        say(&format!("web console: http://{addr}/?token={token}"));
+    }
     let mut watched: HashMap<String, Watched> = HashMap::new();
     let mut restarts: HashMap<String, Vec<Instant>> = HashMap::new();
     let mut first = true;
