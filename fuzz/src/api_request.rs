@@ -138,6 +138,14 @@ fn check_accepted(method: &str, path: &str, body: &[u8], action: &VmmAction) {
         VmmAction::InstanceStart | VmmAction::SendCtrlAltDel | VmmAction::FlushMetrics => expect("PUT", "/actions"),
         VmmAction::Pause | VmmAction::Resume => expect("PATCH", "/vm"),
         VmmAction::Stop => expect("PUT", "/kvmkit/stop"),
+        VmmAction::CreateSnapshot(p) => {
+            expect("PUT", "/snapshot/create");
+            assert!(!p.snapshot_path.as_os_str().is_empty() && !p.mem_file_path.as_os_str().is_empty());
+        }
+        VmmAction::LoadSnapshot(p) => {
+            expect("PUT", "/snapshot/load");
+            assert!(!p.snapshot_path.as_os_str().is_empty() && !p.mem_file_path.as_os_str().is_empty());
+        }
         VmmAction::PutDrive(d) => {
             assert_eq!(method, "PUT");
             assert_eq!(path_id(path, "/drives/"), d.drive_id);

@@ -9,6 +9,7 @@
 pub mod api_request;
 pub mod guest_report;
 pub mod pio_devices;
+pub mod snapshot_state;
 pub mod virtio_blk_request;
 pub mod virtio_mmio_transport;
 pub mod virtio_net_chains;

@@ -9,8 +9,8 @@
 use std::path::Path;
 
 use kvmkit_fuzz::{
-    api_request, guest_report, pio_devices, pseudo_random_inputs, virtio_blk_request, virtio_mmio_transport,
-    virtio_net_chains,
+    api_request, guest_report, pio_devices, pseudo_random_inputs, snapshot_state, virtio_blk_request,
+    virtio_mmio_transport, virtio_net_chains,
 };
 
 fn saved_inputs(target: &str) -> Vec<Vec<u8>> {
@@ -250,4 +250,17 @@ fn api_request_smoke() {
     ] {
         assert!(verdicts.contains_key(key), "no input reached {key}: {verdicts:?}");
     }
+}
+
+#[test]
+fn snapshot_state_smoke() {
+    let mut decoded = 0;
+    let mut all = inputs("snapshot_state", 0x6b76_6d6b_6974_0007);
+    // Valid files untouched, and with a fixed-up header only.
+    all.extend([vec![1], vec![3], vec![1, 0x80, 0, 0, 0]]);
+    for input in &all {
+        decoded += usize::from(snapshot_state::run(input).decoded);
+    }
+    eprintln!("snapshot_state: {decoded} of {} inputs decoded", all.len());
+    assert!(decoded >= 2, "the untouched sample files must decode");
 }
