@@ -199,6 +199,24 @@ fn exit_chart(path: &Path, title: &str, series: &[Series], groups: &[Group]) -> 
     grouped_bars(path, title, "µs per exit", series, groups, (0.0, top), false)
 }
 
+/// Characters of a row label per line (a group is 200 px wide, a 12 px character ~6.5 px).
+const LABEL_CHARS: usize = 28;
+
+/// `text` in lines of at most `width` characters, broken at spaces.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in text.split(' ') {
+        match lines.last_mut() {
+            Some(line) if line.chars().count() + 1 + word.chars().count() <= width => {
+                line.push(' ');
+                line.push_str(word);
+            }
+            _ => lines.push(word.to_owned()),
+        }
+    }
+    lines
+}
+
 /// Grouped bars with whiskers. `log`: a log axis over `y`, bars from 1.0 and a dashed line
 /// there; else a linear axis, bars from 0.
 fn grouped_bars(
@@ -225,7 +243,7 @@ fn grouped_bars(
     builder
         .caption(title, ("sans-serif", 18))
         .margin(12)
-        .x_label_area_size(48)
+        .x_label_area_size(64)
         .y_label_area_size(64);
     // One drawing routine for both axis kinds.
     macro_rules! draw {
@@ -287,7 +305,10 @@ fn grouped_bars(
                     .into_font()
                     .color(&BLACK)
                     .pos(Pos::new(HPos::Center, VPos::Top));
-                root.draw(&Text::new(text, (px, py + 8), style)).map_err(|e| err(&e))?;
+                for (li, line) in wrap(&text, LABEL_CHARS).into_iter().enumerate() {
+                    root.draw(&Text::new(line, (px, py + 8 + 14 * li as i32), style.clone()))
+                        .map_err(|e| err(&e))?;
+                }
             }
             chart
                 .configure_series_labels()
@@ -371,6 +392,10 @@ mod tests {
         for label in ["primes 1e5", "read 1M", "MD5, 16 MiB"] {
             assert!(texts.iter().any(|t| t == label), "no row label {label:?}");
         }
+        assert_eq!(
+            wrap("compression (LZ4, in place of 7-Zip), 16 MiB", LABEL_CHARS),
+            ["compression (LZ4, in place", "of 7-Zip), 16 MiB"]
+        );
         // A chart with the paper's bars alone (no host column): the paper keeps its own
         // name and grey, never this run's colours.
         let paper_only: Vec<Group> = vec![("primes 1e5".into(), vec![(2, bar(1.07))])];
