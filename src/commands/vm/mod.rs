@@ -329,7 +329,29 @@ fn row(vm: &VmDir) -> Row {
 
 /// Every defined VM's row, by name.
 fn rows(state: &Path) -> anyhow::Result<Vec<Row>> {
-    Ok(store::list(state)?.iter().map(row).collect())
+    // One thread per VM: a busy or hung VMM delays only its own row.
+    let vms = store::list(state)?;
+    Ok(std::thread::scope(|s| {
+        let handles: Vec<_> = vms.iter().map(|vm| s.spawn(move || row(vm))).collect();
+        handles
+            .into_iter()
+            .zip(&vms)
+            .map(|(h, vm)| {
+                h.join().unwrap_or_else(|_| Row {
+                    name: vm.name.clone(),
+                    state: "unknown".into(),
+                    vcpus: 0,
+                    memory_mib: 0,
+                    uptime_s: None,
+                    pid: None,
+                    api_sock: None,
+                    autostart: false,
+                    restart: RestartPolicy::No,
+                    last_exit: None,
+                })
+            })
+            .collect()
+    }))
 }
 
 fn list(state: &Path, json: bool) -> anyhow::Result<u8> {
