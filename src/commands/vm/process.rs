@@ -28,6 +28,8 @@ use crate::commands::ctl::{parse_response, Response};
 
 /// How long `vm start` waits for the VMM's API to answer.
 const START_WAIT: Duration = Duration::from_secs(15);
+/// A console log past this size moves to console.log.1 when the VM starts.
+const LOG_ROTATE: u64 = 1 << 20;
 /// How long one API request may take before the VM counts as unresponsive.
 const API_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -276,6 +278,9 @@ pub fn spawn(vm: &VmDir) -> anyhow::Result<(Child, PidFile)> {
         .open(&fifo)
         .with_context(|| format!("cannot open {}", fifo.display()))?;
     let log_path = vm.file("console.log");
+    if fs::metadata(&log_path).is_ok_and(|m| m.len() > LOG_ROTATE) {
+        let _ = fs::rename(&log_path, vm.file("console.log.1"));
+    }
     let log = OpenOptions::new()
         .create(true)
         .append(true)
