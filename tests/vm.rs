@@ -494,3 +494,26 @@ fn the_web_console_needs_its_token_and_drives_vms() {
     assert_eq!(s.entry("w")["state"], "stopped");
     stop_daemon(&mut s);
 }
+
+#[test]
+fn a_guest_that_ends_shows_shutoff_and_one_that_panics_crashed() {
+    let s = State::new("ends");
+    s.ok(&[
+        "define",
+        "short",
+        "--guest",
+        "--workload",
+        "primes:1000",
+        "--memory",
+        "32",
+    ]);
+    s.ok(&["define", "bad", "--guest", "--workload", "panic", "--memory", "32"]);
+    s.ok(&["start", "short"]);
+    s.ok(&["start", "bad"]);
+    let e = s.wait_state("short", "shutoff", Duration::from_secs(15));
+    assert!(e["last_exit"].as_str().expect("reason").contains("status 0"), "{e}");
+    let e = s.wait_state("bad", "crashed", Duration::from_secs(15));
+    assert!(e["last_exit"].as_str().expect("reason").contains("101"), "{e}");
+    assert!(s.ok(&["logs", "bad"]).contains("panic"));
+    assert!(!s.dir.join("bad/pid").exists());
+}
