@@ -194,9 +194,37 @@ impl NetHandler {
         }
     }
 
+    /// While the device is broken (waiting for a reset), frames from the
+    /// backend are read and dropped (counted), a burst at a time, so the
+    /// backend is not polled in a loop.
+    fn drop_rx(&mut self) -> RxState {
+        self.pending = None;
+        for _ in 0..RX_BURST {
+            match self.backend.read_frame(&mut self.frame) {
+                Ok(_) => NetCounters::add(&self.counters.rx_dropped, 1),
+                Err(e) if is_fatal(&e) => {
+                    self.backend_gone(&e);
+                    return RxState::Dead;
+                }
+                Err(_) => return RxState::Drained,
+            }
+        }
+        RxState::More
+    }
+
     /// Sends everything on the tx queue, at most [`TX_BURST`] chains;
     /// returns whether chains may be left.
     pub fn process_tx(&mut self) -> bool {
+        // A queue whose avail index is bogus is broken until the driver
+        // resets the device (DEVICE_NEEDS_RESET): not retried meanwhile.
+        if self.interrupt.is_broken() {
+            return false;
+        }
+        if self.tx.iter(&self.memory).is_err() {
+            self.interrupt
+                .mark_broken("virtio-net: the tx avail index is more than the queue size ahead");
+            return false;
+        }
         let mut done = 0;
         let mut more = false;
         loop {
@@ -289,6 +317,9 @@ impl NetHandler {
 
     /// Moves frames from the backend into rx buffers, at most [`RX_BURST`].
     pub fn process_rx(&mut self) -> RxState {
+        if self.interrupt.is_broken() {
+            return self.drop_rx();
+        }
         let mut delivered = 0;
         let mut state = RxState::More;
         while delivered < RX_BURST {
@@ -434,6 +465,9 @@ impl NetHandler {
         let bogus = q.iter(&self.memory).is_err();
         if bogus {
             let which = if tx { "tx" } else { "rx" };
+            self.interrupt.mark_broken(&format!(
+                "virtio-net: the {which} avail index is more than the queue size ahead"
+            ));
             self.warn(&format!(
                 "{which} queue: avail index more than the queue size ahead; ignored until the driver notifies again"
             ));

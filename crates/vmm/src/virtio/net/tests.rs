@@ -249,6 +249,26 @@ fn hostile_tx_chains_are_dropped_and_counted() {
 }
 
 #[test]
+fn a_bogus_tx_avail_index_marks_the_device_broken_and_is_not_retried() {
+    let mut r = Rig::new(0);
+    let f = frame(60, 1);
+    r.mem.write_slice(&f, GuestAddress(DATA)).expect("w");
+    r.push(true, &[(DATA, f.len() as u32, 0)]);
+    let avail = r.tx.avail();
+    r.mem.write_obj(1000u16, GuestAddress(avail + 2)).expect("idx");
+    assert!(!r.h.process_tx(), "no work left");
+    assert!(r.h.interrupt().is_broken());
+    assert_ne!(r.h.interrupt().status() & crate::virtio::VIRTIO_MMIO_INT_CONFIG, 0);
+    // Fixed by the guest, still left alone until the device is reset.
+    r.mem.write_obj(1u16, GuestAddress(avail + 2)).expect("idx");
+    assert!(!r.h.process_tx());
+    assert!(r.used(true).is_empty());
+    r.h.interrupt().clear_broken();
+    r.h.process_tx();
+    assert_eq!(r.used(true).len(), 1);
+}
+
+#[test]
 fn tx_floods_are_worked_in_bursts() {
     let mut r = Rig::new(0);
     let f = frame(60, 3);
