@@ -5,7 +5,10 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 /// Puts a terminal in raw-ish mode (no echo, no line editing; Ctrl-C still
-/// raises SIGINT so it stops the VM) and restores it when dropped.
+/// raises SIGINT so it stops the VM) and restores it when dropped. `Ctrl-\`
+/// and `Ctrl-Z` are keys for the guest (its shell's SIGQUIT and job control),
+/// not signals for kvmkit, which would otherwise quit or stop with the
+/// terminal left raw.
 pub struct TerminalGuard {
     fd: RawFd,
     saved: libc::termios,
@@ -29,6 +32,8 @@ impl TerminalGuard {
         raw.c_iflag &= !(libc::IXON | libc::ICRNL);
         raw.c_cc[libc::VMIN] = 1;
         raw.c_cc[libc::VTIME] = 0;
+        raw.c_cc[libc::VQUIT] = 0; // _POSIX_VDISABLE
+        raw.c_cc[libc::VSUSP] = 0;
         // SAFETY: `raw` is a valid termios derived from the current one.
         if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) } != 0 {
             return None;
@@ -88,6 +93,45 @@ pub fn last_exit_signal() -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn termios(fd: RawFd) -> libc::termios {
+        // SAFETY: termios is plain data; tcgetattr fills it.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: `t` is a valid termios to write into.
+        assert_eq!(unsafe { libc::tcgetattr(fd, &mut t) }, 0);
+        t
+    }
+
+    #[test]
+    fn the_raw_console_passes_ctrl_backslash_and_ctrl_z_to_the_guest_and_is_restored() {
+        let (mut master, mut slave) = (0, 0);
+        // SAFETY: openpty fills both descriptors; the other arguments may be null.
+        let r = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(r, 0, "openpty");
+        let before = termios(slave);
+        let guard = TerminalGuard::new(slave).expect("a terminal");
+        let raw = termios(slave);
+        assert_eq!(raw.c_lflag & (libc::ECHO | libc::ICANON), 0);
+        assert_ne!(raw.c_lflag & libc::ISIG, 0, "Ctrl-C still stops the VM");
+        assert_eq!((raw.c_cc[libc::VQUIT], raw.c_cc[libc::VSUSP]), (0, 0));
+        drop(guard);
+        let after = termios(slave);
+        assert_eq!(after.c_lflag, before.c_lflag);
+        assert_eq!(after.c_cc, before.c_cc);
+        // SAFETY: closing the descriptors openpty gave us.
+        unsafe {
+            libc::close(master);
+            libc::close(slave);
+        }
+    }
 
     #[test]
     fn every_terminating_signal_is_routed_to_the_exit_fd() {
