@@ -156,7 +156,7 @@ fn translate(byte: u8) -> u8 {
 }
 
 /// Where the byte in the output buffer came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Source {
     /// A controller command's answer.
     Controller,
@@ -169,7 +169,7 @@ enum Source {
 }
 
 /// The PS/2 keyboard behind the controller.
-#[derive(Debug)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Keyboard {
     /// Bytes to send, oldest first (at most [`KBD_FIFO_LEN`]).
     fifo: VecDeque<u8>,
@@ -326,7 +326,53 @@ pub struct I8042 {
     kbd_irq: Option<EventFd>,
 }
 
+/// The controller's and keyboard's registers, for snapshots (opaque).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct I8042State {
+    ctr: u8,
+    output_port: u8,
+    output: Option<(u8, Source)>,
+    held: Option<u8>,
+    last_read: u8,
+    pending: Option<u8>,
+    last_write_command: bool,
+    translate_break: bool,
+    keyboard: Keyboard,
+}
+
 impl I8042 {
+    /// The registers, for a snapshot.
+    pub fn state(&self) -> I8042State {
+        I8042State {
+            ctr: self.ctr,
+            output_port: self.output_port,
+            output: self.output,
+            held: self.held,
+            last_read: self.last_read,
+            pending: self.pending,
+            last_write_command: self.last_write_command,
+            translate_break: self.translate_break,
+            keyboard: self.keyboard.clone(),
+        }
+    }
+
+    /// Takes saved registers (checked: the state file is input).
+    pub fn restore_state(&mut self, s: &I8042State) -> Result<(), String> {
+        if s.keyboard.fifo.len() > KBD_FIFO_LEN || !(1..=3).contains(&s.keyboard.set) {
+            return Err("i8042 state: keyboard buffer too long or no such scancode set".into());
+        }
+        self.ctr = s.ctr;
+        self.output_port = s.output_port;
+        self.output = s.output;
+        self.held = s.held;
+        self.last_read = s.last_read;
+        self.pending = s.pending;
+        self.last_write_command = s.last_write_command;
+        self.translate_break = s.translate_break;
+        self.keyboard = s.keyboard.clone();
+        Ok(())
+    }
+
     /// An i8042 that ends the VM on a reset command.
     pub fn new(control: Arc<VmControl>) -> Self {
         Self {

@@ -61,6 +61,7 @@ impl Machine {
         let vm_state = vm::save(self._vm.fd())?;
         let devices = DevicesState {
             serial: SerialSnapshot::from(&lock(&self.serial).state()),
+            i8042: Some(lock(&self.i8042).state()),
         };
         let save_state_us = t0.elapsed().as_micros() as u64;
         let t1 = Instant::now();
@@ -106,6 +107,9 @@ impl Machine {
             serial: (&state.devices.serial).into(),
         });
         let machine = Self::build(&state.resources, opts)?;
+        if let Some(s) = &state.devices.i8042 {
+            lock(&machine.i8042).restore_state(s).map_err(SnapshotError::Invalid)?;
+        }
         vm::restore(machine._vm.fd(), &state.vm)?;
         for (vcpu, saved) in machine.unstarted.iter().zip(&state.vcpus) {
             vcpu.restore_state(saved)?;

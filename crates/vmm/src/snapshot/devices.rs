@@ -1,15 +1,14 @@
 //! kvmkit's own devices in a snapshot. The serial port's registers and
-//! FIFO are saved. The i8042 is not saved yet: a restored VM gets one in
-//! its power-on state (right for guests that never used it, such as
-//! kvmkit's own; a Linux guest keeps working, as after a controller
-//! self-test). The debug port, guest ports, ACPI PM block and null MMIO
-//! page hold no state. Virtio devices are not supported yet: a VM with one is refused
+//! FIFO, and the i8042's controller and keyboard registers, are saved.
+//! The debug port, guest ports, ACPI PM block and null MMIO page hold no
+//! state. Virtio devices are not supported yet: a VM with one is refused
 //! at snapshot time, and a state file naming one at restore time.
 
 use serde::{Deserialize, Serialize};
 use vm_superio::serial::SerialState;
 
 use super::SnapshotError;
+use crate::devices::i8042::I8042State;
 use crate::vmm_config::VmResources;
 
 /// The 16550's registers and receive FIFO.
@@ -76,6 +75,9 @@ impl From<&SerialSnapshot> for SerialState {
 pub struct DevicesState {
     /// COM1.
     pub serial: SerialSnapshot,
+    /// The i8042 controller and keyboard (None: power-on state).
+    #[serde(default)]
+    pub i8042: Option<I8042State>,
 }
 
 /// Refuses resources with devices whose state kvmkit cannot save yet.
@@ -97,5 +99,37 @@ pub fn check_supported(resources: &VmResources) -> Result<(), SnapshotError> {
             "snapshots of VMs with {} are not supported yet",
             what.join(", ")
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::bus::BusDevice;
+    use crate::control::VmControl;
+    use crate::devices::i8042::I8042;
+
+    #[test]
+    fn i8042_state_round_trips_through_json() {
+        let control = Arc::new(VmControl::new(std::time::Instant::now()).expect("control"));
+        let mut a = I8042::new(control.clone());
+        // Write the command byte (0x60) and leave a keyboard echo (0xee) unread.
+        a.write(4, &[0x60]);
+        a.write(0, &[0x45]);
+        a.write(0, &[0xee]);
+        let json = serde_json::to_string(&a.state()).expect("encode");
+        let back: I8042State = serde_json::from_str(&json).expect("decode");
+        let mut b = I8042::new(control);
+        b.restore_state(&back).expect("restore");
+        assert_eq!(serde_json::to_string(&b.state()).expect("encode"), json);
+        let (mut x, mut y) = ([0u8], [0u8]);
+        a.read(0, &mut x);
+        b.read(0, &mut y);
+        assert_eq!(x, y, "the pending byte survives");
+        let bad = json.replace("\"set\":2", "\"set\":9");
+        let bad: I8042State = serde_json::from_str(&bad).expect("decode");
+        assert!(b.restore_state(&bad).is_err());
     }
 }
