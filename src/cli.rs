@@ -262,6 +262,13 @@ pub struct RunArgs {
     /// Instance id reported by `GET /`.
     #[arg(long, value_name = "ID", default_value = "anonymous-instance")]
     pub id: String,
+    /// Run without seccomp filters (they are on by default, one allow-list per thread role).
+    #[arg(long, conflicts_with = "seccomp_filter")]
+    pub no_seccomp: bool,
+    /// Seccomp filters from a Firecracker-format JSON file (keys vmm, api, vcpu, optionally
+    /// worker) instead of kvmkit's defaults.
+    #[arg(long, value_name = "FILE")]
+    pub seccomp_filter: Option<PathBuf>,
     /// Write Firecracker-style JSON metrics lines to this file or FIFO (every 60 s and on FlushMetrics).
     #[arg(long, value_name = "PATH")]
     pub metrics_path: Option<PathBuf>,

@@ -70,10 +70,10 @@ pub struct FirecrackerArgs {
     /// MMDS size limit (MMDS is not supported by kvmkit yet).
     #[arg(long, value_name = "BYTES")]
     mmds_size_limit: Option<usize>,
-    /// Seccomp filter file (not supported by kvmkit yet).
+    /// Seccomp filter file (Firecracker's JSON format).
     #[arg(long, value_name = "FILE")]
     seccomp_filter: Option<PathBuf>,
-    /// Run without seccomp (kvmkit has no filters yet, so this changes nothing).
+    /// Run without seccomp filters.
     #[arg(long)]
     no_seccomp: bool,
     /// MMDS metadata file (not supported by kvmkit yet).
@@ -114,7 +114,6 @@ pub fn translate(args: FirecrackerArgs) -> Result<Vec<OsString>, Result<String, 
         (args.metadata.is_some(), "--metadata (MMDS)"),
         (args.enable_pci, "--enable-pci (kvmkit's devices are virtio-mmio)"),
         (args.describe_snapshot.is_some(), "--describe-snapshot (snapshots)"),
-        (args.seccomp_filter.is_some(), "--seccomp-filter (seccomp)"),
     ];
     if let Some((_, what)) = unsupported.iter().find(|(on, _)| *on) {
         return Err(Err(format!("{what} is not supported by kvmkit yet")));
@@ -133,6 +132,11 @@ pub fn translate(args: FirecrackerArgs) -> Result<Vec<OsString>, Result<String, 
     }
     if args.boot_timer {
         out.push("--boot-time".into());
+    }
+    if let Some(f) = args.seccomp_filter {
+        out.extend(["--seccomp-filter".into(), f.into()]);
+    } else if args.no_seccomp {
+        out.push("--no-seccomp".into());
     }
     if let Some(l) = args.level {
         out.extend(["--level".into(), l.into()]);
@@ -167,5 +171,9 @@ mod tests {
         assert!(version.starts_with("Firecracker v"), "{version}");
         assert!(tr(&["firecracker", "--metadata", "m.json"]).expect_err("mmds").is_err());
         assert!(FirecrackerArgs::try_parse_from(["firecracker", "--no-api"]).is_err());
+        let v = tr(&["firecracker", "--api-sock", "/s", "--seccomp-filter", "f.json"]).expect("run");
+        assert!(v.windows(2).any(|w| w == ["--seccomp-filter", "f.json"]));
+        let v = tr(&["firecracker", "--api-sock", "/s", "--no-seccomp"]).expect("run");
+        assert!(v.contains(&"--no-seccomp".to_string()));
     }
 }

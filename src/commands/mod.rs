@@ -6,5 +6,6 @@ pub mod ctl;
 pub mod host;
 pub mod image;
 pub mod run;
+pub mod seccomp;
 pub mod vm;
 pub mod workloads;

@@ -133,10 +133,23 @@ impl ApiServer {
         if std::fs::symlink_metadata(&path).is_ok() {
             return Err(ApiError::SocketExists(path));
         }
-        let server = Server::http_unix(&path).map_err(|e| ApiError::Bind {
+        let bind_error = |reason: String| ApiError::Bind {
             path: path.clone(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let listener = std::os::unix::net::UnixListener::bind(&path).map_err(|e| bind_error(e.to_string()))?;
+        // tiny_http's accept thread (and the connection threads it starts)
+        // inherit the filter of the thread that makes the server.
+        let server = thread::Builder::new()
+            .name("fc_api_init".into())
+            .spawn(move || {
+                kvmkit_vmm::seccomp::apply(kvmkit_vmm::seccomp::Role::Api)?;
+                Server::from_listener(listener, None).map_err(|e| e.to_string())
+            })
+            .map_err(|e| bind_error(e.to_string()))?
+            .join()
+            .map_err(|_| bind_error("the API thread panicked".into()))?
+            .map_err(bind_error)?;
         Ok(Self {
             server: Arc::new(server),
             path,
@@ -417,6 +430,7 @@ struct Pump {
 
 impl Pump {
     fn run(self) {
+        kvmkit_vmm::seccomp::apply_or_exit(kvmkit_vmm::seccomp::Role::Api);
         while !self.stop.load(Ordering::SeqCst) {
             match self.server.recv_timeout(Duration::from_millis(500)) {
                 Ok(Some(rq)) => self.dispatch(rq),
@@ -475,6 +489,7 @@ impl Pump {
 /// the response, and drops the request here (tiny_http then drains what is
 /// left of the body, however long the client takes).
 fn read_body_then_answer(mut rq: Request, work: Sender<Work>, limit: usize, received: Instant) {
+    kvmkit_vmm::seccomp::note_thread();
     let method = rq.method().to_string();
     let url = rq.url().to_string();
     let declared = rq.body_length();
@@ -514,6 +529,7 @@ enum Outcome {
 
 impl Service {
     fn run(mut self, work: Receiver<Work>) {
+        kvmkit_vmm::seccomp::apply_or_exit(kvmkit_vmm::seccomp::Role::Api);
         for w in work.iter() {
             match w {
                 Work::Request {

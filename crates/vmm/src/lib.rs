@@ -24,6 +24,7 @@ pub mod memory;
 pub mod metrics;
 pub mod net;
 pub mod rpc;
+pub mod seccomp;
 pub mod runtime;
 pub mod snapshot;
 pub mod vcpu;

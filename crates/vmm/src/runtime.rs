@@ -88,6 +88,7 @@ impl Vmm {
         let mut m = Machine::build(&self.resources, &mut self.opts)?;
         m.start(false)?;
         self.machine = Some(m);
+        crate::seccomp::apply(crate::seccomp::Role::Vmm).map_err(MachineError::Host)?;
         Ok(())
     }
 
@@ -108,6 +109,7 @@ impl Vmm {
         );
         self.resources = m.resources().clone();
         self.machine = Some(m);
+        crate::seccomp::apply(crate::seccomp::Role::Vmm).map_err(MachineError::Host)?;
         Ok(())
     }
 

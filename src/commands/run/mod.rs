@@ -28,6 +28,7 @@ fn restore_params(args: &RunArgs) -> Option<LoadSnapshotParams> {
 
 /// Boots the VM (or waits for one over the API) and returns the process exit status.
 pub fn run(args: &RunArgs, start: Instant) -> anyhow::Result<u8> {
+    crate::commands::seccomp::configure(args)?;
     let plan = config::plan(args, start)?;
     if let Some(logger) = &plan.resources.logger {
         crate::logging::apply(logger).map_err(anyhow::Error::msg)?;

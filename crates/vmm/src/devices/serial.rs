@@ -133,10 +133,10 @@ impl ConsoleOut {
     pub fn with_capacity(out: Box<dyn Write + Send>, control: Arc<VmControl>, capacity: usize) -> Self {
         let buffer = Arc::new(Buffer::default());
         let b = buffer.clone();
-        if let Err(e) = std::thread::Builder::new()
-            .name("console-out".into())
-            .spawn(move || drain_to(out, &b))
-        {
+        if let Err(e) = std::thread::Builder::new().name("console-out".into()).spawn(move || {
+            crate::seccomp::apply_or_exit(crate::seccomp::Role::Console);
+            drain_to(out, &b)
+        }) {
             tracing::warn!("no console output thread ({e}); guest console output is dropped");
         }
         Self {

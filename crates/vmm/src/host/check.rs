@@ -113,6 +113,7 @@ pub fn check_host() -> HostCheck {
         let pvm = matches!(vendor, Some(VendorModule::KvmPvm));
         items.extend(crate::snapshot::probe::host_items(kvm, pvm));
     }
+    items.extend(crate::seccomp::host_items());
     let usable = items.iter().all(|i| i.ok || !i.required);
     let verdict = if usable {
         "KVM acceleration can be used".to_owned()

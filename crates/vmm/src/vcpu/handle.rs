@@ -227,6 +227,7 @@ fn thread_main(
     responses: &Sender<VcpuResponse>,
     kick_pending: &AtomicBool,
 ) {
+    crate::seccomp::apply_or_exit(crate::seccomp::Role::Vcpu);
     // SAFETY: the pointer is this thread's vCPU kvm_run mapping; `vcpu`
     // lives (and stays mapped) until after `kick::clear` below.
     unsafe { kick::register(vcpu.kvm_run_ptr()) };

@@ -143,7 +143,7 @@ impl<H: WorkerHandler> Worker<H> {
         let (commands, command_rx) = channel();
         let (ack_tx, acks) = channel();
         let interrupt = handler.interrupt();
-        let thread = std::thread::Builder::new().name(name.clone()).spawn(move || {
+        let thread = crate::seccomp::spawn_worker(name.clone(), move || {
             let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 run(handler, &events, &thread_wake, &command_rx, &ack_tx)
             }));

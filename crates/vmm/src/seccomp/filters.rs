@@ -1,0 +1,267 @@
+//! The default allow-lists, one per thread role. Derived by running
+//! kvmkit's integration suite (guest workloads, blk-*, rng, net-*, the API
+//! and snapshot tests) under `strace -f` and reading each thread's calls;
+//! see docs/security.md for the table.
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition as Cond, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+use super::Role;
+
+// ioctl request numbers (from <linux/kvm.h>, <asm/termbits.h>, <linux/if_tun.h>).
+const KVM_RUN: u64 = 0xae80;
+const KVM_GET_CPUID2: u64 = 0xc008_ae91;
+const KVM_GET_DEBUGREGS: u64 = 0x8080_aea1;
+const KVM_GET_LAPIC: u64 = 0x8400_ae8e;
+const KVM_GET_MP_STATE: u64 = 0x8004_ae98;
+const KVM_GET_MSRS: u64 = 0xc008_ae88;
+const KVM_GET_MSR_INDEX_LIST: u64 = 0xc004_ae02;
+const KVM_GET_REGS: u64 = 0x8090_ae81;
+const KVM_GET_SREGS: u64 = 0x8138_ae83;
+const KVM_GET_TSC_KHZ: u64 = 0xaea3;
+const KVM_GET_VCPU_EVENTS: u64 = 0x8040_ae9f;
+const KVM_GET_XCRS: u64 = 0x8188_aea6;
+const KVM_GET_XSAVE: u64 = 0x9000_aea4;
+const KVM_GET_XSAVE2: u64 = 0x9000_aecf;
+const KVM_CHECK_EXTENSION: u64 = 0xae03;
+const KVM_GET_CLOCK: u64 = 0x8030_ae7c;
+const KVM_GET_IRQCHIP: u64 = 0xc208_ae62;
+const KVM_GET_PIT2: u64 = 0x8070_ae9f;
+const KVM_IRQFD: u64 = 0x4020_ae76;
+const KVM_IOEVENTFD: u64 = 0x4040_ae79;
+const KVM_IRQ_LINE: u64 = 0x4008_ae61;
+const TCGETS: u64 = 0x5401;
+const TCSETS: u64 = 0x5402;
+const TCSETSW: u64 = 0x5403;
+const TCSETSF: u64 = 0x5404;
+const SIOCGIFINDEX: u64 = 0x8933;
+const TUNSETOFFLOAD: u64 = 0x4004_54d0;
+const TUNSETVNETHDRSZ: u64 = 0x4004_54d8;
+
+/// What every thread does: memory, locks, signals, its own start and end,
+/// writing to the descriptors it already holds (stderr, eventfds).
+const BASE: &[&str] = &[
+    "brk",
+    "close",
+    "clock_gettime",
+    "clock_nanosleep",
+    "exit",
+    "exit_group",
+    "fcntl",
+    "futex",
+    "getrandom",
+    "gettid",
+    "madvise",
+    "mremap",
+    "munmap",
+    "nanosleep",
+    "rseq",
+    "rt_sigprocmask",
+    "rt_sigreturn",
+    "sched_getaffinity",
+    "sched_yield",
+    "set_robust_list",
+    "sigaltstack",
+    "write",
+];
+
+const VCPU: &[&str] = &[
+    // Device activation (a DRIVER_OK write) makes eventfds; a snapshot's
+    // SaveState reads KVM's MSR list, which opens /dev/kvm.
+    "eventfd2", "openat", "read", "poll", "ppoll",
+];
+
+const WORKER: &[&str] = &[
+    "poll",
+    "ppoll",
+    "read",
+    "readv",
+    "pread64",
+    "preadv",
+    "pwrite64",
+    "pwritev",
+    "writev",
+    "lseek",
+    "fdatasync",
+    "fsync",
+    "recvfrom",
+    "sendto",
+];
+
+const API: &[&str] = &[
+    "accept4",
+    "getsockname",
+    "poll",
+    "ppoll",
+    "read",
+    "readv",
+    "recvfrom",
+    "recvmsg",
+    "sendmsg",
+    "sendto",
+    "shutdown",
+    "writev",
+    // tiny_http starts a thread per connection (up to its pool size); the
+    // body reader is a thread too.
+    "clone",
+    "clone3",
+];
+
+const VMM: &[&str] = &[
+    "poll",
+    "ppoll",
+    "read",
+    "readv",
+    "writev",
+    "pread64",
+    "pwrite64",
+    "lseek",
+    "openat",
+    "statx",
+    "newfstatat",
+    "fstat",
+    "ftruncate",
+    "fallocate",
+    "fdatasync",
+    "fsync",
+    "flock",
+    "rename",
+    "unlink",
+    "unlinkat",
+    "getpid",
+    "tgkill",
+    "connect",
+    "shutdown",
+    "sendto",
+    "recvfrom",
+    "eventfd2",
+    "copy_file_range",
+    "sendfile",
+];
+
+fn ioctls(role: Role) -> &'static [u64] {
+    match role {
+        Role::Vcpu => &[
+            KVM_RUN,
+            KVM_GET_CPUID2,
+            KVM_GET_DEBUGREGS,
+            KVM_GET_LAPIC,
+            KVM_GET_MP_STATE,
+            KVM_GET_MSRS,
+            KVM_GET_MSR_INDEX_LIST,
+            KVM_GET_REGS,
+            KVM_GET_SREGS,
+            KVM_GET_TSC_KHZ,
+            KVM_GET_VCPU_EVENTS,
+            KVM_GET_XCRS,
+            KVM_GET_XSAVE,
+            KVM_GET_XSAVE2,
+            KVM_CHECK_EXTENSION,
+            KVM_IRQFD,
+            KVM_IOEVENTFD,
+            KVM_IRQ_LINE,
+            TUNSETOFFLOAD,
+            TUNSETVNETHDRSZ,
+        ],
+        Role::Worker | Role::Spawner | Role::Console => &[TUNSETOFFLOAD, TUNSETVNETHDRSZ],
+        Role::Api => &[],
+        Role::Vmm => &[
+            KVM_GET_CLOCK,
+            KVM_GET_IRQCHIP,
+            KVM_GET_PIT2,
+            KVM_CHECK_EXTENSION,
+            KVM_IRQ_LINE,
+            KVM_IRQFD,
+            KVM_IOEVENTFD,
+            TCGETS,
+            TCSETS,
+            TCSETSW,
+            TCSETSF,
+            // if_nametoindex at network teardown.
+            SIOCGIFINDEX,
+        ],
+    }
+}
+
+fn eq(arg: u8, v: u64) -> Cond {
+    Cond::new(arg, Len::Dword, Op::Eq, v).expect("valid condition")
+}
+
+fn rule(c: Vec<Cond>) -> SeccompRule {
+    SeccompRule::new(c).expect("valid rule")
+}
+
+/// The syscall names and argument rules of `role`'s default filter.
+pub fn rules(role: Role) -> BTreeMap<i64, Vec<SeccompRule>> {
+    let mut names: Vec<&str> = BASE.to_vec();
+    names.extend_from_slice(match role {
+        Role::Vcpu => VCPU,
+        Role::Worker => WORKER,
+        Role::Spawner | Role::Console => WORKER,
+        Role::Api => API,
+        Role::Vmm => VMM,
+    });
+    if role == Role::Spawner {
+        names.extend_from_slice(&["clone", "clone3"]);
+    }
+    let mut map: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for n in names {
+        let nr = super::names::number(n).unwrap_or_else(|| panic!("unknown syscall {n}"));
+        map.insert(nr, vec![]);
+    }
+    // No executable mappings: mmap and mprotect only without PROT_EXEC.
+    let no_exec = || {
+        vec![rule(vec![Cond::new(
+            2,
+            Len::Dword,
+            Op::MaskedEq(libc::PROT_EXEC as u64),
+            0,
+        )
+        .expect("cond")])]
+    };
+    map.insert(libc::SYS_mmap, no_exec());
+    map.insert(libc::SYS_mprotect, no_exec());
+    let io: Vec<SeccompRule> = ioctls(role).iter().map(|&r| rule(vec![eq(1, r)])).collect();
+    if !io.is_empty() {
+        map.insert(libc::SYS_ioctl, io);
+    }
+    if matches!(role, Role::Api | Role::Worker | Role::Spawner | Role::Console) {
+        // Naming a new thread (std does it in the thread itself).
+        map.insert(libc::SYS_prctl, vec![rule(vec![eq(0, libc::PR_SET_NAME as u64)])]);
+    }
+    if role == Role::Spawner {
+        // A new worker installs its own list on top of the spawner's.
+        map.insert(
+            libc::SYS_prctl,
+            vec![
+                rule(vec![eq(0, libc::PR_SET_NAME as u64)]),
+                rule(vec![eq(0, libc::PR_SET_NO_NEW_PRIVS as u64)]),
+            ],
+        );
+        map.insert(
+            libc::SYS_seccomp,
+            vec![rule(vec![eq(0, libc::SECCOMP_SET_MODE_FILTER as u64)])],
+        );
+    }
+    if role == Role::Vmm {
+        // Waking the API's accept thread when it stops.
+        map.insert(libc::SYS_socket, vec![rule(vec![eq(0, libc::AF_UNIX as u64)])]);
+    }
+    map
+}
+
+/// `role`'s default filter, compiled: anything else traps (SIGSYS).
+pub fn program(role: Role) -> Result<BpfProgram, String> {
+    let f = SeccompFilter::new(
+        rules(role),
+        SeccompAction::Trap,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(|e| e.to_string())?;
+    f.try_into().map_err(|e: seccompiler::BackendError| e.to_string())
+}

@@ -1,0 +1,455 @@
+//! Seccomp filters, one allow-list per thread role (vCPU, device worker,
+//! API, VMM thread), built with rust-vmm's `seccompiler`.
+//!
+//! The binary calls [`configure`] once, before it starts any thread; every
+//! role then calls [`apply`] when its thread starts (the VMM thread after the
+//! machine is built). Without [`configure`] (library use, unit tests) nothing
+//! is installed. A syscall outside a thread's list raises SIGSYS
+//! (`SECCOMP_RET_TRAP`); the handler names the thread and the syscall on
+//! stderr and ends the process with status 159 (128 + SIGSYS).
+//!
+//! Device workers are started by whichever thread activates the device (a
+//! vCPU writing DRIVER_OK, or the VMM). A child inherits its parent's filter,
+//! so they are started by one spawner thread instead ([`spawn_worker`]),
+//! which runs under the worker list (plus `clone`): a worker never holds a
+//! vCPU's or the VMM's calls.
+
+mod filters;
+pub mod names;
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::io;
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Mutex, OnceLock};
+use std::thread::JoinHandle;
+
+pub use seccompiler::BpfProgram;
+
+/// A thread's role, which picks its filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The VMM thread (event loop), after the machine is built.
+    Vmm,
+    /// A vCPU thread.
+    Vcpu,
+    /// A virtio device worker.
+    Worker,
+    /// The thread that starts device workers.
+    Spawner,
+    /// The serial console's output thread (the worker list).
+    Console,
+    /// The API threads (tiny_http's and `fc_api*`).
+    Api,
+}
+
+impl Role {
+    /// The key of this role in a Firecracker-format JSON filter file.
+    pub fn key(self) -> &'static str {
+        match self {
+            Role::Vmm => "vmm",
+            Role::Vcpu => "vcpu",
+            Role::Worker | Role::Spawner | Role::Console => "worker",
+            Role::Api => "api",
+        }
+    }
+
+    const ALL: [Role; 6] = [
+        Role::Vmm,
+        Role::Vcpu,
+        Role::Worker,
+        Role::Spawner,
+        Role::Console,
+        Role::Api,
+    ];
+}
+
+/// Which filters to install.
+#[derive(Debug)]
+pub enum Policy {
+    /// None (`--no-seccomp`).
+    Off,
+    /// kvmkit's default lists.
+    Default,
+    /// Compiled from a Firecracker-format JSON file (`--seccomp-filter`):
+    /// keys `vmm`, `api`, `vcpu`, and optionally `worker` (else `vmm`'s).
+    Custom(HashMap<String, BpfProgram>),
+}
+
+struct Installed {
+    programs: HashMap<Role, BpfProgram>,
+    selftest: Option<Role>,
+    spawner: Mutex<Option<Sender<Job>>>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+static INSTALLED: OnceLock<Option<Installed>> = OnceLock::new();
+
+/// The environment variable that makes a thread of the named role
+/// (`vcpu`, `worker`, `api`, `vmm`) call a forbidden syscall right after its
+/// filter is installed (tests of the SIGSYS report).
+pub const SELFTEST_ENV: &str = "KVMKIT_SECCOMP_SELFTEST";
+
+/// Reads a Firecracker-format JSON filter file.
+pub fn load_json(path: &std::path::Path) -> Result<Policy, String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let map = seccompiler::compile_from_json(io::BufReader::new(f), seccompiler::TargetArch::x86_64)
+        .map_err(|e| format!("{}: not a seccomp filter file: {e}", path.display()))?;
+    for k in ["vmm", "api", "vcpu"] {
+        if !map.contains_key(k) {
+            return Err(format!("{}: no filter for the '{k}' thread", path.display()));
+        }
+    }
+    Ok(Policy::Custom(map))
+}
+
+/// Compiles the default filter of every role (a self-check; used by tests).
+pub fn default_programs() -> Result<HashMap<Role, BpfProgram>, String> {
+    Role::ALL.iter().map(|&r| Ok((r, filters::program(r)?))).collect()
+}
+
+/// Sets the process's policy, installs the SIGSYS handler and starts the
+/// worker spawner. Call once, before any other thread starts.
+pub fn configure(policy: Policy) -> Result<(), String> {
+    let installed = match policy {
+        Policy::Off => None,
+        Policy::Default => Some(default_programs()?),
+        Policy::Custom(mut map) => {
+            let vmm = map.get("vmm").cloned().unwrap_or_default();
+            let worker = map.remove("worker").unwrap_or_else(|| vmm.clone());
+            let mut programs = HashMap::new();
+            for r in Role::ALL {
+                let p = match r {
+                    Role::Worker | Role::Spawner | Role::Console => worker.clone(),
+                    _ => map.get(r.key()).cloned().unwrap_or_default(),
+                };
+                programs.insert(r, p);
+            }
+            Some(programs)
+        }
+    }
+    .map(|programs| Installed {
+        programs,
+        selftest: std::env::var(SELFTEST_ENV).ok().and_then(|v| {
+            [Role::Vmm, Role::Vcpu, Role::Worker, Role::Api]
+                .into_iter()
+                .find(|r| r.key() == v)
+        }),
+        spawner: Mutex::new(None),
+    });
+    let on = installed.is_some();
+    INSTALLED
+        .set(installed)
+        .map_err(|_| "seccomp is already configured".to_string())?;
+    if on {
+        limit_malloc_arenas();
+        install_sigsys_handler()?;
+        start_spawner()?;
+    }
+    Ok(())
+}
+
+/// Whether filters are installed in this process.
+pub fn enabled() -> bool {
+    matches!(INSTALLED.get(), Some(Some(_)))
+}
+
+thread_local! {
+    static THREAD_NAME: Cell<[u8; 16]> = const { Cell::new([0; 16]) };
+}
+
+/// glibc's malloc reads /sys/devices/system/cpu/online (an `openat`) the
+/// first time a new thread needs an arena, unless the arena limit is set:
+/// set it now, to glibc's own default (8 per CPU on 64-bit).
+fn limit_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    #[cfg(target_env = "gnu")]
+    let arenas = libc::c_int::try_from(cpus.saturating_mul(8)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: mallopt only changes a malloc tunable.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, arenas)
+    };
+}
+
+/// Records the calling thread's name for the SIGSYS report (threads that
+/// inherit a filter instead of calling [`apply`]).
+pub fn note_thread() {
+    if enabled() {
+        remember_name();
+    }
+}
+
+fn remember_name() {
+    let mut buf = [0u8; 16];
+    if let Some(n) = std::thread::current().name() {
+        let b = n.as_bytes();
+        let k = b.len().min(15);
+        buf[..k].copy_from_slice(&b[..k]);
+    }
+    THREAD_NAME.with(|c| c.set(buf));
+}
+
+/// Installs `role`'s filter on the calling thread (nothing when seccomp is
+/// off or not configured).
+pub fn apply(role: Role) -> Result<(), String> {
+    let Some(Some(inst)) = INSTALLED.get() else {
+        return Ok(());
+    };
+    remember_name();
+    let prog = &inst.programs[&role];
+    if prog.is_empty() {
+        return Ok(());
+    }
+    seccompiler::apply_filter(prog).map_err(|e| format!("cannot install the {} seccomp filter: {e}", role.key()))?;
+    if inst.selftest == Some(role) {
+        forbidden_call();
+    }
+    Ok(())
+}
+
+/// Installs `role`'s filter; a failure is reported and ends the process
+/// (a thread must not run unfiltered when filters were asked for).
+pub fn apply_or_exit(role: Role) {
+    if let Err(e) = apply(role) {
+        eprintln!("kvmkit: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// A syscall no role allows (`getppid`), for the self-test.
+fn forbidden_call() {
+    // SAFETY: getppid has no arguments and no side effects.
+    unsafe { libc::syscall(libc::SYS_getppid) };
+}
+
+fn start_spawner() -> Result<(), String> {
+    let (tx, rx) = channel::<Job>();
+    std::thread::Builder::new()
+        .name("virtio-spawn".into())
+        .spawn(move || {
+            apply_or_exit(Role::Spawner);
+            for job in rx {
+                job();
+            }
+        })
+        .map_err(|e| format!("cannot start the device worker spawner: {e}"))?;
+    if let Some(Some(inst)) = INSTALLED.get() {
+        *inst.spawner.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+    }
+    Ok(())
+}
+
+/// Starts device worker thread `name` running `f` under the worker filter.
+pub fn spawn_worker<T, F>(name: String, f: F) -> io::Result<JoinHandle<T>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let body = move || {
+        apply_or_exit(Role::Worker);
+        f()
+    };
+    let spawner = match INSTALLED.get() {
+        Some(Some(inst)) => inst.spawner.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        _ => None,
+    };
+    let Some(tx) = spawner else {
+        return std::thread::Builder::new().name(name).spawn(body);
+    };
+    let (rtx, rrx) = channel();
+    let job: Job = Box::new(move || {
+        let _ = rtx.send(std::thread::Builder::new().name(name).spawn(body));
+    });
+    tx.send(job)
+        .map_err(|_| io::Error::other("the device worker spawner has ended"))?;
+    rrx.recv()
+        .map_err(|_| io::Error::other("the device worker spawner did not answer"))?
+}
+
+fn install_sigsys_handler() -> Result<(), String> {
+    // SAFETY: a zeroed sigaction is valid; the handler only uses
+    // async-signal-safe calls (write, _exit) and a const thread-local.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigsys as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(libc::SIGSYS, &sa, std::ptr::null_mut()) != 0 {
+            return Err(format!(
+                "cannot install the SIGSYS handler: {}",
+                io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Exit status after a forbidden syscall: 128 + SIGSYS.
+pub const SIGSYS_EXIT: i32 = 128 + libc::SIGSYS;
+
+struct Buf {
+    b: [u8; 256],
+    n: usize,
+}
+
+impl Buf {
+    fn push(&mut self, s: &[u8]) {
+        for &c in s {
+            if self.n < self.b.len() {
+                self.b[self.n] = c;
+                self.n += 1;
+            }
+        }
+    }
+
+    fn num(&mut self, mut v: u64) {
+        let mut d = [0u8; 20];
+        let mut i = d.len();
+        loop {
+            i -= 1;
+            d[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        self.push(&d[i..]);
+    }
+}
+
+extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // siginfo_t's SIGSYS fields: si_call_addr at 16, si_syscall (int) at 24.
+    // SAFETY: the kernel hands a valid siginfo_t for SA_SIGINFO handlers.
+    let nr = unsafe { *(info as *const u8).add(24).cast::<i32>() };
+    let name = THREAD_NAME.with(Cell::get);
+    let len = name.iter().position(|&c| c == 0).unwrap_or(name.len());
+    let mut b = Buf { b: [0; 256], n: 0 };
+    b.push(b"kvmkit: seccomp: thread '");
+    if len == 0 {
+        b.push(b"(unnamed) tid ");
+        // SAFETY: gettid has no arguments (and every filter allows it).
+        b.num(unsafe { libc::syscall(libc::SYS_gettid) } as u64);
+    } else {
+        b.push(&name[..len]);
+    }
+    b.push(b"' made syscall ");
+    b.num(nr as u64);
+    b.push(b" (");
+    b.push(names::name(nr.into()).unwrap_or("unknown").as_bytes());
+    b.push(b"), which its filter forbids; the VM is ended\n");
+    // SAFETY: write and _exit are async-signal-safe; the buffer is local.
+    unsafe {
+        libc::write(libc::STDERR_FILENO, b.b.as_ptr().cast(), b.n);
+        libc::_exit(SIGSYS_EXIT);
+    }
+}
+
+/// Whether this kernel offers seccomp filters with the trap action kvmkit
+/// uses (`seccomp(SECCOMP_GET_ACTION_AVAIL, SECCOMP_RET_TRAP)`).
+pub fn available() -> Result<(), String> {
+    let action: u32 = libc::SECCOMP_RET_TRAP;
+    // SAFETY: the third argument points at a u32, as this operation wants.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_GET_ACTION_AVAIL,
+            0,
+            &action as *const u32,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error().to_string())
+    }
+}
+
+/// The Landlock ABI version this kernel offers, or why none.
+pub fn landlock_abi() -> Result<i64, String> {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_long = 1;
+    // SAFETY: with a null attribute and size 0, this only asks the version.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    if r > 0 {
+        Ok(r)
+    } else {
+        Err(io::Error::last_os_error().to_string())
+    }
+}
+
+/// `kvmkit check`'s lines for seccomp and Landlock (neither is required).
+pub fn host_items() -> Vec<crate::host::check::CheckItem> {
+    use crate::host::check::CheckItem;
+    let seccomp = available();
+    let landlock = landlock_abi();
+    vec![
+        CheckItem {
+            name: "seccomp".into(),
+            ok: seccomp.is_ok(),
+            required: false,
+            detail: match &seccomp {
+                Ok(()) => "filters with SECCOMP_RET_TRAP available; kvmkit run installs them per thread".into(),
+                Err(e) => format!("not available ({e}); kvmkit run needs --no-seccomp"),
+            },
+            fix: seccomp
+                .is_err()
+                .then(|| "use a kernel built with CONFIG_SECCOMP_FILTER".to_owned()),
+        },
+        CheckItem {
+            name: "Landlock".into(),
+            ok: landlock.is_ok(),
+            required: false,
+            detail: match &landlock {
+                Ok(v) => format!("ABI version {v} (kvmkit does not use it yet)"),
+                Err(e) => format!("not available ({e}); kvmkit does not use it yet"),
+            },
+            fix: landlock
+                .is_err()
+                .then(|| "boot with lsm=...,landlock (CONFIG_SECURITY_LANDLOCK)".to_owned()),
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_default_filter_compiles() {
+        let p = default_programs().expect("compile");
+        assert_eq!(p.len(), 6);
+        assert!(p.values().all(|v| !v.is_empty()));
+    }
+
+    #[test]
+    fn list_sizes_match_docs_security_md() {
+        let n = |r| filters::rules(r).len();
+        assert_eq!(
+            [
+                n(Role::Vcpu),
+                n(Role::Worker),
+                n(Role::Spawner),
+                n(Role::Api),
+                n(Role::Vmm)
+            ],
+            [30, 40, 43, 39, 55],
+            "update the table in docs/security.md"
+        );
+    }
+
+    #[test]
+    fn names_round_trip() {
+        assert_eq!(names::name(16), Some("ioctl"));
+        assert_eq!(names::number("ioctl"), Some(16));
+        assert_eq!(names::name(-1), None);
+    }
+}
