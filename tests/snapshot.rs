@@ -309,3 +309,33 @@ fn broken_snapshots_are_refused_with_one_line() {
     assert_refused(&restore_cli(&state, &dir.join("nope"), &[]), "nope");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_restored_vm_can_be_snapshotted_again() {
+    if !kvm() {
+        eprintln!("skipped: no /dev/kvm");
+        return;
+    }
+    let dir = temp_dir("chain");
+    let (state, mem) = snapshot_mid_primes(&dir, 1);
+    let (s, m) = (state.to_str().expect("utf8"), mem.to_str().expect("utf8"));
+    let mut vmm = Vmm::spawn(&dir, "second", &["--restore-state", s, "--restore-mem", m]);
+    let (_, info) = vmm.req("GET", "/", "");
+    assert!(
+        info.contains("\"Paused\""),
+        "restored with an API socket: Paused ({info})"
+    );
+    vmm.ok("PATCH", "/vm", r#"{"state":"Resumed"}"#);
+    std::thread::sleep(Duration::from_millis(300));
+    vmm.ok("PATCH", "/vm", r#"{"state":"Paused"}"#);
+    let (state2, mem2) = (dir.join("state2"), dir.join("mem2"));
+    let body = serde_json::json!({
+        "snapshot_path": state2.to_str().expect("utf8"),
+        "mem_file_path": mem2.to_str().expect("utf8"),
+    });
+    vmm.ok("PUT", "/snapshot/create", &body.to_string());
+    let _ = vmm.child.kill();
+    let _ = vmm.wait_exit(Duration::from_secs(10));
+    assert_counts(&restore_cli(&state2, &mem2, &[]), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
