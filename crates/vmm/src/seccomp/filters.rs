@@ -59,6 +59,8 @@ const BASE: &[&str] = &[
     "mremap",
     "munmap",
     "nanosleep",
+    // A sleep or poll interrupted by SIGSTOP/SIGCONT goes on through it.
+    "restart_syscall",
     "rseq",
     "rt_sigprocmask",
     "rt_sigreturn",
