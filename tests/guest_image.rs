@@ -129,3 +129,24 @@ fn image_guest_into_a_missing_directory_fails_with_one_line() {
     assert!(!target.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn image_guest_never_replaces_a_fifo_or_device() {
+    // A rename over /dev/null once turned it into a regular file; a FIFO
+    // stands in for it here (same check: not a regular file).
+    let dir = scratch_dir("image-guest-fifo");
+    let fifo = dir.join("pipe");
+    let c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).expect("cstr");
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let p = fifo.to_string_lossy().to_string();
+    let out = run(&["image", "guest", "--out", &p], Duration::from_secs(30));
+    assert_eq!(out.code, Some(2), "stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("not a regular file"), "{}", out.stderr);
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        std::fs::metadata(&fifo).expect("fifo").file_type().is_fifo(),
+        "the FIFO was replaced"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -105,6 +105,16 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     if path.is_dir() {
         bail!("cannot write {}: it is a directory", path.display());
     }
+    // The rename would replace a device, FIFO or socket (/dev/null
+    // included) with a regular file: refuse anything but a regular file.
+    if let Ok(meta) = std::fs::metadata(path) {
+        if !meta.is_file() {
+            bail!(
+                "cannot write {}: it exists and is not a regular file (a device, FIFO or socket); give a file path",
+                path.display()
+            );
+        }
+    }
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
     tmp_name.push(format!(".tmp-{}", std::process::id()));

@@ -123,6 +123,16 @@ pub fn write_atomic(
     write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
 ) -> Result<(), SnapshotError> {
     let io = |e: std::io::Error| SnapshotError::Io(format!("{}: {e}", path.display()));
+    // The rename would replace a device, FIFO or socket (/dev/null
+    // included) with a regular file: refuse anything but a regular file.
+    if let Ok(meta) = std::fs::metadata(path) {
+        if !meta.is_file() {
+            return Err(SnapshotError::Io(format!(
+                "{}: it exists and is not a regular file; give a file path",
+                path.display()
+            )));
+        }
+    }
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
