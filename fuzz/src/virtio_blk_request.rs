@@ -235,6 +235,10 @@ struct Rig<'a> {
     input: Input<'a>,
     mem: GuestMemoryMmap,
     handler: BlockHandler,
+    /// The device's interrupt: it says whether the device marked itself
+    /// broken (a bogus avail index), after which it completes nothing
+    /// until a reset.
+    interrupt: Arc<Interrupt>,
     size: u16,
     desc: u64,
     avail: u64,
@@ -492,12 +496,24 @@ impl Rig<'_> {
         let clean = !overlaps(&device_writes, &merged(driver_reads));
         let before = snapshot(&self.mem);
 
+        let was_broken = self.interrupt.is_broken();
         let runs = usize::from(pending.min(size)) + 1;
         let mut done = 0;
         for _ in 0..runs {
             done += self.handler.drain();
         }
         self.outcome.completed += done;
+        if was_broken || pending > size {
+            // Broken before, or made broken now by the bogus index: the
+            // device must leave the queue alone (and stay broken).
+            assert_eq!(done, 0, "a broken device completed {done} requests");
+            assert!(
+                self.interrupt.is_broken(),
+                "a bogus avail index must mark the device broken"
+            );
+            self.synced = false;
+            return;
+        }
         if !clean {
             self.synced = false;
             return;
@@ -594,10 +610,11 @@ pub fn run(data: &[u8]) -> Outcome {
     let original = image.contents();
     let disk = DiskImage::open(&image.path, read_only).expect("open temp image");
     let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+    let interrupt = Arc::new(Interrupt::new(irq));
     let handler = BlockHandler::new(
         mem.clone(),
         queue,
-        Arc::new(Interrupt::new(irq)),
+        interrupt.clone(),
         Arc::new(disk),
         *b"kvmkit-fuzz-disk\0\0\0\0",
     );
@@ -605,6 +622,7 @@ pub fn run(data: &[u8]) -> Outcome {
         input,
         mem,
         handler,
+        interrupt,
         size,
         desc,
         avail,

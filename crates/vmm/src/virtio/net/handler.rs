@@ -198,7 +198,10 @@ impl NetHandler {
     /// backend are read and dropped (counted), a burst at a time, so the
     /// backend is not polled in a loop.
     fn drop_rx(&mut self) -> RxState {
-        self.pending = None;
+        // A frame that was waiting for buffers is dropped too, and counted.
+        if self.pending.take().is_some() {
+            NetCounters::add(&self.counters.rx_dropped, 1);
+        }
         for _ in 0..RX_BURST {
             match self.backend.read_frame(&mut self.frame) {
                 Ok(_) => NetCounters::add(&self.counters.rx_dropped, 1),
