@@ -210,6 +210,9 @@ impl Machine {
     pub fn start(&mut self, paused: bool) -> Result<(), MachineError> {
         let to = if paused { VmState::Paused } else { VmState::Running };
         self.state.valid_transition(to)?;
+        // Device workers start from DRIVER_OK writes on vCPU threads; the
+        // thread that spawns them must exist before any vCPU does.
+        crate::seccomp::start_worker_spawner().map_err(MachineError::Host)?;
         for vcpu in std::mem::take(&mut self.unstarted) {
             match VcpuHandle::spawn(vcpu, paused) {
                 Ok(h) => self.vcpus.push(h),
