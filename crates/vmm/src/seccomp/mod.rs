@@ -217,7 +217,10 @@ pub fn apply(role: Role) -> Result<(), String> {
     let Some(slot) = inst.programs.get(&role) else {
         return Ok(());
     };
-    let prog = slot.get_or_init(|| filters::program(role)).as_ref().map_err(Clone::clone)?;
+    let prog = slot
+        .get_or_init(|| filters::program(role))
+        .as_ref()
+        .map_err(Clone::clone)?;
     if prog.is_empty() {
         return Ok(());
     }
