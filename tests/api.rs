@@ -39,31 +39,9 @@ fn guest_elf(dir: &Path) -> PathBuf {
 impl Vmm {
     fn spawn_with(bin: &Path, args: &[&str], dir: PathBuf) -> Self {
         let sock = dir.join("api.sock");
-        let mut child = Command::new(bin)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn kvmkit");
-        let out = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stdout.take().expect("stdout");
-        let sink = out.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().expect("out").push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let (child, out) = common::spawn_collecting(bin, args);
         let v = Self { child, sock, out, dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while UnixStream::connect(&v.sock).is_err() {
-            assert!(Instant::now() < deadline, "the API socket did not appear");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        common::wait_for_socket(&v.sock);
         v
     }
 

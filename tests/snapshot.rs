@@ -9,7 +9,7 @@ mod common;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,31 +39,10 @@ struct Vmm {
 impl Vmm {
     fn spawn(dir: &Path, name: &str, extra: &[&str]) -> Self {
         let sock = dir.join(format!("{name}.sock"));
-        let mut child = Command::new(common::kvmkit())
-            .args(["run", "--no-stdin", "--api-sock", sock.to_str().expect("utf8")])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn kvmkit");
-        let out = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stdout.take().expect("stdout");
-        let sink = out.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().expect("out").push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while UnixStream::connect(&sock).is_err() {
-            assert!(Instant::now() < deadline, "the API socket did not appear");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let mut args = vec!["run", "--no-stdin", "--api-sock", sock.to_str().expect("utf8")];
+        args.extend_from_slice(extra);
+        let (child, out) = common::spawn_collecting(std::path::Path::new(common::kvmkit()), &args);
+        common::wait_for_socket(&sock);
         Self { child, sock, out }
     }
 

@@ -25,15 +25,28 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
-/// Sends one request over the unix socket at `sock` and reads the answer.
+/// Sends one request over the unix socket at `sock` and reads the answer
+/// (30 s at most).
 pub fn request(sock: &Path, method: &str, path: &str, body: Option<&str>) -> anyhow::Result<Response> {
+    request_within(sock, method, path, body, Duration::from_secs(30))
+}
+
+/// [`request`] with a time limit for each read and write.
+pub fn request_within(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<Response> {
     let mut s = UnixStream::connect(sock).with_context(|| {
         format!(
             "cannot connect to the API socket {} (is the VMM running with --api-sock?)",
             sock.display()
         )
     })?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
     let body = body.unwrap_or("");
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     if !body.is_empty() {

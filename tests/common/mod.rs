@@ -114,3 +114,40 @@ pub fn run_guest(extra: &[&str]) -> Output {
     args.extend_from_slice(extra);
     run(&args, Duration::from_secs(150))
 }
+
+/// Starts `bin` with `args`, stdin closed, stderr inherited; a thread keeps
+/// everything it prints on stdout in the returned buffer.
+pub fn spawn_collecting(
+    bin: &std::path::Path,
+    args: &[&str],
+) -> (std::process::Child, std::sync::Arc<std::sync::Mutex<String>>) {
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn kvmkit");
+    let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut pipe = child.stdout.take().expect("stdout");
+    let sink = out.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().expect("out").push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    (child, out)
+}
+
+/// Waits (10 s at most) until the unix socket at `sock` accepts connections.
+pub fn wait_for_socket(sock: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(sock).is_err() {
+        assert!(Instant::now() < deadline, "the API socket did not appear");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

@@ -154,20 +154,7 @@ impl DeviceManager {
         base: u64,
         len: u64,
     ) -> Result<(), DeviceError> {
-        self.check_id(id)?;
-        let shared: SharedDevice = device;
-        self.pio
-            .insert(shared.clone(), base, len)
-            .map_err(|e| DeviceError::Bus(id.to_owned(), e))?;
-        self.slots.push(Slot {
-            info: DeviceInfo {
-                id: id.to_owned(),
-                kind,
-                placement: Placement::Pio { base, len },
-            },
-            handle: DeviceHandle::Legacy(shared),
-        });
-        Ok(())
+        self.add_legacy(id, kind, device, Placement::Pio { base, len })
     }
 
     /// Puts a legacy device on the MMIO bus.
@@ -179,18 +166,30 @@ impl DeviceManager {
         base: u64,
         len: u64,
     ) -> Result<(), DeviceError> {
+        self.add_legacy(id, kind, device, Placement::Mmio { base, len, gsi: None })
+    }
+
+    fn add_legacy(
+        &mut self,
+        id: &str,
+        kind: DeviceKind,
+        device: SharedDevice,
+        placement: Placement,
+    ) -> Result<(), DeviceError> {
         self.check_id(id)?;
-        let shared: SharedDevice = device;
-        self.mmio
-            .insert(shared.clone(), base, len)
+        let (bus, base, len) = match placement {
+            Placement::Pio { base, len } => (&mut self.pio, base, len),
+            Placement::Mmio { base, len, .. } => (&mut self.mmio, base, len),
+        };
+        bus.insert(device.clone(), base, len)
             .map_err(|e| DeviceError::Bus(id.to_owned(), e))?;
         self.slots.push(Slot {
             info: DeviceInfo {
                 id: id.to_owned(),
                 kind,
-                placement: Placement::Mmio { base, len, gsi: None },
+                placement,
             },
-            handle: DeviceHandle::Legacy(shared),
+            handle: DeviceHandle::Legacy(device),
         });
         Ok(())
     }

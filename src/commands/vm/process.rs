@@ -11,10 +11,9 @@
 //! `last-exit.json` (how the last run ended: shutoff, stopped or crashed, and why).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,7 +23,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 use super::store::{write_atomic, VmDir};
-use crate::commands::ctl::{parse_response, Response};
+use crate::commands::ctl::Response;
 
 /// How long `vm start` waits for the VMM's API to answer.
 const START_WAIT: Duration = Duration::from_secs(15);
@@ -205,23 +204,7 @@ pub fn api(vm: &VmDir, method: &str, path: &str, body: Option<&str>) -> anyhow::
 }
 
 fn api_at(sock: &Path, method: &str, path: &str, body: Option<&str>, timeout: Duration) -> anyhow::Result<Response> {
-    let mut s = UnixStream::connect(sock).with_context(|| format!("cannot connect to {}", sock.display()))?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    let body = body.unwrap_or("");
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
-    if !body.is_empty() {
-        req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes())?;
-    let mut raw = Vec::new();
-    s.take(1 << 20).read_to_end(&mut raw)?;
-    parse_response(&raw)
+    crate::commands::ctl::request_within(sock, method, path, body, timeout)
 }
 
 /// An API request that must succeed (2xx); the refusal's fault_message otherwise.
