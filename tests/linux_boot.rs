@@ -65,3 +65,30 @@ fn debian_bzimage_boots_to_first_console_line() {
     let dir = kernel_cache();
     boot_until_first_line(&dir.join("vmlinuz").to_string_lossy(), "linux", 600);
 }
+
+#[test]
+fn a_stock_kernel_on_a_pvm_host_is_warned_about_and_the_test_guest_is_not() {
+    let pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
+    let dir = kernel_cache();
+    for image in ["vmlinuz", "vmlinux"] {
+        let kernel = dir.join(image);
+        let out = common::run(
+            &[
+                "run",
+                "--kernel",
+                &kernel.to_string_lossy(),
+                "--no-stdin",
+                "--timeout",
+                "1",
+            ],
+            Duration::from_secs(60),
+        );
+        let warned = out.stderr.contains("is a Linux kernel (Linux version 6.1");
+        assert_eq!(warned, pvm, "{image}: kvm_pvm host {pvm}, stderr:\n{}", out.stderr);
+    }
+    let out = common::run(
+        &["run", "--guest", "--workload", "primes:1000", "--no-stdin"],
+        Duration::from_secs(60),
+    );
+    assert!(!out.stderr.contains("warning"), "{}", out.stderr);
+}

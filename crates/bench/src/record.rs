@@ -11,6 +11,11 @@ pub struct ExitRecord {
     pub reason: String,
     /// The process exit status it maps to.
     pub code: i32,
+    /// What ended the VM, in one word (`guest-exit`, `timeout`, `signal`,
+    /// `power-off`, ...): a guest's own status 124 or 143 is told apart from
+    /// kvmkit's timeout or a SIGTERM by this, not by `code`.
+    #[serde(default)]
+    pub cause: String,
 }
 
 /// Boot milestones, microseconds since kvmkit started (null when not reached).

@@ -73,6 +73,25 @@ impl ExitReason {
         }
     }
 
+    /// The cause in one machine-readable word (`--results`' `exit.cause`):
+    /// a guest that exits with 124 or 143 itself still says `guest-exit`,
+    /// never `timeout` or `signal`.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Self::GuestExit(_) => "guest-exit",
+            Self::Reset(_) => "reset",
+            Self::PowerOff(_) => "power-off",
+            Self::Stopped(_) => "stopped",
+            Self::Signal(_) => "signal",
+            Self::Timeout(_) => "timeout",
+            Self::Halted { .. } => "halted",
+            Self::TripleFault { .. } => "triple-fault",
+            Self::VcpuFailure { .. } => "vcpu-failure",
+            Self::GuestPanic => "guest-panic",
+            Self::VmmError(_) => "vmm-error",
+        }
+    }
+
     /// Whether this ending is a failure worth a line on stderr.
     pub fn is_failure(&self) -> bool {
         !matches!(
@@ -85,6 +104,13 @@ impl ExitReason {
 impl std::fmt::Display for ExitReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Self::GuestExit(s @ 124) => {
+                write!(f, "guest exited with status {s} (its own status, not a kvmkit timeout)")
+            }
+            Self::GuestExit(s @ 129..=192) => write!(
+                f,
+                "guest exited with status {s} (its own status, not a signal to kvmkit)"
+            ),
             Self::GuestExit(s) => write!(f, "guest exited with status {s}"),
             Self::Reset(how) => write!(f, "guest reset ({how}); the VM ends on reset"),
             Self::PowerOff(how) => write!(f, "guest powered off ({how})"),
@@ -276,6 +302,18 @@ mod tests {
         assert!(ExitReason::TripleFault { cpu: 0, rip: 0x1234 }
             .to_string()
             .contains("0x1234"));
+        // A guest that exits with the statuses kvmkit uses for a timeout or
+        // SIGTERM keeps its status but not the cause.
+        assert_eq!(ExitReason::GuestExit(124).exit_code(), 124);
+        assert_eq!(ExitReason::GuestExit(124).cause(), "guest-exit");
+        assert_eq!(
+            ExitReason::Timeout(std::time::Duration::from_secs(1)).cause(),
+            "timeout"
+        );
+        assert_eq!(ExitReason::GuestExit(143).cause(), "guest-exit");
+        assert_eq!(ExitReason::Signal(15).cause(), "signal");
+        assert!(ExitReason::GuestExit(124).to_string().contains("not a kvmkit timeout"));
+        assert!(ExitReason::GuestExit(143).to_string().contains("not a signal"));
         assert!(!ExitReason::GuestExit(0).is_failure());
         assert!(ExitReason::GuestExit(1).is_failure());
     }

@@ -201,6 +201,7 @@ fn boot_source(args: &RunArgs) -> anyhow::Result<(BootSourceConfig, Option<Kerne
     let Some(path) = &args.kernel else {
         bail!("give --kernel PATH, --linux or --guest")
     };
+    warn_if_pvm_kernel(path);
     let boot = BootSourceConfig {
         kernel_image_path: path.display().to_string(),
         initrd_path: args.initrd.as_ref().map(|p| p.display().to_string()),
@@ -278,6 +279,65 @@ fn warn_if_pvm() {
              (use a PVM-enabled kernel with --kernel, or the nested lab: cargo xtask nested)"
         );
     }
+}
+
+/// On a kvm_pvm host, a Linux kernel given with `--kernel` that does not say
+/// it is a PVM guest runs its CPL0 code emulated (the decompressor alone takes
+/// minutes): say so once instead of letting the user stare at a silent console.
+/// kvmkit's own guest (an ELF without a Linux version string) is not warned about.
+fn warn_if_pvm_kernel(path: &std::path::Path) {
+    use kvmkit_vmm::host::kvm::VendorModule;
+    if VendorModule::detect(std::path::Path::new("/sys/module")) != Some(VendorModule::KvmPvm) {
+        return;
+    }
+    if let Some(version) = linux_version(path) {
+        if !version.to_ascii_lowercase().contains("pvm") {
+            crate::logging::errln!(
+                "kvmkit: warning: this host's KVM is kvm_pvm and {} is a Linux kernel ({}) that does not say it is a \
+                 PVM guest: unless it was built with CONFIG_PVM_GUEST its kernel code runs emulated and it may print \
+                 nothing before --timeout (kvmkit's --guest runs fast here; prove stock kernels in the nested lab)",
+                path.display(),
+                version.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+            );
+        }
+    }
+}
+
+/// The "Linux version ..." string of a kernel image: from a bzImage's setup
+/// header (`kernel_version`), or searched for in the first 64 MiB of an ELF
+/// vmlinux. `None` when the file is not a Linux kernel (or cannot be read;
+/// loading it reports that properly).
+fn linux_version(path: &std::path::Path) -> Option<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let mut head = vec![0u8; 64 << 10];
+    let n = file.read(&mut head).ok()?;
+    head.truncate(n);
+    if head.get(0x202..0x206) == Some(b"HdrS") {
+        let ptr = u16::from_le_bytes([*head.get(0x20e)?, *head.get(0x20f)?]) as usize + 0x200;
+        let bytes = head.get(ptr..)?;
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len()).min(200);
+        return Some(format!("Linux version {}", String::from_utf8_lossy(&bytes[..end])));
+    }
+    if head.get(..4) != Some(b"\x7fELF") {
+        return None;
+    }
+    let mut rest = Vec::new();
+    file.take(64 << 20).read_to_end(&mut rest).ok()?;
+    head.extend_from_slice(&rest);
+    let needle = b"Linux version ";
+    let at = head.windows(needle.len()).position(|w| w == needle)?;
+    let bytes = &head[at..];
+    let end = bytes
+        .iter()
+        .position(|&b| b == 0 || b == b'\n')
+        .unwrap_or(bytes.len())
+        .min(200);
+    Some(String::from_utf8_lossy(&bytes[..end]).into_owned())
 }
 
 /// Checks `--workload` against the workload catalogue, before anything boots, with the

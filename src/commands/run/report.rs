@@ -76,6 +76,7 @@ pub fn summary(outcome: &RunOutcome) -> RunRecord {
         exit: ExitRecord {
             reason: outcome.reason.to_string(),
             code: outcome.reason.exit_code(),
+            cause: outcome.reason.cause().to_owned(),
         },
         boot_time_us: BootTimes {
             guest_entry: outcome.entry_us,
