@@ -265,13 +265,42 @@ l1_show_taps() {
   info "kvmkit taps in L1 while the VM runs: $(taps)"
   ip -o -4 addr show 2>/dev/null | grep kvmkit | sed 's/^/  | L1 addr: /'
 }
+# wait_taps N: waits (up to 10 s, while the VM runs) until L1 shows N kvmkit taps; a check that
+# samples once races a busy emulated L1.
+wait_taps() {
+  n=0
+  set -- "$1" $(taps)
+  while [ $(($# - 1)) != "$1" ] && running && [ $n -lt 50 ]; do
+    sleep 0.2
+    n=$((n + 1))
+    set -- "$1" $(taps)
+  done
+  l1_show_taps
+  [ $(($# - 1)) = "$1" ] || fail "$(($# - 1)) kvmkit tap(s) in L1 while the VM runs, expected $1"
+}
+# The guests of the net scenarios stay up until L1 has checked them (a fixed sleep in the guest
+# raced an emulated L1 that stalls for seconds): the guest waits in `nc -l -p 9` (bounded by
+# kvmkit's --timeout), and release_guest ADDR connects to it; if that fails, the VM is stopped.
+GUEST_WAIT='nc -l -p 9 >/dev/null 2>&1; echo lab-released'
+release_guest() {
+  n=0
+  while running && [ $n -lt 5 ]; do
+    n=$((n + 1))
+    echo bye | timeout 10 nc -w 3 "$1" 9 >/dev/null 2>&1 && return 0
+    sleep 1
+  done
+  running || return 0
+  fail "could not release the guest through $1 port 9"
+  stop_bg
+}
 sc_net_ping() {
   need_net || return
-  bg /tmp/l2 kvmkit run --linux --net auto -- sh -c 'ip addr; echo lab-net-up; sleep 8'
+  bg /tmp/l2 kvmkit run --linux --net auto -- sh -c "ip addr; echo lab-net-up; $GUEST_WAIT"
   if wait_for /tmp/l2 lab-net-up; then
-    l1_show_taps
+    wait_taps 1
     guest_has /tmp/l2 10.0.2.2
     l1_ping 10.0.2.2
+    release_guest 10.0.2.2
   fi
   finish /tmp/l2
   expect_rc 0
@@ -308,11 +337,9 @@ sc_net_two() {
   need_net || return
   # The guest sets up eth1 from the second kvmkit.net=MAC,GUEST,HOST,PREFIX word (eth0 has ip=)
   # and prints, per NIC, its address and both MACs (the word's and the interface's).
-  bg /tmp/l2 kvmkit run --linux --net auto --net auto -- sh -c 'i=0; for w in $(cat /proc/cmdline); do case $w in kvmkit.net=*) set -- $(echo ${w#kvmkit.net=} | tr , " "); echo lab-nic$i=$2 $1 $(cat /sys/class/net/eth$i/address); if [ $i = 1 ]; then ip addr add $2/$4 dev eth1; ip link set eth1 up; fi; i=$((i + 1));; esac; done; ip addr; echo lab-net-up; sleep 10'
+  bg /tmp/l2 kvmkit run --linux --net auto --net auto -- sh -c 'i=0; for w in $(cat /proc/cmdline); do case $w in kvmkit.net=*) set -- $(echo ${w#kvmkit.net=} | tr , " "); echo lab-nic$i=$2 $1 $(cat /sys/class/net/eth$i/address); if [ $i = 1 ]; then ip addr add $2/$4 dev eth1; ip link set eth1 up; fi; i=$((i + 1));; esac; done; ip addr; echo lab-net-up; '"$GUEST_WAIT"
   if wait_for /tmp/l2 lab-net-up; then
-    l1_show_taps
-    set -- $(taps)
-    [ $# = 2 ] || fail "$# kvmkit tap(s) in L1 while the VM runs, expected 2"
+    wait_taps 2
     for i in 0 1; do
       set -- $(tr -d '\r' </tmp/l2.raw | sed -n "s/^lab-nic$i=//p")
       if [ $# != 3 ]; then
@@ -323,6 +350,7 @@ sc_net_two() {
       guest_has /tmp/l2 "$1"
       l1_ping "$1"
     done
+    release_guest 10.0.2.2
   fi
   finish /tmp/l2
   expect_rc 0
