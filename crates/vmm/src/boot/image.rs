@@ -47,6 +47,24 @@ pub fn detect_format(file: &mut File) -> std::io::Result<Option<KernelFormat>> {
     Ok(classify(&head[..n]))
 }
 
+/// `Some((expected, actual))` when a bzImage is shorter than its setup header
+/// says ((setup_sects + 1) * 512 + syssize * 16 bytes); the file is rewound.
+pub fn bzimage_truncated(file: &mut File) -> Option<(u64, u64)> {
+    let mut head = [0u8; 0x1f8];
+    let read = file.seek(SeekFrom::Start(0)).and_then(|_| file.read_exact(&mut head));
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(0)).ok()?;
+    read.ok()?;
+    // setup_sects 0 means 4 (boot protocol).
+    let setup_sects = match head[0x1f1] {
+        0 => 4,
+        n => u64::from(n),
+    };
+    let syssize = u64::from(u32::from_le_bytes([head[0x1f4], head[0x1f5], head[0x1f6], head[0x1f7]]));
+    let want = (setup_sects + 1) * 512 + syssize * 16;
+    (len < want).then_some((want, len))
+}
+
 /// Loads the image into guest memory at its preferred address.
 pub fn load(
     mem: &GuestMemoryMmap,

@@ -6,6 +6,7 @@
 //! (zero page or `hvm_start_info`, memory map, command line, initrd), and the
 //! returned [`EntryPoint`] tells the vCPU where to start.
 
+mod elf_check;
 mod image;
 mod linux;
 mod pvh;
@@ -94,6 +95,12 @@ pub enum BootError {
     /// PVH was requested for a bzImage.
     #[error("{0} is a bzImage; PVH needs an ELF kernel with a PVH note")]
     PvhNeedsElf(String),
+    /// The ELF image's headers are wrong (a precise reason).
+    #[error("kernel {0} {1}")]
+    Elf(String, elf_check::ElfFault),
+    /// The bzImage is shorter than its setup header says.
+    #[error("kernel {0} is truncated: its setup header says {1} bytes but the file has {2} (copy the image again)")]
+    BzImageTruncated(String, u64, u64),
     /// The kernel does not fit in guest memory.
     #[error("kernel {0} does not fit in {1} MiB of guest memory; give the VM more --memory")]
     KernelTooBig(String, u64),
@@ -122,6 +129,16 @@ pub fn boot(mem: &GuestMemoryMmap, mem_size: u64, source: &mut BootSource) -> Re
     let name = source.kernel_name.clone();
     let format = detect_format(&mut source.kernel).map_err(|e| BootError::Read(name.clone(), e))?;
     let format = format.ok_or_else(|| BootError::UnknownFormat(name.clone()))?;
+    match format {
+        KernelFormat::Elf => {
+            elf_check::check(&mut source.kernel, mem_size).map_err(|f| BootError::Elf(name.clone(), f))?
+        }
+        KernelFormat::BzImage => {
+            if let Some((want, have)) = image::bzimage_truncated(&mut source.kernel) {
+                return Err(BootError::BzImageTruncated(name, want, have));
+            }
+        }
+    }
     let loaded = image::load(mem, &mut source.kernel, format).map_err(|e| match e {
         linux_loader::loader::Error::Elf(linux_loader::loader::elf::Error::ReadKernelImage)
         | linux_loader::loader::Error::Bzimage(linux_loader::loader::bzimage::Error::ReadBzImageCompressedKernel) => {
