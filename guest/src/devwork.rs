@@ -1,4 +1,5 @@
-//! The virtio device workloads: `blk-pattern`, `blk-seq:MIB` and `rng:BYTES`.
+//! The virtio device workloads: `blk-pattern`, `blk-seq:MIB` and `rng:BYTES`
+//! here; the net and vsock ones dispatched to `net.rs` and `vsock.rs`.
 //! Run by the BSP only, on the devices of `Plan::devices`, with the buffers
 //! in the region at `Plan::mem_base`.
 
@@ -26,6 +27,9 @@ pub fn run(plan: &Plan) -> u32 {
         Workload::NetEcho(seconds) => crate::net::echo(plan, seconds),
         Workload::NetTx(frames, size) => crate::net::tx(plan, frames, size),
         Workload::NetRx(seconds) => crate::net::rx(plan, seconds),
+        Workload::VsockEcho(port, conns) => crate::vsock::echo(plan, port, conns),
+        Workload::VsockTx(port, mib) => crate::vsock::tx(plan, port, mib),
+        Workload::VsockRx(port, mib) => crate::vsock::rx(plan, port, mib),
         _ => exit::BAD_CMDLINE,
     }
 }

@@ -25,6 +25,7 @@ mod suite_io;
 mod ticks;
 mod tsc;
 mod virtio;
+mod vsock;
 mod workload;
 
 use core::arch::global_asm;

@@ -102,7 +102,10 @@ pub fn run(cpu: u32, plan: &Plan) -> u32 {
         | Workload::SmallIo(_)
         | Workload::NetEcho(_)
         | Workload::NetTx(..)
-        | Workload::NetRx(_) => unreachable!("handled above"),
+        | Workload::NetRx(_)
+        | Workload::VsockEcho(..)
+        | Workload::VsockTx(..)
+        | Workload::VsockRx(..) => unreachable!("handled above"),
     }
     report::send(&r);
     if ok {

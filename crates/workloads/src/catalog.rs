@@ -8,6 +8,9 @@
 
 use core::fmt;
 
+/// MiB `vsock-tx` and `vsock-rx` move when no MIB is given.
+pub const VSOCK_MIB: u64 = 64;
+
 /// Where a workload runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Envs {
@@ -186,6 +189,33 @@ pub const CATALOGUE: &[Entry] = &[
         envs: GUEST,
     },
     Entry {
+        name: "vsock-echo",
+        grammar: "vsock-echo[:PORT[:CONNS]]",
+        default: "5000",
+        units: "PORT: vsock port listened on; CONNS: connections served, non-zero (default: forever); \
+                reports bytes echoed per connection",
+        help: "echo every byte of every connection on a vsock port, several at once (needs --vsock)",
+        envs: GUEST,
+    },
+    Entry {
+        name: "vsock-tx",
+        grammar: "vsock-tx[:PORT[:MIB]]",
+        default: "5001",
+        units: "PORT: host port (CID 2) connected to; MIB: MiB written, non-zero (default 64); \
+                reports MiB/s and the connection set-up time",
+        help: "write MIB MiB in 64 KiB writes to a host vsock port, then shut down (needs --vsock)",
+        envs: GUEST,
+    },
+    Entry {
+        name: "vsock-rx",
+        grammar: "vsock-rx[:PORT[:MIB]]",
+        default: "5002",
+        units: "PORT: host port (CID 2) connected to; MIB: MiB read, non-zero (default 64); \
+                reports MiB/s and an FNV-1a-64 word checksum of the data",
+        help: "read MIB MiB the host writes on a vsock connection (needs --vsock)",
+        envs: GUEST,
+    },
+    Entry {
         name: "ticks",
         grammar: "ticks[:MS]",
         default: "100",
@@ -235,6 +265,8 @@ pub enum ParseError {
     Zero,
     /// An argument was given to a workload that takes none.
     NoArgument,
+    /// A number is too large (a vsock port is 32 bits).
+    OutOfRange,
 }
 
 impl ParseError {
@@ -245,6 +277,7 @@ impl ParseError {
             Self::NotANumber => "the argument is not a number",
             Self::Zero => "this workload needs a non-zero argument",
             Self::NoArgument => "this workload takes no argument",
+            Self::OutOfRange => "a number is out of range (vsock ports are 32-bit)",
         }
     }
 }
@@ -293,6 +326,13 @@ pub enum Workload {
     NetTx(u64, u64),
     /// `net-rx:SECONDS`: count frames and bytes received on every NIC for SECONDS (answering ARP).
     NetRx(u64),
+    /// `vsock-echo:PORT:CONNS`: listen on vsock PORT and echo every byte of
+    /// every connection; end after CONNS connections (0: never).
+    VsockEcho(u32, u64),
+    /// `vsock-tx:PORT:MIB`: connect to host (CID 2) port PORT, write MIB MiB, shut down.
+    VsockTx(u32, u64),
+    /// `vsock-rx:PORT:MIB`: connect to host (CID 2) port PORT, read MIB MiB.
+    VsockRx(u32, u64),
     /// `ticks:MS`: print `tick=K` every MS milliseconds of TSC time, forever
     /// (BSP only; shows that a paused VM makes no progress).
     Ticks(u64),
@@ -333,6 +373,22 @@ impl Workload {
                 return Err(ParseError::Zero);
             }
             return Ok(Self::NetTx(frames, size));
+        }
+        if let Some(vsock) = name.strip_prefix("vsock-") {
+            let (port, more) = match arg.split_once(':') {
+                Some((port, more)) => (port, Some(number(more)?)),
+                None => (arg, None),
+            };
+            let port = u32::try_from(number(port)?).map_err(|_| ParseError::OutOfRange)?;
+            if more == Some(0) {
+                return Err(ParseError::Zero);
+            }
+            return Ok(match vsock {
+                "echo" => Self::VsockEcho(port, more.unwrap_or(0)),
+                "tx" => Self::VsockTx(port, more.unwrap_or(VSOCK_MIB)),
+                "rx" => Self::VsockRx(port, more.unwrap_or(VSOCK_MIB)),
+                _ => return Err(ParseError::Unknown),
+            });
         }
         let n = number(arg)?;
         let nonzero = |n: u64| if n == 0 { Err(ParseError::Zero) } else { Ok(n) };
@@ -375,6 +431,9 @@ impl Workload {
             Self::Blowfish(_) => "blowfish",
             Self::Compress(_) => "compress",
             Self::SmallIo(_) => "smallio",
+            Self::VsockEcho(..) => "vsock-echo",
+            Self::VsockTx(..) => "vsock-tx",
+            Self::VsockRx(..) => "vsock-rx",
             Self::Ticks(_) => "ticks",
             Self::Idle => "idle",
             Self::Fault => "fault",
@@ -390,7 +449,7 @@ impl Workload {
         }
     }
 
-    /// The argument (0 for workloads without one; FRAMES for `net-tx`).
+    /// The argument (0 for workloads without one; FRAMES for `net-tx`, PORT for the vsock ones).
     pub fn arg(self) -> u64 {
         match self {
             Self::Primes(n)
@@ -409,6 +468,7 @@ impl Workload {
             | Self::NetRx(n)
             | Self::NetTx(n, _)
             | Self::Ticks(n) => n,
+            Self::VsockEcho(port, _) | Self::VsockTx(port, _) | Self::VsockRx(port, _) => u64::from(port),
             Self::BlkPattern | Self::Idle | Self::Fault | Self::Panic => 0,
         }
     }
@@ -425,6 +485,9 @@ impl Workload {
                 | Self::NetEcho(_)
                 | Self::NetTx(..)
                 | Self::NetRx(_)
+                | Self::VsockEcho(..)
+                | Self::VsockTx(..)
+                | Self::VsockRx(..)
         )
     }
 }
@@ -462,5 +525,17 @@ mod tests {
         assert_eq!(Workload::parse("net-tx:5:64"), Ok(Workload::NetTx(5, 64)));
         assert_eq!(Workload::parse("net-tx:0"), Err(ParseError::Zero));
         assert_eq!(Workload::parse("net-tx:5:x"), Err(ParseError::NotANumber));
+        assert_eq!(Workload::parse("vsock-echo:5000"), Ok(Workload::VsockEcho(5000, 0)));
+        assert_eq!(Workload::parse("vsock-echo:5000:3"), Ok(Workload::VsockEcho(5000, 3)));
+        assert_eq!(Workload::parse("vsock-echo:5000:0"), Err(ParseError::Zero));
+        assert_eq!(Workload::parse("vsock-echo:4294967296"), Err(ParseError::OutOfRange));
+        assert_eq!(Workload::parse("vsock-echo:x"), Err(ParseError::NotANumber));
+        assert_eq!(Workload::parse("vsock-tx:7"), Ok(Workload::VsockTx(7, 64)));
+        assert_eq!(Workload::parse("vsock-tx:7:1"), Ok(Workload::VsockTx(7, 1)));
+        assert_eq!(Workload::parse("vsock-rx:7:2"), Ok(Workload::VsockRx(7, 2)));
+        assert_eq!(Workload::parse("vsock-rx:7:2:3"), Err(ParseError::NotANumber));
+        assert_eq!(Workload::parse("vsock-rx:7:0"), Err(ParseError::Zero));
+        assert_eq!(Workload::VsockTx(7, 1).arg(), 7);
+        assert!(Workload::VsockEcho(1, 0).uses_devices());
     }
 }

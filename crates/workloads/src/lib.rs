@@ -14,8 +14,9 @@ mod memtest;
 mod primes;
 mod raytrace;
 mod smallio;
+mod stream;
 
-pub use catalog::{find, Entry, Envs, ParseError, Workload, CATALOGUE};
+pub use catalog::{find, Entry, Envs, ParseError, Workload, CATALOGUE, VSOCK_MIB};
 pub use compress::{compress_mib, fill_text, CompressReport, COMPRESS_BLOCK, COMPRESS_WORKSPACE};
 pub use crypto::{blowfish_mib, des_mib, fill_random, md5_mib};
 pub use disk::{
@@ -25,6 +26,7 @@ pub use memtest::{compare_regions, memtest, MemtestReport, MEMTEST_TESTS};
 pub use primes::count_primes;
 pub use raytrace::{powi, raytrace, raytrace_height, sqrt};
 pub use smallio::{smallio_op, SMALLIO_BLOCK, SMALLIO_FLUSH_EVERY, SMALLIO_SPAN_MIB};
+pub use stream::{fill_pattern, pattern_byte, StreamHash, PATTERN_PERIOD};
 
 /// Bytes of the data buffer each CPU / thread uses for the MD5, DES, Blowfish
 /// and compression workloads (they go over it as often as their size asks).

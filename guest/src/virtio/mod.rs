@@ -1,5 +1,7 @@
 //! A polled virtio-mmio driver (virtio 1.x "modern" devices only, split
-//! virtqueues, queue 0 only), running at CPL3.
+//! virtqueues), running at CPL3. [`Ring`] is one queue of any index
+//! ([`Transport::setup_ring`]; net and vsock set up several, then
+//! [`Transport::driver_ok`]); [`Queue`] runs request slots on queue 0 (blk, rng).
 //!
 //! Devices are found through the `virtio_mmio.device=` words of the command
 //! line. Every register access is a 32-bit volatile MMIO access (the windows
@@ -14,6 +16,7 @@
 pub mod blk;
 pub mod net;
 pub mod rng;
+pub mod vsock;
 
 use core::hint::spin_loop;
 use core::sync::atomic::{fence, AtomicU16, Ordering};
@@ -36,6 +39,7 @@ pub const BUFFERS_OFFSET: u64 = 256 << 10;
 /// devices, then [`MAX_SLOTS`] buffers of [`CHUNK_BYTES`].
 pub const DMA_BYTES: u64 = 4 << 20;
 const _: () = assert!(QUEUE_MEM_BYTES * MAX_DEVICES as u64 <= BUFFERS_OFFSET);
+const _: () = assert!(RING_BYTES <= SCRATCH_OFF);
 const _: () = assert!(BUFFERS_OFFSET + CHUNK_BYTES * MAX_SLOTS as u64 <= DMA_BYTES);
 
 /// Device ID of a block device.
@@ -56,15 +60,21 @@ use kvmkit_guest_abi::virtio_mmio::{
 };
 
 /// Largest queue size the driver uses.
-const QUEUE_SIZE_MAX: u32 = 128;
+pub const QUEUE_SIZE_MAX: u32 = 128;
 /// Descriptors reserved per request slot (header, data, status).
 const DESC_PER_SLOT: u16 = 3;
-const DESC_F_NEXT: u16 = 1;
-const DESC_F_WRITE: u16 = 2;
+/// Descriptor flag: the chain goes on at `next`.
+pub const DESC_F_NEXT: u16 = 1;
+/// Descriptor flag: the device writes the buffer.
+pub const DESC_F_WRITE: u16 = 2;
 const AVAIL_F_NO_INTERRUPT: u16 = 1;
 const USED_F_NO_NOTIFY: u16 = 1;
 
-// Layout of a device's QUEUE_MEM_BYTES.
+/// Bytes of a ring area (descriptors, avail and used rings of up to
+/// [`QUEUE_SIZE_MAX`] entries), page aligned.
+pub const RING_BYTES: u64 = 0x2000;
+
+// Layout of a ring area (the start of a device's QUEUE_MEM_BYTES for queue 0).
 const DESC_OFF: u64 = 0;
 const AVAIL_OFF: u64 = 0x800;
 const USED_OFF: u64 = 0x1000;
@@ -174,6 +184,8 @@ pub fn probe(list: &DeviceList, want: u32, who: &str) -> ([Found; MAX_DEVICES], 
         let kind = match id {
             ID_BLOCK => "block",
             ID_ENTROPY => "entropy",
+            net::ID_NET => "network",
+            vsock::ID_VSOCK => "socket",
             _ => "other",
         };
         println!(
@@ -270,24 +282,26 @@ impl Transport {
         Ok(accepted)
     }
 
-    /// Sets up queue 0 in the [`QUEUE_MEM_BYTES`] of page-aligned memory at
-    /// `mem` (guest-physical), then sets DRIVER_OK.
-    pub fn start(&self, mem: u64) -> Result<Queue, &'static str> {
-        self.write(REG_QUEUE_SEL, 0);
+    /// Sets up queue `index` in the [`RING_BYTES`] of page-aligned memory at
+    /// `mem` (guest-physical): size QueueNumMax rounded down to a power of
+    /// two, at most [`QUEUE_SIZE_MAX`], and at least `min`. The device sends
+    /// no interrupts for it. Call [`Transport::driver_ok`] once every queue is set up.
+    pub fn setup_ring(&self, index: u32, mem: u64, min: u16) -> Result<Ring, &'static str> {
+        self.write(REG_QUEUE_SEL, index);
         if self.read(REG_QUEUE_READY) != 0 {
             self.fail();
-            return Err("queue 0 is already live after reset");
+            return Err("a queue is already live after reset");
         }
         let max = self.read(REG_QUEUE_NUM_MAX);
-        if max < u32::from(DESC_PER_SLOT) {
+        if max < u32::from(min.max(1)) {
             self.fail();
-            return Err("queue 0 is missing or too small (QueueNumMax < 3)");
+            return Err("a queue is missing or too small (QueueNumMax)");
         }
         // Split queues have power-of-two sizes; round down to be safe.
         let size = 1u32 << (31 - max.min(QUEUE_SIZE_MAX).leading_zeros());
-        // SAFETY: `mem` is QUEUE_MEM_BYTES of the device-workload region,
-        // reserved for this device and not given to it yet.
-        unsafe { core::ptr::write_bytes(mem as *mut u8, 0, QUEUE_MEM_BYTES as usize) };
+        // SAFETY: `mem` is RING_BYTES of the device-workload region, reserved
+        // for this queue and not given to the device yet.
+        unsafe { core::ptr::write_bytes(mem as *mut u8, 0, RING_BYTES as usize) };
         self.write(REG_QUEUE_NUM, size);
         let regs = [
             (REG_QUEUE_DESC_LOW, REG_QUEUE_DESC_HIGH, mem + DESC_OFF),
@@ -298,17 +312,23 @@ impl Transport {
             self.write(low, addr as u32);
             self.write(high, (addr >> 32) as u32);
         }
-        let q = Queue {
-            t: *self,
+        let ring = Ring {
+            base: self.base,
             mem,
+            index,
             size: size as u16,
-            slots: (size as u16 / DESC_PER_SLOT).min(MAX_SLOTS as u16),
             avail_idx: 0,
             last_used: 0,
         };
-        q.avail_flags().store(AVAIL_F_NO_INTERRUPT, Ordering::Relaxed);
+        ring.u16_at(AVAIL_OFF).store(AVAIL_F_NO_INTERRUPT, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         self.write(REG_QUEUE_READY, 1);
+        Ok(ring)
+    }
+
+    /// Sets DRIVER_OK (after every queue is set up) and checks the device took it.
+    pub fn driver_ok(&self) -> Result<(), &'static str> {
+        fence(Ordering::SeqCst);
         self.write(
             REG_STATUS,
             STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
@@ -318,7 +338,31 @@ impl Transport {
             self.fail();
             return Err("device refused DRIVER_OK");
         }
-        Ok(q)
+        Ok(())
+    }
+
+    /// Whether the device reports trouble (NEEDS_RESET or lost DRIVER_OK).
+    pub fn broken(&self) -> bool {
+        let s = self.status();
+        s & STATUS_NEEDS_RESET != 0 || s & STATUS_DRIVER_OK == 0
+    }
+
+    /// Sets up queue 0 in the [`QUEUE_MEM_BYTES`] of page-aligned memory at
+    /// `mem` (guest-physical), then sets DRIVER_OK.
+    pub fn start(&self, mem: u64) -> Result<Queue, &'static str> {
+        let ring = self.setup_ring(0, mem, DESC_PER_SLOT)?;
+        // SAFETY: the scratch area follows the ring in this device's
+        // QUEUE_MEM_BYTES, reserved for it; nothing is in flight yet.
+        unsafe {
+            core::ptr::write_bytes(
+                (mem + SCRATCH_OFF) as *mut u8,
+                0,
+                (QUEUE_MEM_BYTES - SCRATCH_OFF) as usize,
+            )
+        };
+        let slots = (ring.size / DESC_PER_SLOT).min(MAX_SLOTS as u16);
+        self.driver_ok()?;
+        Ok(Queue { t: *self, ring, slots })
     }
 
     /// Reads a 32-bit device config field at `offset`.
@@ -384,13 +428,14 @@ pub trait Stream {
     fn complete(&mut self, slot: u16, len: u32);
 }
 
-/// A split virtqueue (queue 0 of a device), driven by polling.
+/// One split virtqueue, driven by polling. Descriptor chains are built by
+/// the owner ([`Ring::set_desc`]); a chain is known by its head index.
 #[derive(Debug)]
-pub struct Queue {
-    t: Transport,
+pub struct Ring {
+    base: u64,
     mem: u64,
+    index: u32,
     size: u16,
-    slots: u16,
     avail_idx: u16,
     last_used: u16,
 }
@@ -404,6 +449,75 @@ struct Desc {
     next: u16,
 }
 
+impl Ring {
+    /// The queue size in use (a power of two).
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    fn u16_at(&self, offset: u64) -> &AtomicU16 {
+        // SAFETY: `offset` is an even offset inside this ring's RING_BYTES,
+        // which stay reserved for it while the ring lives; AtomicU16 has the
+        // alignment and size of the ring's le16 fields.
+        unsafe { &*((self.mem + offset) as *const AtomicU16) }
+    }
+
+    /// Writes descriptor `i` (< size; the caller owns it: not on the avail ring).
+    pub fn set_desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let desc = Desc { addr, len, flags, next };
+        let i = i % self.size;
+        // SAFETY: descriptor `i` < size lies in this ring's descriptor
+        // table, and the device does not own it (see above).
+        unsafe { core::ptr::write_volatile((self.mem + DESC_OFF + u64::from(i) * 16) as *mut Desc, desc) };
+    }
+
+    /// Puts the chain at `head` on the avail ring (published by [`Ring::kick`]).
+    pub fn push(&mut self, head: u16) {
+        let slot = AVAIL_OFF + 4 + u64::from(self.avail_idx % self.size) * 2;
+        self.u16_at(slot).store(head, Ordering::Relaxed);
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+    }
+
+    /// Publishes the pushed chains and notifies the device unless it asked
+    /// not to be.
+    pub fn kick(&self) {
+        self.u16_at(AVAIL_OFF + 2).store(self.avail_idx, Ordering::Release);
+        fence(Ordering::SeqCst);
+        if self.u16_at(USED_OFF).load(Ordering::Relaxed) & USED_F_NO_NOTIFY == 0 {
+            mmio_write32(self.base + REG_QUEUE_NOTIFY, self.index);
+        }
+    }
+
+    /// A used chain, if there is one: `(head id, bytes written)`. The id is
+    /// as the device wrote it: the caller checks it.
+    pub fn poll(&mut self) -> Option<(u32, u32)> {
+        let used_idx = self.u16_at(USED_OFF + 2).load(Ordering::Acquire);
+        if used_idx == self.last_used {
+            return None;
+        }
+        let elem = self.mem + USED_OFF + 4 + u64::from(self.last_used % self.size) * 8;
+        // SAFETY: used-ring element `last_used % size` lies in this ring's
+        // used ring; the device published it before advancing used.idx.
+        let (id, len) = unsafe {
+            (
+                core::ptr::read_volatile(elem as *const u32),
+                core::ptr::read_volatile((elem + 4) as *const u32),
+            )
+        };
+        self.last_used = self.last_used.wrapping_add(1);
+        Some((id, len))
+    }
+}
+
+/// Request slots on queue 0 of a device (blk, rng), each slot owning
+/// [`DESC_PER_SLOT`] descriptors and a scratch area.
+#[derive(Debug)]
+pub struct Queue {
+    t: Transport,
+    ring: Ring,
+    slots: u16,
+}
+
 impl Queue {
     /// How many requests can be in flight (slots).
     pub fn slots(&self) -> u16 {
@@ -412,25 +526,14 @@ impl Queue {
 
     /// The queue size in use.
     pub fn size(&self) -> u16 {
-        self.size
+        self.ring.size
     }
 
     /// Guest-physical address of byte `offset` of the scratch area (request
     /// headers and status bytes; 8 KiB).
     pub fn scratch(&self, offset: u64) -> u64 {
         debug_assert!(offset < QUEUE_MEM_BYTES - SCRATCH_OFF);
-        self.mem + SCRATCH_OFF + offset
-    }
-
-    fn u16_at(&self, offset: u64) -> &AtomicU16 {
-        // SAFETY: `offset` is an even offset inside this queue's memory,
-        // which stays reserved for it while the queue lives; AtomicU16 has
-        // the alignment and size of the ring's le16 fields.
-        unsafe { &*((self.mem + offset) as *const AtomicU16) }
-    }
-
-    fn avail_flags(&self) -> &AtomicU16 {
-        self.u16_at(AVAIL_OFF)
+        self.ring.mem + SCRATCH_OFF + offset
     }
 
     fn push(&mut self, slot: u16, chain: &Chain) {
@@ -441,47 +544,16 @@ impl Queue {
             if k + 1 < chain.len {
                 flags |= DESC_F_NEXT;
             }
-            let desc = Desc {
-                addr: buf.addr,
-                len: buf.len,
-                flags,
-                next: index + 1,
-            };
-            // SAFETY: descriptor `index` < size lies in this queue's
-            // descriptor table, and the slot owning it is not in flight.
-            unsafe { core::ptr::write_volatile((self.mem + DESC_OFF + u64::from(index) * 16) as *mut Desc, desc) };
+            self.ring.set_desc(index, buf.addr, buf.len, flags, index + 1);
         }
-        let ring = AVAIL_OFF + 4 + u64::from(self.avail_idx % self.size) * 2;
-        self.u16_at(ring).store(head, Ordering::Relaxed);
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-    }
-
-    /// Publishes the pushed requests and notifies the device unless it
-    /// asked not to be.
-    fn kick(&self) {
-        self.u16_at(AVAIL_OFF + 2).store(self.avail_idx, Ordering::Release);
-        fence(Ordering::SeqCst);
-        if self.u16_at(USED_OFF).load(Ordering::Relaxed) & USED_F_NO_NOTIFY == 0 {
-            self.t.write(REG_QUEUE_NOTIFY, 0);
-        }
+        self.ring.push(head);
     }
 
     /// A completed request, if there is one: `(slot, len)`.
     fn poll(&mut self) -> Result<Option<(u16, u32)>, &'static str> {
-        let used_idx = self.u16_at(USED_OFF + 2).load(Ordering::Acquire);
-        if used_idx == self.last_used {
+        let Some((id, len)) = self.ring.poll() else {
             return Ok(None);
-        }
-        let elem = self.mem + USED_OFF + 4 + u64::from(self.last_used % self.size) * 8;
-        // SAFETY: used-ring element `last_used % size` lies in this queue's
-        // used ring; the device published it before advancing used.idx.
-        let (id, len) = unsafe {
-            (
-                core::ptr::read_volatile(elem as *const u32),
-                core::ptr::read_volatile((elem + 4) as *const u32),
-            )
         };
-        self.last_used = self.last_used.wrapping_add(1);
         let slot = id / u32::from(DESC_PER_SLOT);
         if id % u32::from(DESC_PER_SLOT) != 0 || slot >= u32::from(self.slots) {
             return Err("device returned an unknown descriptor id");
@@ -539,7 +611,7 @@ impl Queue {
                 added = true;
             }
             if added {
-                self.kick();
+                self.ring.kick();
             }
             if in_flight == 0 {
                 return Ok(());
