@@ -10,6 +10,7 @@ mod logger;
 mod machine_config;
 mod metrics;
 mod net;
+mod vsock;
 
 pub use boot_source::BootSourceConfig;
 pub use drive::{BlockDeviceConfig, BlockDeviceUpdate, CacheType, IoEngine};
@@ -18,6 +19,7 @@ pub use logger::{LogLevel, LoggerConfig};
 pub use machine_config::{HugePages, MachineConfig, MachineConfigUpdate, DEFAULT_MEM_SIZE_MIB, MAX_VCPUS};
 pub use metrics::MetricsConfig;
 pub use net::{format_mac, parse_mac, NetworkInterfaceConfig};
+pub use vsock::{VsockDeviceConfig, MAX_UDS_PATH};
 
 use serde::{Deserialize, Serialize};
 
@@ -72,6 +74,9 @@ pub struct VmResources {
     /// The virtio-rng device, when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entropy: Option<EntropyDeviceConfig>,
+    /// The virtio-vsock device, when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockDeviceConfig>,
     /// Where and how much kvmkit logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logger: Option<LoggerConfig>,
@@ -86,7 +91,6 @@ pub struct VmResources {
 pub const UNSUPPORTED_SECTIONS: &[&str] = &[
     "balloon",
     "mmds-config",
-    "vsock",
     "cpu-config",
     "pmem",
     "memory-hotplug",
@@ -116,6 +120,9 @@ impl VmResources {
         res.machine_config.validate().map_err(|e| e.to_string())?;
         if let Some(b) = &res.boot_source {
             b.validate().map_err(|e| e.to_string())?;
+        }
+        if let Some(v) = res.vsock.take() {
+            res.set_vsock(v).map_err(|e| e.to_string())?;
         }
         Ok(res)
     }
@@ -155,6 +162,22 @@ impl VmResources {
             return Err(ConfigError::Conflict(
                 "a root block device already exists; only one drive may be the root device".into(),
             ));
+        }
+        // One image behind two drives would fail later as "locked by another
+        // process"; say what is really wrong.
+        let same_file = |a: &str, b: &str| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => a == b,
+        };
+        if let Some(other) = self
+            .drives
+            .iter()
+            .find(|d| d.drive_id != drive.drive_id && same_file(&d.path_on_host, &drive.path_on_host))
+        {
+            return Err(ConfigError::Conflict(format!(
+                "disk image {} is already drive {}; one image cannot back two drives (give a copy)",
+                drive.path_on_host, other.drive_id
+            )));
         }
         match self.drives.iter_mut().find(|d| d.drive_id == drive.drive_id) {
             Some(d) => *d = drive,
@@ -197,16 +220,26 @@ impl VmResources {
         self.check_device_count()
     }
 
+    /// Sets the vsock device (`PUT /vsock`); a second PUT replaces it.
+    pub fn set_vsock(&mut self, vsock: VsockDeviceConfig) -> Result<(), ConfigError> {
+        vsock.validate()?;
+        self.vsock = Some(vsock);
+        self.check_device_count()
+    }
+
     /// Number of virtio devices these resources make.
     pub fn virtio_device_count(&self) -> usize {
-        self.drives.len() + self.network_interfaces.len() + usize::from(self.entropy.is_some())
+        self.drives.len()
+            + self.network_interfaces.len()
+            + usize::from(self.entropy.is_some())
+            + usize::from(self.vsock.is_some())
     }
 
     fn check_device_count(&self) -> Result<(), ConfigError> {
         let max = crate::device_manager::MAX_VIRTIO_DEVICES;
         if self.virtio_device_count() > max {
             return Err(ConfigError::Conflict(format!(
-                "at most {max} virtio devices (drives, network interfaces, entropy) are supported"
+                "at most {max} virtio devices (drives, network interfaces, entropy, vsock) are supported"
             )));
         }
         Ok(())

@@ -27,6 +27,29 @@ fn drives_keep_one_root_and_replace_by_id() {
 }
 
 #[test]
+fn one_image_cannot_back_two_drives() {
+    let mut r = VmResources::default();
+    r.put_drive(drive("a", false)).expect("a");
+    let mut twice = drive("b", false);
+    twice.path_on_host = "/tmp/a.img".into();
+    match r.put_drive(twice) {
+        Err(ConfigError::Conflict(m)) => assert!(m.contains("already drive a"), "{m}"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    // The same path through another spelling of an existing file is the same image.
+    let dir = std::env::temp_dir().join(format!("kvmkit-twice-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("x.img"), b"").expect("image");
+    let mut x = drive("x", false);
+    x.path_on_host = dir.join("x.img").display().to_string();
+    r.put_drive(x).expect("x");
+    let mut y = drive("y", false);
+    y.path_on_host = dir.join(".").join("x.img").display().to_string();
+    assert!(matches!(r.put_drive(y), Err(ConfigError::Conflict(_))));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn unsupported_drive_fields_are_refused() {
     let mut d = drive("x", false);
     d.io_engine = IoEngine::Async;
@@ -124,4 +147,30 @@ fn boot_needs_a_kernel() {
             ..Default::default()
         })
         .is_err());
+}
+
+#[test]
+fn vsock_config_in_firecracker_shape() {
+    let text = r#"{"vsock": {"vsock_id": "vsock0", "guest_cid": 3, "uds_path": "/tmp/v.sock"}}"#;
+    let r = VmResources::from_config_json(text).expect("parse");
+    let v = r.vsock.as_ref().expect("vsock");
+    assert_eq!((v.guest_cid, v.uds_path.to_str()), (3, Some("/tmp/v.sock")));
+    let back: VmResources = serde_json::from_str(&serde_json::to_string(&r).expect("ser")).expect("de");
+    assert_eq!(back, r);
+    let e = VmResources::from_config_json(r#"{"vsock": {"guest_cid": 2, "uds_path": "/v"}}"#).expect_err("cid");
+    assert!(e.contains("guest_cid"), "{e}");
+    let long = "x".repeat(200);
+    let e = VmResources::from_config_json(&format!(r#"{{"vsock": {{"guest_cid": 3, "uds_path": "{long}"}}}}"#))
+        .expect_err("path");
+    assert!(e.contains("uds_path"), "{e}");
+    assert!(VmResources::from_config_json(r#"{"vsock": {"guest_cid": 3}}"#).is_err());
+    assert!(VmResources::from_config_json(r#"{"vsock": {"guest_cid": 3, "uds_path": "/v", "x": 1}}"#).is_err());
+    let mut r = VmResources::default();
+    r.set_vsock(VsockDeviceConfig {
+        vsock_id: None,
+        guest_cid: 4,
+        uds_path: "/v".into(),
+    })
+    .expect("set");
+    assert_eq!(r.virtio_device_count(), 1);
 }
