@@ -37,6 +37,9 @@ pub enum Command {
     Vm(crate::commands::vm::VmArgs),
     /// The host daemon (foreground): supervises started VMs, restarts, autostart, re-adoption.
     Serve(crate::commands::vm::serve::ServeArgs),
+    /// Firecracker's jailer: run the VMM in a chroot with new namespaces, a cgroup and no privileges
+    /// (also as `jailer` through a symlink; docs/security.md).
+    Jail(crate::commands::jail::JailArgs),
 }
 
 /// Options of `kvmkit ctl`.

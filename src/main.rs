@@ -25,6 +25,9 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         }
+    } else if commands::jail::invoked_as_jailer() {
+        init_logging(0);
+        return finish(commands::jail::main_as_jailer());
     } else {
         cli::Cli::parse()
     };
@@ -39,7 +42,13 @@ fn main() -> ExitCode {
         cli::Command::Workloads => commands::workloads::run(),
         cli::Command::Vm(args) => commands::vm::run(&args),
         cli::Command::Serve(args) => commands::vm::serve::run(&args),
+        cli::Command::Jail(args) => commands::jail::run(&args),
     };
+    finish(result)
+}
+
+/// The exit status for a command's result, printing its error.
+fn finish(result: anyhow::Result<u8>) -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

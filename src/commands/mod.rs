@@ -5,6 +5,7 @@ pub mod check;
 pub mod ctl;
 pub mod host;
 pub mod image;
+pub mod jail;
 pub mod run;
 pub mod seccomp;
 pub mod vm;
