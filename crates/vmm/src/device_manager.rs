@@ -46,6 +46,8 @@ pub enum DeviceKind {
     VirtioNet,
     /// virtio-rng.
     VirtioRng,
+    /// virtio-vsock.
+    VirtioVsock,
 }
 
 /// Where a device sits.

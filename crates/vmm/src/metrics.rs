@@ -88,6 +88,7 @@ fn device_group(kind: DeviceKind) -> Option<&'static str> {
         DeviceKind::VirtioBlock => Some("block"),
         DeviceKind::VirtioNet => Some("net"),
         DeviceKind::VirtioRng => Some("entropy"),
+        DeviceKind::VirtioVsock => Some("vsock"),
         _ => None,
     }
 }

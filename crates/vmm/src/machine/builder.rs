@@ -33,6 +33,7 @@ use crate::virtio::block::disk::DiskImage;
 use crate::virtio::block::Block;
 use crate::virtio::net::Net;
 use crate::virtio::rng::Rng;
+use crate::virtio::vsock::Vsock;
 use crate::vm::Vm;
 use crate::vmm_config::VmResources;
 
@@ -204,6 +205,13 @@ impl Machine {
             };
             nics.push((n.iface_id.clone(), tap, n.mac()));
         }
+        // The vsock socket is bound now, so a bad path fails before the VM exists.
+        let vsock = match &resources.vsock {
+            Some(v) => Some(
+                Vsock::new(u64::from(v.guest_cid), &v.uds_path).map_err(|e| MachineError::Config(e.to_string()))?,
+            ),
+            None => None,
+        };
         let (memory, serial_state) = match restore {
             Some(r) => (r.memory, Some(r.serial)),
             None => (create_guest_memory(memory_mib)?, None),
@@ -248,7 +256,7 @@ impl Machine {
         let null = Arc::new(Mutex::new(NullDevice::new(0)));
         dm.add_mmio("null-mmio", DeviceKind::NullMmio, null, NULL_MMIO_ADDR, NULL_MMIO_SIZE)?;
 
-        // Virtio devices: drives, then the rng, then NICs (kvmkit's order
+        // Virtio devices: drives, then the rng, then NICs, then vsock (kvmkit's order
         // since the first release: guests find disks at the same windows).
         for (image, id) in disks {
             let dev = Box::new(Block::new(image, &id));
@@ -266,6 +274,9 @@ impl Machine {
         for (id, tap, mac) in nics {
             let dev = Box::new(Net::new(Arc::new(tap), mac));
             dm.add_virtio(vm.fd(), &memory, &id, DeviceKind::VirtioNet, dev)?;
+        }
+        if let Some(dev) = vsock {
+            dm.add_virtio(vm.fd(), &memory, "vsock0", DeviceKind::VirtioVsock, Box::new(dev))?;
         }
         let buses = dm.take_buses();
 

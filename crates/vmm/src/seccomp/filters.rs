@@ -92,6 +92,15 @@ const WORKER: &[&str] = &[
     "fsync",
     "recvfrom",
     "sendto",
+    // virtio-vsock: its unix sockets (accept4 on the listener made at
+    // build time, connect for guest-initiated connections, half-closes)
+    // and the epoll set it polls them through; socket() is AF_UNIX only.
+    "accept4",
+    "connect",
+    "shutdown",
+    "epoll_ctl",
+    "epoll_wait",
+    "epoll_pwait",
 ];
 
 const API: &[&str] = &[
@@ -249,8 +258,9 @@ pub fn rules(role: Role) -> BTreeMap<i64, Vec<SeccompRule>> {
             vec![rule(vec![eq(0, libc::SECCOMP_SET_MODE_FILTER as u64)])],
         );
     }
-    if role == Role::Vmm {
-        // Waking the API's accept thread when it stops.
+    if matches!(role, Role::Vmm | Role::Worker | Role::Spawner | Role::Console) {
+        // VMM: waking the API's accept thread when it stops; workers:
+        // virtio-vsock's guest-initiated connections.
         map.insert(libc::SYS_socket, vec![rule(vec![eq(0, libc::AF_UNIX as u64)])]);
     }
     map

@@ -11,6 +11,9 @@ pub mod block;
 pub mod mmio;
 pub mod net;
 pub mod rng;
+#[cfg(test)]
+pub(crate) mod test_rig;
+pub mod vsock;
 mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -103,7 +106,7 @@ pub struct Activation {
 
 /// A virtio device behind a transport.
 pub trait VirtioDevice: Send {
-    /// Virtio device id (2 = block, 4 = entropy).
+    /// Virtio device id (1 = net, 2 = block, 4 = entropy, 19 = vsock).
     fn device_type(&self) -> u32;
     /// Maximum size of each queue; the length is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];

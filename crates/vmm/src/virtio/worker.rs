@@ -47,6 +47,12 @@ pub trait WorkerHandler: Send + 'static {
     fn interrupt(&self) -> Option<Arc<Interrupt>> {
         None
     }
+    /// How long the worker may sleep when nothing is notified (a handler
+    /// with deadlines); `None` to sleep until an event. On expiry
+    /// [`Self::work`] runs with nothing notified.
+    fn poll_timeout(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// What a device does when queue `index` is notified (devices whose work is
@@ -242,7 +248,12 @@ fn run<H: WorkerHandler>(
         let mut fds: Vec<libc::pollfd> = events.iter().map(|e| pollfd(e.as_raw_fd(), libc::POLLIN)).collect();
         fds.extend(extra.iter().map(|&(fd, ev)| pollfd(fd, ev)));
         fds.push(pollfd(wake.as_raw_fd(), libc::POLLIN));
-        let timeout = if more { 0 } else { -1 };
+        let timeout = match (more, handler.poll_timeout()) {
+            (true, _) => 0,
+            (false, None) => -1,
+            // Rounded up, so a deadline is never polled for in a loop.
+            (false, Some(d)) => i32::try_from(d.as_micros().div_ceil(1000)).unwrap_or(i32::MAX),
+        };
         // SAFETY: `fds` is a valid pollfd array of the given length.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if n < 0 {

@@ -1,0 +1,264 @@
+//! The device through its queues: descriptor chains laid out in guest
+//! memory (well-formed and hostile) with real unix sockets on the host
+//! side, and the worker thread end to end.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::handler::VsockHandler;
+use super::packet::{Header, Op, HDR_LEN, TYPE_STREAM};
+use super::*;
+use crate::virtio::test_rig::{TestQueue, F_WRITE};
+use crate::virtio::{Interrupt, WorkerHandler};
+
+const CID: u64 = 3;
+const QSIZE: u16 = 16;
+const DATA: u64 = 0x10000;
+
+struct Rig {
+    mem: GuestMemoryMmap,
+    rx: TestQueue,
+    tx: TestQueue,
+    dev: Vsock,
+    path: PathBuf,
+    next_buf: u64,
+}
+
+fn hdr(op: Op, src_port: u32, dst_port: u32, len: u32) -> Header {
+    Header {
+        src_cid: CID,
+        dst_cid: 2,
+        src_port,
+        dst_port,
+        len,
+        type_: TYPE_STREAM,
+        op: op.code(),
+        flags: 0,
+        buf_alloc: 256 * 1024,
+        fwd_cnt: 0,
+    }
+}
+
+impl Rig {
+    fn new(tag: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("kvmkit-vsockq-{tag}-{}.sock", std::process::id()));
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).expect("mem");
+        Self {
+            mem,
+            rx: TestQueue::new(0x1000, QSIZE),
+            tx: TestQueue::new(0x2000, QSIZE),
+            dev: Vsock::new(CID, &path).expect("vsock"),
+            path,
+            next_buf: DATA,
+        }
+    }
+
+    fn handler(&self) -> VsockHandler {
+        let queues = vec![self.rx.queue(), self.tx.queue(), TestQueue::new(0x3000, QSIZE).queue()];
+        let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        VsockHandler::new(
+            self.mem.clone(),
+            queues,
+            Arc::new(Interrupt::new(irq)),
+            self.dev.muxer(),
+            self.dev.vsock_counters(),
+        )
+        .expect("handler")
+    }
+
+    fn buf(&mut self, len: u64) -> u64 {
+        let a = self.next_buf;
+        self.next_buf += len.max(1).next_multiple_of(0x100);
+        a
+    }
+
+    /// A tx packet: header in one descriptor, payload in another.
+    fn tx_packet(&mut self, h: Header, data: &[u8]) {
+        let a = self.buf(HDR_LEN as u64);
+        self.mem.write_slice(&h.to_bytes(), GuestAddress(a)).expect("w");
+        if data.is_empty() {
+            self.tx.push(&self.mem, &[(a, HDR_LEN as u32, 0)]);
+        } else {
+            let b = self.buf(data.len() as u64);
+            self.mem.write_slice(data, GuestAddress(b)).expect("w");
+            self.tx
+                .push(&self.mem, &[(a, HDR_LEN as u32, 0), (b, data.len() as u32, 0)]);
+        }
+    }
+
+    /// Gives the device an rx buffer of `len` bytes; returns its address.
+    fn rx_buffer(&mut self, len: u32) -> u64 {
+        let a = self.buf(u64::from(len));
+        self.rx.push(&self.mem, &[(a, len, F_WRITE)]);
+        a
+    }
+
+    fn rx_packet(&self, at: u64, used_len: u32) -> (Header, Vec<u8>) {
+        let mut b = [0u8; HDR_LEN];
+        self.mem.read_slice(&mut b, GuestAddress(at)).expect("r");
+        let h = Header::from_bytes(&b);
+        let mut d = vec![0u8; used_len as usize - HDR_LEN];
+        self.mem
+            .read_slice(&mut d, GuestAddress(at + HDR_LEN as u64))
+            .expect("r");
+        (h, d)
+    }
+}
+
+#[test]
+fn device_identity_and_config_space() {
+    let r = Rig::new("id");
+    assert_eq!(r.dev.device_type(), 19);
+    assert_eq!(r.dev.queue_max_sizes().len(), 3);
+    assert_eq!(r.dev.features(), VIRTIO_F_VERSION_1);
+    let mut cfg = [0u8; 8];
+    r.dev.read_config(0, &mut cfg);
+    assert_eq!(u64::from_le_bytes(cfg), CID);
+    let mut hi = [0u8; 4];
+    r.dev.read_config(4, &mut hi);
+    assert_eq!(hi, [0; 4]);
+}
+
+#[test]
+fn guest_connect_and_data_through_the_queues() {
+    let mut r = Rig::new("q");
+    let lpath = unix::port_path(&r.path, 5000);
+    let _ = std::fs::remove_file(&lpath);
+    let l = UnixListener::bind(&lpath).expect("bind");
+    let mut h = r.handler();
+    r.tx_packet(hdr(Op::Request, 77, 5000, 0), &[]);
+    let rx0 = r.rx_buffer(4096);
+    assert!(!h.process_tx());
+    assert!(!h.process_rx());
+    assert_eq!(r.rx.used_idx(&r.mem), 1);
+    let (_, len) = r.rx.used_entry(&r.mem, 0);
+    let (p, _) = r.rx_packet(rx0, len);
+    assert_eq!(
+        (p.op, p.src_port, p.dst_port, p.dst_cid),
+        (Op::Response.code(), 5000, 77, CID)
+    );
+    r.tx_packet(hdr(Op::Rw, 77, 5000, 5), b"hello");
+    assert!(!h.process_tx());
+    assert_eq!(r.tx.used_idx(&r.mem), 2, "every tx chain completed");
+    let (mut s, _) = l.accept().expect("accept");
+    let mut b = [0u8; 5];
+    s.read_exact(&mut b).expect("read");
+    assert_eq!(&b, b"hello");
+    // Host -> guest: an rx buffer split header/payload across two descriptors.
+    s.write_all(b"world").expect("write");
+    let a = r.buf(HDR_LEN as u64);
+    let d = r.buf(100);
+    r.rx.push(&r.mem, &[(a, HDR_LEN as u32, F_WRITE), (d, 100, F_WRITE)]);
+    let mut got = false;
+    for _ in 0..2000 {
+        h.work(&[false, false, false], &[libc::POLLIN]);
+        if r.rx.used_idx(&r.mem) == 2 {
+            got = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(got, "the host's bytes reached the guest");
+    let (_, len) = r.rx.used_entry(&r.mem, 1);
+    assert_eq!(len as usize, HDR_LEN + 5);
+    let mut payload = [0u8; 5];
+    r.mem.read_slice(&mut payload, GuestAddress(d)).expect("r");
+    assert_eq!(&payload, b"world");
+    let c = r.dev.counters();
+    assert!(c.contains(&("connections", 1)), "{c:?}");
+    assert!(c.contains(&("tx_bytes", 5)), "{c:?}");
+    assert!(c.contains(&("rx_bytes", 5)), "{c:?}");
+    let _ = std::fs::remove_file(&lpath);
+}
+
+#[test]
+fn hostile_chains_are_completed_and_counted() {
+    let mut r = Rig::new("hostile");
+    let mut h = r.handler();
+    // Shorter than a header.
+    let a = r.buf(64);
+    r.tx.push(&r.mem, &[(a, 10, 0)]);
+    // An absurd len, and a len over what the chain holds.
+    let mut big = hdr(Op::Rw, 1, 2, u32::MAX);
+    r.tx_packet(big, &[]);
+    big.len = 100;
+    r.tx_packet(big, &[1, 2, 3]);
+    // Outside guest memory.
+    r.tx.push(&r.mem, &[(0xffff_0000_0000, 64, 0)]);
+    // A device-writable descriptor only: no readable bytes.
+    let a = r.buf(64);
+    r.tx.push(&r.mem, &[(a, 64, F_WRITE)]);
+    h.process_tx();
+    assert_eq!(r.tx.used_idx(&r.mem), 5, "every chain completed");
+    let c = r.dev.counters();
+    let get = |n: &str| c.iter().find(|(k, _)| *k == n).map(|(_, v)| *v).expect("counter");
+    assert_eq!(get("dropped") + get("bad_chains"), 5, "{c:?}");
+    assert_eq!(get("connections"), 0);
+    // An rx buffer too small for a header is completed empty, and counted.
+    r.tx_packet(hdr(Op::Rw, 1, 2, 0), b"x");
+    h.process_tx();
+    r.rx_buffer(10);
+    let rx1 = r.rx_buffer(4096);
+    h.process_rx();
+    assert_eq!(r.rx.used_idx(&r.mem), 2);
+    assert_eq!(r.rx.used_entry(&r.mem, 0).1, 0);
+    let (p, _) = r.rx_packet(rx1, r.rx.used_entry(&r.mem, 1).1);
+    assert_eq!(p.op, Op::Rst.code());
+}
+
+#[test]
+fn a_bogus_avail_index_marks_the_device_broken() {
+    let mut r = Rig::new("bogus");
+    let mut h = r.handler();
+    r.tx_packet(hdr(Op::Rw, 1, 2, 0), &[]);
+    let avail = r.tx.avail();
+    r.mem.write_obj(1000u16, GuestAddress(avail + 2)).expect("idx");
+    assert!(!h.process_tx());
+    assert!(h.interrupt().is_broken());
+}
+
+#[test]
+fn the_worker_serves_a_host_client_end_to_end() {
+    let mut r = Rig::new("worker");
+    let events: Vec<EventFd> = (0..3)
+        .map(|_| EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"))
+        .collect();
+    let kicks: Vec<EventFd> = events.iter().map(|e| e.try_clone().expect("clone")).collect();
+    let h = r.handler();
+    for _ in 0..4 {
+        r.rx_buffer(4096);
+    }
+    let w = crate::virtio::Worker::spawn("vsock-test".into(), events, h).expect("spawn");
+    let mut c = UnixStream::connect(&r.path).expect("connect");
+    c.write_all(b"CONNECT 5000\n").expect("write");
+    // The fake guest waits for the REQUEST in its rx ring, then answers.
+    let mut req = None;
+    for _ in 0..5000 {
+        if r.rx.used_idx(&r.mem) >= 1 {
+            req = Some(r.rx_packet(DATA, r.rx.used_entry(&r.mem, 0).1).0);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let req = req.expect("REQUEST delivered by the worker");
+    assert_eq!((req.op, req.dst_port), (Op::Request.code(), 5000));
+    w.pause().expect("pause");
+    r.tx_packet(hdr(Op::Response, 5000, req.src_port, 0), &[]);
+    w.resume().expect("resume");
+    kicks[TX_QUEUE].write(1).expect("kick");
+    c.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut line = [0u8; 32];
+    let n = c.read(&mut line).expect("OK line");
+    assert_eq!(&line[..n], format!("OK {}\n", req.src_port).as_bytes());
+    let back = w.stop();
+    assert!(back.is_some(), "stop hands the handler back");
+    drop(back);
+    let mut b = [0u8; 1];
+    assert_eq!(c.read(&mut b).expect("eof"), 0, "connections close with the handler");
+    assert_eq!(r.dev.vsock_counters().connections.load(Ordering::Relaxed), 1);
+}
