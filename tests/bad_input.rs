@@ -159,3 +159,66 @@ fn a_disk_in_use_is_refused() {
     drop(f);
     let _ = std::fs::remove_file(img);
 }
+
+/// A truncated kernel says "truncated", not "give the VM more --memory"; the
+/// same image as two drives says so, not "locked by another process".
+#[test]
+fn truncated_kernels_and_one_image_as_two_disks_get_precise_messages() {
+    let dir = std::env::temp_dir().join(format!("kvmkit-precise-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let elf = dir.join("guest.elf");
+    let out = run(
+        &["image", "guest", "--out", &elf.to_string_lossy()],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let bytes = std::fs::read(&elf).expect("read guest");
+    let cut = dir.join("cut.elf");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).expect("write");
+    assert_user_error(&["run", "--kernel", &cut.to_string_lossy()], "is truncated");
+    let disk = dir.join("d.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).expect("disk");
+    let d = disk.to_string_lossy();
+    assert_user_error(
+        &["run", "--guest", "--disk", &d, "--disk", &d],
+        "cannot back two drives",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A mode-0444 image opened for writing by root is warned about.
+#[test]
+fn a_read_only_mode_image_opened_for_writing_is_warned_about() {
+    let path = std::env::temp_dir().join(format!("kvmkit-444-{}.img", std::process::id()));
+    std::fs::write(&path, vec![0u8; 1 << 20]).expect("disk");
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o444)).expect("chmod");
+    let p = path.to_string_lossy().to_string();
+    let out = run(
+        &[
+            "run",
+            "--guest",
+            "--workload",
+            "primes:1000",
+            "--no-stdin",
+            "--disk",
+            &p,
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stderr.contains("no write permission bits"), "{}", out.stderr);
+    let out = run(
+        &[
+            "run",
+            "--guest",
+            "--workload",
+            "primes:1000",
+            "--no-stdin",
+            "--disk",
+            &format!("path={p},ro=on"),
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(!out.stderr.contains("no write permission bits"), "{}", out.stderr);
+    let _ = std::fs::remove_file(path);
+}

@@ -134,6 +134,16 @@ impl DiskImage {
             }
             _ => DiskError::Io(p.clone(), e),
         })?;
+        // root opens a mode-0444 image for writing without complaint; the owner
+        // who made it read-only likely did not mean the guest to write it.
+        if !read_only && meta.is_file() && meta.permissions().readonly() {
+            tracing::warn!(
+                "disk image {} has no write permission bits (mode {:o}) but is opened for writing (kvmkit runs as \
+                 root); the guest can change it: add ro=on if it must stay as it is",
+                p.display(),
+                std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777
+            );
+        }
         let op = if read_only { libc::LOCK_SH } else { libc::LOCK_EX } | libc::LOCK_NB;
         // SAFETY: flock on a descriptor we own; it only takes an advisory lock.
         if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
