@@ -1,8 +1,12 @@
 //! Snapshot and restore across processes, on /dev/kvm: kvmkit's guest is
 //! paused in the middle of `primes:N`, snapshotted over the API, its
 //! process killed; a new process restores it (from the CLI, over the API,
-//! five clones at once) and the guest prints the right count. Broken
-//! state files and memory files are refused with one line and exit 2.
+//! five clones at once) and the guest prints the right count. With virtio
+//! devices: a disk-write workload snapshotted mid-way finishes after the
+//! restore with the right data on the host disk (2 vCPUs); an rng workload
+//! restored as five clones at once, sharing a read-only disk. Broken state
+//! files, memory files and missing or resized disks are refused with one
+//! line and exit 2.
 
 mod common;
 
@@ -316,5 +320,219 @@ fn a_restored_vm_can_be_snapshotted_again() {
     let _ = vmm.child.kill();
     let _ = vmm.wait_exit(Duration::from_secs(10));
     assert_counts(&restore_cli(&state2, &mem2, &[]), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A sparse disk image, removed when dropped.
+struct Image(PathBuf);
+
+impl Image {
+    fn new(dir: &Path, name: &str, mib: u64) -> Self {
+        let p = dir.join(name);
+        std::fs::File::create(&p)
+            .and_then(|f| f.set_len(mib << 20))
+            .expect("image");
+        Self(p)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("utf8")
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Pauses `vmm` and snapshots it to `dir/NAME.state` + `dir/NAME.mem`.
+fn pause_and_snapshot(vmm: &Vmm, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    vmm.ok("PATCH", "/vm", r#"{"state":"Paused"}"#);
+    let state = dir.join(format!("{name}.state"));
+    let mem = dir.join(format!("{name}.mem"));
+    let body = serde_json::json!({
+        "snapshot_type": "Full",
+        "snapshot_path": state.to_str().expect("utf8"),
+        "mem_file_path": mem.to_str().expect("utf8"),
+    });
+    let t = Instant::now();
+    vmm.ok("PUT", "/snapshot/create", &body.to_string());
+    eprintln!("snapshot {name}: {} ms", t.elapsed().as_millis());
+    (state, mem)
+}
+
+/// Every sector of `img` carries blk-pattern's pattern for `seed`.
+fn assert_pattern_on_host(img: &Path, seed: u64) {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(img).expect("image");
+    let mut buf = vec![0u8; 1 << 20];
+    let mut sector = 0u64;
+    let mut bad = 0u64;
+    let mut first = None;
+    loop {
+        let n = f.read(&mut buf).expect("read image");
+        if n == 0 {
+            break;
+        }
+        assert_eq!(n % 512, 0, "short read");
+        let words: Vec<u64> = buf[..n]
+            .chunks_exact(8)
+            .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+            .collect();
+        let c = kvmkit_workloads::check_sectors(seed, sector, &words);
+        bad += c.bad_sectors;
+        first = first.or(c.first);
+        sector += (n / 512) as u64;
+    }
+    assert_eq!(
+        bad, 0,
+        "sectors without the guest's pattern on the host disk; first: {first:?}"
+    );
+}
+
+/// The `seed=0x...` blk-pattern printed.
+fn pattern_seed(stdout: &str) -> u64 {
+    let hex = stdout
+        .split("seed=0x")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no seed in:\n{stdout}"));
+    u64::from_str_radix(hex, 16).expect("hex seed")
+}
+
+#[test]
+fn disk_writes_survive_snapshot_kill_and_restore_with_two_vcpus() {
+    if !kvm() {
+        eprintln!("skipped: no /dev/kvm");
+        return;
+    }
+    let dir = temp_dir("disk");
+    // 1 GiB: blk-pattern writes it for ~2 s here, then reads it back.
+    let img = Image::new(&dir, "disk.img", 1024);
+    let disk = format!("path={}", img.path());
+    let mut vmm = Vmm::spawn(
+        &dir,
+        "orig",
+        &["--guest", "--workload", "blk-pattern", "--disk", &disk, "--cpus", "2"],
+    );
+    vmm.wait_stdout("the write phase", |s| s.contains("capacity="), Duration::from_secs(30));
+    let (state, mem) = pause_and_snapshot(&vmm, &dir, "a");
+    let before = vmm.stdout();
+    assert!(
+        !before.contains("verified="),
+        "the snapshot should be taken in the middle of the workload:\n{before}"
+    );
+    let seed = pattern_seed(&before);
+    let _ = vmm.child.kill();
+    let _ = vmm.wait_exit(Duration::from_secs(10));
+
+    // A missing disk: one line, exit 2, nothing runs.
+    let moved = dir.join("moved.img");
+    std::fs::rename(&img.0, &moved).expect("move the disk away");
+    let out = restore_cli(&state, &mem, &[]);
+    assert_refused(&out, "does not exist");
+    assert!(out.stderr.contains("disk.img"), "{}", out.stderr);
+    // A disk of another size is refused too.
+    std::fs::File::create(&img.0)
+        .and_then(|f| f.set_len(512 << 20))
+        .expect("small image");
+    assert_refused(&restore_cli(&state, &mem, &[]), "bytes");
+    std::fs::rename(&moved, &img.0).expect("move the disk back");
+
+    // Restored Paused (workers parked), snapshotted again at once: the
+    // queues read back from the parked workers give a second good snapshot.
+    let (s, m) = (state.to_str().expect("utf8"), mem.to_str().expect("utf8"));
+    let mut again = Vmm::spawn(&dir, "again", &["--restore-state", s, "--restore-mem", m]);
+    let (state2, mem2) = {
+        let (_, info) = again.req("GET", "/", "");
+        assert!(info.contains("\"Paused\""), "{info}");
+        let state2 = dir.join("b.state");
+        let mem2 = dir.join("b.mem");
+        let body = serde_json::json!({
+            "snapshot_path": state2.to_str().expect("utf8"),
+            "mem_file_path": mem2.to_str().expect("utf8"),
+        });
+        again.ok("PUT", "/snapshot/create", &body.to_string());
+        (state2, mem2)
+    };
+    let _ = again.child.kill();
+    let _ = again.wait_exit(Duration::from_secs(10));
+
+    let t = Instant::now();
+    let out = restore_cli(&state2, &mem2, &[]);
+    eprintln!("restore + rest of the workload: {} ms", t.elapsed().as_millis());
+    assert_eq!(out.code, Some(0), "stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("verified=OK"),
+        "the restored guest reads back its pattern:\n{}",
+        out.stdout
+    );
+    assert_pattern_on_host(&img.0, seed);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The `bytes=N ... sane=yes` line of the rng workload.
+fn assert_rng_done(out: &common::Output, bytes: &str) {
+    assert_eq!(out.code, Some(0), "stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("rng: bytes="))
+        .unwrap_or_else(|| panic!("no rng result:\n{}", out.stdout));
+    assert!(line.contains(&format!("bytes={bytes} ")), "{line}");
+    assert!(line.contains("sane=yes"), "{line}");
+}
+
+#[test]
+fn rng_clones_with_a_read_only_disk_run_at_once() {
+    if !kvm() {
+        eprintln!("skipped: no /dev/kvm");
+        return;
+    }
+    let dir = temp_dir("rng");
+    let img = Image::new(&dir, "ro.img", 16);
+    let disk = format!("path={},ro=on", img.path());
+    // ~3 s of reading from virtio-rng here.
+    let bytes = "250000000";
+    let workload = format!("rng:{bytes}");
+    let mut vmm = Vmm::spawn(
+        &dir,
+        "orig",
+        &["--guest", "--workload", &workload, "--rng", "--disk", &disk],
+    );
+    vmm.wait_stdout(
+        "the rng device",
+        |s| s.contains("entropy device"),
+        Duration::from_secs(30),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let (state, mem) = pause_and_snapshot(&vmm, &dir, "r");
+    assert!(!vmm.stdout().contains("sane="), "mid-workload:\n{}", vmm.stdout());
+    let _ = vmm.child.kill();
+    let _ = vmm.wait_exit(Duration::from_secs(10));
+
+    // An unknown interface in network_overrides is refused over the API.
+    let load = Vmm::spawn(&dir, "load", &[]);
+    let body = serde_json::json!({
+        "snapshot_path": state.to_str().expect("utf8"),
+        "mem_backend": {"backend_type": "File", "backend_path": mem.to_str().expect("utf8")},
+        "network_overrides": [{"iface_id": "eth9", "host_dev_name": "tap9"}],
+    });
+    let (status, text) = load.req("PUT", "/snapshot/load", &body.to_string());
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("eth9"), "{text}");
+    drop(load);
+
+    // Five clones at once, copy-on-write memory, the read-only disk shared.
+    let clones: Vec<_> = (0..5)
+        .map(|_| {
+            let (s, m) = (state.clone(), mem.clone());
+            std::thread::spawn(move || restore_cli(&s, &m, &[]))
+        })
+        .collect();
+    for c in clones {
+        assert_rng_done(&c.join().expect("clone"), bytes);
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

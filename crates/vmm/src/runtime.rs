@@ -98,6 +98,7 @@ impl Vmm {
             state: &p.snapshot_path,
             memory: &p.mem_file_path,
             copy_memory: p.copy_memory,
+            network_overrides: &p.network_overrides,
         };
         let mut m = Machine::restore(&paths, &mut self.opts)?;
         m.start(!p.resume_vm)?;

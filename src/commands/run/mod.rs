@@ -23,6 +23,7 @@ fn restore_params(args: &RunArgs) -> Option<LoadSnapshotParams> {
         mem_file_path: args.restore_mem.clone().unwrap_or_default(),
         copy_memory: args.restore_mem_copy,
         resume_vm: args.resume || args.api_sock.is_none(),
+        network_overrides: Vec::new(),
     })
 }
 

@@ -213,6 +213,10 @@ impl Machine {
         // Device workers start from DRIVER_OK writes on vCPU threads; the
         // thread that spawns them must exist before any vCPU does.
         crate::seccomp::start_worker_spawner().map_err(MachineError::Host)?;
+        // Device workers of a restored VM wait parked until it runs.
+        if !paused {
+            self.devices.resume()?;
+        }
         for vcpu in std::mem::take(&mut self.unstarted) {
             match VcpuHandle::spawn(vcpu, paused) {
                 Ok(h) => self.vcpus.push(h),

@@ -1,12 +1,14 @@
 //! kvmkit's own devices in a snapshot. The serial port's registers and
 //! FIFO, and the i8042's controller and keyboard registers, are saved.
 //! The debug port, guest ports, ACPI PM block and null MMIO page hold no
-//! state. Virtio devices are not supported yet: a VM with one is refused
-//! at snapshot time, and a state file naming one at restore time.
+//! state. Virtio block, net and rng devices are saved with their
+//! transports ([`super::virtio`]); any other device kind is refused at
+//! snapshot time ("cannot be snapshotted yet"), never half-saved.
 
 use serde::{Deserialize, Serialize};
 use vm_superio::serial::SerialState;
 
+use super::virtio::{VirtioDeviceState, VirtioKindState};
 use super::SnapshotError;
 use crate::devices::i8042::I8042State;
 use crate::vmm_config::VmResources;
@@ -78,28 +80,46 @@ pub struct DevicesState {
     /// The i8042 controller and keyboard (None: power-on state).
     #[serde(default)]
     pub i8042: Option<I8042State>,
+    /// Every virtio device, in the order they were placed.
+    #[serde(default)]
+    pub virtio: Vec<VirtioDeviceState>,
 }
 
-/// Refuses resources with devices whose state kvmkit cannot save yet.
-pub fn check_supported(resources: &VmResources) -> Result<(), SnapshotError> {
-    let mut what = Vec::new();
-    if !resources.drives.is_empty() {
-        what.push("virtio-blk drives");
+/// Checks that the saved virtio devices are exactly the resources' drives,
+/// NICs and rng, each with a unique id (a state file that passed its CRC
+/// can still be hand-made).
+pub fn check_virtio(resources: &VmResources, virtio: &[VirtioDeviceState]) -> Result<(), SnapshotError> {
+    let bad = |m: String| Err(SnapshotError::Invalid(m));
+    let want = resources.drives.len() + resources.network_interfaces.len() + usize::from(resources.entropy.is_some());
+    if virtio.len() != want {
+        return bad(format!(
+            "the state has {} virtio devices, its resources {want}",
+            virtio.len()
+        ));
     }
-    if !resources.network_interfaces.is_empty() {
-        what.push("virtio-net interfaces");
+    for (i, d) in virtio.iter().enumerate() {
+        if virtio[..i].iter().any(|o| o.id == d.id) {
+            return bad(format!("virtio device '{}' is saved twice", d.id));
+        }
+        let known = match &d.device {
+            VirtioKindState::Block(b) => resources
+                .drives
+                .iter()
+                .any(|r| r.drive_id == d.id && r.is_read_only == b.read_only && r.path_on_host == b.path),
+            VirtioKindState::Net(n) => resources
+                .network_interfaces
+                .iter()
+                .any(|r| r.iface_id == d.id && r.host_dev_name == n.host_dev_name && r.mac() == n.mac),
+            VirtioKindState::Rng => resources.entropy.is_some() && d.id == "rng0",
+        };
+        if !known {
+            return bad(format!(
+                "virtio device '{}' does not match the snapshot's device configuration",
+                d.id
+            ));
+        }
     }
-    if resources.entropy.is_some() {
-        what.push("a virtio-rng device");
-    }
-    if what.is_empty() {
-        Ok(())
-    } else {
-        Err(SnapshotError::Unsupported(format!(
-            "snapshots of VMs with {} are not supported yet",
-            what.join(", ")
-        )))
-    }
+    Ok(())
 }
 
 #[cfg(test)]

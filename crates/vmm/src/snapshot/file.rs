@@ -10,7 +10,7 @@ use super::{SnapshotError, SnapshotState};
 /// First bytes of every kvmkit state file.
 pub const MAGIC: [u8; 8] = *b"KVMKSNAP";
 /// Version of the layout of the header and body; bumped on any change.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Bytes of the kvmkit version field (NUL padded).
 const VERSION_LEN: usize = 16;
 /// Header bytes: magic, format version, kvmkit version, body length, CRC.

@@ -47,7 +47,8 @@ pub struct MemBackend {
     pub backend_path: String,
 }
 
-/// A `network_overrides` entry (renames a NIC's tap; not supported yet).
+/// A `network_overrides` entry: the restored NIC `iface_id` uses tap
+/// `host_dev_name` instead of the one in the snapshot (for clones).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkOverride {
@@ -78,7 +79,7 @@ pub struct LoadSnapshotBody {
     /// Run the VM at once (default: it stays Paused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_vm: Option<bool>,
-    /// Taps to use instead of the saved ones (not supported yet).
+    /// Taps to use instead of the saved ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_overrides: Option<Vec<NetworkOverride>>,
     /// kvmkit extension: read guest RAM eagerly instead of mapping the
@@ -107,6 +108,8 @@ pub struct LoadSnapshotParams {
     pub copy_memory: bool,
     /// Run at once.
     pub resume_vm: bool,
+    /// Taps to use instead of the saved ones.
+    pub network_overrides: Vec<NetworkOverride>,
 }
 
 impl CreateSnapshotBody {
@@ -153,8 +156,14 @@ impl LoadSnapshotBody {
         if self.enable_diff_snapshots == Some(true) || self.track_dirty_pages == Some(true) {
             return Err("dirty-page tracking (diff snapshots) is not supported by kvmkit yet".into());
         }
-        if self.network_overrides.as_ref().is_some_and(|o| !o.is_empty()) {
-            return Err("network_overrides is not supported by kvmkit yet".into());
+        let network_overrides = self.network_overrides.unwrap_or_default();
+        for (i, o) in network_overrides.iter().enumerate() {
+            if o.iface_id.is_empty() || o.host_dev_name.is_empty() {
+                return Err("network_overrides: iface_id and host_dev_name must not be empty".into());
+            }
+            if network_overrides[..i].iter().any(|p| p.iface_id == o.iface_id) {
+                return Err(format!("network_overrides: '{}' is given twice", o.iface_id));
+            }
         }
         if self.snapshot_path.is_empty() || mem.is_empty() {
             return Err("snapshot_path and the memory file path must not be empty".into());
@@ -164,6 +173,7 @@ impl LoadSnapshotBody {
             mem_file_path: mem.into(),
             copy_memory: self.copy_memory.unwrap_or(false),
             resume_vm: self.resume_vm.unwrap_or(false),
+            network_overrides,
         })
     }
 }
@@ -189,5 +199,16 @@ mod tests {
         let c: CreateSnapshotBody =
             serde_json::from_str(r#"{"snapshot_type":"Diff","snapshot_path":"s","mem_file_path":"m"}"#).unwrap();
         assert!(c.validate().unwrap_err().contains("diff"));
+        let b: LoadSnapshotBody = serde_json::from_str(
+            r#"{"snapshot_path":"s","mem_file_path":"m","network_overrides":[{"iface_id":"net0","host_dev_name":"tap7"}]}"#,
+        )
+        .unwrap();
+        let p = b.validate().unwrap();
+        assert_eq!(p.network_overrides.len(), 1);
+        assert_eq!(p.network_overrides[0].host_dev_name, "tap7");
+        let twice = r#"{"snapshot_path":"s","mem_file_path":"m","network_overrides":[
+            {"iface_id":"a","host_dev_name":"t1"},{"iface_id":"a","host_dev_name":"t2"}]}"#;
+        let b: LoadSnapshotBody = serde_json::from_str(twice).unwrap();
+        assert!(b.validate().unwrap_err().contains("twice"));
     }
 }

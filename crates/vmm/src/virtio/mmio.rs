@@ -12,6 +12,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::{Activation, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_MMIO_INT_CONFIG};
 use crate::bus::BusDevice;
+use crate::snapshot::virtio::{QueueSnapshot, TransportState};
 
 /// Size of one virtio-mmio window.
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
@@ -147,6 +148,113 @@ impl MmioTransport {
     /// Stops the device's worker at the VM's end (the guest sees nothing).
     pub fn shutdown(&mut self) {
         self.device.reset();
+    }
+
+    /// The transport's registers and every queue's state, for a snapshot
+    /// (the VM paused, the device's worker paused). The queues of an
+    /// active device are read from its worker, where their ring positions
+    /// live; a broken device's are the transport's copy (it is not
+    /// re-activated on restore: the driver must reset it).
+    pub fn save_state(&self) -> Result<TransportState, String> {
+        let broken = self.interrupt.is_broken();
+        let live = if broken {
+            None
+        } else {
+            self.device.queue_states().map_err(|e| e.to_string())?
+        };
+        let queues = match live {
+            Some(q) if q.len() == self.queues.len() => q.into_iter().map(QueueSnapshot::from).collect(),
+            Some(q) => {
+                return Err(format!(
+                    "the worker has {} queues, the transport {}",
+                    q.len(),
+                    self.queues.len()
+                ))
+            }
+            None => self.queues.iter().map(|q| QueueSnapshot::from(q.state())).collect(),
+        };
+        Ok(TransportState {
+            device_type: self.device.device_type(),
+            device_features: self.device.features(),
+            acked_features: self.acked_features,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            queue_sel: self.queue_sel,
+            status: self.status,
+            config_generation: self.config_generation,
+            interrupt_status: self.interrupt.status(),
+            broken,
+            queues,
+        })
+    }
+
+    /// Puts a saved transport back on a freshly built device of the same
+    /// kind (nothing has run yet) and, when the driver had set DRIVER_OK,
+    /// activates the device with the saved queues: its worker picks up
+    /// where the snapshot left off. Anything that does not fit the device
+    /// (type, offered features, queue count or sizes, invalid queues of an
+    /// active device) is refused before anything starts.
+    pub fn restore_state(&mut self, s: &TransportState) -> Result<(), String> {
+        if s.device_type != self.device.device_type() {
+            return Err(format!(
+                "saved device type {} is not this device's {}",
+                s.device_type,
+                self.device.device_type()
+            ));
+        }
+        let offered = self.device.features();
+        if s.device_features != offered {
+            return Err(format!(
+                "the device now offers features {offered:#x}, the snapshot's offered {:#x} (a tap without the same offloads?)",
+                s.device_features
+            ));
+        }
+        if s.acked_features & !offered != 0 {
+            return Err(format!("acked features {:#x} were never offered", s.acked_features));
+        }
+        if s.queues.len() != self.queues.len() {
+            return Err(format!(
+                "{} saved queues for {} queues",
+                s.queues.len(),
+                self.queues.len()
+            ));
+        }
+        let mut queues = Vec::with_capacity(s.queues.len());
+        for (i, (saved, q)) in s.queues.iter().zip(&self.queues).enumerate() {
+            if saved.max_size != q.max_size() {
+                return Err(format!(
+                    "queue {i}: saved max size {} is not {}",
+                    saved.max_size,
+                    q.max_size()
+                ));
+            }
+            let queue =
+                Queue::try_from(virtio_queue::QueueState::from(saved)).map_err(|e| format!("queue {i}: {e:?}"))?;
+            queues.push(queue);
+        }
+        let active = s.status & status::DRIVER_OK != 0 && !s.broken && s.status & status::DEVICE_NEEDS_RESET == 0;
+        if active
+            && !queues
+                .iter()
+                .all(|q| q.ready() && q.is_valid(&self.memory) && q.avail_ring() != 0)
+        {
+            return Err("an active device's queue is not ready or not valid in guest memory".into());
+        }
+        self.queues = queues;
+        self.acked_features = s.acked_features;
+        self.device_features_sel = s.device_features_sel;
+        self.driver_features_sel = s.driver_features_sel;
+        self.queue_sel = s.queue_sel;
+        self.status = s.status;
+        self.config_generation = s.config_generation;
+        self.interrupt.restore(s.interrupt_status, s.broken);
+        if active {
+            self.activate();
+            if self.status & status::DEVICE_NEEDS_RESET != 0 {
+                return Err("the device could not be re-activated".into());
+            }
+        }
+        Ok(())
     }
 
     fn needs_reset(&mut self, why: &str) {

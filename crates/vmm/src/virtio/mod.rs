@@ -19,7 +19,7 @@ mod worker;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueState};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -90,6 +90,14 @@ impl Interrupt {
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
+
+    /// Puts back a saved status register and broken mark (snapshot
+    /// restore; nothing is signalled: a pending interrupt is in the saved
+    /// irqchip state).
+    pub fn restore(&self, status: u32, broken: bool) {
+        self.status.store(status, Ordering::SeqCst);
+        self.broken.store(broken, Ordering::SeqCst);
+    }
 }
 
 /// What a running device is given when the driver sets DRIVER_OK.
@@ -135,6 +143,18 @@ pub trait VirtioDevice: Send {
     }
     /// Lets a paused worker run again.
     fn resume(&mut self) -> Result<(), WorkerError> {
+        Ok(())
+    }
+    /// The live state of the queues its worker owns, read on the worker
+    /// thread between rounds (call while paused, for a snapshot). `None`
+    /// when no worker runs: the transport's own copy is then current.
+    fn queue_states(&self) -> Result<Option<Vec<QueueState>>, WorkerError> {
+        Ok(None)
+    }
+    /// Makes completed writes durable on the host (a block device's
+    /// fdatasync before a snapshot). Devices without a backing store do
+    /// nothing.
+    fn flush(&self) -> std::io::Result<()> {
         Ok(())
     }
     /// The device as `Any`, so its owner can reach device-specific

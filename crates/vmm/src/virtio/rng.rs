@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueState, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::{
@@ -63,6 +63,15 @@ impl VirtioDevice for Rng {
 
     fn resume(&mut self) -> Result<(), WorkerError> {
         self.worker.as_ref().map_or(Ok(()), Worker::resume)
+    }
+
+    fn queue_states(&self) -> Result<Option<Vec<QueueState>>, WorkerError> {
+        match &self.worker {
+            Some(w) => w
+                .inspect(|q: &Queues<RngHandler>| vec![q.handler().queue.state()])
+                .map(Some),
+            None => Ok(None),
+        }
     }
 
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any {

@@ -3,7 +3,9 @@
 //! any descriptors the device adds (a tap), and a control channel; it hands
 //! each round to the device's [`WorkerHandler`]. The VMM can pause it (it
 //! acknowledges, then touches no queue until resumed) and stop it, which
-//! hands the handler back with its queues, so their state can be saved.
+//! hands the handler back with its queues. While paused it can also be
+//! asked to look at its handler ([`Worker::inspect`]): a snapshot reads the
+//! queues' state that way, at a round boundary, with no request half-done.
 //!
 //! A handler that panics is caught: its device is marked broken
 //! (DEVICE_NEEDS_RESET, through [`WorkerHandler::interrupt`]) with a log
@@ -88,6 +90,11 @@ impl<Q: QueueHandler> Queues<Q> {
     pub fn into_inner(self) -> Q {
         self.handler
     }
+
+    /// The queue handler, to look at.
+    pub fn handler(&self) -> &Q {
+        &self.handler
+    }
 }
 
 impl<Q: QueueHandler> WorkerHandler for Queues<Q> {
@@ -112,10 +119,14 @@ impl<Q: QueueHandler> WorkerHandler for Queues<Q> {
     }
 }
 
-enum Command {
+/// A look at the handler, run on the worker thread between rounds.
+type Inspection<H> = Box<dyn FnOnce(&H) + Send>;
+
+enum Command<H> {
     Pause,
     Resume,
     Stop,
+    Inspect(Inspection<H>),
 }
 
 /// Errors driving a worker.
@@ -134,7 +145,7 @@ const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A running worker thread; stopped (and joined) when dropped.
 pub struct Worker<H: WorkerHandler> {
-    commands: Sender<Command>,
+    commands: Sender<Command<H>>,
     acks: Receiver<()>,
     wake: EventFd,
     thread: Option<JoinHandle<Option<H>>>,
@@ -172,7 +183,7 @@ impl<H: WorkerHandler> Worker<H> {
         })
     }
 
-    fn send(&self, c: Command) -> Result<(), WorkerError> {
+    fn send(&self, c: Command<H>) -> Result<(), WorkerError> {
         self.commands.send(c).map_err(|_| WorkerError::Gone)?;
         let _ = self.wake.write(1);
         Ok(())
@@ -184,6 +195,21 @@ impl<H: WorkerHandler> Worker<H> {
         self.send(Command::Pause)?;
         match self.acks.recv_timeout(PAUSE_TIMEOUT) {
             Ok(()) => Ok(()),
+            Err(RecvTimeoutError::Timeout) => Err(WorkerError::Timeout(PAUSE_TIMEOUT.as_millis())),
+            Err(RecvTimeoutError::Disconnected) => Err(WorkerError::Gone),
+        }
+    }
+
+    /// Runs `f` on the handler on the worker thread, between rounds (or
+    /// while paused), and returns its result: how a snapshot reads the
+    /// queues a running device owns.
+    pub fn inspect<R: Send + 'static>(&self, f: impl FnOnce(&H) -> R + Send + 'static) -> Result<R, WorkerError> {
+        let (tx, rx) = channel();
+        self.send(Command::Inspect(Box::new(move |h: &H| {
+            let _ = tx.send(f(h));
+        })))?;
+        match rx.recv_timeout(PAUSE_TIMEOUT) {
+            Ok(r) => Ok(r),
             Err(RecvTimeoutError::Timeout) => Err(WorkerError::Timeout(PAUSE_TIMEOUT.as_millis())),
             Err(RecvTimeoutError::Disconnected) => Err(WorkerError::Gone),
         }
@@ -218,7 +244,7 @@ fn pollfd(fd: RawFd, events: i16) -> libc::pollfd {
 }
 
 /// Waits while paused; returns false when told to stop (or orphaned).
-fn paused(commands: &Receiver<Command>, acks: &Sender<()>) -> bool {
+fn paused<H>(handler: &H, commands: &Receiver<Command<H>>, acks: &Sender<()>) -> bool {
     let _ = acks.send(());
     loop {
         match commands.recv() {
@@ -226,6 +252,7 @@ fn paused(commands: &Receiver<Command>, acks: &Sender<()>) -> bool {
             Ok(Command::Pause) => {
                 let _ = acks.send(());
             }
+            Ok(Command::Inspect(f)) => f(handler),
             Ok(Command::Stop) | Err(_) => return false,
         }
     }
@@ -235,7 +262,7 @@ fn run<H: WorkerHandler>(
     mut handler: H,
     events: &[EventFd],
     wake: &EventFd,
-    commands: &Receiver<Command>,
+    commands: &Receiver<Command<H>>,
     acks: &Sender<()>,
 ) -> H {
     let mut more = handler.start();
@@ -266,13 +293,14 @@ fn run<H: WorkerHandler>(
             while let Ok(c) = commands.try_recv() {
                 match c {
                     Command::Pause => {
-                        if !paused(commands, acks) {
+                        if !paused(&handler, commands, acks) {
                             stop = true;
                             break;
                         }
                         resumed = true;
                     }
                     Command::Resume => {}
+                    Command::Inspect(f) => f(&handler),
                     Command::Stop => {
                         stop = true;
                         break;
@@ -348,6 +376,8 @@ mod tests {
         // A backlog bigger than the budget is worked off over many rounds.
         wait_for("backlog", || seen.load(Ordering::SeqCst) == 1000);
         w.pause().expect("pause");
+        let left = w.inspect(|q: &Queues<Counter>| q.handler().backlog).expect("inspect");
+        assert_eq!(left, 0, "inspected while paused");
         let before = seen.load(Ordering::SeqCst);
         // Work that arrives while paused waits.
         kick.write(1).expect("kick");

@@ -8,7 +8,7 @@ pub mod request;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use self::disk::{AlignedBuffer, DiskImage, SECTOR_SIZE};
@@ -103,6 +103,16 @@ impl Block {
         self.slot.current().direct()
     }
 
+    /// The current disk's host path.
+    pub fn path(&self) -> std::path::PathBuf {
+        self.slot.current().path().to_path_buf()
+    }
+
+    /// The current disk's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.slot.current().size()
+    }
+
     /// Replaces the backing disk; returns the new capacity in bytes. The
     /// caller then tells the driver (configuration-change interrupt).
     pub fn swap_disk(&mut self, disk: DiskImage) -> u64 {
@@ -175,6 +185,7 @@ impl VirtioDevice for Block {
             ("requests", c.requests.load(Ordering::Relaxed)),
             ("errors", c.errors.load(Ordering::Relaxed)),
             ("swaps", c.swaps.load(Ordering::Relaxed)),
+            ("host_io_errors", self.slot.current().host_errors()),
         ]
     }
 
@@ -184,6 +195,24 @@ impl VirtioDevice for Block {
 
     fn resume(&mut self) -> Result<(), WorkerError> {
         self.worker.as_ref().map_or(Ok(()), Worker::resume)
+    }
+
+    fn queue_states(&self) -> Result<Option<Vec<QueueState>>, WorkerError> {
+        match &self.worker {
+            Some(w) => w
+                .inspect(|q: &Queues<BlockHandler>| vec![q.handler().queue.state()])
+                .map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn flush(&self) -> std::io::Result<()> {
+        let disk = self.slot.current();
+        if disk.read_only() {
+            Ok(())
+        } else {
+            disk.flush()
+        }
     }
 
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any {

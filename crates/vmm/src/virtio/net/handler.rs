@@ -127,6 +127,12 @@ impl NetHandler {
         self.pending.is_some()
     }
 
+    /// The rx and tx queues' state (a frame read from the tap and still
+    /// waiting for rx buffers is not part of it).
+    pub fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        vec![self.rx.state(), self.tx.state()]
+    }
+
     /// The device's interrupt.
     pub fn interrupt(&self) -> &Arc<Interrupt> {
         &self.interrupt

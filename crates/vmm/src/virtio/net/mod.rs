@@ -134,6 +134,13 @@ impl Net {
         }
     }
 
+    /// The guest's MAC address.
+    pub fn mac(&self) -> [u8; 6] {
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&self.config[..6]);
+        mac
+    }
+
     /// The device's counters (shared with its worker).
     pub fn counters(&self) -> Arc<NetCounters> {
         self.counters.clone()
@@ -217,6 +224,10 @@ impl VirtioDevice for Net {
 
     fn resume(&mut self) -> Result<(), super::WorkerError> {
         self.worker.as_ref().map_or(Ok(()), NetWorker::resume)
+    }
+
+    fn queue_states(&self) -> Result<Option<Vec<virtio_queue::QueueState>>, super::WorkerError> {
+        self.worker.as_ref().map(NetWorker::queue_states).transpose()
     }
 
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any {

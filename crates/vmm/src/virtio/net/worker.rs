@@ -94,6 +94,11 @@ impl NetWorker {
         self.0.resume()
     }
 
+    /// The rx and tx queues' state, read on the worker thread.
+    pub fn queue_states(&self) -> Result<Vec<virtio_queue::QueueState>, WorkerError> {
+        self.0.inspect(|l: &NetLoop| l.h.queue_states())
+    }
+
     /// Stops it and hands the handler back.
     pub fn stop(self) -> Option<NetHandler> {
         let h = self.0.stop()?;
