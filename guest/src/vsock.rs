@@ -147,8 +147,42 @@ fn counters(who: &str, v: &Vsock) {
     }
 }
 
+/// A closed echo connection, waiting to be printed.
+#[derive(Clone, Copy, Default)]
+struct Served {
+    n: u64,
+    peer_port: u32,
+    rx: u64,
+    tx: u64,
+    ns: u64,
+    by_host: bool,
+    violation: bool,
+}
+
+/// Closed connections kept before their lines must be printed.
+const SERVED_LINES: usize = 32;
+
+/// Prints the lines of `done` (console output exits to the VMM for every
+/// byte: slow, so it waits until nobody is connected and the guest is idle).
+fn print_served(port: u32, done: &[Served]) {
+    for d in done {
+        println!(
+            "vsock-echo: conn={} port={port} peer_port={} bytes={} echoed={} time_ns={} closed_by={}{}",
+            d.n,
+            d.peer_port,
+            d.rx,
+            d.tx,
+            d.ns,
+            if d.by_host { "host" } else { "guest" },
+            if d.violation { " violation=yes" } else { "" }
+        );
+    }
+}
+
 /// `vsock-echo:PORT[:CONNS]`: serves connections to PORT, echoing every byte,
-/// until CONNS have closed (forever when 0). One line and one report per connection.
+/// until CONNS have closed (forever when 0). One report per connection at
+/// once, and one console line, printed when the guest is idle (no
+/// connection open, 100 ms without traffic), the backlog is full, or at the end.
 pub fn echo(plan: &Plan, port: u32, conns: u64) -> u32 {
     const WHO: &str = "vsock-echo";
     let khz = plan.tsc_khz;
@@ -160,38 +194,53 @@ pub fn echo(plan: &Plan, port: u32, conns: u64) -> u32 {
     println!("{WHO}: listening on port {port}, up to {MAX_CONNS} connections at once");
     let ms = ms_ticks(khz);
     let mut served = 0u64;
-    let mut next_check = rdtsc() + 100 * ms;
+    let mut lines = [Served::default(); SERVED_LINES];
+    let mut nlines = 0;
+    let mut last = rdtsc();
+    let mut next_check = last + 100 * ms;
     let mut status = exit::OK;
     while conns == 0 || served < conns {
         match v.poll(&mut |_, _| {}) {
-            Ok(_) => {}
+            Ok(true) => last = rdtsc(),
+            Ok(false) => {}
             Err(e) => {
                 println!("{WHO}: device error: {e}");
                 status = exit::DEVICE_ERROR;
                 break;
             }
         }
+        let mut open = false;
         for c in 0..MAX_CONNS {
             let conn = *v.conn(c);
-            if conn.state != State::Closed {
-                continue;
+            match conn.state {
+                State::Closed => {}
+                State::Free => continue,
+                _ => {
+                    open = true;
+                    continue;
+                }
             }
             v.release(c);
             served += 1;
             let ticks = rdtsc() - conn.opened;
-            println!(
-                "{WHO}: conn={served} port={port} peer_port={} bytes={} echoed={} time_ns={} closed_by={}{}",
-                conn.peer_port,
-                conn.rx_bytes,
-                conn.tx_bytes,
-                ticks_to_ns(ticks, khz),
-                if conn.reset_by_peer { "host" } else { "guest" },
-                if conn.violation { " violation=yes" } else { "" }
-            );
             report::send(&result(WHO, u64::from(port), conn.tx_bytes, ticks, khz));
             if conn.violation {
                 status = exit::WORKLOAD_FAILED;
             }
+            if nlines == SERVED_LINES {
+                print_served(port, &lines[..nlines]);
+                nlines = 0;
+            }
+            lines[nlines] = Served {
+                n: served,
+                peer_port: conn.peer_port,
+                rx: conn.rx_bytes,
+                tx: conn.tx_bytes,
+                ns: ticks_to_ns(ticks, khz),
+                by_host: conn.reset_by_peer,
+                violation: conn.violation,
+            };
+            nlines += 1;
         }
         let now = rdtsc();
         if now >= next_check {
@@ -200,9 +249,14 @@ pub fn echo(plan: &Plan, port: u32, conns: u64) -> u32 {
                 status = exit::DEVICE_ERROR;
                 break;
             }
-            next_check = now + 100 * ms;
+            if !open && nlines > 0 && now - last >= 100 * ms {
+                print_served(port, &lines[..nlines]);
+                nlines = 0;
+            }
+            next_check = now + 10 * ms;
         }
     }
+    print_served(port, &lines[..nlines]);
     counters(WHO, &v);
     println!("{WHO}: served={served} port={port}");
     v.shutdown();
