@@ -5,6 +5,8 @@ use std::io::{Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// Sector size of the virtio-blk protocol.
 pub const SECTOR_SIZE: u64 = 512;
@@ -87,7 +89,14 @@ pub struct DiskImage {
     read_only: bool,
     direct: bool,
     size: u64,
+    /// Host I/O errors (ENOSPC, EIO ...) the guest saw as VIRTIO_BLK_S_IOERR.
+    host_errors: AtomicU64,
+    /// The errnos already logged (each once per image; a few at most).
+    logged: Mutex<Vec<i32>>,
 }
+
+/// Most distinct errnos logged per image (the count goes on regardless).
+const MAX_LOGGED_ERRNOS: usize = 8;
 
 impl DiskImage {
     /// Opens `path` (read-only when `read_only`), takes an exclusive lock
@@ -166,6 +175,8 @@ impl DiskImage {
             read_only,
             direct,
             size,
+            host_errors: AtomicU64::new(0),
+            logged: Mutex::new(Vec::new()),
         })
     }
 
@@ -189,24 +200,49 @@ impl DiskImage {
         &self.path
     }
 
+    /// Host I/O errors so far (each one reached the guest as an I/O error).
+    pub fn host_errors(&self) -> u64 {
+        self.host_errors.load(Ordering::Relaxed)
+    }
+
+    /// Counts a failed host operation and logs each distinct errno once per
+    /// image, with the path (a guest cannot flood the log by retrying).
+    fn noted<T>(&self, op: &str, result: std::io::Result<T>) -> std::io::Result<T> {
+        if let Err(e) = &result {
+            self.host_errors.fetch_add(1, Ordering::Relaxed);
+            let errno = e.raw_os_error().unwrap_or(-1);
+            let mut logged = crate::bus::lock(&self.logged);
+            if !logged.contains(&errno) && logged.len() < MAX_LOGGED_ERRNOS {
+                logged.push(errno);
+                tracing::error!(
+                    "disk image {}: host {op} failed: {e} (errno {errno}); the guest gets an I/O error, and further \
+                     failures with this errno are only counted (host_io_errors in the metrics)",
+                    self.path.display()
+                );
+            }
+        }
+        result
+    }
+
     /// Reads `buf.len()` bytes at `offset`.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.file.read_exact_at(buf, offset)
+        self.noted("read", self.file.read_exact_at(buf, offset))
     }
 
     /// Writes `buf` at `offset`.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.file.write_all_at(buf, offset)
+        self.noted("write", self.file.write_all_at(buf, offset))
     }
 
     /// Makes every completed write durable (fdatasync).
     pub fn flush(&self) -> std::io::Result<()> {
-        self.file.sync_data()
+        self.noted("flush", self.file.sync_data())
     }
 
     /// Deallocates `[offset, offset + len)` (reads then return zeros).
     pub fn punch_hole(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.fallocate(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len)
+        let r = self.fallocate(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len);
+        self.noted("discard", r)
     }
 
     /// Zeroes `[offset, offset + len)`, falling back to writing zeros.
@@ -293,6 +329,19 @@ mod tests {
         buf.fill(0);
         d.read_at(&mut buf, 4096).expect("read");
         assert!(buf.iter().all(|&b| b == 3));
+        let _ = std::fs::remove_file(p);
+    }
+
+    #[test]
+    fn host_errors_are_counted_and_each_errno_logged_once() {
+        let p = temp("err", 4096);
+        let d = DiskImage::open(&p, false).expect("open");
+        // Reading past the end of the file fails on the host (short read).
+        let mut b = [0u8; 512];
+        assert!(d.read_at(&mut b, 8192).is_err());
+        assert!(d.read_at(&mut b, 8192).is_err());
+        assert_eq!(d.host_errors(), 2);
+        assert_eq!(crate::bus::lock(&d.logged).len(), 1, "one errno, logged once");
         let _ = std::fs::remove_file(p);
     }
 
