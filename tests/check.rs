@@ -40,3 +40,37 @@ fn check_json_says_the_same() {
         .as_array()
         .is_some_and(|a| a.iter().all(|i| i["ok"] == true || i["required"] == false)));
 }
+
+/// `kvmkit check` says whether seccomp and Landlock are there; the
+/// Landlock line carries the ABI version the kernel reports to this test.
+#[test]
+fn check_shows_seccomp_and_landlock() {
+    let out = common::run(&["check"], Duration::from_secs(30));
+    let line = |name: &str| {
+        out.stdout
+            .lines()
+            .find(|l| l.contains(&format!("] {name}:")))
+            .unwrap_or_else(|| panic!("no {name} line:\n{}", out.stdout))
+            .to_owned()
+    };
+    assert!(line("seccomp").starts_with("[ok  ]"), "{}", line("seccomp"));
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_long = 1;
+    // SAFETY: with a null attribute and size 0 this only asks the ABI version.
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    let l = line("Landlock");
+    if abi > 0 {
+        assert!(
+            l.starts_with("[ok  ]") && l.contains(&format!("ABI version {abi}")),
+            "{l}"
+        );
+    } else {
+        assert!(l.starts_with("[warn]"), "{l}");
+    }
+}

@@ -47,6 +47,12 @@ pub struct JailArgs {
     /// A resource limit: fsize=BYTES or no-file=N (repeatable; no-file is 2048 unless given).
     #[arg(long = "resource-limit", value_name = "RESOURCE=N")]
     pub resource_limits: Vec<String>,
+    /// kvmkit's addition: bind-mount a host file or directory (a kernel, a disk, a
+    /// config file) into the jail at JAIL_PATH (default `/<file name>`), read-only with `:ro`
+    /// (repeatable). The mount lives only in the VM's mount namespace; the file must already be
+    /// readable (and writable, for a writable disk) by --uid/--gid.
+    #[arg(long = "file", value_name = "HOST_PATH[:JAIL_PATH][:ro]")]
+    pub files: Vec<String>,
     /// Arguments for the exec file (after `--`).
     #[arg(last = true, value_name = "ARGS")]
     pub exec_args: Vec<OsString>,
@@ -61,6 +67,48 @@ pub struct CgroupSetting {
     pub file: String,
     /// What is written to it.
     pub value: String,
+}
+
+/// One `--file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JailFile {
+    /// On the host (absolute).
+    pub src: PathBuf,
+    /// Inside the jail (absolute, no `..`).
+    pub dest: PathBuf,
+    /// Mounted read-only.
+    pub ro: bool,
+}
+
+/// Parses `--file HOST_PATH[:JAIL_PATH][:ro]` (the host path must exist).
+pub fn parse_file(s: &str) -> Result<JailFile, String> {
+    let mut parts: Vec<&str> = s.split(':').collect();
+    let ro = parts.len() > 1 && parts.last() == Some(&"ro");
+    if ro {
+        parts.pop();
+    }
+    let (src, dest) = match parts.as_slice() {
+        [src] => (*src, None),
+        [src, dest] => (*src, Some(*dest)),
+        _ => return Err(format!("--file {s:?}: expected HOST_PATH[:JAIL_PATH][:ro]")),
+    };
+    let src = std::path::absolute(src).map_err(|e| format!("--file {s:?}: {e}"))?;
+    if let Err(e) = std::fs::metadata(&src) {
+        return Err(format!("--file {}: {e}", src.display()));
+    }
+    let dest = match dest {
+        Some(d) => PathBuf::from(d),
+        None => Path::new("/").join(src.file_name().ok_or_else(|| format!("--file {s:?}: no file name"))?),
+    };
+    let inside = dest
+        .strip_prefix("/")
+        .map_err(|_| format!("--file {s:?}: the jail path must be absolute"))?;
+    if inside.as_os_str().is_empty() || check_relative(inside).is_err() {
+        return Err(format!(
+            "--file {s:?}: the jail path must name a file below / without '..'"
+        ));
+    }
+    Ok(JailFile { src, dest, ro })
 }
 
 /// A checked jail request.
@@ -94,6 +142,8 @@ pub struct JailPlan {
     pub parent_cgroup: PathBuf,
     /// (RLIMIT_*, value) pairs, no-file always present.
     pub rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
+    /// Files bind-mounted into the jail.
+    pub files: Vec<JailFile>,
     /// The exec file's arguments.
     pub exec_args: Vec<OsString>,
 }
@@ -206,6 +256,11 @@ impl JailArgs {
                 return Err(format!("--netns {}: {e}", ns.display()));
             }
         }
+        let files = self
+            .files
+            .iter()
+            .map(|s| parse_file(s))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(JailPlan {
             id: self.id.clone(),
             exec_file,
@@ -221,6 +276,7 @@ impl JailArgs {
             cgroups,
             parent_cgroup,
             rlimits,
+            files,
             exec_args: self.exec_args.clone(),
         })
     }
@@ -285,6 +341,23 @@ mod tests {
         assert!(parse_rlimit("nofile=1").is_err());
         assert!(parse_rlimit("fsize=-1").is_err());
         assert!(parse_rlimit("fsize").is_err());
+    }
+
+    #[test]
+    fn files() {
+        let f = parse_file("/etc/hostname").expect("ok");
+        assert_eq!(
+            (f.src.as_path(), f.dest.as_path(), f.ro),
+            (Path::new("/etc/hostname"), Path::new("/hostname"), false)
+        );
+        let f = parse_file("/etc/hostname:/a/b:ro").expect("ok");
+        assert_eq!((f.dest.as_path(), f.ro), (Path::new("/a/b"), true));
+        assert!(parse_file("/etc/hostname:ro").expect("ok").ro);
+        assert!(parse_file("/nonexistent-kvmkit").is_err());
+        assert!(parse_file("/etc/hostname:relative").is_err());
+        assert!(parse_file("/etc/hostname:/../x").is_err());
+        assert!(parse_file("/etc/hostname:/").is_err());
+        assert!(parse_file("/etc/hostname:/a:b:ro").is_err());
     }
 
     #[test]

@@ -109,6 +109,26 @@ pub fn build(plan: &JailPlan, libs: &[PathBuf], created: &mut Created) -> Result
         std::fs::copy(lib, &inside).map_err(|e| format!("cannot copy {} into the jail: {e}", lib.display()))?;
         set_mode(&inside, 0o555)?;
     }
+    for f in &plan.files {
+        // A place to mount on (the mount is made in the VM's mount namespace).
+        let at = root.join(f.dest.strip_prefix("/").unwrap_or(&f.dest));
+        if at.symlink_metadata().is_ok() {
+            return Err(format!(
+                "--file {}: {} is already in the jail",
+                f.src.display(),
+                f.dest.display()
+            ));
+        }
+        if let Some(dir) = at.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+        }
+        let made = if f.src.is_dir() {
+            std::fs::create_dir(&at)
+        } else {
+            std::fs::File::create(&at).map(drop)
+        };
+        made.map_err(|e| format!("cannot make {}: {e}", at.display()))?;
+    }
     std::fs::create_dir_all(root.join("dev/net"))
         .map_err(|e| format!("cannot make {}/dev/net: {e}", root.display()))?;
     make_node(Path::new("/dev/kvm"), &root.join("dev/kvm"), plan)?;

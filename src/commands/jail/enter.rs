@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
-use super::args::JailPlan;
+use super::args::{JailFile, JailPlan};
 
 /// What the jail's entry needs that was opened on the host.
 pub struct Handles {
@@ -85,7 +85,7 @@ pub fn join_netns(h: &Handles) -> Result<(), String> {
 
 /// A new mount namespace whose root is the chroot (pivot_root, as
 /// Firecracker's jailer does), then chroot(".").
-pub fn pivot_into(chroot: &Path) -> Result<(), String> {
+pub fn pivot_into(chroot: &Path, files: &[JailFile]) -> Result<(), String> {
     let root = cstr(chroot)?;
     let slash = c"/";
     // SAFETY: each call below takes valid NUL-terminated strings or nulls
@@ -113,6 +113,29 @@ pub fn pivot_into(chroot: &Path) -> Result<(), String> {
         ) != 0
         {
             return Err(os_err(&format!("bind-mounting {} onto itself", chroot.display())));
+        }
+        for f in files {
+            let src = cstr(&f.src)?;
+            let at = chroot.join(f.dest.strip_prefix("/").unwrap_or(&f.dest));
+            let dst = cstr(&at)?;
+            if libc::mount(
+                src.as_ptr(),
+                dst.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(os_err(&format!(
+                    "--file: bind-mounting {} at {}",
+                    f.src.display(),
+                    f.dest.display()
+                )));
+            }
+            let ro = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+            if f.ro && libc::mount(std::ptr::null(), dst.as_ptr(), std::ptr::null(), ro, std::ptr::null()) != 0 {
+                return Err(os_err(&format!("--file: making {} read-only", f.dest.display())));
+            }
         }
         if libc::chdir(root.as_ptr()) != 0 {
             return Err(os_err("chdir into the chroot"));

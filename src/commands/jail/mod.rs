@@ -87,7 +87,7 @@ pub fn run(args: &JailArgs) -> anyhow::Result<u8> {
         cgroup::join(&vm_cgroups)?;
         enter::set_rlimits(&plan)?;
         enter::join_netns(&handles)?;
-        enter::pivot_into(&plan.chroot_dir)?;
+        enter::pivot_into(&plan.chroot_dir, &plan.files)?;
         enter::daemonize(&handles)?;
         if plan.new_pid_ns {
             match new_pid_ns(&plan, &mut reaper)? {
