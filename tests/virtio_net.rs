@@ -479,3 +479,122 @@ fn net_rx_counts_frames_from_the_host() {
         .map(|r| r["value"].clone());
     assert_eq!(value, Some(Value::from(frames)), "{json:#}");
 }
+
+/// `kvmkit ctl --api-sock SOCK ARGS...`; panics unless it succeeds.
+fn ctl(sock: &std::path::Path, args: &[&str]) {
+    let out = Command::new(common::kvmkit())
+        .args(["ctl", "--api-sock", sock.to_str().expect("utf8")])
+        .args(args)
+        .output()
+        .expect("kvmkit ctl");
+    assert!(
+        out.status.success(),
+        "kvmkit ctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn wait_for_socket(sock: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "no API socket {}", sock.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A persistent tap NAME with 10.0.4.1/30, up, in `ns`.
+fn snapshot_tap(ns: &Netns, name: &str) {
+    ns.ip(&["tuntap", "add", "dev", name, "mode", "tap", "vnet_hdr"]);
+    ns.ip(&["addr", "add", "10.0.4.1/30", "dev", name]);
+    ns.ip(&["link", "set", name, "up"]);
+}
+
+#[test]
+fn snapshot_restores_the_nic_and_clones_take_their_own_tap() {
+    if skip() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("kvmkit-it-netsnap-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (state, mem, sock) = (dir.join("state"), dir.join("mem"), dir.join("a.sock"));
+    let (s, m) = (state.to_str().expect("utf8"), mem.to_str().expect("utf8"));
+    let a = Netns::new("snapa");
+    snapshot_tap(&a, "kvsnap0");
+    let mut vm = Vm::start(
+        &a,
+        &[
+            "--api-sock",
+            sock.to_str().expect("utf8"),
+            "--net",
+            "tap=kvsnap0",
+            "--workload",
+            "net-echo:40",
+        ],
+    );
+    let line = vm
+        .wait_for("net-echo: guest", Duration::from_secs(40))
+        .unwrap_or_else(|| panic!("no guest line; console so far:\n{}", vm.seen.join("\n")));
+    let ip = guest_ip(&line);
+    assert_eq!(ip, Ipv4Addr::new(10, 0, 4, 2));
+    assert_eq!(a.ping(ip, 2), 2, "the guest answers before the snapshot");
+    wait_for_socket(&sock);
+    ctl(&sock, &["pause"]);
+    ctl(&sock, &["snapshot", "--state", s, "--mem", m]);
+    let _ = vm.child.kill();
+    let _ = vm.finish(Duration::from_secs(10));
+
+    // Restored in the same namespace, on the same (persistent) tap.
+    let restore = |ns: &Netns| {
+        ns.cmd(common::kvmkit())
+            .args(["run", "--no-stdin", "--restore-state", s, "--restore-mem", m])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kvmkit")
+    };
+    let mut child = restore(&a);
+    let answered = a.ping(ip, 3);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(answered >= 2, "the restored guest answers on kvsnap0: {answered} of 3");
+
+    // A clone in another namespace, its NIC renamed onto tap kvsnap1.
+    let b = Netns::new("snapb");
+    snapshot_tap(&b, "kvsnap1");
+    let sock_b = dir.join("b.sock");
+    let mut clone = b
+        .cmd(common::kvmkit())
+        .args(["run", "--no-stdin", "--api-sock", sock_b.to_str().expect("utf8")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn kvmkit");
+    wait_for_socket(&sock_b);
+    let body = serde_json::json!({
+        "snapshot_path": s,
+        "mem_backend": {"backend_type": "File", "backend_path": m},
+        "network_overrides": [{"iface_id": "net0", "host_dev_name": "kvsnap1"}],
+        "resume_vm": true,
+    });
+    ctl(&sock_b, &["request", "PUT", "/snapshot/load", &body.to_string()]);
+    let answered = b.ping(ip, 3);
+    let _ = clone.kill();
+    let _ = clone.wait();
+    assert!(answered >= 2, "the clone answers on kvsnap1: {answered} of 3");
+
+    // Where the saved tap does not exist: one line, exit 2, no tap created.
+    let c = Netns::new("snapc");
+    let out = restore(&c).wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("tap kvsnap0") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert_eq!(c.links(), vec!["lo".to_owned()], "no tap was created");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -2,7 +2,9 @@
 //! on arbitrary bytes, and on a valid state file mutated by the input.
 //!
 //! Input: the first byte picks the mode. Even: the rest is a state file
-//! as it is. Odd: a valid state file (1 or 2 vCPUs) is built, then the
+//! as it is. Odd: a valid state file (1 or 2 vCPUs by bit 1; with bit 2, a
+//! drive, a NIC and an rng with their virtio transport and queue state)
+//! is built, then the
 //! rest is a sequence of 4-byte steps `[op, i0, i1, v]` that flip
 //! (`op % 4 == 0`), overwrite (1), insert (2) or cut the file at (3) byte
 //! `i` of the body; when `op & 0x80` the header's length and CRC are fixed
@@ -13,8 +15,11 @@
 //! that decodes again to the same encoding, and passes its own checks.
 
 use kvmkit_vmm::snapshot::file::{crc32, decode, encode, HEADER_LEN};
+use kvmkit_vmm::snapshot::virtio::{
+    BlockSnapshot, NetSnapshot, QueueSnapshot, TransportState, VirtioDeviceState, VirtioKindState,
+};
 use kvmkit_vmm::snapshot::{DevicesState, MemoryRegionState, SnapshotState, VcpuState, VmState};
-use kvmkit_vmm::vmm_config::VmResources;
+use kvmkit_vmm::vmm_config::{BlockDeviceConfig, EntropyDeviceConfig, NetworkInterfaceConfig, VmResources};
 
 use crate::Input;
 
@@ -67,6 +72,76 @@ pub fn sample_state(cpus: u8) -> SnapshotState {
     }
 }
 
+/// A valid state with a drive, a NIC and an rng, each with a transport
+/// (the drive's active, with one queue mid-ring).
+pub fn sample_state_with_devices(cpus: u8) -> SnapshotState {
+    let mut state = sample_state(cpus);
+    let r = &mut state.resources;
+    r.drives.push(BlockDeviceConfig {
+        drive_id: "disk0".into(),
+        path_on_host: "/nonexistent/disk0.img".into(),
+        ..Default::default()
+    });
+    r.network_interfaces.push(NetworkInterfaceConfig {
+        iface_id: "net0".into(),
+        host_dev_name: "tap0".into(),
+        ..Default::default()
+    });
+    r.entropy = Some(EntropyDeviceConfig::default());
+    let mac = r.network_interfaces[0].mac();
+    let queue = QueueSnapshot {
+        max_size: 256,
+        next_avail: 40,
+        next_used: 38,
+        size: 128,
+        ready: true,
+        desc_table: 0x20_0000,
+        avail_ring: 0x20_0800,
+        used_ring: 0x20_1000,
+        ..Default::default()
+    };
+    let transport = |device_type: u32, queues: usize| TransportState {
+        device_type,
+        device_features: 1 << 32,
+        acked_features: 1 << 32,
+        status: 0xf,
+        queues: vec![queue; queues],
+        ..Default::default()
+    };
+    state.devices.virtio = vec![
+        VirtioDeviceState {
+            id: "disk0".into(),
+            mmio_base: 0xd000_1000,
+            gsi: 5,
+            transport: transport(2, 1),
+            device: VirtioKindState::Block(BlockSnapshot {
+                path: "/nonexistent/disk0.img".into(),
+                read_only: false,
+                direct: false,
+                size: 64 << 20,
+            }),
+        },
+        VirtioDeviceState {
+            id: "rng0".into(),
+            mmio_base: 0xd000_2000,
+            gsi: 6,
+            transport: transport(4, 1),
+            device: VirtioKindState::Rng,
+        },
+        VirtioDeviceState {
+            id: "net0".into(),
+            mmio_base: 0xd000_3000,
+            gsi: 7,
+            transport: transport(1, 2),
+            device: VirtioKindState::Net(NetSnapshot {
+                host_dev_name: "tap0".into(),
+                mac,
+            }),
+        },
+    ];
+    state
+}
+
 /// Rewrites the header's body length and CRC to match the body.
 fn fix_header(file: &mut [u8]) {
     if file.len() < HEADER_LEN {
@@ -92,7 +167,13 @@ pub fn run(data: &[u8]) -> Outcome {
     let file = if mode & 1 == 0 {
         input.bytes(usize::MAX).to_vec()
     } else {
-        let mut file = encode(&sample_state(1 + (mode >> 1) % 2)).expect("encode");
+        let cpus = 1 + (mode >> 1) % 2;
+        let sample = if mode & 4 != 0 {
+            sample_state_with_devices(cpus)
+        } else {
+            sample_state(cpus)
+        };
+        let mut file = encode(&sample).expect("encode");
         let mut steps = 0;
         while !input.is_empty() && steps < 256 {
             steps += 1;
