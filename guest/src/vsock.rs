@@ -107,13 +107,20 @@ fn wait(
 }
 
 /// Connects to host port `port`; returns the connection and its set-up
-/// time in ticks (REQUEST sent -> RESPONSE received).
-fn connect(who: &str, v: &mut Vsock, port: u32, khz: u64) -> Result<(usize, u64), u32> {
+/// time in ticks (REQUEST sent -> RESPONSE received). Data that comes in the
+/// same batch as the RESPONSE goes to `sink` already.
+fn connect(
+    who: &str,
+    v: &mut Vsock,
+    port: u32,
+    khz: u64,
+    sink: &mut impl FnMut(usize, &[u8]),
+) -> Result<(usize, u64), u32> {
     let c = v.connect(port, Mode::Sink).map_err(|e| {
         println!("{who}: {e}");
         exit::DEVICE_ERROR
     })?;
-    if wait(who, v, khz, &mut |_, _| {}, |v| v.conn(c).state != State::Connecting).is_err() {
+    if wait(who, v, khz, sink, |v| v.conn(c).state != State::Connecting).is_err() {
         println!("{who}: no answer to the connection request to host port {port} within {STALL_S} s");
         return Err(exit::WORKLOAD_FAILED);
     }
@@ -272,7 +279,7 @@ pub fn tx(plan: &Plan, port: u32, mib: u64) -> u32 {
         Ok(v) => v,
         Err(status) => return status,
     };
-    let (c, connect_ticks) = match connect(WHO, &mut v, port, khz) {
+    let (c, connect_ticks) = match connect(WHO, &mut v, port, khz, &mut |_, _| {}) {
         Ok(x) => x,
         Err(status) => {
             v.shutdown();
@@ -356,7 +363,8 @@ pub fn rx(plan: &Plan, port: u32, mib: u64) -> u32 {
         Ok(v) => v,
         Err(status) => return status,
     };
-    let (c, connect_ticks) = match connect(WHO, &mut v, port, khz) {
+    let mut hash = StreamHash::new();
+    let (c, connect_ticks) = match connect(WHO, &mut v, port, khz, &mut |_, data| hash.update(data)) {
         Ok(x) => x,
         Err(status) => {
             v.shutdown();
@@ -364,7 +372,6 @@ pub fn rx(plan: &Plan, port: u32, mib: u64) -> u32 {
         }
     };
     let total = mib.saturating_mul(MIB);
-    let mut hash = StreamHash::new();
     let got = wait(WHO, &mut v, khz, &mut |_, data| hash.update(data), |v| {
         let conn = v.conn(c);
         conn.rx_bytes >= total || conn.state != State::Established
