@@ -224,6 +224,11 @@ pub struct RunArgs {
     /// Give the guest a virtio-rng device fed by the host's getrandom.
     #[arg(long)]
     pub rng: bool,
+    /// Give the guest a virtio-vsock device with context id N; host
+    /// processes connect to the unix socket PATH (`CONNECT <port>`), guest
+    /// connections to host port P reach `PATH_P` (docs/vsock.md).
+    #[arg(long, value_name = "cid=N,uds=PATH")]
+    pub vsock: Option<String>,
     /// Attach a virtio-net NIC (repeatable): tap=NAME[,mac=M] uses an existing tap;
     /// auto[,host-ip=A,guest-ip=B] creates one with a private /30 and removes it on exit;
     /// bridge=BR[,mac=M] attaches a new tap to an existing bridge.

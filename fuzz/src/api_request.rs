@@ -133,6 +133,7 @@ fn check_accepted(method: &str, path: &str, body: &[u8], action: &VmmAction) {
             expect("PUT", "/entropy");
             assert_eq!(e.rate_limiter, None);
         }
+        VmmAction::PutVsock(_) => expect("PUT", "/vsock"),
         VmmAction::PutLogger(_) => expect("PUT", "/logger"),
         VmmAction::PutMetrics(_) => expect("PUT", "/metrics"),
         VmmAction::InstanceStart | VmmAction::SendCtrlAltDel | VmmAction::FlushMetrics => expect("PUT", "/actions"),
@@ -179,6 +180,7 @@ fn check_round_trip(method: &str, path: &str, action: &VmmAction) {
         VmmAction::PatchDrive(c) => serde_json::to_vec(c),
         VmmAction::PutNetworkInterface(c) => serde_json::to_vec(c),
         VmmAction::PutEntropy(c) => serde_json::to_vec(c),
+        VmmAction::PutVsock(c) => serde_json::to_vec(c),
         VmmAction::PutLogger(c) => serde_json::to_vec(c),
         VmmAction::PutMetrics(c) => serde_json::to_vec(c),
         _ => return,

@@ -13,11 +13,11 @@
 //! Routes: `GET /`, `GET /version`, `GET /vm/config`,
 //! `GET|PUT|PATCH /machine-config`, `PUT /boot-source`,
 //! `PUT|PATCH /drives/{drive_id}`, `PUT /network-interfaces/{iface_id}`,
-//! `PUT /entropy`, `PUT /actions` (InstanceStart, SendCtrlAltDel,
+//! `PUT /entropy`, `PUT /vsock`, `PUT /actions` (InstanceStart, SendCtrlAltDel,
 //! FlushMetrics), `PATCH /vm` (Paused, Resumed), `PUT /logger`,
 //! `PUT /metrics`, and two kvmkit extensions: `GET /metrics` (Prometheus
 //! text) and `PUT /kvmkit/stop`. Firecracker's other paths (balloon, MMDS,
-//! snapshots, vsock, CPU templates, serial, memory hotplug, pmem, device
+//! CPU templates, serial, memory hotplug, pmem, device
 //! unplug, rate limiters) are answered 400 with a message naming the
 //! feature kvmkit lacks.
 

@@ -10,7 +10,7 @@ use kvmkit_vmm::rpc::VmmAction;
 use kvmkit_vmm::snapshot::params::{CreateSnapshotBody, LoadSnapshotBody};
 use kvmkit_vmm::vmm_config::{
     BlockDeviceConfig, BlockDeviceUpdate, BootSourceConfig, EntropyDeviceConfig, LoggerConfig, MachineConfig,
-    MachineConfigUpdate, MetricsConfig, NetworkInterfaceConfig,
+    MachineConfigUpdate, MetricsConfig, NetworkInterfaceConfig, VsockDeviceConfig,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -163,6 +163,7 @@ enum Route<'a> {
     Drive(&'a str),
     NetworkInterface(&'a str),
     Entropy,
+    Vsock,
     Actions,
     Vm,
     Logger,
@@ -184,7 +185,9 @@ impl Route<'_> {
             Route::MachineConfig => &["GET", "PUT", "PATCH"],
             Route::Drive(_) => &["PUT", "PATCH"],
             Route::NetworkInterface(_) => &["PUT"],
-            Route::BootSource | Route::Entropy | Route::Actions | Route::Logger | Route::KvmkitStop => &["PUT"],
+            Route::BootSource | Route::Entropy | Route::Vsock | Route::Actions | Route::Logger | Route::KvmkitStop => {
+                &["PUT"]
+            }
             Route::SnapshotCreate | Route::SnapshotLoad => &["PUT"],
             Route::Vm => &["PATCH"],
             Route::Metrics => &["GET", "PUT"],
@@ -203,7 +206,6 @@ const UNSUPPORTED: &[(&[&str], &str)] = &[
     (&["balloon", "hinting", "stop"], "balloon devices are"),
     (&["mmds"], "MMDS (the microVM metadata service) is"),
     (&["mmds", "config"], "MMDS (the microVM metadata service) is"),
-    (&["vsock"], "vsock devices are"),
     (&["cpu-config"], "custom CPU templates are"),
     (&["serial"], "serial device configuration is"),
     (&["hotplug", "memory"], "memory hotplug is"),
@@ -293,6 +295,7 @@ pub fn parse_request(method: &str, path: &str, body: &[u8]) -> Result<ParsedRequ
                 req.no_rate_limiter(entropy.rate_limiter.take(), "entropy device rate limiters are")?;
             VmmAction::PutEntropy(entropy)
         }
+        ("PUT", Route::Vsock) => VmmAction::PutVsock(req.json::<VsockDeviceConfig>("Vsock")?),
         ("PUT", Route::Actions) => match req.json::<ActionBody>("InstanceActionInfo")?.action_type {
             ActionType::InstanceStart => VmmAction::InstanceStart,
             ActionType::SendCtrlAltDel => VmmAction::SendCtrlAltDel,
@@ -515,6 +518,7 @@ fn route(path: &str) -> Option<Route<'_>> {
         ["network-interfaces"] => Route::MissingId("/network-interfaces/{iface_id}"),
         ["network-interfaces", id] => Route::NetworkInterface(id),
         ["entropy"] => Route::Entropy,
+        ["vsock"] => Route::Vsock,
         ["actions"] => Route::Actions,
         ["vm"] => Route::Vm,
         ["logger"] => Route::Logger,

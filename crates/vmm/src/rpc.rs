@@ -18,7 +18,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::lifecycle::VmState;
 use crate::vmm_config::{
     BlockDeviceConfig, BlockDeviceUpdate, BootSourceConfig, EntropyDeviceConfig, LoggerConfig, MachineConfig,
-    MachineConfigUpdate, MetricsConfig, NetworkInterfaceConfig, VmResources,
+    MachineConfigUpdate, MetricsConfig, NetworkInterfaceConfig, VmResources, VsockDeviceConfig,
 };
 
 /// Something a client asks the VMM to do.
@@ -44,6 +44,8 @@ pub enum VmmAction {
     PutNetworkInterface(NetworkInterfaceConfig),
     /// `PUT /entropy` (before boot).
     PutEntropy(EntropyDeviceConfig),
+    /// `PUT /vsock` (before boot).
+    PutVsock(VsockDeviceConfig),
     /// `PUT /logger`.
     PutLogger(LoggerConfig),
     /// `PUT /metrics`.
@@ -82,6 +84,7 @@ impl VmmAction {
             Self::PatchDrive(_) => "patch_drive",
             Self::PutNetworkInterface(_) => "put_network_interface",
             Self::PutEntropy(_) => "put_entropy",
+            Self::PutVsock(_) => "put_vsock",
             Self::PutLogger(_) => "put_logger",
             Self::PutMetrics(_) => "put_metrics",
             Self::InstanceStart => "instance_start",

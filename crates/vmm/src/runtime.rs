@@ -186,6 +186,10 @@ impl Vmm {
                 e.validate()?;
                 done(self.resources.set_entropy(e).map_err(Into::into))
             }
+            PutVsock(v) => {
+                self.pre_boot()?;
+                done(self.resources.set_vsock(v).map_err(Into::into))
+            }
             PutLogger(l) => {
                 self.pre_boot()?;
                 if let Some(hook) = &mut self.logger {

@@ -10,7 +10,7 @@ use kvmkit_hostnet::{NetGuard, NetPlan};
 use kvmkit_vmm::boot::BootProtocol;
 use kvmkit_vmm::vmm_config::{
     format_mac, BlockDeviceConfig, BootSourceConfig, EntropyDeviceConfig, LogLevel, LoggerConfig, MachineConfig,
-    MetricsConfig, NetworkInterfaceConfig, VmResources,
+    MetricsConfig, NetworkInterfaceConfig, VmResources, VsockDeviceConfig,
 };
 use kvmkit_vmm::{KernelSource, MachineOptions};
 
@@ -91,6 +91,9 @@ pub fn plan(args: &RunArgs, start: Instant) -> anyhow::Result<RunPlan> {
         }
     } else if !args.disks.is_empty() || args.rng {
         bail!("--disk and --rng go with --kernel, --guest or --linux; with --config-file or the API use its drives and entropy");
+    }
+    if let Some(spec) = &args.vsock {
+        resources.set_vsock(parse_vsock(spec)?)?;
     }
     let mut net_guards = Vec::new();
     if !args.nets.is_empty() {
@@ -253,6 +256,32 @@ pub fn parse_disks(specs: &[String]) -> anyhow::Result<Vec<BlockDeviceConfig>> {
     Ok(disks)
 }
 
+/// `--vsock cid=N,uds=PATH` as the API's vsock resource.
+pub fn parse_vsock(spec: &str) -> anyhow::Result<VsockDeviceConfig> {
+    let (mut cid, mut uds) = (None, None);
+    for part in spec.split(',') {
+        match part.split_once('=') {
+            Some(("cid", n)) => match n.parse::<u32>() {
+                Ok(n) => cid = Some(n),
+                Err(_) => bail!("--vsock {spec}: cid '{n}' is not a number (3 to 4294967295)"),
+            },
+            Some(("uds", p)) => uds = Some(p.to_owned()),
+            Some((k, v)) => bail!("--vsock {spec}: unknown option {k}={v} (use cid=N,uds=PATH)"),
+            None => bail!("--vsock {spec}: '{part}' is not key=value (use cid=N,uds=PATH)"),
+        }
+    }
+    let (Some(guest_cid), Some(uds)) = (cid, uds) else {
+        bail!("--vsock {spec}: give both cid=N and uds=PATH");
+    };
+    let v = VsockDeviceConfig {
+        vsock_id: None,
+        guest_cid,
+        uds_path: uds.into(),
+    };
+    v.validate().map_err(|e| anyhow::anyhow!("--vsock {spec}: {e}"))?;
+    Ok(v)
+}
+
 /// Joins a command and its arguments into one shell command line, quoting
 /// each word so the guest shell sees exactly the words given.
 pub fn shell_join(words: &[String]) -> String {
@@ -389,6 +418,24 @@ mod tests {
         assert!(parse_disks(&["path=/a,cache=none".into()]).is_ok_and(|d| d[0].direct));
         assert!(parse_disks(&["path=/a,cache=maybe".into()]).is_err());
         assert!(parse_disks(&["path=/a,id=".into()]).is_err());
+    }
+
+    #[test]
+    fn vsock_specs() {
+        let v = parse_vsock("cid=3,uds=/tmp/v.sock").expect("parse");
+        assert_eq!((v.guest_cid, v.uds_path.to_str()), (3, Some("/tmp/v.sock")));
+        for (bad, why) in [
+            ("cid=2,uds=/v", "reserved"),
+            ("cid=x,uds=/v", "not a number"),
+            ("cid=3", "give both"),
+            ("uds=/v", "give both"),
+            ("cid=3,uds=/v,port=1", "unknown option"),
+            ("cid=3,uds=", "uds_path"),
+            ("3,/v", "not key=value"),
+        ] {
+            let e = parse_vsock(bad).expect_err(bad).to_string();
+            assert!(e.contains(why) && !e.contains('\n'), "{bad}: {e}");
+        }
     }
 
     #[test]

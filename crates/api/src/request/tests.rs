@@ -221,7 +221,6 @@ fn unsupported_features_are_named() {
         ("PUT", "/mmds", "MMDS"),
         ("PATCH", "/mmds", "MMDS"),
         ("PUT", "/mmds/config", "MMDS"),
-        ("PUT", "/vsock", "vsock devices are"),
         ("PUT", "/cpu-config", "CPU templates are"),
         ("PUT", "/serial", "serial device configuration is"),
         ("PUT", "/hotplug/memory", "memory hotplug is"),
@@ -538,4 +537,23 @@ fn quote_cuts_and_escapes() {
     assert_eq!(quote("abcdef", 3), "abc...");
     assert_eq!(quote("a\nb\u{1b}", 10), "a\\nb\\u{1b}");
     assert_eq!(quote("\u{e9}\u{e9}\u{e9}", 2), "\u{e9}\u{e9}...");
+}
+
+#[test]
+fn vsock_in_firecracker_shape() {
+    assert_eq!(
+        vmm(
+            "PUT",
+            "/vsock",
+            r#"{"vsock_id": "vsock0", "guest_cid": 3, "uds_path": "/tmp/v.sock"}"#
+        ),
+        VmmAction::PutVsock(kvmkit_vmm::vmm_config::VsockDeviceConfig {
+            vsock_id: Some("vsock0".into()),
+            guest_cid: 3,
+            uds_path: "/tmp/v.sock".into(),
+        })
+    );
+    assert!(msg("PUT", "/vsock", r#"{"guest_cid": 3}"#).contains("uds_path"));
+    assert!(msg("PUT", "/vsock", r#"{"guest_cid": 3, "uds_path": "/v", "port": 1}"#).contains("unknown field"));
+    assert!(msg("GET", "/vsock", "").contains("/vsock takes PUT"));
 }

@@ -83,6 +83,7 @@ fn answer(res: &mut VmResources, action: VmmAction) -> Result<VmmData, ActionErr
         VmmAction::PutDrive(d) => empty(res.put_drive(d)),
         VmmAction::PutNetworkInterface(n) => empty(res.put_network_interface(n)),
         VmmAction::PutEntropy(e) => empty(res.set_entropy(e)),
+        VmmAction::PutVsock(v) => empty(res.set_vsock(v)),
         VmmAction::InstanceStart => empty(res.check_bootable()),
         VmmAction::Pause | VmmAction::Resume | VmmAction::PatchDrive(_) => Err(ActionError::NotAllowedBeforeBoot),
         VmmAction::GetMetrics => Ok(VmmData::MetricsText(
@@ -315,7 +316,7 @@ fn refusals_are_400_with_a_fault_message() {
     let m = c.call("PUT", "/boot-source", r#"{"kernel": "/k"}"#).fault();
     assert!(m.contains("unknown field `kernel`"), "{m}");
     let m = c.call("PUT", "/vsock", r#"{"guest_cid": 3}"#).fault();
-    assert!(m.contains("vsock devices are not supported by kvmkit yet"), "{m}");
+    assert!(m.contains("missing field `uds_path`"), "{m}");
     let m = c.call("DELETE", "/boot-source", "").fault();
     assert_eq!(
         m,
@@ -335,6 +336,8 @@ fn refusals_are_400_with_a_fault_message() {
         .call("PUT", "/machine-config", r#"{"vcpu_count": 0, "mem_size_mib": 128}"#)
         .fault();
     assert!(m.starts_with("vcpu_count: 0 is out of range"), "{m}");
+    let m = c.call("PUT", "/vsock", r#"{"guest_cid": 2, "uds_path": "/v.sock"}"#).fault();
+    assert!(m.starts_with("guest_cid: 2 is reserved"), "{m}");
     let m = c.call("PATCH", "/vm", r#"{"state": "Paused"}"#).fault();
     assert_eq!(
         m,
@@ -343,7 +346,7 @@ fn refusals_are_400_with_a_fault_message() {
     let s = f.metrics();
     assert_eq!(
         (s.requests, s.status_4xx, s.parse_errors, s.action_errors),
-        (8, 8, 6, 2)
+        (9, 9, 6, 3)
     );
 }
 

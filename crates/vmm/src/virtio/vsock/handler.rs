@@ -213,6 +213,7 @@ impl VsockHandler {
 
 impl WorkerHandler for VsockHandler {
     fn start(&mut self) -> bool {
+        self.muxer.start();
         self.tx_more = true;
         self.round(true, true, true)
     }

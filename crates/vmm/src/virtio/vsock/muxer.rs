@@ -93,6 +93,7 @@ fn add(c: &std::sync::atomic::AtomicU64, n: u64) {
 impl Muxer {
     /// A muxer for guest `guest_cid` whose host sockets live at `uds_path`;
     /// `listener` is registered in `epoll` with token 0 ([`register_listener`]).
+    /// Nothing is polled until [`Self::start`].
     pub fn new(
         guest_cid: u64,
         uds_path: &Path,
@@ -100,7 +101,7 @@ impl Muxer {
         listener: Arc<Listener>,
         counters: Arc<VsockCounters>,
     ) -> Self {
-        let mut m = Self {
+        let m = Self {
             guest_cid,
             uds_path: uds_path.to_owned(),
             epoll,
@@ -117,8 +118,16 @@ impl Muxer {
             counters,
             events: vec![EpollEvent::default(); EVENTS_PER_ROUND],
         };
-        m.arm_listener(true);
+        // Armed by [`Self::start`] on the worker thread: activation runs on
+        // a vCPU thread, whose seccomp filter has no epoll calls.
         m
+    }
+
+    /// Starts polling the listener (on the worker thread).
+    pub fn start(&mut self) {
+        if self.connection_count() < self.max_connections {
+            self.arm_listener(true);
+        }
     }
 
     /// Lowers the connection limit (tests).

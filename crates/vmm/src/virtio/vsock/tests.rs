@@ -61,11 +61,13 @@ impl Rig {
     fn handler(&self) -> VsockHandler {
         let queues = vec![self.rx.queue(), self.tx.queue(), TestQueue::new(0x3000, QSIZE).queue()];
         let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let mut muxer = self.dev.muxer();
+        muxer.start();
         VsockHandler::new(
             self.mem.clone(),
             queues,
             Arc::new(Interrupt::new(irq)),
-            self.dev.muxer(),
+            muxer,
             self.dev.vsock_counters(),
         )
         .expect("handler")

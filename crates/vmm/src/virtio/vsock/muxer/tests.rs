@@ -22,7 +22,8 @@ struct T {
 fn rig(tag: &str) -> T {
     let path = std::env::temp_dir().join(format!("kvmkit-vsock-{tag}-{}.sock", std::process::id()));
     let dev = Vsock::new(CID, &path).expect("vsock");
-    let m = dev.muxer();
+    let mut m = dev.muxer();
+    m.start();
     let counters = dev.vsock_counters();
     T {
         _dev: dev,
