@@ -1,0 +1,213 @@
+//! virtio-vsock end to end on the real /dev/kvm (seccomp on, the default):
+//! kvmkit's test guest runs the vsock workloads; host clients use
+//! Firecracker's unix-socket bridge (`CONNECT <port>\n` -> `OK <hostport>\n`,
+//! guest connections to host port P reach `<uds>_P`).
+
+mod common;
+
+use std::io::{BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+struct Vm {
+    child: Child,
+    out: Arc<Mutex<String>>,
+    uds: PathBuf,
+}
+
+impl Vm {
+    fn start(tag: &str, workload: &str, marker: &str) -> Self {
+        let uds = std::env::temp_dir().join(format!("kvmkit-it-vsock-{tag}-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&uds);
+        let spec = format!("cid=3,uds={}", uds.display());
+        let (child, out) = common::spawn_collecting(
+            Path::new(common::kvmkit()),
+            &[
+                "run",
+                "--guest",
+                "--no-stdin",
+                "--timeout",
+                "120",
+                "--vsock",
+                &spec,
+                "--workload",
+                workload,
+            ],
+        );
+        let vm = Self { child, out, uds };
+        vm.wait_for(marker);
+        vm
+    }
+
+    fn wait_for(&self, marker: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.out.lock().expect("out").contains(marker) {
+            assert!(
+                Instant::now() < deadline,
+                "no '{marker}' from the guest: {}",
+                self.out.lock().expect("out")
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A connection to guest port `port` through the bridge, after its `OK` line.
+    fn connect(&self, port: u32) -> (UnixStream, String) {
+        let mut s = UnixStream::connect(&self.uds).expect("connect to the vsock socket");
+        s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        s.write_all(format!("CONNECT {port}\n").as_bytes()).expect("CONNECT");
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while line.last() != Some(&b'\n') {
+            match s.read(&mut b) {
+                Ok(1) => line.push(b[0]),
+                _ => break,
+            }
+        }
+        (s, String::from_utf8_lossy(&line).into_owned())
+    }
+
+    fn stop(mut self) -> String {
+        // SAFETY: plain kill(2) of the child we started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let out = self.out.lock().expect("out").clone();
+        assert!(!self.uds.exists(), "the socket file is removed when the VM ends");
+        out
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 24) as u8
+        })
+        .collect()
+}
+
+/// Sends `data` on `s` from a thread while reading the echo back here.
+fn echo(s: UnixStream, data: Vec<u8>) -> Vec<u8> {
+    let mut w = s.try_clone().expect("clone");
+    let len = data.len();
+    let writer = std::thread::spawn(move || w.write_all(&data).expect("write"));
+    let mut back = vec![0u8; len];
+    (&s).read_exact(&mut back).expect("echo back");
+    writer.join().expect("writer");
+    back
+}
+
+#[test]
+fn echo_through_the_bridge_refused_ports_and_two_connections() {
+    let vm = Vm::start("echo", "vsock-echo:5000", "listening on port 5000");
+    // 1 MiB of random bytes comes back unchanged.
+    let (s, ok) = vm.connect(5000);
+    assert!(ok.starts_with("OK "), "{ok:?}");
+    let port: u32 = ok[3..].trim().parse().expect("host port");
+    assert!(port >= 1024, "{port}");
+    let data = random_bytes(1 << 20, 1);
+    let t = Instant::now();
+    assert!(echo(s, data.clone()) == data, "1 MiB echoed unchanged");
+    eprintln!("1 MiB echoed in {:?}", t.elapsed());
+    // Nobody listens on 5999: the guest resets, the client is closed, no hang.
+    let t = Instant::now();
+    let (mut s, line) = vm.connect(5999);
+    assert!(line.is_empty(), "{line:?}");
+    let mut b = [0u8; 1];
+    assert!(matches!(s.read(&mut b), Ok(0)), "closed");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    // Two connections at once, each echoed whole.
+    let (a, la) = vm.connect(5000);
+    let (b, lb) = vm.connect(5000);
+    assert!(
+        la.starts_with("OK ") && lb.starts_with("OK ") && la != lb,
+        "{la:?} {lb:?}"
+    );
+    let da = random_bytes(256 << 10, 2);
+    let db = random_bytes(256 << 10, 3);
+    let (ea, eb) = (da.clone(), db.clone());
+    let ta = std::thread::spawn(move || echo(a, ea));
+    let tb = std::thread::spawn(move || echo(b, eb));
+    assert!(ta.join().expect("a") == da && tb.join().expect("b") == db);
+    let out = vm.stop();
+    assert!(!out.contains("violation=yes"), "{out}");
+}
+
+#[test]
+fn guest_connections_reach_uds_port_listeners() {
+    let uds = std::env::temp_dir().join(format!("kvmkit-it-vsock-tx-{}.sock", std::process::id()));
+    let lpath = PathBuf::from(format!("{}_5001", uds.display()));
+    let _ = std::fs::remove_file(&lpath);
+    let l = UnixListener::bind(&lpath).expect("listen on <uds>_5001");
+    let spec = format!("cid=3,uds={}", uds.display());
+    let (mut child, out) = common::spawn_collecting(
+        Path::new(common::kvmkit()),
+        &[
+            "run",
+            "--guest",
+            "--no-stdin",
+            "--timeout",
+            "120",
+            "--vsock",
+            &spec,
+            "--workload",
+            "vsock-tx:5001:4",
+        ],
+    );
+    let (s, _) = l.accept().expect("the guest connects");
+    s.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+    let mut got = Vec::new();
+    BufReader::new(s)
+        .read_to_end(&mut got)
+        .expect("read to the guest's shutdown");
+    assert_eq!(got.len(), 4 << 20);
+    for (k, &b) in got.iter().enumerate() {
+        let k = k as u64;
+        let want = (((k ^ (k >> 8)) & 0xff) as u8).wrapping_add(1);
+        assert_eq!(b, want, "byte {k}");
+    }
+    let status = child.wait().expect("wait");
+    let text = out.lock().expect("out").clone();
+    assert!(status.success(), "{status:?}: {text}");
+    assert!(text.lines().any(|l| l.starts_with("vsock-tx:")), "{text}");
+    let _ = std::fs::remove_file(&lpath);
+    assert!(!uds.exists());
+}
+
+#[test]
+fn bad_vsock_flags_are_one_line_and_exit_2() {
+    for spec in ["cid=2,uds=/tmp/x.sock", "cid=3", "cid=3,uds=/tmp/x,extra=1"] {
+        let out = common::run(
+            &["run", "--guest", "--no-stdin", "--vsock", spec],
+            Duration::from_secs(30),
+        );
+        assert_eq!(out.code, Some(2), "{spec}: {}", out.stderr);
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{spec}: {}", out.stderr);
+        assert!(out.stderr.contains("--vsock"), "{}", out.stderr);
+    }
+    // A path that exists and is not a socket is refused, and left alone.
+    let f = std::env::temp_dir().join(format!("kvmkit-it-vsock-file-{}", std::process::id()));
+    std::fs::write(&f, b"keep me").expect("write");
+    let spec = format!("cid=3,uds={}", f.display());
+    let out = common::run(
+        &["run", "--guest", "--no-stdin", "--vsock", &spec],
+        Duration::from_secs(30),
+    );
+    assert_ne!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stderr.contains("not a unix socket"), "{}", out.stderr);
+    assert_eq!(std::fs::read(&f).expect("still there"), b"keep me");
+    let _ = std::fs::remove_file(&f);
+}
