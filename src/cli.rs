@@ -277,6 +277,14 @@ pub struct RunArgs {
     /// worker) instead of kvmkit's defaults.
     #[arg(long, value_name = "FILE")]
     pub seccomp_filter: Option<PathBuf>,
+    /// Limit file system access with Landlock to the files this VM was given (/dev/kvm, kernel,
+    /// disks, sockets, log, metrics, results) plus --landlock-allow; exec and all else refused.
+    #[arg(long)]
+    pub landlock: bool,
+    /// With --landlock: also allow reading and writing (and making files) beneath this path,
+    /// e.g. where snapshots go (repeatable).
+    #[arg(long, value_name = "PATH", requires = "landlock")]
+    pub landlock_allow: Vec<PathBuf>,
     /// Write Firecracker-style JSON metrics lines to this file or FIFO (every 60 s and on FlushMetrics).
     #[arg(long, value_name = "PATH")]
     pub metrics_path: Option<PathBuf>,

@@ -6,6 +6,7 @@ pub mod ctl;
 pub mod host;
 pub mod image;
 pub mod jail;
+pub mod landlock;
 pub mod run;
 pub mod seccomp;
 pub mod vm;

@@ -34,6 +34,8 @@ pub fn run(args: &RunArgs, start: Instant) -> anyhow::Result<u8> {
     if let Some(logger) = &plan.resources.logger {
         crate::logging::apply(logger).map_err(anyhow::Error::msg)?;
     }
+    // Before any thread starts, so that every thread is restricted.
+    crate::commands::landlock::apply(args, &plan.resources)?;
     let (actions, api) = match &args.api_sock {
         Some(path) => {
             let (tx, rx) = action_channel().context("cannot create the API channel")?;
