@@ -167,6 +167,19 @@ pub enum BootArg {
     Pvh,
 }
 
+/// `--console-filter`: what guest console bytes may reach the host terminal.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ConsoleFilterArg {
+    /// On when stdout is a terminal and the console is not interactive
+    /// (--no-stdin, or stdin is not a terminal).
+    #[default]
+    Auto,
+    /// Pass text, line control and basic colour only; drop other escape sequences.
+    On,
+    /// Pass every byte as the guest wrote it.
+    Off,
+}
+
 /// Options of `kvmkit run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -217,6 +230,10 @@ pub struct RunArgs {
     /// Do not forward host stdin to the guest console.
     #[arg(long)]
     pub no_stdin: bool,
+    /// Neutralise guest escape sequences other than basic colour on the host
+    /// terminal (window titles, cursor moves, key redefinitions ...).
+    #[arg(long, value_enum, default_value_t = ConsoleFilterArg::Auto)]
+    pub console_filter: ConsoleFilterArg,
     /// Attach a raw disk image as a virtio-blk device (repeatable):
     /// path=IMG[,ro=on][,id=NAME][,cache=none] (cache=none: O_DIRECT, bypass the host page cache).
     #[arg(long = "disk", value_name = "path=IMG[,ro=on][,id=NAME][,cache=none]")]

@@ -14,6 +14,7 @@ pub mod arch;
 pub mod boot;
 pub mod bus;
 pub mod console;
+pub mod console_filter;
 pub mod control;
 pub mod device_manager;
 pub mod devices;

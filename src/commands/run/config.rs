@@ -14,7 +14,7 @@ use kvmkit_vmm::vmm_config::{
 };
 use kvmkit_vmm::{KernelSource, MachineOptions};
 
-use crate::cli::{BootArg, RunArgs};
+use crate::cli::{BootArg, ConsoleFilterArg, RunArgs};
 
 /// Default command line for Linux guests.
 pub const DEFAULT_LINUX_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
@@ -54,6 +54,11 @@ pub fn timeout(args: &RunArgs) -> anyhow::Result<Option<Duration>> {
 pub fn plan(args: &RunArgs, start: Instant) -> anyhow::Result<RunPlan> {
     timeout(args)?;
     let mut machine = MachineOptions::new(start);
+    if console_filter_on(args) {
+        machine.console = Some(Box::new(kvmkit_vmm::console_filter::EscapeFilter::new(
+            std::io::stdout(),
+        )));
+    }
     machine.protocol = match args.boot_protocol {
         BootArg::Auto => BootProtocol::Auto,
         BootArg::Linux => BootProtocol::Linux,
@@ -367,6 +372,17 @@ fn linux_version(path: &std::path::Path) -> Option<String> {
         .unwrap_or(bytes.len())
         .min(200);
     Some(String::from_utf8_lossy(&bytes[..end]).into_owned())
+}
+
+/// Whether guest console output goes through the escape filter: `auto` is on
+/// when stdout is a terminal nobody types into through kvmkit.
+fn console_filter_on(args: &RunArgs) -> bool {
+    use std::io::IsTerminal;
+    match args.console_filter {
+        ConsoleFilterArg::On => true,
+        ConsoleFilterArg::Off => false,
+        ConsoleFilterArg::Auto => std::io::stdout().is_terminal() && (args.no_stdin || !std::io::stdin().is_terminal()),
+    }
 }
 
 /// Checks `--workload` against the workload catalogue, before anything boots, with the

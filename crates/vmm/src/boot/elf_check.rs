@@ -131,14 +131,14 @@ fn check_headers<R: Read + Seek>(file: &mut R, len: u64, mem_size: u64) -> Resul
         if kind != PT_LOAD || filesz == 0 {
             continue;
         }
-        let end = offset.checked_add(filesz).unwrap_or(u64::MAX);
+        let end = offset.saturating_add(filesz);
         if end > len {
             return Err(ElfFault::Truncated { segment, end, len });
         }
         if paddr < HIMEM_START {
             return Err(ElfFault::Low { segment, addr: paddr });
         }
-        let mem_end = paddr.checked_add(memsz.max(filesz)).unwrap_or(u64::MAX);
+        let mem_end = paddr.saturating_add(memsz.max(filesz));
         if mem_end > ram {
             return Err(ElfFault::TooHigh {
                 segment,
