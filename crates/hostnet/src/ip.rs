@@ -46,13 +46,19 @@ pub(crate) fn ipv4_addrs() -> Result<Vec<(String, Ipv4Addr, u8)>, NetError> {
 
 /// Whether interface `name` exists in this network namespace.
 pub fn link_exists(name: &str) -> bool {
+    link_index(name).is_some()
+}
+
+/// Interface `name`'s index in this network namespace, if it exists. The
+/// index names one interface for its lifetime: a later interface that reuses
+/// the name gets a new index.
+pub fn link_index(name: &str) -> Option<u32> {
     // An ioctl (SIOCGIFINDEX) rather than running `ip`: this is also asked
     // at teardown, on a thread whose seccomp filter allows no exec.
-    let Ok(c) = std::ffi::CString::new(name) else {
-        return false;
-    };
+    let c = std::ffi::CString::new(name).ok()?;
     // SAFETY: `c` is a valid NUL-terminated string.
-    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (index != 0).then_some(index)
 }
 
 /// Interface `name`'s (rx, tx) packet counters, from `ip -s link show`.

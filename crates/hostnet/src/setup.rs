@@ -6,7 +6,7 @@ use kvmkit_vmm::net::{NetError, Tap};
 use kvmkit_vmm::vmm_config::format_mac;
 
 use crate::addr::{auto_addresses, mask, random_mac};
-use crate::ip::{ip, ipv4_addrs, link_exists, set_up};
+use crate::ip::{ip, ipv4_addrs, link_exists, link_index, set_up};
 use crate::spec::{NetConfig, NetMode};
 use crate::{AUTO_PREFIX, AUTO_TAP_PATTERN};
 
@@ -14,18 +14,32 @@ use crate::{AUTO_PREFIX, AUTO_TAP_PATTERN};
 /// and bridge port) when dropped. Keep it until the VM has ended.
 #[derive(Debug, Default)]
 pub struct NetGuard {
-    created_tap: Option<String>,
+    /// The tap kvmkit created: its name and interface index.
+    created_tap: Option<(String, u32)>,
+}
+
+impl NetGuard {
+    /// Owns the tap `name` now has (by its index, not its name: the kernel
+    /// reuses `kvmkitN` names, and another VM's tap must never be deleted).
+    fn own(&mut self, name: &str) {
+        self.created_tap = link_index(name).map(|index| (name.to_owned(), index));
+    }
 }
 
 impl Drop for NetGuard {
     fn drop(&mut self) {
         // The taps kvmkit creates are not persistent and vanish when their
-        // file is closed; this covers the case where it is still open.
-        if let Some(name) = self.created_tap.take() {
-            if link_exists(&name) {
-                if let Err(e) = ip(&["link", "del", "dev", &name]) {
-                    tracing::debug!("removing tap {name}: {e}");
+        // file is closed; this covers the case where it is still open. The
+        // name is only deleted while it still names the interface created.
+        if let Some((name, index)) = self.created_tap.take() {
+            match link_index(&name) {
+                Some(now) if now == index => {
+                    if let Err(e) = ip(&["link", "del", "dev", &name]) {
+                        tracing::debug!("removing tap {name}: {e}");
+                    }
                 }
+                Some(_) => tracing::debug!("tap {name} now names another interface; left alone"),
+                None => {}
             }
         }
     }
@@ -87,7 +101,7 @@ pub fn setup_net(cfg: &NetConfig, index: usize) -> Result<(Tap, NetPlan), NetErr
             let (host, guest) = auto_addresses(cfg, &addrs)?;
             let tap = Tap::open(AUTO_TAP_PATTERN)?;
             plan.tap_name = tap.name().to_owned();
-            plan.guard.created_tap = Some(plan.tap_name.clone());
+            plan.guard.own(tap.name());
             let cidr = format!("{host}/{AUTO_PREFIX}");
             ip(&["addr", "add", &cidr, "dev", tap.name()]).map_err(|e| match e {
                 NetError::AddressInUse(m) => NetError::AddressInUse(format!("{m} (NIC {index}: {host})")),
@@ -103,7 +117,7 @@ pub fn setup_net(cfg: &NetConfig, index: usize) -> Result<(Tap, NetPlan), NetErr
             let tap = Tap::open(name)?;
             plan.tap_name = tap.name().to_owned();
             if !existed {
-                plan.guard.created_tap = Some(plan.tap_name.clone());
+                plan.guard.own(tap.name());
                 tracing::info!("tap {name} did not exist; created it for this run");
             }
             if let Err(e) = set_up(name) {
@@ -127,7 +141,7 @@ pub fn setup_net(cfg: &NetConfig, index: usize) -> Result<(Tap, NetPlan), NetErr
             }
             let tap = Tap::open(AUTO_TAP_PATTERN)?;
             plan.tap_name = tap.name().to_owned();
-            plan.guard.created_tap = Some(plan.tap_name.clone());
+            plan.guard.own(tap.name());
             ip(&["link", "set", "dev", tap.name(), "master", br])?;
             set_up(tap.name())?;
             infer_addresses(&mut plan, br);
@@ -153,5 +167,43 @@ fn infer_addresses(plan: &mut NetPlan, ifname: &str) {
         let net = u32::from(*a) & mask(30);
         let other = if u32::from(*a) == net + 1 { net + 2 } else { net + 1 };
         plan.guest_ip = Some(Ipv4Addr::from(other));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Needs root and /dev/net/tun; says why it did nothing otherwise.
+    fn can_make_taps() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        let ok = std::path::Path::new("/dev/net/tun").exists() && unsafe { libc::geteuid() } == 0;
+        if !ok {
+            eprintln!("skipped: needs root and /dev/net/tun");
+        }
+        ok
+    }
+
+    #[test]
+    fn a_guard_never_deletes_a_reused_tap_name() {
+        if !can_make_taps() {
+            return;
+        }
+        let name = format!("kvmkitre{}", std::process::id() % 100_000);
+        let first = Tap::open(&name).expect("first tap");
+        let mut guard = NetGuard::default();
+        guard.own(first.name());
+        // The first tap goes away with its file; another VM gets the same name.
+        drop(first);
+        assert!(!link_exists(&name));
+        let second = Tap::open(&name).expect("second tap");
+        drop(guard);
+        assert!(link_exists(&name), "the guard deleted another VM's tap");
+        // Its own guard still removes it while it is open.
+        let mut guard = NetGuard::default();
+        guard.own(second.name());
+        drop(guard);
+        assert!(!link_exists(&name), "the guard left its own tap");
+        drop(second);
     }
 }
