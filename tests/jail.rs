@@ -596,3 +596,69 @@ fn jailed_vm_uses_a_bound_disk_and_a_tap_in_its_netns() {
         .unwrap_or("");
     assert_eq!(packets, "100", "{rx}");
 }
+
+/// Firecracker's way: the exec file is kvmkit through a symlink named
+/// `firecracker` (followed for the copy, the name kept), so it gets the
+/// jailer's `--id=` and start-time arguments and runs in drop-in mode; the
+/// kernel and config file come in with `--file ...:ro`.
+#[test]
+fn firecracker_named_exec_runs_in_drop_in_mode() {
+    if !is_root() {
+        eprintln!("skipped: the jailer needs root");
+        return;
+    }
+    let base = Base::new("fc");
+    let files = std::env::temp_dir().join(format!("kvmkit-it-jail-fcfiles-{}", std::process::id()));
+    std::fs::create_dir_all(&files).expect("dir");
+    let fc = files.join("firecracker");
+    std::os::unix::fs::symlink(common::kvmkit(), &fc).expect("symlink");
+    let elf = files.join("guest.elf");
+    let made = common::run(
+        &["image", "guest", "--out", elf.to_str().expect("utf-8")],
+        Duration::from_secs(30),
+    );
+    assert_eq!(made.code, Some(0), "{}", made.stderr);
+    let cfg = files.join("vm.json");
+    std::fs::write(
+        &cfg,
+        r#"{"boot-source": {"kernel_image_path": "/guest.elf", "boot_args": "kvmkit.workload=primes:20000"},
+            "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}}"#,
+    )
+    .expect("config");
+    let (elf_arg, cfg_arg) = (
+        format!("{}:ro", elf.display()),
+        format!("{}:/vm.json:ro", cfg.display()),
+    );
+    let id = format!("fc-{}", std::process::id());
+    let out = Command::new(common::kvmkit())
+        .args([
+            "jail",
+            "--id",
+            &id,
+            "--exec-file",
+            fc.to_str().expect("utf-8"),
+            "--uid",
+            UID,
+            "--gid",
+            UID,
+        ])
+        .args(["--chroot-base-dir", base.s(), "--file", &elf_arg, "--file", &cfg_arg])
+        .args(["--", "--no-api", "--config-file", "/vm.json"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("jail");
+    let _ = std::fs::remove_dir_all(&files);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("primes: N=20000 count=2262"),
+        "{:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let inside = base.0.join("firecracker").join(&id).join("root/firecracker");
+    let meta = std::fs::symlink_metadata(&inside).expect("exec file in the jail");
+    assert!(
+        meta.is_file(),
+        "the jail's firecracker is not a regular file (a symlink was copied?)"
+    );
+}

@@ -116,7 +116,7 @@ pub fn parse_file(s: &str) -> Result<JailFile, String> {
 pub struct JailPlan {
     /// The VM id.
     pub id: String,
-    /// The exec file on the host (absolute).
+    /// The exec file on the host (absolute, symlinks resolved).
     pub exec_file: PathBuf,
     /// Its file name, which is also its name inside the jail.
     pub exec_name: String,
@@ -220,6 +220,10 @@ impl JailArgs {
             Ok(_) => return Err(format!("--exec-file {}: not a regular file", exec_file.display())),
             Err(e) => return Err(format!("--exec-file {}: {e}", exec_file.display())),
         }
+        // A symlink (e.g. `firecracker` -> kvmkit) is followed for the file
+        // copied in; the name in the jail stays the one given.
+        let exec_src =
+            std::fs::canonicalize(&exec_file).map_err(|e| format!("--exec-file {}: {e}", exec_file.display()))?;
         let exec_name = exec_file
             .file_name()
             .and_then(|n| n.to_str())
@@ -263,7 +267,7 @@ impl JailArgs {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(JailPlan {
             id: self.id.clone(),
-            exec_file,
+            exec_file: exec_src,
             exec_name,
             uid: self.uid,
             gid: self.gid,
@@ -341,6 +345,46 @@ mod tests {
         assert!(parse_rlimit("nofile=1").is_err());
         assert!(parse_rlimit("fsize=-1").is_err());
         assert!(parse_rlimit("fsize").is_err());
+    }
+
+    #[test]
+    fn exec_argv() {
+        let a = JailArgs::try_parse_from([
+            "jailer",
+            "--id",
+            "vm1",
+            "--exec-file",
+            "/proc/self/exe",
+            "--uid",
+            "1",
+            "--gid",
+            "1",
+            "--chroot-base-dir",
+            "/nonexistent-kvmkit",
+            "--",
+            "run",
+            "--guest",
+        ])
+        .expect("parse");
+        let mut plan = a.plan().expect("plan");
+        plan.exec_name = "kvmkit".into();
+        assert_eq!(
+            super::super::enter::argv(&plan, 5, 6),
+            ["/kvmkit", "run", "--guest"].map(OsString::from)
+        );
+        plan.exec_name = "firecracker".into();
+        plan.exec_args = vec!["--no-api".into()];
+        assert_eq!(
+            super::super::enter::argv(&plan, 5, 6),
+            [
+                "/firecracker",
+                "--id=vm1",
+                "--start-time-us=5",
+                "--start-time-cpu-us=6",
+                "--no-api"
+            ]
+            .map(OsString::from)
+        );
     }
 
     #[test]
