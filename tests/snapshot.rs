@@ -536,3 +536,35 @@ fn rng_clones_with_a_read_only_disk_run_at_once() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_vm_with_a_vsock_device_is_refused_and_nothing_written() {
+    if !kvm() {
+        eprintln!("skipped: no /dev/kvm");
+        return;
+    }
+    let dir = temp_dir("vsock");
+    let uds = dir.join("v.sock");
+    let spec = format!("cid=3,uds={}", uds.display());
+    let vmm = Vmm::spawn(
+        &dir,
+        "orig",
+        &["--guest", "--workload", "ticks:100", "--vsock", &spec, "--rng"],
+    );
+    vmm.wait_stdout("the guest", |s| s.contains("tick="), Duration::from_secs(30));
+    vmm.ok("PATCH", "/vm", r#"{"state":"Paused"}"#);
+    let (state, mem) = (dir.join("state"), dir.join("mem"));
+    let body = serde_json::json!({
+        "snapshot_path": state.to_str().expect("utf8"),
+        "mem_file_path": mem.to_str().expect("utf8"),
+    });
+    let (status, text) = vmm.req("PUT", "/snapshot/create", &body.to_string());
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("cannot be snapshotted yet"), "{text}");
+    assert!(text.contains("vsock") || text.contains("Vsock"), "{text}");
+    assert!(!state.exists() && !mem.exists(), "nothing written");
+    // The VM goes on.
+    vmm.ok("PATCH", "/vm", r#"{"state":"Resumed"}"#);
+    drop(vmm);
+    let _ = std::fs::remove_dir_all(&dir);
+}

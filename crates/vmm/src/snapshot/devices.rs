@@ -90,6 +90,11 @@ pub struct DevicesState {
 /// can still be hand-made).
 pub fn check_virtio(resources: &VmResources, virtio: &[VirtioDeviceState]) -> Result<(), SnapshotError> {
     let bad = |m: String| Err(SnapshotError::Invalid(m));
+    if resources.vsock.is_some() {
+        return Err(SnapshotError::Unsupported(
+            "the snapshot names a vsock device, which cannot be snapshotted yet".into(),
+        ));
+    }
     let want = resources.drives.len() + resources.network_interfaces.len() + usize::from(resources.entropy.is_some());
     if virtio.len() != want {
         return bad(format!(
@@ -127,6 +132,37 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::snapshot::virtio::{BlockSnapshot, TransportState};
+    use crate::vmm_config::BlockDeviceConfig;
+
+    #[test]
+    fn saved_virtio_devices_must_match_the_resources() {
+        let mut r = VmResources::default();
+        r.drives.push(BlockDeviceConfig {
+            drive_id: "d".into(),
+            path_on_host: "/x.img".into(),
+            ..Default::default()
+        });
+        let dev = |path: &str| VirtioDeviceState {
+            id: "d".into(),
+            mmio_base: 0xd000_1000,
+            gsi: 5,
+            transport: TransportState::default(),
+            device: VirtioKindState::Block(BlockSnapshot {
+                path: path.into(),
+                read_only: false,
+                direct: false,
+                size: 1 << 20,
+            }),
+        };
+        assert!(check_virtio(&r, &[dev("/x.img")]).is_ok());
+        assert!(check_virtio(&r, &[]).is_err(), "a drive without state");
+        assert!(check_virtio(&r, &[dev("/y.img")]).is_err(), "another path");
+        assert!(check_virtio(&r, &[dev("/x.img"), dev("/x.img")]).is_err(), "twice");
+        r.vsock = Some(serde_json::from_str(r#"{"guest_cid":3,"uds_path":"/tmp/v.sock"}"#).expect("vsock"));
+        let e = check_virtio(&r, &[dev("/x.img")]).unwrap_err().to_string();
+        assert!(e.contains("cannot be snapshotted yet"), "{e}");
+    }
     use crate::bus::BusDevice;
     use crate::control::VmControl;
     use crate::devices::i8042::I8042;

@@ -57,8 +57,9 @@ pub enum SnapshotError {
     /// Reading or writing a file.
     #[error("{0}")]
     Io(String),
-    /// The VM has something kvmkit cannot snapshot yet.
-    #[error("{0} (not supported yet)")]
+    /// The VM has something kvmkit cannot snapshot yet (the message says
+    /// what, ending in "cannot be snapshotted yet").
+    #[error("{0}")]
     Unsupported(String),
 }
 
