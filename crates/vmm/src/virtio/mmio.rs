@@ -474,3 +474,6 @@ impl BusDevice for MmioTransport {
         self.write_register(offset, u32::from_le_bytes(b));
     }
 }
+
+#[cfg(test)]
+mod snapshot_tests;
