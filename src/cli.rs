@@ -230,6 +230,11 @@ pub struct RunArgs {
     /// Do not forward host stdin to the guest console.
     #[arg(long)]
     pub no_stdin: bool,
+    /// Where the guest's serial console goes: tty (this terminal), pty (a new
+    /// pseudo-terminal, path printed), socket=PATH (clients attach and see recent
+    /// output), file=PATH (output appended) or off.
+    #[arg(long, default_value = "tty", value_name = "tty|pty|socket=PATH|file=PATH|off")]
+    pub serial: crate::commands::run::SerialSpec,
     /// Neutralise guest escape sequences other than basic colour on the host
     /// terminal (window titles, cursor moves, key redefinitions ...).
     #[arg(long, value_enum, default_value_t = ConsoleFilterArg::Auto)]

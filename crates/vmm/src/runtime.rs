@@ -31,6 +31,9 @@ pub struct VmmOptions {
     pub boot_now: bool,
     /// Forward host stdin to the guest's serial port.
     pub stdin: bool,
+    /// Read console input from this descriptor instead of stdin (a pty, or
+    /// the pipe of a socket console); no terminal mode is changed.
+    pub console_input: Option<std::os::fd::OwnedFd>,
     /// End the VM this long after start.
     pub timeout: Option<Duration>,
     /// Instance id (`GET /`).
@@ -284,7 +287,8 @@ pub fn run_vmm(resources: VmResources, opts: VmmOptions) -> Result<RunOutcome, M
     let VmmOptions {
         machine,
         boot_now,
-        mut stdin,
+        stdin,
+        console_input,
         timeout,
         id,
         actions,
@@ -319,11 +323,13 @@ pub fn run_vmm(resources: VmResources, opts: VmmOptions) -> Result<RunOutcome, M
     if let Some(a) = &actions {
         a.publish(vmm.instance_info());
     }
-    let _terminal = if stdin {
+    let _terminal = if stdin && console_input.is_none() {
         TerminalGuard::new(libc::STDIN_FILENO)
     } else {
         None
     };
+    let input_fd = console_input.as_ref().map_or(libc::STDIN_FILENO, |f| f.as_raw_fd());
+    let mut stdin = stdin || console_input.is_some();
     let deadline = timeout.map(|t| start + t);
     let mut next_flush = Instant::now() + metrics::FLUSH_INTERVAL;
     let mut pending: Vec<u8> = Vec::new();
@@ -344,7 +350,7 @@ pub fn run_vmm(resources: VmResources, opts: VmmOptions) -> Result<RunOutcome, M
             fds.len() - 1
         });
         let stdin_at = (stdin && pending.is_empty() && vmm.booted()).then(|| {
-            fds.push(pollfd(libc::STDIN_FILENO));
+            fds.push(pollfd(input_fd));
             fds.len() - 1
         });
         let now = Instant::now();
@@ -408,8 +414,10 @@ pub fn run_vmm(resources: VmResources, opts: VmmOptions) -> Result<RunOutcome, M
             if fds[i].revents & (libc::POLLIN | libc::POLLHUP) != 0 {
                 let mut buf = [0u8; 64];
                 // SAFETY: reading into a local buffer of the given size.
-                let k = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
-                if k <= 0 {
+                let k = unsafe { libc::read(input_fd, buf.as_mut_ptr().cast(), buf.len()) };
+                if k < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock {
+                    // A non-blocking pipe with nothing yet: poll again.
+                } else if k <= 0 {
                     stdin = false; // EOF or error: stop reading input, the VM runs on.
                 } else {
                     pending.extend_from_slice(&buf[..k as usize]);

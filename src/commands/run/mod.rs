@@ -4,6 +4,9 @@
 
 mod config;
 mod report;
+mod serial;
+
+pub use serial::SerialSpec;
 
 use std::time::Instant;
 
@@ -36,6 +39,7 @@ pub fn run(args: &RunArgs, start: Instant) -> anyhow::Result<u8> {
     }
     // Before any thread starts, so that every thread is restricted.
     crate::commands::landlock::apply(args, &plan.resources)?;
+    let mut serial = serial::Serial::setup(&args.serial)?;
     let (actions, api) = match &args.api_sock {
         Some(path) => {
             let (tx, rx) = action_channel().context("cannot create the API channel")?;
@@ -46,16 +50,20 @@ pub fn run(args: &RunArgs, start: Instant) -> anyhow::Result<u8> {
     };
     let config::RunPlan {
         resources,
-        machine,
+        mut machine,
         boot_now,
         net_guards,
     } = plan;
+    if let Some(out) = serial.output.take() {
+        machine.console = Some(out);
+    }
     let outcome = run_vmm(
         resources,
         VmmOptions {
             machine,
             boot_now,
-            stdin: !args.no_stdin,
+            stdin: !args.no_stdin && serial.stdin,
+            console_input: serial.input.take(),
             timeout: config::timeout(args)?,
             id: args.id.clone(),
             actions,
@@ -64,6 +72,7 @@ pub fn run(args: &RunArgs, start: Instant) -> anyhow::Result<u8> {
         },
     );
     drop(api);
+    drop(serial);
     drop(net_guards);
     let outcome = outcome?;
     report::report(args, &outcome);
