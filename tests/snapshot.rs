@@ -522,6 +522,21 @@ fn rng_clones_with_a_read_only_disk_run_at_once() {
     let (status, text) = load.req("PUT", "/snapshot/load", &body.to_string());
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("eth9"), "{text}");
+    // The refused load left the VMM fresh: a good one loads Paused (the
+    // rng's worker parked), and resuming lets the workload finish.
+    let mut load = load;
+    let body = serde_json::json!({
+        "snapshot_path": state.to_str().expect("utf8"),
+        "mem_backend": {"backend_type": "File", "backend_path": mem.to_str().expect("utf8")},
+    });
+    load.ok("PUT", "/snapshot/load", &body.to_string());
+    let (_, info) = load.req("GET", "/", "");
+    assert!(info.contains("\"Paused\""), "{info}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!load.stdout().contains("sane="), "a Paused VM makes no progress");
+    load.ok("PATCH", "/vm", r#"{"state":"Resumed"}"#);
+    assert_eq!(load.wait_exit(Duration::from_secs(60)), Some(0), "{}", load.stdout());
+    assert!(load.stdout().contains("sane=yes"), "{}", load.stdout());
     drop(load);
 
     // Five clones at once, copy-on-write memory, the read-only disk shared.
