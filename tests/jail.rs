@@ -662,3 +662,63 @@ fn firecracker_named_exec_runs_in_drop_in_mode() {
         "the jail's firecracker is not a regular file (a symlink was copied?)"
     );
 }
+
+/// `--daemonize --new-pid-ns`: the jailer exits 0 once the VMM has exec'd
+/// as pid 1 of a new pid namespace, whose host pid is in
+/// `<chroot>/kvmkit.pid`; the VMM's stdio is /dev/null and it runs as 12345.
+#[test]
+fn daemonized_vm_in_a_new_pid_namespace() {
+    if !is_root() {
+        eprintln!("skipped: the jailer needs root");
+        return;
+    }
+    let base = Base::new("pidns");
+    let id = format!("t-{}", std::process::id());
+    let args = jail_args(
+        &id,
+        &base,
+        &["--daemonize", "--new-pid-ns"],
+        &[
+            "run",
+            "--guest",
+            "--no-stdin",
+            "--timeout",
+            "30",
+            "--workload",
+            "ticks:100",
+        ],
+    );
+    let out = Command::new(common::kvmkit())
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("jail");
+    assert!(
+        out.status.success(),
+        "{:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pidfile = base.0.join("kvmkit").join(&id).join("root/kvmkit.pid");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let stdout = std::fs::read_link(format!("/proc/{pid}/fd/1")).unwrap_or_default();
+    // SAFETY: pid is the VMM this test started (through the jailer).
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap_or("")
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(field("NSpid:").split_whitespace().last(), Some("1"), "{status}");
+    assert_eq!(field("Uid:").split_whitespace().next(), Some(UID), "{status}");
+    assert_eq!(field("CapEff:"), "0000000000000000");
+    assert_eq!(stdout, Path::new("/dev/null"));
+}

@@ -53,6 +53,9 @@ fn times_us() -> (u64, u64) {
 pub fn run(args: &JailArgs) -> anyhow::Result<u8> {
     let (start_us, start_cpu_us) = times_us();
     let plan = args.plan().map_err(anyhow::Error::msg)?;
+    // What the jailer makes is never group- or world-writable.
+    // SAFETY: umask only sets this process's file mode mask.
+    unsafe { libc::umask(0o022) };
     enter::cloexec_above_stdio().map_err(anyhow::Error::msg)?;
     // Everything that can be opened or checked before the host is changed.
     let handles = enter::Handles {
