@@ -90,11 +90,20 @@ fn apply_network_overrides(state: &mut SnapshotState, overrides: &[NetworkOverri
 /// anything is built (opening a tap would create a missing one).
 fn check_backends(state: &SnapshotState) -> Result<(), SnapshotError> {
     for d in &state.resources.drives {
-        if std::fs::metadata(&d.path_on_host).is_err() {
-            return Err(SnapshotError::Io(format!(
-                "disk image {} of drive '{}' (named by the snapshot) does not exist",
-                d.path_on_host, d.drive_id
-            )));
+        match std::fs::metadata(&d.path_on_host) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SnapshotError::Io(format!(
+                    "disk image {} of drive '{}' (named by the snapshot) does not exist",
+                    d.path_on_host, d.drive_id
+                )))
+            }
+            Err(e) => {
+                return Err(SnapshotError::Io(format!(
+                    "disk image {} of drive '{}' (named by the snapshot): {e}",
+                    d.path_on_host, d.drive_id
+                )))
+            }
         }
     }
     for n in &state.resources.network_interfaces {
