@@ -31,6 +31,9 @@ pub enum Command {
     Bench(BenchArgs),
     /// Drive a running kvmkit (or Firecracker) over its API socket.
     Ctl(CtlArgs),
+    /// Run a command in a running Linux guest through kvmkit's guest agent over vsock
+    /// (the VM from `kvmkit run --linux --api-sock S`; docs/vsock.md).
+    Exec(crate::commands::exec::ExecArgs),
     /// List every workload (name, argument grammar, where it runs: guest, host, bench), one a line.
     Workloads,
     /// Named VMs on this host (like virsh): define, start, stop, list, console, logs.
@@ -180,6 +183,17 @@ pub enum ConsoleFilterArg {
     Off,
 }
 
+/// `--exec-via`: how `kvmkit run --linux -- CMD` runs CMD in the guest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ExecViaArg {
+    /// kvmkit's guest agent over virtio-vsock: stdout and stderr stay apart, the guest's own
+    /// console lines do not mix into them.
+    #[default]
+    Vsock,
+    /// The serial console: `/init` runs CMD with the console as its terminal.
+    Console,
+}
+
 /// Options of `kvmkit run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -251,6 +265,10 @@ pub struct RunArgs {
     /// connections to host port P reach `PATH_P` (docs/vsock.md).
     #[arg(long, value_name = "cid=N,uds=PATH")]
     pub vsock: Option<String>,
+    /// With --linux -- CMD: run CMD through kvmkit's guest agent over vsock (default), or
+    /// through the serial console like before (docs/vsock.md).
+    #[arg(long, value_enum, default_value_t = ExecViaArg::Vsock)]
+    pub exec_via: ExecViaArg,
     /// Attach a virtio-net NIC (repeatable): tap=NAME[,mac=M] uses an existing tap;
     /// auto[,host-ip=A,guest-ip=B] creates one with a private /30 and removes it on exit;
     /// bridge=BR[,mac=M] attaches a new tap to an existing bridge.

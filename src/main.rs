@@ -39,6 +39,7 @@ fn main() -> ExitCode {
         cli::Command::Image(args) => commands::image::run(&args),
         cli::Command::Bench(args) => commands::bench::run(&args),
         cli::Command::Ctl(args) => commands::ctl::run(&args),
+        cli::Command::Exec(args) => commands::exec::run(&args),
         cli::Command::Workloads => commands::workloads::run(),
         cli::Command::Vm(args) => commands::vm::run(&args),
         cli::Command::Serve(args) => commands::vm::serve::run(&args),

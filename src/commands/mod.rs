@@ -1,8 +1,10 @@
 //! One module per subcommand.
 
+pub mod agent;
 pub mod bench;
 pub mod check;
 pub mod ctl;
+pub mod exec;
 pub mod host;
 pub mod image;
 pub mod jail;

@@ -86,7 +86,7 @@ pub fn run(args: &JailArgs) -> anyhow::Result<u8> {
     let argv = enter::argv(&plan, start_us, start_cpu_us);
     let mut reaper = Some(reaper);
     let mut to_parent: Option<File> = None;
-    let result = (|| -> Result<Option<u8>, String> {
+    let result = (|| -> Result<u8, String> {
         cgroup::join(&vm_cgroups)?;
         enter::set_rlimits(&plan)?;
         enter::join_netns(&handles)?;
@@ -94,7 +94,7 @@ pub fn run(args: &JailArgs) -> anyhow::Result<u8> {
         enter::daemonize(&handles)?;
         if plan.new_pid_ns {
             match new_pid_ns(&plan, &mut reaper)? {
-                PidNs::Parent(code) => return Ok(Some(code)),
+                PidNs::Parent(code) => return Ok(code),
                 PidNs::Child(f) => to_parent = Some(f),
             }
         }
@@ -103,8 +103,7 @@ pub fn run(args: &JailArgs) -> anyhow::Result<u8> {
         Err(enter::exec(&argv))
     })();
     match result {
-        Ok(Some(code)) => Ok(code),
-        Ok(None) => unreachable!("exec returns only with an error"),
+        Ok(code) => Ok(code),
         Err(e) => {
             let left = reaper.map(Reaper::cleanup).unwrap_or_default();
             if let Some(mut f) = to_parent {

@@ -31,6 +31,8 @@ pub struct RunPlan {
     pub boot_now: bool,
     /// Taps and addresses kvmkit set up for `--net`, undone when dropped.
     pub net_guards: Vec<NetGuard>,
+    /// `--linux` through kvmkit's guest agent (its private directory is removed when dropped).
+    pub agent: Option<super::agent::AgentPlan>,
 }
 
 /// The longest `--timeout` (about 31 years): a deadline past it would
@@ -72,6 +74,7 @@ pub fn plan(args: &RunArgs, start: Instant) -> anyhow::Result<RunPlan> {
         VmResources::default()
     };
     let booting_from_flags = args.guest || args.linux || args.kernel.is_some();
+    let mut agent = None;
     let boot_now = booting_from_flags || args.config_file.is_some();
     if !boot_now && args.api_sock.is_none() && args.restore_state.is_none() {
         bail!("give --kernel PATH, --linux, --guest, --config-file FILE or --api-sock PATH");
@@ -84,8 +87,12 @@ pub fn plan(args: &RunArgs, start: Instant) -> anyhow::Result<RunPlan> {
             mem_size_mib: args.memory,
             ..Default::default()
         })?;
-        let (boot, kernel) = boot_source(args)?;
+        let (boot, kernel, agent_plan) = boot_source(args)?;
         resources.set_boot_source(boot)?;
+        if let Some(a) = &agent_plan {
+            resources.set_vsock(a.vsock.clone())?;
+        }
+        agent = agent_plan;
         machine.kernel = kernel;
         machine.tsc_hint = args.guest;
         for d in parse_disks(&args.disks)? {
@@ -149,6 +156,7 @@ pub fn plan(args: &RunArgs, start: Instant) -> anyhow::Result<RunPlan> {
         machine,
         boot_now,
         net_guards,
+        agent,
     })
 }
 
@@ -164,9 +172,12 @@ fn check_cpus(cpus: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The boot source for `--guest`, `--linux` or `--kernel`, and the
-/// embedded kernel for `--guest`.
-fn boot_source(args: &RunArgs) -> anyhow::Result<(BootSourceConfig, Option<KernelSource>)> {
+/// The boot source for `--guest`, `--linux` or `--kernel`, the
+/// embedded kernel for `--guest`, and for `--linux` the guest agent's set-up.
+type BootPlan = (BootSourceConfig, Option<KernelSource>, Option<super::agent::AgentPlan>);
+
+/// The boot source for `--guest`, `--linux` or `--kernel` (see [`BootPlan`]).
+fn boot_source(args: &RunArgs) -> anyhow::Result<BootPlan> {
     if args.guest {
         let workload = args.workload.clone().unwrap_or_else(|| "primes:100000".into());
         check_workload(&workload)?;
@@ -183,7 +194,7 @@ fn boot_source(args: &RunArgs) -> anyhow::Result<(BootSourceConfig, Option<Kerne
             name: "kvmkit test guest".into(),
             bytes: kvmkit_guest_image::GUEST_ELF,
         };
-        return Ok((boot, Some(kernel)));
+        return Ok((boot, Some(kernel), None));
     }
     if args.linux {
         warn_if_pvm();
@@ -193,18 +204,22 @@ fn boot_source(args: &RunArgs) -> anyhow::Result<(BootSourceConfig, Option<Kerne
         if let Some(extra) = &args.cmdline {
             cmdline = format!("{cmdline} {extra}");
         }
-        if !args.command.is_empty() {
+        let agent = super::agent::plan(args, &assets)?;
+        if let Some(a) = &agent {
+            cmdline = format!("{cmdline} {}", a.cmdline_word);
+        } else if !args.command.is_empty() {
             cmdline = format!(
                 "{cmdline} {}",
                 kvmkit_images::cmdline_command(&shell_join(&args.command))
             );
         }
+        let initrd = agent.as_ref().map_or(&assets.initramfs, |a| &a.initramfs);
         let boot = BootSourceConfig {
             kernel_image_path: assets.kernel.display().to_string(),
-            initrd_path: Some(assets.initramfs.display().to_string()),
+            initrd_path: Some(initrd.display().to_string()),
             boot_args: Some(cmdline),
         };
-        return Ok((boot, None));
+        return Ok((boot, None, agent));
     }
     let Some(path) = &args.kernel else {
         bail!("give --kernel PATH, --linux or --guest")
@@ -216,7 +231,7 @@ fn boot_source(args: &RunArgs) -> anyhow::Result<(BootSourceConfig, Option<Kerne
         boot_args: Some(args.cmdline.clone().unwrap_or_else(|| DEFAULT_LINUX_CMDLINE.into())),
     };
     // A path with a non-UTF-8 name still opens: hand the file over as given.
-    Ok((boot, Some(KernelSource::Path(path.clone()))))
+    Ok((boot, Some(KernelSource::Path(path.clone())), None))
 }
 
 /// Parses every `--net` spec.

@@ -2,6 +2,7 @@
 //! optional API socket serves Firecracker's API, and the VMM thread runs
 //! until the VM ends.
 
+mod agent;
 mod config;
 mod report;
 mod serial;
@@ -53,7 +54,13 @@ pub fn run(args: &RunArgs, start: Instant) -> anyhow::Result<u8> {
         mut machine,
         boot_now,
         net_guards,
+        agent,
     } = plan;
+    // The command runs through the guest agent: our stdin goes to it, not to the console.
+    let client = match &agent {
+        Some(a) => agent::Client::start(a, config::timeout(args)?)?,
+        None => None,
+    };
     if let Some(out) = serial.output.take() {
         machine.console = Some(out);
     }
@@ -62,7 +69,7 @@ pub fn run(args: &RunArgs, start: Instant) -> anyhow::Result<u8> {
         VmmOptions {
             machine,
             boot_now,
-            stdin: !args.no_stdin && serial.stdin,
+            stdin: !args.no_stdin && serial.stdin && client.is_none(),
             console_input: serial.input.take(),
             timeout: config::timeout(args)?,
             id: args.id.clone(),
@@ -74,11 +81,21 @@ pub fn run(args: &RunArgs, start: Instant) -> anyhow::Result<u8> {
     drop(api);
     drop(serial);
     drop(net_guards);
+    let exit = client.map(agent::Client::finish);
+    drop(agent);
     let outcome = outcome?;
     report::report(args, &outcome);
     if let Some(path) = &args.results {
         let json = serde_json::to_string_pretty(&report::summary(&outcome))?;
         std::fs::write(path, json + "\n").with_context(|| format!("cannot write {}", path.display()))?;
     }
-    Ok(outcome.reason.exit_code().clamp(0, 255) as u8)
+    match exit {
+        // The command's status, as the agent reported it (also on the exit-status port).
+        Some(Ok(exit)) => Ok(exit.shell_status()),
+        Some(Err(e)) => {
+            tracing::info!("no exit status from the guest agent: {e:#}");
+            Ok(outcome.reason.exit_code().clamp(0, 255) as u8)
+        }
+        None => Ok(outcome.reason.exit_code().clamp(0, 255) as u8),
+    }
 }
