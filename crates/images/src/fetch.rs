@@ -190,6 +190,11 @@ fn assets_from(dir: &Path, m: &Manifest) -> LinuxAssets {
         initramfs: dir.join(INITRAMFS),
         kernel_version: m.kernel_version.clone(),
         busybox_version: m.busybox_version.clone(),
+        vsock: m
+            .modules
+            .loaded
+            .iter()
+            .any(|p| p.ends_with(&format!("/{}.ko", modules::VSOCK_MODULE))),
     }
 }
 

@@ -4,6 +4,11 @@ use crate::modules::Resolution;
 
 /// The kernel command-line key that carries a command for `/init` to run.
 pub const CMDLINE_KEY: &str = "kvmkit.cmd";
+/// The kernel command-line key that starts kvmkit's guest agent: `kvmkit.agent=PORT` runs
+/// `/bin/kvmkit-agent --port PORT` in the background (then the command or the console shell as
+/// usual); `kvmkit.agent=PORT:only` runs only the agent (no console shell; the host sends the
+/// command over vsock). `/bin/kvmkit-agent` is appended to the initramfs by `kvmkit run`.
+pub const AGENT_KEY: &str = "kvmkit.agent";
 /// The line `/init` prints when it hands the console to an interactive shell.
 pub const USERSPACE_READY_MARKER: &str = "KVMKIT-USERSPACE-READY";
 /// The prefix of the line `/init` prints with the command's exit status, e.g. `KVMKIT-EXIT-STATUS=0`.
@@ -117,6 +122,32 @@ kvmkit_insmod() {{
         ));
     }
     s.push_str(NET_SETUP);
+    s.push_str(&format!(
+        r#"
+# {agent}=PORT: kvmkit's guest agent on vsock PORT in the background; {agent}=PORT:only: the
+# agent alone (the host sends the command over vsock and the agent powers the guest off).
+agent_spec=
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        {agent}=*) agent_spec=${{arg#{agent}=}} ;;
+    esac
+done
+if [ -n "$agent_spec" ]; then
+    if [ -x /bin/kvmkit-agent ]; then
+        cd /
+        if [ "${{agent_spec#*:}}" = only ]; then
+            /bin/kvmkit-agent --port "${{agent_spec%%:*}}"
+            echo "kvmkit-init: kvmkit-agent exited with status $?"
+            poweroff -f
+        fi
+        /bin/kvmkit-agent --port "${{agent_spec%%:*}}" &
+    else
+        echo "kvmkit-init: {agent}= given but there is no /bin/kvmkit-agent"
+    fi
+fi
+"#,
+        agent = AGENT_KEY,
+    ));
     s.push_str(&format!(
         r#"
 # {key}=<percent-encoded command> or {key}=b64:<base64 command>
@@ -258,6 +289,10 @@ mod tests {
         assert!(s.contains("kvmkit.cmd=*)"));
         assert!(pos("poweroff -f") < pos("echo KVMKIT-USERSPACE-READY"));
         assert!(s.contains("exec setsid cttyhack sh"));
+        // The agent starts after the modules and before the command or the shell.
+        let agent = pos("/bin/kvmkit-agent --port \"${agent_spec%%:*}\" &");
+        assert!(last_insmod < agent && agent < pos("kvmkit.cmd=*)"));
+        assert!(s.contains("kvmkit.agent=*) agent_spec="));
     }
 
     #[test]

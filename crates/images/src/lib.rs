@@ -34,10 +34,10 @@ use std::path::{Path, PathBuf};
 pub use cpio::{write_initramfs, EntryKind, FileSource, InitramfsEntry};
 pub use fetch::{cached_linux_assets, fetch_linux_assets, list, verify_linux_assets};
 pub use init::{
-    cmdline_command, CMDLINE_KEY, EXIT_STATUS_MARKER, EXIT_STATUS_PORT, MILESTONE_PORT, MILESTONE_USERSPACE,
+    cmdline_command, AGENT_KEY, CMDLINE_KEY, EXIT_STATUS_MARKER, EXIT_STATUS_PORT, MILESTONE_PORT, MILESTONE_USERSPACE,
     USERSPACE_READY_MARKER,
 };
-pub use modules::GUEST_MODULES;
+pub use modules::{GUEST_MODULES, VSOCK_MODULE};
 
 /// Command line for these assets (`kvmkit run --linux`, `kvmkit bench --guest linux`):
 /// quiet, since every console byte is a VM exit; a panic reboots at once, which ends the VM.
@@ -137,6 +137,9 @@ pub struct LinuxAssets {
     pub kernel_version: String,
     /// busybox-static's Debian package version, e.g. `1:1.35.0-4+deb12u1+b1`.
     pub busybox_version: String,
+    /// The initramfs loads the virtio-vsock modules (`kvmkit run --linux` can run commands
+    /// through the guest agent).
+    pub vsock: bool,
 }
 
 /// One file in the cache, as [`list`] reports it.

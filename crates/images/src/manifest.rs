@@ -11,7 +11,7 @@ use crate::ImageError;
 /// The manifest's file name inside an asset directory.
 pub(crate) const MANIFEST: &str = "manifest.json";
 /// Bumped whenever the layout or the initramfs contents change incompatibly.
-pub(crate) const FORMAT: u32 = 2;
+pub(crate) const FORMAT: u32 = 3;
 
 /// One file recorded in the manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

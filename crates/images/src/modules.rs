@@ -9,8 +9,20 @@ use std::path::{Path, PathBuf};
 
 use crate::ImageError;
 
-/// The modules a kvmkit Linux guest wants: virtio-mmio transport, block, net, rng and ext4.
-pub const GUEST_MODULES: &[&str] = &["virtio_mmio", "virtio_blk", "virtio_net", "virtio_rng", "ext4"];
+/// The modules a kvmkit Linux guest wants: virtio-mmio transport, block, net, rng, ext4, and
+/// virtio-vsock (`vmw_vsock_virtio_transport`, which pulls in `vsock` and
+/// `vmw_vsock_virtio_transport_common`) for kvmkit's guest agent.
+pub const GUEST_MODULES: &[&str] = &[
+    "virtio_mmio",
+    "virtio_blk",
+    "virtio_net",
+    "virtio_rng",
+    "ext4",
+    VSOCK_MODULE,
+];
+
+/// The virtio-vsock transport module the guest agent needs.
+pub const VSOCK_MODULE: &str = "vmw_vsock_virtio_transport";
 
 /// A module to load, in dependency order.
 #[derive(Debug, Clone, PartialEq, Eq)]
