@@ -219,6 +219,8 @@ impl Muxer {
                                 line: Vec::new(),
                             },
                         );
+                        // The line is usually there already.
+                        self.read_handshake(token);
                     }
                 }
                 Ok(None) => return,
