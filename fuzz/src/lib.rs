@@ -6,6 +6,7 @@
 //! raise are its own assertions (an oracle that disagrees with the device
 //! models), which are findings just like a crash inside kvmkit.
 
+pub mod agent_frames;
 pub mod api_request;
 pub mod guest_report;
 pub mod pio_devices;

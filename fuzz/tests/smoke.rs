@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use kvmkit_fuzz::{
-    api_request, guest_report, pio_devices, pseudo_random_inputs, snapshot_state, virtio_blk_request,
+    agent_frames, api_request, guest_report, pio_devices, pseudo_random_inputs, snapshot_state, virtio_blk_request,
     virtio_mmio_transport, virtio_net_chains, virtio_vsock_packets,
 };
 
@@ -293,4 +293,18 @@ fn virtio_vsock_seeds_reach_established_connections() {
     assert!(host.host_bytes >= "OK 1073741824\nhello".len() && host.delivered >= 3, "{host:?}");
     let guest = virtio_vsock_packets::run(&std::fs::read(root.join("guest-initiated")).expect("seed"));
     assert!(guest.connections == 1 && guest.host_bytes >= 3, "{guest:?}");
+}
+
+#[test]
+fn agent_frames_smoke() {
+    let (mut frames, mut requests, mut refused) = (0, 0, 0);
+    for input in inputs("agent_frames", 0x6b76_6d6b_6974_0021) {
+        let o = agent_frames::run(&input);
+        frames += o.frames;
+        requests += o.requests;
+        refused += o.refused;
+    }
+    eprintln!("agent_frames: {frames} frames, {requests} requests built, {refused} refused");
+    // The stored seeds reach complete requests and refusals.
+    assert!(frames > 0 && requests > 0 && refused > 0);
 }
