@@ -430,8 +430,8 @@ pub fn host_items() -> Vec<crate::host::check::CheckItem> {
             ok: landlock.is_ok(),
             required: false,
             detail: match &landlock {
-                Ok(v) => format!("ABI version {v} (kvmkit does not use it yet)"),
-                Err(e) => format!("not available ({e}); kvmkit does not use it yet"),
+                Ok(v) => format!("ABI version {v} (kvmkit run --landlock uses it)"),
+                Err(e) => format!("not available ({e}); kvmkit run --landlock cannot be used"),
             },
             fix: landlock
                 .is_err()
