@@ -348,9 +348,31 @@ pub struct BenchArgs {
     /// Environments (comma-separated): host, kvmkit, qemu. Default: all.
     #[arg(long = "env", value_enum, value_delimiter = ',', value_name = "ENV,...")]
     pub envs: Vec<kvmkit_bench::Env>,
-    /// Runs per workload and environment (interleaved across environments).
-    #[arg(long, default_value_t = 3, value_name = "N")]
-    pub runs: usize,
+    /// Exactly N runs per workload and environment (no adaptation). Default: adaptive,
+    /// each cell runs until its median's 95% interval is within --ci-target (docs/bench.md).
+    #[arg(long, value_name = "N")]
+    pub runs: Option<usize>,
+    /// Target of each cell's 95% interval of the median, in percent (+-PCT).
+    #[arg(long, default_value_t = 3.0, value_name = "PCT")]
+    pub ci_target: f64,
+    /// Runs every cell gets at least (adaptive).
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub min_runs: usize,
+    /// Runs no cell exceeds (adaptive).
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub max_runs: usize,
+    /// Seconds of runs after which a cell stops once it has --min-runs (adaptive).
+    #[arg(long, default_value_t = 60.0, value_name = "S")]
+    pub max_cell_time: f64,
+    /// Seed of the random round order and the bootstrap (same seed, same report for the same runs).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub seed: u64,
+    /// Longest wait, in seconds, for a quieter machine before each round (0: never wait).
+    #[arg(long, default_value_t = 10.0, value_name = "S")]
+    pub quiet_wait: f64,
+    /// Do not pin the host runner and the guests' VMM processes to --cpus cores.
+    #[arg(long)]
+    pub no_pin: bool,
     /// vCPUs per guest (and threads on the host).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub cpus: usize,

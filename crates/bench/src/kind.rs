@@ -137,6 +137,14 @@ impl Kind {
         )
     }
 
+    /// Whether its runs are pinned to the bench's cores: the CPU and exit workloads of the
+    /// test guest. Not the disk ones (the guest polls while kvmkit's or QEMU's I/O thread
+    /// works: on the vCPU's core they would take turns) nor `--guest linux` (a whole
+    /// Debian guest with its own I/O).
+    pub fn pinnable(self) -> bool {
+        !self.is_linux() && self.disk_mib(0).is_none()
+    }
+
     /// Size (MiB) of the fresh raw disk image a run needs, if it needs one.
     pub fn disk_mib(self, arg: u64) -> Option<u64> {
         match self {

@@ -9,6 +9,7 @@ mod environment;
 pub mod host;
 mod kind;
 mod linux;
+mod load;
 mod machine;
 mod measured;
 mod paper;
@@ -18,6 +19,8 @@ pub mod record;
 mod report;
 mod results;
 mod rows;
+mod schedule;
+pub mod stats;
 mod table;
 
 use std::collections::BTreeMap;
@@ -35,7 +38,9 @@ pub use table::{Table, Unit};
 
 use env::Runner;
 use machine::Machine;
-use results::{BenchResults, EnvInfo, LinuxInfo, WorkloadResult};
+use results::{Affinity, BenchResults, EnvInfo, LinuxInfo, Repetition, WorkloadResult};
+use schedule::{CellRun, Plan};
+use stats::Rng;
 
 /// Which guest the bench measures.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -59,8 +64,23 @@ pub struct Options<'a> {
     pub only: Vec<Table>,
     /// Environments (empty: all).
     pub envs: Vec<Env>,
-    /// Runs per workload and environment (interleaved across environments).
-    pub runs: usize,
+    /// `--runs N`: exactly N runs per cell; None: adaptive (until the median's 95%
+    /// interval is within `ci_target`, or a cap).
+    pub runs: Option<usize>,
+    /// Target relative half-width of a cell's 95% interval (0.03: +-3%).
+    pub ci_target: f64,
+    /// Runs each cell gets at least (adaptive).
+    pub min_runs: usize,
+    /// Runs no cell exceeds (adaptive).
+    pub max_runs: usize,
+    /// Seconds of runs after which a cell stops once it has `min_runs` (adaptive).
+    pub max_cell_s: f64,
+    /// Seed of the round order and the bootstrap.
+    pub seed: u64,
+    /// Longest wait for a quieter machine before each round.
+    pub quiet_wait: Duration,
+    /// Pin the host runner and the guests' processes to `cpus` cores.
+    pub pin: bool,
     /// vCPUs per guest (and threads on the host).
     pub cpus: usize,
     /// Guest RAM in MiB (raised where a memory workload needs more).
@@ -92,8 +112,21 @@ pub fn run(args: &Options) -> anyhow::Result<u8> {
     if args.kernel.is_some() && !linux_mode {
         bail!("--kernel is for --guest linux (the default guest is built into kvmkit)");
     }
-    if args.runs == 0 {
+    if args.runs == Some(0) {
         bail!("--runs 0: give at least 1 run");
+    }
+    if !(args.ci_target > 0.0 && args.ci_target < 1.0) {
+        bail!(
+            "--ci-target {}: give a percentage above 0 and below 100",
+            args.ci_target * 100.0
+        );
+    }
+    if args.min_runs < 2 || args.max_runs < args.min_runs {
+        bail!(
+            "--min-runs {} / --max-runs {}: give at least 2 runs, and no fewer at most than at least",
+            args.min_runs,
+            args.max_runs
+        );
     }
     if args.cpus == 0 || args.cpus > 64 {
         bail!("--cpus {}: give 1 to 64", args.cpus);
@@ -218,31 +251,77 @@ pub fn run(args: &Options) -> anyhow::Result<u8> {
         bail!("--only: the selected tables have no {} workloads", args.guest_name());
     }
     let pending = paper::not_measured(&tables, linux_mode);
-    // Steps, interleaved: run 1 of every workload in host, kvmkit, qemu; then run 2...
-    let steps: Vec<(usize, usize, Env, f64)> = (0..args.runs)
-        .flat_map(|r| workloads.iter().enumerate().map(move |(wi, w)| (r, wi, w)))
-        .flat_map(|(r, wi, w)| envs.iter().filter(|&&e| w.runs_on(e)).map(move |&e| (r, wi, e)))
-        .map(|(r, wi, e)| (r, wi, e, rows::estimate_run_s(&workloads[wi], e, args.cpus)))
+    let plan = Plan {
+        fixed: args.runs,
+        ci_target: args.ci_target,
+        min_runs: args.min_runs,
+        max_runs: args.max_runs,
+        max_cell_s: args.max_cell_s,
+    };
+    // Cells: every workload in every environment that runs it.
+    let mut cells: Vec<CellRun> = workloads
+        .iter()
+        .enumerate()
+        .flat_map(|(wi, w)| {
+            envs.iter()
+                .filter(|&&e| w.runs_on(e))
+                .map(move |&e| CellRun::new(wi, e))
+        })
         .collect();
-    let estimate: f64 = steps.iter().map(|s| s.3).sum();
+    let estimate_of = |c: &CellRun| rows::estimate_run_s(&workloads[c.workload], c.env, args.cpus);
+    let round_s: f64 = cells.iter().map(estimate_of).sum();
+    let (low, high) = match args.runs {
+        Some(n) => (n, n),
+        None => (args.min_runs, args.max_runs),
+    };
+    let runs_text = match args.runs {
+        Some(n) => format!("{n} run(s)"),
+        None => format!(
+            "{}-{} runs (until the median's 95% interval is within +-{}%)",
+            args.min_runs,
+            args.max_runs,
+            args.ci_target * 100.0
+        ),
+    };
+    let estimate = round_s * low as f64;
+    let estimate_text = if low == high {
+        human_duration(estimate)
+    } else {
+        format!(
+            "{} to {}",
+            human_duration(estimate),
+            human_duration(round_s * high as f64)
+        )
+    };
+    let cores = if args.pin { load::choose_cores(args.cpus) } else { None };
+    let affinity = Affinity {
+        cores: cores.clone(),
+        note: match (&cores, args.pin) {
+            (Some(c), _) => format!(
+                "the host runner's threads and the guests' VMM processes (kvmkit run, QEMU, with their vCPU \
+                 threads) pinned to CPU(s) {c:?} for the CPU and exit rows; the disk rows unpinned (the guest \
+                 polls while the VMM's I/O thread works)"
+            ),
+            (None, false) => "not pinned (--no-pin)".into(),
+            (None, true) => format!(
+                "not pinned: --cpus {} uses every CPU this process may run on",
+                args.cpus
+            ),
+        },
+    };
     eprintln!(
-        "kvmkit bench: guest {}, profile {}, {} workload(s) x {} environment(s) ({}) x {} run(s) = {} runs, estimated {}; \
-         output in {}",
+        "kvmkit bench: guest {}, profile {}, {} workload(s) x {} environment(s) ({}) = {} cells x {runs_text}, \
+         estimated {estimate_text}; output in {}",
         args.guest_name(),
         args.profile.name(),
         workloads.len(),
         envs.len(),
         envs.iter().map(|e| e.name()).collect::<Vec<_>>().join(", "),
-        args.runs,
-        steps.len(),
-        human_duration(estimate),
+        cells.len(),
         out.display()
     );
     if args.profile == Profile::Paper {
-        eprintln!(
-            "kvmkit bench: the paper profile is long (estimated {} on this host); Ctrl-C to stop",
-            human_duration(estimate)
-        );
+        eprintln!("kvmkit bench: the paper profile is long (estimated {estimate_text} on this host); Ctrl-C to stop");
     }
 
     let mut rows: BTreeMap<String, WorkloadResult> = workloads
@@ -257,6 +336,8 @@ pub fn run(args: &Options) -> anyhow::Result<u8> {
             } else if !envs.contains(&e) {
                 let why = environments.get(e.name()).and_then(|i| i.reason.clone());
                 row.cell_mut(e).skipped = why.or_else(|| Some("not run".into()));
+            } else if w.kind.pinnable() {
+                row.cell_mut(e).pinned = cores.clone();
             }
         }
     }
@@ -269,53 +350,118 @@ pub fn run(args: &Options) -> anyhow::Result<u8> {
     }
     let mut done_ms = 0.0;
     let mut failed = 0usize;
+    let mut rounds = Vec::new();
+    let mut order_rng = Rng::new(args.seed);
     // Without a terminal the bar is hidden: log each step instead (CI logs, the nested lab).
     let plain = !std::io::IsTerminal::is_terminal(&std::io::stderr());
-    for (i, &(run, wi, e, est)) in steps.iter().enumerate() {
-        let w = &workloads[wi];
-        bar.set_message(format!("run {}/{} {} on {}", run + 1, args.runs, w.id, e.name()));
-        if plain {
-            eprintln!(
-                "kvmkit bench: [{}/{}] run {} of {} on {}",
-                i + 1,
-                steps.len(),
-                run + 1,
-                w.id,
-                e.name()
-            );
+    loop {
+        let todo = Plan::round_order(&cells, &mut order_rng);
+        if todo.is_empty() {
+            break;
         }
-        let timeout = Duration::from_secs_f64(60.0 + 20.0 * est);
-        let outcome = runner.run(e, w, run, timeout);
-        let cell = rows.get_mut(&w.id).expect("row").cell_mut(e);
-        match outcome {
-            Ok(sample) => cell.samples.push(sample),
-            Err(err) => {
-                failed += 1;
-                let line = format!(
-                    "kvmkit bench: {} on {} (run {}) failed: {err:#}",
+        let round = rounds.len() + 1;
+        bar.set_message(format!("round {round}: waiting for a quiet machine"));
+        let seen = load::settle(round, todo.len(), args.quiet_wait);
+        let busy = |b: Option<f64>| b.map_or_else(|| "?".into(), |b| format!("{:.0}%", b * 100.0));
+        let line = format!(
+            "kvmkit bench: round {round}: {} cell(s); CPUs {} busy{}",
+            todo.len(),
+            busy(seen.busy_before),
+            if seen.waited_s > 0.0 {
+                format!(
+                    ", waited {:.1} s: {} busy{}",
+                    seen.waited_s,
+                    busy(seen.busy_at_start),
+                    if seen.quiet { "" } else { " (still busy: runs anyway)" }
+                )
+            } else {
+                String::new()
+            }
+        );
+        if plain {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
+        }
+        rounds.push(seen);
+        let round_est: f64 = todo.iter().map(|&c| estimate_of(&cells[c])).sum();
+        let want = ((done_ms + round_est * 1000.0) as u64).max(bar.length().unwrap_or(0));
+        bar.set_length(want);
+        for (i, &ci) in todo.iter().enumerate() {
+            let (wi, e, run) = (cells[ci].workload, cells[ci].env, cells[ci].attempts);
+            let w = &workloads[wi];
+            let est = estimate_of(&cells[ci]);
+            bar.set_message(format!("round {round}, run {} of {} on {}", run + 1, w.id, e.name()));
+            if plain {
+                eprintln!(
+                    "kvmkit bench: [round {round}, {}/{}] run {} of {} on {}",
+                    i + 1,
+                    todo.len(),
+                    run + 1,
                     w.id,
-                    e.name(),
-                    run + 1
+                    e.name()
                 );
-                // A hidden bar (no terminal) prints nothing.
-                if plain {
-                    eprintln!("{line}");
-                } else {
-                    bar.println(line);
+            }
+            let timeout = Duration::from_secs_f64(60.0 + 20.0 * est);
+            let pin = if w.kind.pinnable() { cores.as_deref() } else { None };
+            let t0 = Instant::now();
+            let outcome = load::pinned(pin, || runner.run(e, w, run, timeout));
+            let cell = rows.get_mut(&w.id).expect("row").cell_mut(e);
+            let state = &mut cells[ci];
+            state.attempts += 1;
+            state.spent_s += t0.elapsed().as_secs_f64();
+            match outcome {
+                Ok(sample) => cell.samples.push(sample),
+                Err(err) => {
+                    failed += 1;
+                    state.failures += 1;
+                    let line = format!(
+                        "kvmkit bench: {} on {} (run {}) failed: {err:#}",
+                        w.id,
+                        e.name(),
+                        run + 1
+                    );
+                    // A hidden bar (no terminal) prints nothing.
+                    if plain {
+                        eprintln!("{line}");
+                    } else {
+                        bar.println(line);
+                    }
+                    cell.failures.push(format!("run {}: {err:#}", run));
                 }
-                cell.failures.push(format!("run {}: {err:#}", run));
+            }
+            done_ms += est * 1000.0;
+            bar.set_position(done_ms as u64);
+        }
+        for c in cells.iter_mut().filter(|c| c.stopped.is_none()) {
+            let w = &workloads[c.workload];
+            let cell = rows.get_mut(&w.id).expect("row").cell_mut(c.env);
+            // The same bootstrap stream as the final statistics: the interval a cell
+            // stopped on is the one the report shows.
+            let mut rng = Rng::for_stream(args.seed, &format!("{}/{}", w.id, c.env.name()));
+            c.stopped = plan.stop_reason(c, &cell.values(), &mut rng);
+            if let Some(why) = c.stopped {
+                cell.stopped = Some(why.to_owned());
             }
         }
-        done_ms += est * 1000.0;
-        bar.set_position(done_ms as u64);
     }
     bar.finish_and_clear();
-    for row in rows.values_mut() {
-        row.finish();
+    for (id, row) in rows.iter_mut() {
+        row.finish(id, args.seed, args.ci_target);
     }
     if failed > 0 {
         warnings.push(format!(
             "{failed} run(s) failed; see the failures of each cell in results.json"
+        ));
+    }
+    let busy_rounds = rounds.iter().filter(|r| !r.quiet).count();
+    if busy_rounds > 0 {
+        warnings.push(format!(
+            "{busy_rounds} of {} round(s) started on a busy machine (CPUs >= {:.0}% busy after waiting up to \
+             {:.0} s): the intervals carry that noise",
+            rounds.len(),
+            load::QUIET_BELOW * 100.0,
+            args.quiet_wait.as_secs_f64()
         ));
     }
 
@@ -324,7 +470,17 @@ pub fn run(args: &Options) -> anyhow::Result<u8> {
         profile: args.profile,
         guest: args.guest_name(),
         linux: linux_info,
-        runs: args.runs,
+        repetition: Repetition {
+            mode: if args.runs.is_some() { "fixed" } else { "adaptive" },
+            fixed_runs: args.runs,
+            ci_target: args.ci_target,
+            min_runs: args.min_runs,
+            max_runs: args.max_runs,
+            max_cell_s: args.max_cell_s,
+            seed: args.seed,
+        },
+        rounds,
+        affinity,
         cpus: args.cpus,
         memory_mib: args.memory,
         machine,
@@ -357,9 +513,17 @@ pub fn run(args: &Options) -> anyhow::Result<u8> {
     for w in &results.warnings {
         println!("warning: {w}");
     }
-    let spread: usize = results.workloads.values().map(|w| w.warnings.len()).sum();
-    if spread > 0 {
-        println!("warning: {spread} cell(s) spread more than 10% across runs (report.md lists them)");
+    let wide: usize = results
+        .workloads
+        .values()
+        .flat_map(|w| &w.warnings)
+        .filter(|w| w.contains("interval"))
+        .count();
+    if wide > 0 {
+        println!(
+            "warning: {wide} cell(s) did not reach the +-{}% interval target (report.md lists them)",
+            args.ci_target * 100.0
+        );
     }
     println!(
         "\nkvmkit bench: done in {}; results in {}/{{results.json,report.md,{}}}",

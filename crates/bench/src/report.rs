@@ -3,8 +3,17 @@
 use std::fmt::Write as _;
 
 use crate::environment::Env;
-use crate::results::{BenchResults, Cell, WorkloadResult, SPREAD_WARN};
+use crate::results::{BenchResults, Cell, WorkloadResult};
+use crate::stats;
 use crate::table::{Table, Unit};
+
+/// What a cell and a ratio of the report mean.
+const CELLS: &str = "Cells are the median of the runs with its 95% bootstrap interval, the number of runs (and \
+     why they stopped: `ci-target`, `max-runs`, `time-cap`, `fixed-runs`) and the runs' extremes; ratios are \
+     guest median / host median (> 1: the guest is slower), with as many digits as their 95% interval \
+     supports. Each guest row gets a verdict from a two-sided Mann-Whitney U test of its runs against the \
+     host's at p < 0.05: \"slower/faster than host (significant)\" or \"no difference detectable\" (too \
+     few runs, or too much noise, to tell).";
 
 /// Label of the paper's columns.
 pub const PAPER: &str = "paper (KVM on 2017 hardware)";
@@ -18,13 +27,54 @@ fn median(cell: &Cell, unit: Unit) -> String {
     }
 }
 
-fn median_min_max(cell: &Cell, unit: Unit) -> String {
+/// `+-1.2%` of a cell's interval, or `n=1` where it has none.
+fn interval(cell: &Cell) -> String {
+    match &cell.stats {
+        Some(s) => match s.ci95_rel {
+            Some(r) => format!("±{} n={}", percent(r), s.runs),
+            None => format!("n={}", s.runs),
+        },
+        None => String::new(),
+    }
+}
+
+/// A relative width in percent with two significant digits at most (`1.2%`, `12%`).
+fn percent(r: f64) -> String {
+    let p = r * 100.0;
+    if p >= 9.95 {
+        format!("{p:.0}%")
+    } else if p >= 0.995 {
+        format!("{p:.1}%")
+    } else {
+        format!("{p:.2}%")
+    }
+}
+
+/// The terminal's cell: median, +-interval and runs.
+fn median_interval(cell: &Cell, unit: Unit) -> String {
+    match &cell.stats {
+        Some(_) => format!("{} {}", median(cell, unit), interval(cell)),
+        None => median(cell, unit),
+    }
+}
+
+/// The report's cell: median [95% interval] (runs, why they stopped; min–max).
+fn median_ci_runs(cell: &Cell, unit: Unit, target: f64) -> String {
     match &cell.stats {
         Some(s) => {
-            let flag = if s.spread > SPREAD_WARN { " ⚠" } else { "" };
+            let flag = if s.ci95_rel.is_some_and(|r| r > target) {
+                " ⚠"
+            } else {
+                ""
+            };
+            let ci = s.ci95.map_or_else(String::new, |[lo, hi]| {
+                format!(" [{}–{}]", unit.format(lo), unit.format(hi))
+            });
             format!(
-                "{} ({}–{}){flag}",
+                "{}{ci} (n={}{}; min–max {}–{}){flag}",
                 unit.format(s.median),
+                s.runs,
+                cell.stopped.as_deref().map_or_else(String::new, |w| format!(", {w}")),
                 unit.format(s.min),
                 unit.format(s.max)
             )
@@ -32,11 +82,65 @@ fn median_min_max(cell: &Cell, unit: Unit) -> String {
         None => median(cell, unit),
     }
 }
-
+/// `env`'s ratio to the host with the digits its interval supports.
 fn ratio(w: &WorkloadResult, env: Env) -> String {
-    w.ratios
-        .get(env.name())
-        .map_or_else(|| "-".into(), |r| format!("{r:.3}"))
+    match &w.cell(env).verdict {
+        Some(v) if v.against == "host" => v.ratio_text(),
+        _ => w
+            .ratios
+            .get(env.name())
+            .map_or_else(|| "-".into(), |r| stats::format_ratio(*r, None)),
+    }
+}
+
+/// The verdicts of a row's guest cells, in words, with the ratio's interval and p.
+fn verdicts(w: &WorkloadResult) -> Vec<String> {
+    [Env::Kvmkit, Env::Qemu]
+        .into_iter()
+        .filter_map(|e| {
+            let v = w.cell(e).verdict.as_ref()?;
+            let ci = v.ratio_ci95.map_or_else(
+                || "no interval: a single run".to_owned(),
+                |[lo, hi]| format!("95% {lo:.3}–{hi:.3}"),
+            );
+            let text = if v.significant {
+                v.text.clone()
+            } else {
+                format!("{}/{}: {}", e.name(), v.against, v.text)
+            };
+            Some(format!(
+                "{text} ({}/{} {}, {ci}; Mann-Whitney p={:.3})",
+                e.name(),
+                v.against,
+                v.ratio_text(),
+                v.p_value
+            ))
+        })
+        .collect()
+}
+
+/// How many runs the cells got, in words.
+fn repetition(results: &BenchResults) -> String {
+    let r = &results.repetition;
+    match r.fixed_runs {
+        Some(n) => format!("median of {n} run(s) per cell (--runs)"),
+        None => {
+            let runs: Vec<usize> = results
+                .workloads
+                .values()
+                .flat_map(|w| Env::ALL.map(|e| w.cell(e).stats.map(|s| s.runs)))
+                .flatten()
+                .collect();
+            let lo = runs.iter().min().copied().unwrap_or(0);
+            let hi = runs.iter().max().copied().unwrap_or(0);
+            format!(
+                "median ± its 95% interval; each cell ran until that was within ±{}% ({lo} to {hi} runs per \
+                 cell here, at most {})",
+                r.ci_target * 100.0,
+                r.max_runs
+            )
+        }
+    }
 }
 
 /// Lays out rows as a fixed-width text table (first column left-aligned).
@@ -117,7 +221,7 @@ pub fn terminal(results: &BenchResults) -> String {
             out += &text_table(&t);
             continue;
         }
-        let _ = writeln!(out, "\n{} — median of {} run(s)", table.title(), results.runs);
+        let _ = writeln!(out, "\n{} — {}", table.title(), repetition(results));
         let mut header = vec![table.row_header().to_owned()];
         header.extend(envs.iter().map(|e| e.name().to_owned()));
         if table == Table::Exits {
@@ -131,14 +235,10 @@ pub fn terminal(results: &BenchResults) -> String {
         let mut t = vec![header];
         for w in rows {
             let mut row = vec![w.label.clone()];
-            row.extend(envs.iter().map(|&e| median(w.cell(e), w.unit)));
+            row.extend(envs.iter().map(|&e| median_interval(w.cell(e), w.unit)));
             if table == Table::Exits {
                 if guests.len() == 2 {
-                    let (k, q) = (w.kvmkit.stats, w.qemu.stats);
-                    row.push(
-                        k.zip(q)
-                            .map_or_else(|| "-".into(), |(k, q)| format!("{:.3}", k.median / q.median)),
-                    );
+                    row.push(w.kvmkit.verdict.as_ref().map_or_else(|| "-".into(), |v| v.ratio_text()));
                 }
             } else {
                 row.extend(guests.iter().map(|&g| ratio(w, g)));
@@ -146,12 +246,17 @@ pub fn terminal(results: &BenchResults) -> String {
                     w.paper
                         .as_ref()
                         .and_then(|p| p.get("kvm_over_host"))
-                        .map_or_else(|| "-".into(), |r| format!("{r:.3}")),
+                        .map_or_else(|| "-".into(), |r| format!("{r:.2}x")),
                 );
             }
             t.push(row);
         }
         out += &text_table(&t);
+        for w in rows_of(results, table) {
+            for v in verdicts(w) {
+                let _ = writeln!(out, "  {}: {v}", w.label);
+            }
+        }
         if table == Table::Exits && envs.contains(&Env::Host) {
             out += "(host: no VM exit on the bare host; the guest figures stand alone)\n";
         }
@@ -218,10 +323,11 @@ pub fn markdown(results: &BenchResults, charts: &[String]) -> String {
     let _ = writeln!(out, "# kvmkit bench report\n");
     let _ = writeln!(
         out,
-        "Profile `{}`, {} run(s) per cell (environments interleaved per run), {} vCPU(s) / host thread(s), \
-         guest RAM {} MiB (raised for memory workloads), whole bench {:.0} s.\n",
+        "Profile `{}`, {} (cells interleaved in a random order, seed {}, each round), {} vCPU(s) / host \
+         thread(s), guest RAM {} MiB (raised for memory workloads), whole bench {:.0} s.\n",
         results.profile.name(),
-        results.runs,
+        repetition(results),
+        results.repetition.seed,
         results.cpus,
         results.memory_mib,
         results.wall_s
@@ -231,8 +337,7 @@ pub fn markdown(results: &BenchResults, charts: &[String]) -> String {
             out,
             "Guest `linux`: the paper's own programs, run by kvmkit's harness (`/kvmkit/bench.py`) from one \
              Debian rootfs: on the host in a chroot of it, in the guests from its ext4 image as a read-only \
-             virtio-blk disk, booting {} with kvmkit's busybox initramfs. Cells are median (min–max) of the \
-             runs; ratios are guest median / host median (> 1: the guest is slower). The paper's columns are \
+             virtio-blk disk, booting {} with kvmkit's busybox initramfs. {CELLS} The paper's columns are \
              {PAPER} on unknown 2017 hardware, so compare its ratios, not its absolute times.\n",
             linux.kernel
         );
@@ -241,8 +346,7 @@ pub fn markdown(results: &BenchResults, charts: &[String]) -> String {
             out,
             "Every environment runs the same workload code (the `kvmkit-workloads` crate): in this process on \
              the host, in kvmkit's test guest under kvmkit, and in the same guest ELF under QEMU (microvm, KVM). \
-             Cells are median (min–max) of the runs; ratios are guest median / host median (> 1: the guest is \
-             slower). The paper's columns are {PAPER}: a Python prime script and memtester on unknown 2017 \
+             {CELLS} The paper's columns are {PAPER}: a Python prime script and memtester on unknown 2017 \
              hardware, so compare its ratios, not its absolute times.\n"
         );
     }
@@ -296,6 +400,24 @@ pub fn markdown(results: &BenchResults, charts: &[String]) -> String {
             let _ = writeln!(out, "- environment {name} not run: {r}");
         }
     }
+    let _ = writeln!(out, "- CPU affinity: {}", results.affinity.note);
+    let waited: f64 = results.rounds.iter().map(|r| r.waited_s).sum();
+    let busy: Vec<String> = results
+        .rounds
+        .iter()
+        .map(|r| {
+            r.busy_at_start
+                .map_or_else(|| "?".into(), |b| format!("{:.0}%", b * 100.0))
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "- {} round(s); CPUs busy when each started: {} (waited {:.1} s in all for a quieter machine, up to \
+         the bound per round; per round in results.json `rounds`)",
+        results.rounds.len(),
+        busy.join(" "),
+        waited
+    );
     let row_warnings: Vec<String> = results
         .order
         .iter()
@@ -376,16 +498,23 @@ pub fn markdown(results: &BenchResults, charts: &[String]) -> String {
                 if table == Table::Exits && e == Env::Host {
                     continue;
                 }
-                r.push(median_min_max(w.cell(e), w.unit));
+                r.push(median_ci_runs(w.cell(e), w.unit, results.repetition.ci_target));
             }
             if table != Table::Exits {
                 r.extend(guests.iter().map(|&g| ratio(w, g)));
                 let p = |k: &str| w.paper.as_ref().and_then(|p| p.get(k).copied());
                 r.push(p("host").map_or_else(|| "-".into(), |v| v.to_string()));
                 r.push(p("kvm").map_or_else(|| "-".into(), |v| v.to_string()));
-                r.push(p("kvm_over_host").map_or_else(|| "-".into(), |v| format!("{v:.3}")));
+                r.push(p("kvm_over_host").map_or_else(|| "-".into(), |v| format!("{v:.2}")));
             }
             out += &md_row(&r);
+        }
+        let lines: Vec<String> = rows_of(results, table)
+            .into_iter()
+            .flat_map(|w| verdicts(w).into_iter().map(move |v| format!("- {}: {v}", w.label)))
+            .collect();
+        if !lines.is_empty() {
+            let _ = writeln!(out, "\nVerdicts:\n\n{}", lines.join("\n"));
         }
         if let Some(note) = table_note(table, results.linux.is_some()) {
             let _ = writeln!(out, "\n{}", note.trim_start_matches('(').trim_end_matches(')'));

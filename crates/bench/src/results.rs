@@ -6,20 +6,25 @@ use serde::Serialize;
 
 use crate::env::Sample;
 use crate::environment::Env;
+use crate::load::RoundLoad;
 use crate::machine::Machine;
 use crate::paper::Pending;
 use crate::profile::Profile;
 use crate::rows::Workload;
+use crate::stats::{self, Rng};
 use crate::table::{Table, Unit};
 
-/// Spread ((max - min) / median) above which a cell gets a warning.
-pub const SPREAD_WARN: f64 = 0.10;
-
-/// Median, min and max of a cell's samples.
+/// Median, its 95% interval, min and max of a cell's samples.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Stats {
     /// Median.
     pub median: f64,
+    /// The 95% bootstrap interval of the median (None with a single run).
+    pub ci95: Option<[f64; 2]>,
+    /// The interval's larger distance from the median, relative to it (0.03: +-3%).
+    pub ci95_rel: Option<f64>,
+    /// Successful runs behind these figures.
+    pub runs: usize,
     /// Minimum.
     pub min: f64,
     /// Maximum.
@@ -29,27 +34,80 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Statistics of `values`; None when empty.
-    pub fn of(values: &[f64]) -> Option<Self> {
-        if values.is_empty() {
-            return None;
-        }
-        let mut v = values.to_vec();
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        let median = if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        };
-        let (min, max) = (v[0], v[n - 1]);
+    /// Statistics of `values` (bootstrap resamples drawn from `rng`); None when empty.
+    pub fn of(values: &[f64], rng: &mut Rng) -> Option<Self> {
+        let median = stats::median(values)?;
+        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let spread = if median > 0.0 { (max - min) / median } else { 0.0 };
+        let ci = stats::median_ci(values, rng);
         Some(Self {
             median,
+            ci95: ci.map(|(lo, hi)| [lo, hi]),
+            ci95_rel: ci.map(|c| stats::relative_half_width(median, c)),
+            runs: values.len(),
             min,
             max,
             spread,
         })
+    }
+}
+
+/// A guest cell against the host (or, in the exit table, kvmkit against QEMU): the ratio
+/// of medians with its interval and a two-sided Mann-Whitney U test at p < 0.05.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verdict {
+    /// In words: "kvmkit slower than host (significant)", "no difference detectable".
+    pub text: String,
+    /// The environment compared against.
+    pub against: String,
+    /// This cell's median / the other's.
+    pub ratio: f64,
+    /// The 95% bootstrap interval of the ratio (None with a single run on either side).
+    pub ratio_ci95: Option<[f64; 2]>,
+    /// Mann-Whitney U of this cell's samples.
+    pub u: f64,
+    /// Two-sided p-value.
+    pub p_value: f64,
+    /// Whether p is exact (no ties) or the normal approximation.
+    pub p_exact: bool,
+    /// p < 0.05.
+    pub significant: bool,
+}
+
+/// Significance level of the verdicts.
+pub const ALPHA: f64 = 0.05;
+
+impl Verdict {
+    /// `mine` (environment `name`) against `other` (environment `against`); None when
+    /// either has no sample or a median is not positive.
+    pub fn of(name: &str, mine: &[f64], against: &str, other: &[f64], rng: &mut Rng) -> Option<Self> {
+        let (m, o) = (stats::median(mine)?, stats::median(other)?);
+        if m <= 0.0 || o <= 0.0 {
+            return None;
+        }
+        let test = stats::mann_whitney(mine, other)?;
+        let significant = test.p < ALPHA;
+        let text = match (significant, m > o) {
+            (false, _) => "no difference detectable".to_owned(),
+            (true, true) => format!("{name} slower than {against} (significant)"),
+            (true, false) => format!("{name} faster than {against} (significant)"),
+        };
+        Some(Self {
+            text,
+            against: against.to_owned(),
+            ratio: m / o,
+            ratio_ci95: stats::ratio_ci(mine, other, rng).map(|(lo, hi)| [lo, hi]),
+            u: test.u,
+            p_value: test.p,
+            p_exact: test.exact,
+            significant,
+        })
+    }
+
+    /// The ratio with the digits its interval supports (`1.2x`).
+    pub fn ratio_text(&self) -> String {
+        stats::format_ratio(self.ratio, self.ratio_ci95.map(|[lo, hi]| (lo, hi)))
     }
 }
 
@@ -67,6 +125,22 @@ pub struct Cell {
     /// Why this environment did not run this workload at all.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
+    /// Against the host (exit table: kvmkit against QEMU).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    /// Why its runs stopped: `ci-target`, `max-runs`, `time-cap`, `fixed-runs`, `failures`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
+    /// The CPUs its runs were pinned to (None: not pinned).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<Vec<usize>>,
+}
+
+impl Cell {
+    /// The figures of its successful runs.
+    pub fn values(&self) -> Vec<f64> {
+        self.samples.iter().map(|s| s.value).collect()
+    }
 }
 
 /// One workload (a row of a table).
@@ -86,7 +160,8 @@ pub struct WorkloadResult {
     pub kvmkit: Cell,
     /// The same guest under QEMU.
     pub qemu: Cell,
-    /// Guest/host ratio of medians, per guest environment (> 1: the guest is slower).
+    /// Guest/host ratio of medians, per guest environment (> 1: the guest is slower);
+    /// each guest cell's `verdict` has its interval and test.
     pub ratios: BTreeMap<String, f64>,
     /// The paper's figures for this row: host, kvm and their ratio ("paper (KVM on 2017 hardware)").
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -139,7 +214,7 @@ impl WorkloadResult {
         }
     }
 
-    /// The cell of `env`, mutable.
+    /// The cell of `env`, mutable (see [`Cell`]).
     pub fn cell_mut(&mut self, env: Env) -> &mut Cell {
         match env {
             Env::Host => &mut self.host,
@@ -148,26 +223,42 @@ impl WorkloadResult {
         }
     }
 
-    /// Computes statistics, ratios and spread warnings once all runs are in.
-    pub fn finish(&mut self) {
-        let unit = self.unit;
+    /// Computes statistics, verdicts and ratios once all runs are in; a cell whose
+    /// interval is wider than `ci_target` (0.03: +-3%) gets a warning. Bootstrap
+    /// resamples come from `seed` and the row's id, so one seed gives one report.
+    pub fn finish(&mut self, id: &str, seed: u64, ci_target: f64) {
         for env in Env::ALL {
+            let mut rng = Rng::for_stream(seed, &format!("{id}/{}", env.name()));
             let cell = self.cell_mut(env);
-            let values: Vec<f64> = cell.samples.iter().map(|s| s.value).collect();
-            cell.stats = Stats::of(&values);
+            let values = cell.values();
+            cell.stats = Stats::of(&values, &mut rng);
             if let Some(st) = cell.stats {
-                if st.spread > SPREAD_WARN {
+                if let Some(rel) = st.ci95_rel.filter(|&r| r > ci_target) {
                     let msg = format!(
-                        "{}: spread {:.0}% (min {} / max {}) exceeds {:.0}%",
+                        "{}: 95% interval +-{:.1}% after {} run(s) ({}), wider than the +-{:.0}% target",
                         env.name(),
-                        st.spread * 100.0,
-                        unit.format(st.min),
-                        unit.format(st.max),
-                        SPREAD_WARN * 100.0
+                        rel * 100.0,
+                        st.runs,
+                        cell.stopped.as_deref().unwrap_or("stopped"),
+                        ci_target * 100.0
                     );
                     self.warnings.push(msg);
                 }
             }
+        }
+        let host = self.host.values();
+        let qemu = self.qemu.values();
+        for env in [Env::Kvmkit, Env::Qemu] {
+            let mut rng = Rng::for_stream(seed, &format!("{id}/{}/ratio", env.name()));
+            let mine = self.cell(env).values();
+            let verdict = if !host.is_empty() {
+                Verdict::of(env.name(), &mine, "host", &host, &mut rng)
+            } else if env == Env::Kvmkit && self.table == Table::Exits {
+                Verdict::of(env.name(), &mine, "qemu", &qemu, &mut rng)
+            } else {
+                None
+            };
+            self.cell_mut(env).verdict = verdict;
         }
         if self.same_result {
             let mut seen: Vec<(Env, u64)> = Vec::new();
@@ -219,6 +310,35 @@ pub struct LinuxInfo {
     pub rootfs_packages: Vec<(String, String)>,
 }
 
+/// How many runs each cell got.
+#[derive(Clone, Debug, Serialize)]
+pub struct Repetition {
+    /// `adaptive` (until the interval is within the target) or `fixed` (`--runs N`).
+    pub mode: &'static str,
+    /// `--runs N`: the fixed count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fixed_runs: Option<usize>,
+    /// Target of the median's 95% interval, relative (0.03: +-3%).
+    pub ci_target: f64,
+    /// Runs every cell gets at least (adaptive).
+    pub min_runs: usize,
+    /// Runs no cell exceeds (adaptive).
+    pub max_runs: usize,
+    /// Seconds of runs after which a cell stops (adaptive, once it has its minimum).
+    pub max_cell_s: f64,
+    /// Seed of the round order and the bootstrap.
+    pub seed: u64,
+}
+
+/// Where the runs were pinned.
+#[derive(Clone, Debug, Serialize)]
+pub struct Affinity {
+    /// The CPUs (None: not pinned, with `note` saying why).
+    pub cores: Option<Vec<usize>>,
+    /// What was pinned, or why nothing was.
+    pub note: String,
+}
+
 /// The whole of `results.json`.
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchResults {
@@ -231,8 +351,12 @@ pub struct BenchResults {
     /// `--guest linux`: the kernel, its release and the rootfs's package versions.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub linux: Option<LinuxInfo>,
-    /// Runs per cell.
-    pub runs: usize,
+    /// How many runs each cell got: a fixed count or until its interval is narrow enough.
+    pub repetition: Repetition,
+    /// The load before each round of runs, and how long the bench waited for a quieter machine.
+    pub rounds: Vec<RoundLoad>,
+    /// The CPUs the host runner and the guests' processes were pinned to, and which rows.
+    pub affinity: Affinity,
     /// vCPUs per guest / host threads.
     pub cpus: usize,
     /// Guest RAM (MiB) asked for (memory workloads raise it where needed).
@@ -263,9 +387,33 @@ mod tests {
 
     #[test]
     fn stats_are_median_min_max() {
-        let s = Stats::of(&[3.0, 1.0, 2.0]).expect("stats");
-        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
-        assert_eq!(Stats::of(&[1.0, 2.0]).expect("stats").median, 1.5);
-        assert!(Stats::of(&[]).is_none());
+        let rng = &mut Rng::new(1);
+        let s = Stats::of(&[3.0, 1.0, 2.0], rng).expect("stats");
+        assert_eq!((s.median, s.min, s.max, s.runs), (2.0, 1.0, 3.0, 3));
+        let [lo, hi] = s.ci95.expect("interval");
+        assert!((1.0..=2.0).contains(&lo) && (2.0..=3.0).contains(&hi), "{lo} {hi}");
+        assert_eq!(Stats::of(&[1.0, 2.0], rng).expect("stats").median, 1.5);
+        assert!(Stats::of(&[4.0], rng).expect("stats").ci95.is_none());
+        assert!(Stats::of(&[], rng).is_none());
+    }
+
+    #[test]
+    fn verdicts_say_slower_faster_or_nothing() {
+        let rng = &mut Rng::new(1);
+        let host = [1.0, 1.01, 0.99, 1.0, 1.02];
+        let slow = [1.2, 1.21, 1.19, 1.22, 1.2];
+        let v = Verdict::of("kvmkit", &slow, "host", &host, rng).expect("verdict");
+        assert_eq!(v.text, "kvmkit slower than host (significant)");
+        assert!(v.significant && v.p_value < ALPHA && !v.p_exact, "{v:?}");
+        assert_eq!(v.ratio_text(), "1.20x", "+-2%: two decimals");
+        let v = Verdict::of("qemu", &host, "host", &slow, rng).expect("verdict");
+        assert_eq!(v.text, "qemu faster than host (significant)");
+        // Overlapping samples, or too few runs for any test to decide: no verdict either way.
+        let near = [1.01, 0.98, 1.03, 1.0, 0.995];
+        let v = Verdict::of("kvmkit", &near, "host", &host, rng).expect("verdict");
+        assert_eq!(v.text, "no difference detectable");
+        let v = Verdict::of("kvmkit", &slow[..3], "host", &host[..3], rng).expect("verdict");
+        assert_eq!(v.text, "no difference detectable", "3 against 3: p >= 0.1");
+        assert!(Verdict::of("kvmkit", &[], "host", &host, rng).is_none());
     }
 }
