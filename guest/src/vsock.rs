@@ -325,13 +325,15 @@ pub fn tx(plan: &Plan, port: u32, mib: u64) -> u32 {
         false
     };
     let t2 = rdtsc();
+    let credit_requests = v.conn(c).credit_requests;
     counters(WHO, &v);
     v.shutdown();
     let ns = ticks_to_ns(t1 - t0, khz);
     let rate = mib_per_s_milli(sent, ns);
     let connect_ns = ticks_to_ns(connect_ticks, khz);
     println!(
-        "{WHO}: port={port} bytes={sent} time_ns={ns} MiBps={}.{:03} connect_us={}.{:03} close_ns={} peer_closed={}",
+        "{WHO}: port={port} bytes={sent} time_ns={ns} MiBps={}.{:03} connect_us={}.{:03} close_ns={} peer_closed={} \
+         credit_requests={credit_requests}",
         rate / 1000,
         rate % 1000,
         connect_ns / 1000,
@@ -386,13 +388,15 @@ pub fn rx(plan: &Plan, port: u32, mib: u64) -> u32 {
     let connect_ns = ticks_to_ns(connect_ticks, khz);
     let digest = hash.finish();
     println!(
-        "{WHO}: port={port} bytes={} time_ns={ns} MiBps={}.{:03} fnv64w={digest:#018x} connect_us={}.{:03} peer_closed={}",
+        "{WHO}: port={port} bytes={} time_ns={ns} MiBps={}.{:03} fnv64w={digest:#018x} connect_us={}.{:03} peer_closed={} \
+         packets={}",
         conn.rx_bytes,
         rate / 1000,
         rate % 1000,
         connect_ns / 1000,
         connect_ns % 1000,
-        if peer_closed { "yes" } else { "no" }
+        if peer_closed { "yes" } else { "no" },
+        conn.rx_packets
     );
     report::send(&result(WHO, mib, conn.rx_bytes, ticks, khz));
     report::send(&result("vsock-rx-hash", mib, digest, ticks, khz));

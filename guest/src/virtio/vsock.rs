@@ -60,6 +60,9 @@ const TX_DATA_BUFS: usize = 8;
 const EVENT_BUFS: u16 = 4;
 /// RSTs owed to unknown connections, kept at most.
 const MAX_PENDING_RST: usize = 16;
+/// Smallest RW packet `send_pattern` sends while more data waits (unless
+/// the peer's buffer is tiny): less credit than this waits for an update.
+const SWS_MIN: u64 = 16 << 10;
 /// Local ports of outgoing connections start here.
 const FIRST_LOCAL_PORT: u32 = 49152;
 
@@ -197,6 +200,10 @@ pub struct Conn {
     pub rx_bytes: u64,
     /// Payload bytes sent.
     pub tx_bytes: u64,
+    /// RW packets received.
+    pub rx_packets: u64,
+    /// CREDIT_REQUESTs sent (each time the peer's credit ran out).
+    pub credit_requests: u64,
     echo_start: u64,
     echo_len: u64,
     /// SHUTDOWN flags the peer sent (1: it receives no more, 2: it sends no more).
@@ -233,6 +240,8 @@ impl Conn {
         buf_alloc: 0,
         rx_bytes: 0,
         tx_bytes: 0,
+        rx_packets: 0,
+        credit_requests: 0,
         echo_start: 0,
         echo_len: 0,
         peer_shut: 0,
@@ -428,14 +437,18 @@ impl Vsock {
             return 0;
         }
         let credit = u64::from(conn.credit());
-        if credit == 0 {
+        let at = offset % PATTERN_PERIOD as u64;
+        let want = max.min(PATTERN_PERIOD as u64 - at).min(PKT_MAX);
+        // No silly windows: wait for a fair share of the packet, unless the
+        // peer's whole buffer is small.
+        let floor = want.min(SWS_MIN).min(u64::from(conn.peer_buf_alloc / 4)).max(1);
+        if credit < floor {
             if !conn.credit_asked {
                 self.conns[c].owe |= O_CREDIT_REQUEST;
             }
             return 0;
         }
-        let at = offset % PATTERN_PERIOD as u64;
-        let n = max.min(credit).min(PATTERN_PERIOD as u64 - at).min(PKT_MAX);
+        let n = want.min(credit);
         let Some(slot) = self.take_tx_slot() else { return 0 };
         self.send(slot, c, OP_RW, n as u32, Some(self.base + PATTERN + at), 0);
         n
@@ -646,6 +659,7 @@ impl Vsock {
                 }
                 conn.last_rx = now;
                 conn.rx_bytes += data.len() as u64;
+                conn.rx_packets += 1;
                 let n = data.len() as u32;
                 match conn.mode {
                     Mode::Sink => {
@@ -740,6 +754,7 @@ impl Vsock {
                     O_CREDIT_UPDATE => self.send(slot, c, OP_CREDIT_UPDATE, 0, None, 0),
                     O_CREDIT_REQUEST => {
                         self.conns[c].credit_asked = true;
+                        self.conns[c].credit_requests += 1;
                         self.send(slot, c, OP_CREDIT_REQUEST, 0, None, 0);
                     }
                     O_SHUTDOWN => {
