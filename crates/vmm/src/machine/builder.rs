@@ -180,6 +180,7 @@ impl Machine {
         let cpus = usize::from(resources.machine_config.vcpu_count);
         let kvm = open_kvm()?;
         validate_cpus(cpus, kvm.get_max_vcpus())?;
+        crate::snapshot::vcpu::prime_msr_index_list(&kvm);
         let memory_mib = resources.machine_config.mem_size_mib;
         let kernel_source = opts
             .kernel

@@ -58,14 +58,27 @@ impl std::fmt::Debug for VcpuState {
 static MSR_LIST: OnceLock<Result<Vec<u32>, String>> = OnceLock::new();
 
 /// KVM's list of MSRs to save (`KVM_GET_MSR_INDEX_LIST`), read once.
+/// [`prime_msr_index_list`] reads it while the machine is built, so a vCPU
+/// thread saving its state never opens /dev/kvm (its seccomp list has no
+/// `openat`); without that, it is read here.
 pub fn msr_index_list() -> Result<&'static [u32], SnapshotError> {
     let list = MSR_LIST.get_or_init(|| {
         let kvm = Kvm::new().map_err(|e| format!("/dev/kvm: {e}"))?;
-        kvm.get_msr_index_list()
-            .map(|l| l.as_slice().to_vec())
-            .map_err(|e| format!("KVM_GET_MSR_INDEX_LIST: {e}"))
+        read_msr_index_list(&kvm)
     });
     list.as_deref().map_err(|e| SnapshotError::Kvm(e.clone()))
+}
+
+/// Reads KVM's MSR list through an open `/dev/kvm` (the machine builder's),
+/// once per process.
+pub fn prime_msr_index_list(kvm: &Kvm) {
+    MSR_LIST.get_or_init(|| read_msr_index_list(kvm));
+}
+
+fn read_msr_index_list(kvm: &Kvm) -> Result<Vec<u32>, String> {
+    kvm.get_msr_index_list()
+        .map(|l| l.as_slice().to_vec())
+        .map_err(|e| format!("KVM_GET_MSR_INDEX_LIST: {e}"))
 }
 
 fn ioctl(index: usize, what: &'static str) -> impl Fn(kvm_ioctls::Error) -> SnapshotError {
