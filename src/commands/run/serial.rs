@@ -8,6 +8,9 @@
 //!   [`RING_BYTES`] of output (a late attach sees what it missed), then live
 //!   output. Several clients read; the first to connect also writes (its
 //!   bytes go to the guest), later ones are read-only until it leaves. A
+//!   client that shuts down its writing side (`shutdown(SHUT_WR)`) stays a
+//!   reader and never takes the input (a viewer: `kvmkit vm console` when
+//!   another client holds the input, the web console's read-only tabs). A
 //!   client that does not keep up loses bytes, never the VM's time.
 //! - `file=PATH`: output appended to PATH; no input.
 //! - `off`: output discarded; no input.
@@ -200,6 +203,8 @@ struct Client {
     stream: UnixStream,
     /// Its bytes go to the guest.
     writer: bool,
+    /// It shut down its writing side: a reader for good.
+    reader_only: bool,
     /// It has gone; the accept thread (the only one that closes streams) removes it.
     gone: bool,
 }
@@ -225,12 +230,12 @@ impl Clients {
         }
     }
 
-    /// Removes the clients that have gone; the first left becomes the writer
-    /// if there is none.
+    /// Removes the clients that have gone; the first left that may write
+    /// becomes the writer if there is none.
     fn prune(&mut self) {
         self.streams.retain(|c| !c.gone);
         if !self.streams.iter().any(|c| c.writer) {
-            if let Some(first) = self.streams.first_mut() {
+            if let Some(first) = self.streams.iter_mut().find(|c| !c.reader_only) {
                 first.writer = true;
             }
         }
@@ -244,6 +249,24 @@ impl Clients {
         for c in self.streams.iter_mut().filter(|c| c.stream.as_raw_fd() == fd) {
             c.gone = true;
         }
+    }
+
+    /// The writer shut down its writing side: it stays as a reader, the
+    /// input goes to the next client that may write.
+    fn demote(&mut self, fd: RawFd) {
+        for c in self.streams.iter_mut().filter(|c| c.stream.as_raw_fd() == fd) {
+            c.writer = false;
+            c.reader_only = true;
+        }
+    }
+
+    /// The readers' descriptors (watched for hang-ups only).
+    fn reader_fds(&self) -> Vec<RawFd> {
+        self.streams
+            .iter()
+            .filter(|c| !c.writer && !c.gone)
+            .map(|c| c.stream.as_raw_fd())
+            .collect()
     }
 }
 
@@ -345,10 +368,10 @@ impl Write for SocketWriter {
 fn serve(listener: &UnixListener, clients: &Mutex<Clients>, mut input: File) {
     let mut buf = [0u8; 4096];
     loop {
-        let writer_fd = {
+        let (writer_fd, readers) = {
             let mut c = kvmkit_vmm::bus::lock(clients);
             c.prune();
-            c.writer_fd()
+            (c.writer_fd(), c.reader_fds())
         };
         let mut fds = vec![libc::pollfd {
             fd: listener.as_raw_fd(),
@@ -362,9 +385,22 @@ fn serve(listener: &UnixListener, clients: &Mutex<Clients>, mut input: File) {
                 revents: 0,
             });
         }
+        // Readers are watched for their hang-up only (a quiet guest would
+        // otherwise never notice they left, and they would fill the slots).
+        fds.extend(readers.iter().map(|&fd| libc::pollfd {
+            fd,
+            events: 0,
+            revents: 0,
+        }));
         // SAFETY: `fds` is a valid array of pollfd of the given length.
         if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) } <= 0 {
             continue;
+        }
+        let first_reader = 1 + usize::from(writer_fd.is_some());
+        for p in fds.iter().skip(first_reader) {
+            if p.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+                kvmkit_vmm::bus::lock(clients).mark_gone(p.fd);
+            }
         }
         if fds[0].revents & libc::POLLIN != 0 {
             // SAFETY: accept4 on our listener; the new descriptor is ours.
@@ -389,6 +425,7 @@ fn serve(listener: &UnixListener, clients: &Mutex<Clients>, mut input: File) {
                     c.streams.push(Client {
                         stream,
                         writer,
+                        reader_only: false,
                         gone: false,
                     });
                 }
@@ -402,6 +439,10 @@ fn serve(listener: &UnixListener, clients: &Mutex<Clients>, mut input: File) {
                     // The pipe is non-blocking: input the guest has not taken
                     // yet beyond the pipe's 64 KiB is dropped, not waited for.
                     let _ = input.write(&buf[..n as usize]);
+                } else if n == 0 && p.revents & (libc::POLLHUP | libc::POLLERR) == 0 {
+                    // End of its input only: it shut down its writing side and
+                    // stays a reader; the next client that may write takes over.
+                    kvmkit_vmm::bus::lock(clients).demote(fd);
                 } else if n == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock {
                     // The writer left: the next client (if any) takes over.
                     kvmkit_vmm::bus::lock(clients).mark_gone(fd);
@@ -469,6 +510,70 @@ mod tests {
         assert_eq!(&live, b"live");
         drop(serial._socket);
         assert!(!path.exists(), "the socket file is removed at the end");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Reads what reaches the guest's input within a few seconds, until `want` bytes.
+    fn input_bytes(input: &File, want: usize) -> Vec<u8> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut seen = Vec::new();
+        while seen.len() < want && std::time::Instant::now() < deadline {
+            let mut b = [0u8; 16];
+            match (&*input).read(&mut b) {
+                Ok(n) => seen.extend_from_slice(&b[..n]),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn a_client_that_shuts_its_writing_side_stays_a_reader_and_hands_on_the_input() {
+        let dir = std::env::temp_dir().join(format!("kvmkit-serial-ro-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("console.sock");
+        let serial = Serial::setup(&SerialSpec::Socket(path.clone())).expect("setup");
+        let mut out = serial.output.expect("output");
+        let input = File::from(serial.input.expect("input"));
+        // A viewer connects first and declares itself read-only.
+        let mut viewer = UnixStream::connect(&path).expect("connect");
+        viewer.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        viewer.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        let mut typist = UnixStream::connect(&path).expect("connect");
+        typist.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        typist.write_all(b"hi\n").expect("write");
+        assert_eq!(input_bytes(&input, 3), b"hi\n", "the input went to the second client");
+        // The viewer still gets live output.
+        out.write_all(b"live").expect("write");
+        let mut live = [0u8; 4];
+        viewer.read_exact(&mut live).expect("viewer");
+        typist.read_exact(&mut live).expect("typist");
+        // Clients that leave while the guest is quiet free their slots.
+        for _ in 0..(MAX_CLIENTS * 2) {
+            let c = UnixStream::connect(&path).expect("connect");
+            c.shutdown(std::net::Shutdown::Write).expect("shutdown");
+            drop(c);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut c = UnixStream::connect(&path).expect("connect");
+            // No output meanwhile: only hang-up detection can free the slots.
+            c.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
+            let mut got = Vec::new();
+            let mut b = [0u8; 256];
+            while let Ok(n) = c.read(&mut b) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&b[..n]);
+            }
+            if !String::from_utf8_lossy(&got).contains("too many") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "slots were not freed");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        drop(serial._socket);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -1,15 +1,18 @@
-//! `kvmkit vm console NAME`: the VM's serial console in this terminal.
+//! `kvmkit vm console NAME` and `vm logs NAME`: the VM's serial console.
 //!
-//! Output: the VM's `console.log` (its serial output), from the last 4 KiB
-//! on, followed as it grows — any number of readers. Input: keystrokes go
-//! to the FIFO `console.in`, the VMM's stdin, which it forwards to the
-//! guest's serial port — one writer at a time (flock on `console.lock`);
-//! a second client attaches read-only and says so. Ctrl-] detaches.
+//! The VMM serves the console on the unix socket `console.sock` (`kvmkit run
+//! --serial socket=PATH`): every client first gets the last 64 KiB of
+//! output, then live output. One client writes: the one holding the flock on
+//! `console.lock` (every kvmkit client takes it before connecting: `vm
+//! console`, the web console). A client that does not get it shuts down its
+//! writing side, which the socket server takes as "reader for good", and
+//! says it is read-only. Ctrl-] detaches; the terminal's settings come back.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::time::Duration;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -18,8 +21,6 @@ use super::store::VmDir;
 
 /// Ctrl-]: detach.
 const DETACH: u8 = 0x1d;
-/// How much of the past output an attach shows.
-const BACKLOG: u64 = 4096;
 
 /// The terminal in raw mode until dropped.
 struct Raw {
@@ -54,35 +55,80 @@ impl Drop for Raw {
     }
 }
 
+/// A connection to a VM's console socket.
+pub struct Connection {
+    /// The socket: the recent output, then live output (and input when writing).
+    pub stream: UnixStream,
+    /// Whether this client holds the console's input.
+    pub writer: bool,
+    /// The flock on `console.lock` while this client writes.
+    _lock: Option<File>,
+}
+
+/// Connects to a running VM's console. With `want_input`, the client takes
+/// the input when no other kvmkit client holds it; otherwise (or when another
+/// does) it connects read-only.
+pub fn connect(vm: &VmDir, want_input: bool) -> anyhow::Result<Connection> {
+    let lock = if want_input {
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(vm.file("console.lock"))
+            .context("cannot open the console lock")?;
+        // SAFETY: flock on an fd we own.
+        (unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0).then_some(f)
+    } else {
+        None
+    };
+    let path = vm.file(process::CONSOLE_SOCK);
+    let stream = UnixStream::connect(&path).with_context(|| {
+        format!(
+            "VM {}: cannot connect to its console {} (a VM started by an older kvmkit has none: restart it)",
+            vm.name,
+            path.display()
+        )
+    })?;
+    let writer = lock.is_some();
+    if !writer {
+        // The socket server keeps a client that ended its input as a reader.
+        stream.shutdown(std::net::Shutdown::Write)?;
+    }
+    Ok(Connection {
+        stream,
+        writer,
+        _lock: lock,
+    })
+}
+
+/// The console's recent output (the ring the VMM keeps), read read-only:
+/// what arrives until the socket is quiet for a moment.
+pub fn recent(vm: &VmDir) -> anyhow::Result<Vec<u8>> {
+    let mut c = connect(vm, false)?;
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16384];
+    c.stream.set_read_timeout(Some(Duration::from_millis(60)))?;
+    // A guest that prints all the time never goes quiet: at most 64 KiB more or 1 s.
+    while start.elapsed() < Duration::from_secs(1) && out.len() < (128 << 10) {
+        match c.stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    Ok(out)
+}
+
 /// Attaches until Ctrl-], end of input, or the VM's end.
 pub fn attach(vm: &VmDir) -> anyhow::Result<u8> {
     let Some(pid) = process::running(vm) else {
         anyhow::bail!("VM {} is not running", vm.name);
     };
-    let mut log = File::open(process::log_path(vm)).context("cannot open the console log")?;
-    let len = log.metadata()?.len();
-    log.seek(SeekFrom::Start(len.saturating_sub(BACKLOG)))?;
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(vm.file("console.lock"))?;
-    // SAFETY: flock on an fd we own.
-    let writer = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-    let mut input = if writer {
-        Some(
-            OpenOptions::new()
-                .write(true)
-                .open(vm.file("console.in"))
-                .context("cannot open the console input")?,
-        )
-    } else {
-        None
-    };
+    let mut c = connect(vm, true)?;
     eprintln!(
         "Connected to VM {} ({}); Ctrl-] detaches.\r",
         vm.name,
-        if writer {
+        if c.writer {
             "read-write"
         } else {
             "read-only: another client holds the console's input"
@@ -92,38 +138,57 @@ pub fn attach(vm: &VmDir) -> anyhow::Result<u8> {
     let mut out = std::io::stdout();
     let mut buf = [0u8; 4096];
     let mut stdin_open = true;
+    let sock = c.stream.as_raw_fd();
     loop {
-        let n = log.read(&mut buf)?;
-        if n > 0 {
+        let mut fds = [
+            libc::pollfd {
+                fd: sock,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: libc::STDIN_FILENO,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let nfds = 1 + u64::from(stdin_open);
+        // SAFETY: a valid array of pollfd of at least `nfds` entries.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), nfds as libc::nfds_t, 500) };
+        if r < 0 {
+            continue; // EINTR
+        }
+        if fds[0].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+            let n = c.stream.read(&mut buf).unwrap_or(0);
+            if n == 0 {
+                eprintln!("\r\nVM {} ended.\r", vm.name);
+                return Ok(0);
+            }
             out.write_all(&buf[..n])?;
             out.flush()?;
-            continue;
         }
-        if !pid.alive() {
+        if r == 0 && !pid.alive() {
             eprintln!("\r\nVM {} ended.\r", vm.name);
             return Ok(0);
         }
-        let mut pfd = libc::pollfd {
-            fd: libc::STDIN_FILENO,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let nfds = u64::from(stdin_open);
-        // SAFETY: one valid pollfd (or none).
-        let r = unsafe { libc::poll(&mut pfd, nfds as libc::nfds_t, 50) };
-        if r > 0 && pfd.revents & (libc::POLLIN | libc::POLLHUP) != 0 {
+        if stdin_open && fds[1].revents & (libc::POLLIN | libc::POLLHUP) != 0 {
             // SAFETY: reading into a local buffer of its size.
             let k = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
             if k <= 0 {
                 stdin_open = false;
-                if !writer {
+                if !c.writer {
                     continue; // a viewer: follow the output until the VM ends
                 }
                 // Input ended (a script's pipe): keep showing output a moment, then leave.
-                std::thread::sleep(Duration::from_millis(300));
-                let mut rest = Vec::new();
-                log.read_to_end(&mut rest)?;
-                out.write_all(&rest)?;
+                c.stream.set_read_timeout(Some(Duration::from_millis(100)))?;
+                let until = Instant::now() + Duration::from_millis(300);
+                while Instant::now() < until {
+                    match c.stream.read(&mut buf) {
+                        Ok(n) if n > 0 => out.write_all(&buf[..n])?,
+                        _ => break,
+                    }
+                }
+                out.flush()?;
                 return Ok(0);
             }
             let data = &buf[..k as usize];
@@ -131,8 +196,8 @@ pub fn attach(vm: &VmDir) -> anyhow::Result<u8> {
                 Some(i) => (&data[..i], true),
                 None => (data, false),
             };
-            if let Some(w) = &mut input {
-                w.write_all(data)?;
+            if c.writer {
+                c.stream.write_all(data)?;
             }
             if detach {
                 eprintln!("\r\nDetached from VM {}.\r", vm.name);

@@ -87,13 +87,17 @@ pub enum VmCommand {
         /// VM name.
         name: String,
     },
-    /// Print a VM's console log (guest serial output and kvmkit's messages).
+    /// Print a running VM's recent console output (the last 64 KiB), or
+    /// kvmkit's log for a VM that does not run.
     Logs {
         /// VM name.
         name: String,
         /// Only the last N lines.
         #[arg(long, value_name = "N")]
         lines: Option<usize>,
+        /// kvmkit's own messages (kvmkit.log) even while the VM runs.
+        #[arg(long)]
+        vmm: bool,
     },
     /// Attach to a running VM's serial console (detach with Ctrl-]).
     Console {
@@ -211,9 +215,13 @@ pub fn run(args: &VmArgs) -> anyhow::Result<u8> {
             Ok(0)
         }
         VmCommand::Info { name } => info(&state, name),
-        VmCommand::Logs { name, lines } => {
+        VmCommand::Logs { name, lines, vmm } => {
             let vm = open(&state, name)?;
-            let data = std::fs::read(process::log_path(&vm)).unwrap_or_default();
+            let data = if !*vmm && process::running(&vm).is_some() {
+                console::recent(&vm)?
+            } else {
+                std::fs::read(process::log_path(&vm)).unwrap_or_default()
+            };
             let text = String::from_utf8_lossy(&data);
             let all: Vec<&str> = text.lines().collect();
             let from = lines.map_or(0, |n| all.len().saturating_sub(n));

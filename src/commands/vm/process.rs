@@ -1,8 +1,11 @@
 //! A VM's process: `kvmkit run --config-file STATE/NAME/config.json
-//! --api-sock STATE/NAME/api.sock`, started in its own session, with its
-//! console output in `console.log` and its console input read from the
-//! FIFO `console.in`. The pid file holds the pid and the process's start
-//! time (from /proc), so a reused pid is never taken for the VM.
+//! --api-sock STATE/NAME/api.sock --serial socket=STATE/NAME/console.sock`,
+//! started in its own session. Its serial console is the unix socket
+//! `console.sock` (a 64 KiB ring for late clients, many readers, one
+//! writer: `kvmkit vm console`, `vm logs`, the web console); kvmkit's own
+//! messages go to `kvmkit.log`. The pid file holds the pid and the
+//! process's start time (from /proc), so a reused pid is never taken for
+//! the VM.
 //!
 //! Files in STATE/NAME while it runs or after it ended:
 //! `pid` (running), `lock` (flock held while starting, stopping, undefining),
@@ -27,8 +30,12 @@ use crate::commands::ctl::Response;
 
 /// How long `vm start` waits for the VMM's API to answer.
 const START_WAIT: Duration = Duration::from_secs(15);
-/// A console log past this size moves to console.log.1 when the VM starts.
+/// kvmkit's log past this size moves to kvmkit.log.1 when the VM starts.
 const LOG_ROTATE: u64 = 1 << 20;
+/// kvmkit's own messages (the guest's console is the socket).
+pub const LOG_FILE: &str = "kvmkit.log";
+/// The serial console's socket.
+pub const CONSOLE_SOCK: &str = "console.sock";
 /// How long one API request may take before the VM counts as unresponsive.
 const API_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -184,6 +191,8 @@ pub fn record_end(vm: &VmDir, pid: &PidFile, status: Option<std::process::ExitSt
     }
     let _ = fs::remove_file(vm.file("stopping"));
     let _ = fs::remove_file(vm.file("api.sock"));
+    // The VMM removes its console socket when it ends; not when it was killed.
+    let _ = fs::remove_file(vm.file(CONSOLE_SOCK));
     end
 }
 
@@ -246,23 +255,13 @@ pub fn spawn(vm: &VmDir) -> anyhow::Result<(Child, PidFile)> {
     for f in ["api.sock", "results.json", "stopping", "last-exit.json"] {
         let _ = fs::remove_file(vm.file(f));
     }
-    let fifo = vm.file("console.in");
-    if !fifo.exists() {
-        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).context("console path")?;
-        // SAFETY: a valid C string.
-        if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
-            return Err(std::io::Error::last_os_error()).with_context(|| format!("mkfifo {}", fifo.display()));
-        }
+    // Files of the FIFO console (before --serial socket=) go.
+    for f in ["console.in", "console.log", "console.log.1"] {
+        let _ = fs::remove_file(vm.file(f));
     }
-    // Read and write: the VMM never sees end-of-file when a console client leaves.
-    let input = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&fifo)
-        .with_context(|| format!("cannot open {}", fifo.display()))?;
-    let log_path = vm.file("console.log");
+    let log_path = vm.file(LOG_FILE);
     if fs::metadata(&log_path).is_ok_and(|m| m.len() > LOG_ROTATE) {
-        let _ = fs::rename(&log_path, vm.file("console.log.1"));
+        let _ = fs::rename(&log_path, vm.file(&format!("{LOG_FILE}.1")));
     }
     let log = OpenOptions::new()
         .create(true)
@@ -282,7 +281,9 @@ pub fn spawn(vm: &VmDir) -> anyhow::Result<(Child, PidFile)> {
         .arg(&vm.name)
         .arg("--results")
         .arg(vm.file("results.json"))
-        .stdin(Stdio::from(input))
+        .arg("--serial")
+        .arg(format!("socket={}", vm.file(CONSOLE_SOCK).display()))
+        .stdin(Stdio::null())
         .stdout(Stdio::from(log.try_clone()?))
         .stderr(Stdio::from(log));
     // SAFETY: setsid is async-signal-safe; the VM leaves the caller's session
@@ -392,9 +393,9 @@ pub fn stop(vm: &VmDir, pid: &PidFile, grace: Duration, ctrl_alt_del: bool) -> a
     Ok(how)
 }
 
-/// Where the console log lives.
+/// Where kvmkit's own messages for this VM go.
 pub fn log_path(vm: &VmDir) -> PathBuf {
-    vm.file("console.log")
+    vm.file(LOG_FILE)
 }
 
 #[cfg(test)]

@@ -101,7 +101,10 @@ fn handle(mut rq: Request, state: &Path, token: &str) {
             let vm = store::VmDir::new(state, name);
             match vm {
                 Ok(vm) => {
-                    let data = std::fs::read(vm.file("console.log")).unwrap_or_default();
+                    let data = match super::process::running(&vm) {
+                        Some(_) => super::console::recent(&vm).unwrap_or_default(),
+                        None => std::fs::read(super::process::log_path(&vm)).unwrap_or_default(),
+                    };
                     let from = data.len().saturating_sub(8192);
                     Response::from_data(data[from..].to_vec())
                         .with_header(header("Content-Type", "text/plain; charset=utf-8"))
