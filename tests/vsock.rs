@@ -211,3 +211,81 @@ fn bad_vsock_flags_are_one_line_and_exit_2() {
     assert_eq!(std::fs::read(&f).expect("still there"), b"keep me");
     let _ = std::fs::remove_file(&f);
 }
+
+/// One HTTP request on the API socket: (status, body).
+fn api(sock: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = UnixStream::connect(sock).expect("connect to the API");
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("send");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    let Ok(httparse::Status::Complete(n)) = resp.parse(&raw) else {
+        panic!("bad answer to {method} {path}: {:?}", String::from_utf8_lossy(&raw));
+    };
+    (
+        resp.code.expect("code"),
+        String::from_utf8_lossy(&raw[n..]).into_owned(),
+    )
+}
+
+#[test]
+fn put_vsock_before_boot_shows_in_the_config_and_is_refused_after() {
+    let dir = std::env::temp_dir().join(format!("kvmkit-it-vsock-api-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let elf = dir.join("guest.elf");
+    let o = common::run(
+        &["image", "guest", "--out", elf.to_str().expect("utf8")],
+        Duration::from_secs(30),
+    );
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let sock = dir.join("api.sock");
+    let uds = dir.join("v.sock");
+    let (child, out) = common::spawn_collecting(
+        Path::new(common::kvmkit()),
+        &["run", "--api-sock", sock.to_str().expect("utf8"), "--no-stdin"],
+    );
+    let mut vm = Vm {
+        child,
+        out,
+        uds: uds.clone(),
+    };
+    common::wait_for_socket(&sock);
+    let boot = format!(
+        r#"{{"kernel_image_path": "{}", "boot_args": "console=ttyS0 kvmkit.workload=vsock-echo:5000"}}"#,
+        elf.display()
+    );
+    assert_eq!(api(&sock, "PUT", "/boot-source", &boot).0, 204);
+    let body = format!(
+        r#"{{"vsock_id": "vsock0", "guest_cid": 3, "uds_path": "{}"}}"#,
+        uds.display()
+    );
+    let (s, text) = api(&sock, "PUT", "/vsock", &body);
+    assert_eq!(s, 204, "{text}");
+    let (s, text) = api(&sock, "PUT", "/vsock", r#"{"guest_cid": 1, "uds_path": "/v"}"#);
+    assert!(s == 400 && text.contains("guest_cid"), "{s} {text}");
+    let (_, cfg) = api(&sock, "GET", "/vm/config", "");
+    let cfg: serde_json::Value = serde_json::from_str(&cfg).expect("json");
+    assert_eq!(cfg["vsock"]["guest_cid"], 3, "{cfg}");
+    assert_eq!(cfg["vsock"]["uds_path"], uds.to_str().expect("utf8"));
+    let (s, text) = api(&sock, "PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    assert_eq!(s, 204, "{text}");
+    vm.wait_for("listening on port 5000");
+    let (c, ok) = vm.connect(5000);
+    assert!(ok.starts_with("OK "), "{ok:?}");
+    assert_eq!(echo(c, b"ping".to_vec()), b"ping");
+    let (s, text) = api(&sock, "PUT", "/vsock", &body);
+    assert!(s == 400 && text.contains("fault_message"), "{s} {text}");
+    let (_, metrics) = api(&sock, "GET", "/metrics", "");
+    assert!(metrics.contains("vsock0"), "{metrics}");
+    let _ = api(&sock, "PUT", "/kvmkit/stop", "");
+    let _ = vm.child.wait();
+    assert!(!uds.exists(), "the vsock socket is removed at exit");
+    let _ = std::fs::remove_dir_all(&dir);
+}
