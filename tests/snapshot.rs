@@ -319,6 +319,20 @@ fn a_restored_vm_can_be_snapshotted_again() {
     vmm.ok("PUT", "/snapshot/create", &body.to_string());
     let _ = vmm.child.kill();
     let _ = vmm.wait_exit(Duration::from_secs(10));
+    // The VM generation ID (16 bytes at 0xff000, low RAM: offset 0 of the
+    // memory file) was set at boot and is new after the restore.
+    let id = |m: &Path| {
+        use std::os::unix::fs::FileExt;
+        let mut b = [0u8; 16];
+        std::fs::File::open(m)
+            .and_then(|f| f.read_exact_at(&mut b, 0xff000))
+            .expect("read the ID");
+        b
+    };
+    let (first, second) = (id(&mem), id(&mem2));
+    assert_ne!(first, [0; 16], "an ID from boot");
+    assert_ne!(second, [0; 16]);
+    assert_ne!(first, second, "a new VM generation after the restore");
     assert_counts(&restore_cli(&state2, &mem2, &[]), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }

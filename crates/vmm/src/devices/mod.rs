@@ -6,3 +6,4 @@ pub mod guest_port;
 pub mod i8042;
 pub mod null;
 pub mod serial;
+pub mod vmgenid;

@@ -24,6 +24,7 @@ use crate::devices::guest_port::GuestPort;
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_KBD_IRQ, I8042_LEN};
 use crate::devices::null::NullDevice;
 use crate::devices::serial::{ConsoleOut, SerialDevice, COM1_BASE, COM1_IRQ, UART_LEN};
+use crate::devices::vmgenid::{VmGenId, VMGENID_GSI};
 use crate::host::kvm::open_kvm;
 use crate::lifecycle::VmState;
 use crate::memory::create_guest_memory;
@@ -239,6 +240,7 @@ impl Machine {
         let i8042 = Arc::new(Mutex::new(
             I8042::new(control.clone()).with_kbd_irq(irqfd(I8042_KBD_IRQ)?),
         ));
+        let vmgenid = VmGenId::new(irqfd(VMGENID_GSI)?);
         let mut dm = DeviceManager::new();
         dm.add_pio("serial0", DeviceKind::Serial, serial.clone(), COM1_BASE, UART_LEN)?;
         dm.add_pio("i8042", DeviceKind::I8042, i8042.clone(), I8042_BASE, I8042_LEN)?;
@@ -300,6 +302,7 @@ impl Machine {
                 kernel,
                 kernel_name,
             })?;
+            vmgenid.regenerate(&memory).map_err(MachineError::Host)?;
         }
         crate::vcpu::kick::install_kick_handler().map_err(host_err("vCPU kick signal"))?;
 
@@ -313,6 +316,7 @@ impl Machine {
             buses,
             serial,
             i8042,
+            vmgenid,
             vcpu_metrics: vcpus.iter().map(Vcpu::metrics).collect(),
             unstarted: vcpus,
             vcpus: Vec::new(),

@@ -146,6 +146,7 @@ pub struct Machine {
     buses: Buses,
     serial: Arc<Mutex<SerialDevice>>,
     i8042: Arc<Mutex<I8042>>,
+    vmgenid: crate::devices::vmgenid::VmGenId,
     vcpu_metrics: Vec<Arc<VcpuMetrics>>,
     unstarted: Vec<Vcpu>,
     vcpus: Vec<VcpuHandle>,

@@ -224,6 +224,13 @@ impl Machine {
             vcpu.restore_state(saved)?;
         }
         machine.restore_virtio(&state.devices.virtio)?;
+        // A new VM generation: a new ID, and the guest told (the interrupt
+        // is delivered once the vCPUs run).
+        machine
+            .vmgenid
+            .regenerate(&machine._memory)
+            .map_err(MachineError::Host)?;
+        machine.vmgenid.notify();
         tracing::debug!(
             "restored {} vCPUs, {} us after start",
             state.vcpus.len(),

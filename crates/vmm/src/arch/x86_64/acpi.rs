@@ -264,6 +264,55 @@ fn virtio_mmio_aml(index: u8, device: &AcpiMmioDevice) -> Result<Vec<u8>, AcpiEr
     )))
 }
 
+/// Guest-physical address of the 16-byte VM generation ID (VMGenID): the
+/// last page of the ACPI area, which the e820 map leaves out of RAM.
+pub const VMGENID_ADDR: u64 = ACPI_AREA_END - 0x1000;
+/// GSI of the Generic Event Device that tells the guest the generation ID
+/// changed (ISA IRQ 3, unused otherwise; virtio devices start at 5).
+pub const VMGENID_GSI: u32 = 3;
+
+/// AML for the VM generation ID (`\_SB.VGEN`): `_HID "VMGENCTR"`, `_CID
+/// "VM_Gen_Counter"` and `ADDR`, the ID's address as a package of its low
+/// and high 32 bits, which Linux's `vmgenid` driver reads; and a Generic
+/// Event Device (`\_SB.GED_`, ACPI0013, hardware-reduced ACPI's event
+/// source) on [`VMGENID_GSI`] whose `_EVT` notifies `VGEN` (0x80): after a
+/// restore kvmkit writes a new ID and raises that GSI, and Linux reseeds
+/// its RNG (`add_vmfork_randomness`).
+fn vmgenid_aml() -> Vec<u8> {
+    let hid: &'static str = "VMGENCTR";
+    let cid: &'static str = "VM_Gen_Counter";
+    let low = (VMGENID_ADDR & 0xffff_ffff) as u32;
+    let high = (VMGENID_ADDR >> 32) as u32;
+    let addr = aml::Package::new(vec![&low, &high]);
+    let mut out = to_bytes(&aml::Device::new(
+        Path::new("VGEN"),
+        vec![
+            &Name::new(Path::new("_HID"), &hid),
+            &Name::new(Path::new("_CID"), &cid),
+            &Name::new(Path::new("_DDN"), &cid),
+            &Name::new(Path::new("ADDR"), &addr),
+        ],
+    ));
+    let ged: &'static str = "ACPI0013";
+    // Consumer, edge-triggered, active high, exclusive.
+    let irq = Interrupt::new(true, true, false, false, VMGENID_GSI);
+    let crs = ResourceTemplate::new(vec![&irq]);
+    let vgen = Path::new("\\_SB_.VGEN");
+    let notify_value: u8 = 0x80;
+    let notify = aml::Notify::new(&vgen, &notify_value);
+    let evt = aml::Method::new(Path::new("_EVT"), 1, true, vec![&notify]);
+    out.extend(to_bytes(&aml::Device::new(
+        Path::new("GED_"),
+        vec![
+            &Name::new(Path::new("_HID"), &ged),
+            &Name::new(Path::new("_UID"), &aml::ZERO),
+            &Name::new(Path::new("_CRS"), &crs),
+            &evt,
+        ],
+    )));
+    out
+}
+
 /// I/O port of the hardware-reduced ACPI sleep control register.
 pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x610;
 /// I/O port of the hardware-reduced ACPI sleep status register.
@@ -278,7 +327,7 @@ pub const ACPI_S5_SLP_TYP: u8 = 5;
 /// Builds the DSDT: `_S5_` (soft-off sleep type) and a `\_SB` scope holding
 /// COM1, the i8042 and one device per virtio-mmio window.
 fn build_dsdt(mmio_devices: &[AcpiMmioDevice]) -> Result<Sdt, AcpiError> {
-    let mut devices = vec![com1_aml(), i8042_aml()];
+    let mut devices = vec![com1_aml(), i8042_aml(), vmgenid_aml()];
     for (index, device) in mmio_devices.iter().enumerate() {
         let index = u8::try_from(index).map_err(|_| AcpiError::TooManyMmioDevices(mmio_devices.len()))?;
         devices.push(virtio_mmio_aml(index, device)?);
@@ -385,7 +434,7 @@ pub fn setup_acpi_tables<M: GuestMemory>(
     let xsdt_len = 36 + XSDT_ENTRIES * 8;
 
     let sizes = [Rsdp::len(), xsdt_len, FADT::len(), madt.len(), dsdt.len()];
-    let [rsdp_addr, xsdt_addr, fadt_addr, madt_addr, dsdt_addr] = place_tables(RSDP_ADDR, ACPI_AREA_END, sizes)?;
+    let [rsdp_addr, xsdt_addr, fadt_addr, madt_addr, dsdt_addr] = place_tables(RSDP_ADDR, VMGENID_ADDR, sizes)?;
 
     let fadt = build_fadt(dsdt_addr);
     let mut xsdt = XSDT::new(OEM_ID, *b"KVMKXSDT", OEM_REVISION);
@@ -637,6 +686,49 @@ mod tests {
         assert_ne!(u32_at(&fadt, 112) & (1 << 10), 0, "RESET_REG_SUP");
         let (_, dsdt) = read_dsdt(&mem, rsdp_addr);
         assert!(dsdt.windows(4).any(|w| w == b"_S5_"), "DSDT names the S5 sleep state");
+    }
+
+    #[test]
+    fn dsdt_describes_the_vm_generation_id_and_its_event_device() {
+        let (mem, rsdp_addr) = setup(1, &[]);
+        let (dsdt_addr, dsdt) = read_dsdt(&mem, rsdp_addr);
+        assert!(
+            dsdt_addr + dsdt.len() as u64 <= VMGENID_ADDR,
+            "the tables end before the ID"
+        );
+        for name in [
+            &b"VGEN"[..],
+            b"VMGENCTR\0",
+            b"VM_Gen_Counter\0",
+            b"ADDR",
+            b"GED_",
+            b"ACPI0013\0",
+            b"_EVT",
+        ] {
+            assert!(
+                count(&dsdt, name) >= 1,
+                "{:?} in the DSDT",
+                String::from_utf8_lossy(name)
+            );
+        }
+        // ADDR: Package (2) { DWord low, Zero (high) }.
+        let mut addr = b"ADDR".to_vec();
+        addr.extend_from_slice(&[0x12, 0x08, 2, 0x0c]);
+        addr.extend_from_slice(&(VMGENID_ADDR as u32).to_le_bytes());
+        addr.push(0x00);
+        assert_eq!(count(&dsdt, &addr), 1, "ADDR package in {dsdt:x?}");
+        // The GED's interrupt: consumer, edge, active high, exclusive, GSI 3.
+        let mut interrupt = vec![0x89, 6, 0, 0b0011, 1];
+        interrupt.extend_from_slice(&VMGENID_GSI.to_le_bytes());
+        assert_eq!(count(&dsdt, &interrupt), 1);
+        // _EVT (1 argument, serialized) is Notify (\_SB_.VGEN, 0x80).
+        assert_eq!(
+            count(
+                &dsdt,
+                &[0x86, b'\\', 0x2e, b'_', b'S', b'B', b'_', b'V', b'G', b'E', b'N', 0x0a, 0x80]
+            ),
+            1
+        );
     }
 
     #[test]
