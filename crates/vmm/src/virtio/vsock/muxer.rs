@@ -11,11 +11,11 @@
 //!   `<uds_path>_<P>`; nobody listening there gets the guest an RST.
 //!
 //! Everything is polled through one epoll descriptor (the listener, the
-//! unix connections), which the device worker polls beside the queues. A
-//! connection's socket is polled for reading only while the guest has
-//! credit for it and for writing only while guest bytes wait for it, so a
-//! slow reader on either side stalls only its own connection and nothing
-//! spins. Bounds: [`MAX_CONNECTIONS`] connections (handshakes included;
+//! unix connections), which the device worker polls beside the queues.
+//! Connection sockets are edge-triggered: a socket is read only while the
+//! guest has credit and rx buffers for it, and written only while guest
+//! bytes wait for it, so a slow reader on either side stalls only its own
+//! connection and nothing spins. Bounds: [`MAX_CONNECTIONS`] connections (handshakes included;
 //! the listener is not polled while full), [`CONN_BUF`] buffered bytes per
 //! connection, [`MAX_PENDING_RSTS`] RSTs waiting for rx buffers (guest tx
 //! is not read while that many wait), a 32-byte `CONNECT` line.
@@ -51,12 +51,16 @@ const EVENTS_PER_ROUND: usize = 64;
 const ACCEPTS_PER_ROUND: usize = 32;
 
 const LISTENER_TOKEN: u64 = 0;
+/// What a connection's socket is polled for, edge-triggered: an edge sets
+/// `read_ready` (cleared when a read would block) or flushes waiting bytes
+/// (kept only after a write would block, so the next edge comes). A socket
+/// the guest has no credit or buffers for is simply not read: no event
+/// repeats, nothing spins, and no epoll_ctl call per wake-up.
+const CONN_EVENTS: EventSet = EventSet::IN.union(EventSet::OUT).union(EventSet::EDGE_TRIGGERED);
 
 struct Conn {
     c: Connection,
     stream: Stream,
-    interest: u32,
-    registered: bool,
     queued: bool,
     read_ready: bool,
     hup: bool,
@@ -256,14 +260,20 @@ impl Muxer {
         };
         let local_port = self.free_local_port(peer_port);
         let c = Connection::new_local(local_port, peer_port, Instant::now());
+        let ev = EpollEvent::new(CONN_EVENTS, token);
+        if self
+            .epoll
+            .ctl(ControlOperation::Modify, h.stream.as_raw_fd(), ev)
+            .is_err()
+        {
+            return;
+        }
         self.by_key.insert((local_port, peer_port), token);
         self.conns.insert(
             token,
             Conn {
                 c,
                 stream: h.stream,
-                interest: EventSet::IN.bits(),
-                registered: true,
                 queued: false,
                 read_ready: false,
                 hup: false,
@@ -293,7 +303,6 @@ impl Muxer {
             let _ = self
                 .epoll
                 .ctl(ControlOperation::Delete, conn.stream.as_raw_fd(), EpollEvent::default());
-            conn.registered = false;
             conn.hup = true;
             if conn.c.reads_host() {
                 // Read what is left; end of file then closes the connection.
@@ -348,25 +357,6 @@ impl Muxer {
         if conn.c.needs_host_write_shutdown() {
             conn.stream.shutdown_write();
             conn.c.host_write_shut();
-        }
-        if conn.registered {
-            let mut want = EventSet::empty();
-            if conn.c.can_read_host() && !conn.read_ready {
-                want |= EventSet::IN;
-            }
-            if conn.c.wants_write() {
-                want |= EventSet::OUT;
-            }
-            if want.bits() != conn.interest {
-                let r = self.epoll.ctl(
-                    ControlOperation::Modify,
-                    conn.stream.as_raw_fd(),
-                    EpollEvent::new(want, token),
-                );
-                if r.is_ok() {
-                    conn.interest = want.bits();
-                }
-            }
         }
         let work = conn.c.has_control() || (conn.read_ready && conn.c.can_read_host());
         if work && !conn.queued {
@@ -442,7 +432,7 @@ impl Muxer {
             .ctl(
                 ControlOperation::Add,
                 stream.as_raw_fd(),
-                EpollEvent::new(EventSet::empty(), token),
+                EpollEvent::new(CONN_EVENTS, token),
             )
             .is_err()
         {
@@ -455,8 +445,6 @@ impl Muxer {
             Conn {
                 c,
                 stream,
-                interest: 0,
-                registered: true,
                 queued: false,
                 read_ready: false,
                 hup: false,
