@@ -81,9 +81,17 @@ fn parent(p: &Path) -> PathBuf {
 
 /// The rules for this run.
 pub fn rules(args: &RunArgs, res: &VmResources) -> Rules {
+    // A restored VM's disks and NICs are those its state file names (an
+    // unreadable file is refused by the restore itself, with its reason).
+    let restored = args
+        .restore_state
+        .as_ref()
+        .and_then(|p| kvmkit_vmm::snapshot::file::read_state(p).ok())
+        .map(|s| s.resources)
+        .unwrap_or_default();
     let mut r = Rules::default();
     r.file("/dev/kvm", READ_FILE | WRITE_FILE | IOCTL_DEV);
-    if !res.network_interfaces.is_empty() {
+    if !res.network_interfaces.is_empty() || !restored.network_interfaces.is_empty() {
         r.file("/dev/net/tun", READ_FILE | WRITE_FILE | IOCTL_DEV);
     }
     if let Some(b) = &res.boot_source {
@@ -92,7 +100,7 @@ pub fn rules(args: &RunArgs, res: &VmResources) -> Rules {
             r.file(i, READ_FILE);
         }
     }
-    for d in &res.drives {
+    for d in res.drives.iter().chain(&restored.drives) {
         r.file(
             &d.path_on_host,
             if d.is_read_only {
