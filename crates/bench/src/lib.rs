@@ -352,6 +352,7 @@ pub fn run(args: &Options) -> anyhow::Result<u8> {
     let mut failed = 0usize;
     let mut rounds = Vec::new();
     let mut order_rng = Rng::new(args.seed);
+    let mut busy_streak = 0usize;
     // Without a terminal the bar is hidden: log each step instead (CI logs, the nested lab).
     let plain = !std::io::IsTerminal::is_terminal(&std::io::stderr());
     loop {
@@ -361,7 +362,15 @@ pub fn run(args: &Options) -> anyhow::Result<u8> {
         }
         let round = rounds.len() + 1;
         bar.set_message(format!("round {round}: waiting for a quiet machine"));
-        let seen = load::settle(round, todo.len(), args.quiet_wait);
+        // A machine busy through the whole wait of the last rounds stays busy: stop
+        // waiting (look once) until a round finds it quiet again.
+        let wait = if busy_streak >= load::GIVE_UP_AFTER {
+            Duration::ZERO
+        } else {
+            args.quiet_wait
+        };
+        let seen = load::settle(round, todo.len(), wait);
+        busy_streak = if seen.quiet { 0 } else { busy_streak + 1 };
         let busy = |b: Option<f64>| b.map_or_else(|| "?".into(), |b| format!("{:.0}%", b * 100.0));
         let line = format!(
             "kvmkit bench: round {round}: {} cell(s); CPUs {} busy{}",
@@ -373,6 +382,11 @@ pub fn run(args: &Options) -> anyhow::Result<u8> {
                     seen.waited_s,
                     busy(seen.busy_at_start),
                     if seen.quiet { "" } else { " (still busy: runs anyway)" }
+                )
+            } else if wait.is_zero() && !seen.quiet && !args.quiet_wait.is_zero() {
+                format!(
+                    " (busy for {GIVE} rounds in a row: not waiting)",
+                    GIVE = load::GIVE_UP_AFTER
                 )
             } else {
                 String::new()
@@ -458,10 +472,11 @@ pub fn run(args: &Options) -> anyhow::Result<u8> {
     if busy_rounds > 0 {
         warnings.push(format!(
             "{busy_rounds} of {} round(s) started on a busy machine (CPUs >= {:.0}% busy after waiting up to \
-             {:.0} s): the intervals carry that noise",
+             {:.0} s; no more waiting after {} such rounds in a row): the intervals carry that noise",
             rounds.len(),
             load::QUIET_BELOW * 100.0,
-            args.quiet_wait.as_secs_f64()
+            args.quiet_wait.as_secs_f64(),
+            load::GIVE_UP_AFTER
         ));
     }
 

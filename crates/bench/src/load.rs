@@ -7,6 +7,9 @@ use serde::Serialize;
 
 /// CPU busy fraction (all CPUs, over [`SAMPLE`]) below which the machine counts as quiet.
 pub const QUIET_BELOW: f64 = 0.25;
+/// Rounds in a row that stay busy through their whole wait, after which the bench stops
+/// waiting (it looks once per round) until a round finds the machine quiet.
+pub const GIVE_UP_AFTER: usize = 3;
 /// How long one busy measurement looks at `/proc/stat`.
 pub const SAMPLE: Duration = Duration::from_millis(200);
 

@@ -93,6 +93,15 @@ fn ratio(w: &WorkloadResult, env: Env) -> String {
     }
 }
 
+/// A p-value in three decimals, or `p<0.001`.
+fn p_text(p: f64) -> String {
+    if p < 0.001 {
+        "p<0.001".into()
+    } else {
+        format!("p={p:.3}")
+    }
+}
+
 /// The verdicts of a row's guest cells, in words, with the ratio's interval and p.
 fn verdicts(w: &WorkloadResult) -> Vec<String> {
     [Env::Kvmkit, Env::Qemu]
@@ -101,19 +110,23 @@ fn verdicts(w: &WorkloadResult) -> Vec<String> {
             let v = w.cell(e).verdict.as_ref()?;
             let ci = v.ratio_ci95.map_or_else(
                 || "no interval: a single run".to_owned(),
-                |[lo, hi]| format!("95% {lo:.3}–{hi:.3}"),
+                |[lo, hi]| format!("95% interval {lo:.2}–{hi:.2}"),
             );
             let text = if v.significant {
                 v.text.clone()
             } else {
-                format!("{}/{}: {}", e.name(), v.against, v.text)
+                format!("{} vs {}: {}", e.name(), v.against, v.text)
             };
             Some(format!(
-                "{text} ({}/{} {}, {ci}; Mann-Whitney p={:.3})",
+                "{text} ({}/{} {}, {ci}, n={}/{}, Mann-Whitney {})",
                 e.name(),
                 v.against,
                 v.ratio_text(),
-                v.p_value
+                w.cell(e).stats.map_or(0, |s| s.runs),
+                w.cell(if v.against == "host" { Env::Host } else { Env::Qemu })
+                    .stats
+                    .map_or(0, |s| s.runs),
+                p_text(v.p_value)
             ))
         })
         .collect()
@@ -548,4 +561,31 @@ pub fn markdown(results: &BenchResults, charts: &[String]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_give_intervals_runs_verdicts_and_supported_digits() {
+        let results = crate::results::fixtures::synthetic_results(6);
+        let text = terminal(&results);
+        assert!(
+            text.contains("each cell ran until that was within ±3% (6 to 6 runs"),
+            "{text}"
+        );
+        assert!(text.contains("±0.") && text.contains("n=6"), "{text}");
+        assert!(
+            text.contains("kvmkit slower than host (significant) (kvmkit/host 1.20x"),
+            "{text}"
+        );
+        assert!(text.contains("qemu vs host: no difference detectable"), "{text}");
+        assert!(
+            !text.contains("1.200"),
+            "more digits than the interval supports: {text}"
+        );
+        let md = markdown(&results, &[]);
+        assert!(md.contains("Verdicts:") && md.contains("Mann-Whitney"), "{md}");
+    }
 }

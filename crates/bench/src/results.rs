@@ -381,6 +381,77 @@ pub struct BenchResults {
     pub wall_s: f64,
 }
 
+/// Results to test the report and charts with.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+    use crate::environment::Env;
+    use crate::table::Table;
+
+    /// A bench's results with `primes:100000` measured `n` times per environment
+    /// (kvmkit ~20% slower than the host, qemu the same as the host).
+    pub(crate) fn synthetic_results(n: usize) -> BenchResults {
+        use crate::env::Sample;
+        use std::collections::BTreeMap;
+        let w = crate::rows::workloads(crate::profile::Profile::Quick, &[Table::Cpu]).remove(0);
+        let mut row = WorkloadResult::new(&w);
+        for (env, base) in [(Env::Host, 1.0), (Env::Kvmkit, 1.2), (Env::Qemu, 1.0)] {
+            row.cell_mut(env).samples = (0..n)
+                .map(|run| Sample {
+                    run,
+                    value: base * (1.0 + 0.004 * (run % 3) as f64),
+                    ns_per_cpu: vec![1],
+                    result: 9592,
+                    wall_s: 0.1,
+                    note: None,
+                })
+                .collect();
+        }
+        row.finish(&w.id, 1, 0.03);
+        BenchResults {
+            schema: "kvmkit-bench/1",
+            profile: crate::profile::Profile::Quick,
+            guest: "kvmkit",
+            linux: None,
+            repetition: crate::results::Repetition {
+                mode: "adaptive",
+                fixed_runs: None,
+                ci_target: 0.03,
+                min_runs: 5,
+                max_runs: 20,
+                max_cell_s: 60.0,
+                seed: 1,
+            },
+            rounds: Vec::new(),
+            affinity: crate::results::Affinity {
+                cores: None,
+                note: "not pinned".into(),
+            },
+            cpus: 1,
+            memory_mib: 256,
+            machine: crate::machine::Machine::describe(None),
+            environments: Env::ALL
+                .into_iter()
+                .map(|e| {
+                    let info = EnvInfo {
+                        available: true,
+                        reason: None,
+                        description: String::new(),
+                    };
+                    (e.name().to_owned(), info)
+                })
+                .collect(),
+            workloads: BTreeMap::from([(w.id.clone(), row)]),
+            order: vec![w.id],
+            not_measured: Vec::new(),
+            not_measured_reason: "",
+            warnings: Vec::new(),
+            started_unix: 0,
+            wall_s: 0.0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
