@@ -77,6 +77,17 @@ impl TestQueue {
         head
     }
 
+    /// Chains published so far (the avail index).
+    pub fn published(&self) -> u16 {
+        self.avail_idx
+    }
+
+    /// The next chain starts again at descriptor 0 (reusing descriptors
+    /// the device has completed).
+    pub fn rewind(&mut self) {
+        self.next_desc = 0;
+    }
+
     /// The used ring's index.
     pub fn used_idx(&self, mem: &GuestMemoryMmap) -> u16 {
         mem.read_obj(GuestAddress(self.used() + 2)).expect("used idx")

@@ -21,8 +21,6 @@ const QSIZE: u16 = 16;
 const RX_BASE: u64 = 0x1000;
 const TX_BASE: u64 = 0x4000;
 const DATA: u64 = 0x10000;
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
 
 /// A datagram socket as the "tap": one frame per message.
 struct Fake {
@@ -59,41 +57,14 @@ impl Backend for Fake {
     }
 }
 
-struct VQ {
-    base: u64,
-    next_desc: u16,
-    avail_idx: u16,
-}
-
-impl VQ {
-    fn desc(&self) -> u64 {
-        self.base
-    }
-    fn avail(&self) -> u64 {
-        self.base + 0x400
-    }
-    fn used(&self) -> u64 {
-        self.base + 0x800
-    }
-    fn queue(&self) -> Queue {
-        let mut q = Queue::new(QSIZE).expect("queue");
-        q.set_size(QSIZE);
-        q.set_desc_table_address(Some(self.desc() as u32), Some(0));
-        q.set_avail_ring_address(Some(self.avail() as u32), Some(0));
-        q.set_used_ring_address(Some(self.used() as u32), Some(0));
-        q.set_ready(true);
-        q
-    }
-}
-
-use virtio_queue::{Queue, QueueT};
+use crate::virtio::test_rig::{TestQueue, F_WRITE};
 
 struct Rig {
     mem: GuestMemoryMmap,
     h: NetHandler,
     host: UnixDatagram,
-    rx: VQ,
-    tx: VQ,
+    rx: TestQueue,
+    tx: TestQueue,
 }
 
 impl Rig {
@@ -123,16 +94,8 @@ impl Rig {
                 );
             }
         }
-        let rx = VQ {
-            base: RX_BASE,
-            next_desc: 0,
-            avail_idx: 0,
-        };
-        let tx = VQ {
-            base: TX_BASE,
-            next_desc: 0,
-            avail_idx: 0,
-        };
+        let rx = TestQueue::new(RX_BASE, QSIZE);
+        let tx = TestQueue::new(TX_BASE, QSIZE);
         let irq = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
         let h = NetHandler::new(
             mem.clone(),
@@ -154,39 +117,12 @@ impl Rig {
 
     fn push(&mut self, tx: bool, descs: &[(u64, u32, u16)]) -> u16 {
         let q = if tx { &mut self.tx } else { &mut self.rx };
-        let head = q.next_desc % QSIZE;
-        for (k, d) in descs.iter().enumerate() {
-            let i = (q.next_desc + k as u16) % QSIZE;
-            let base = q.desc() + u64::from(i) * 16;
-            let next = (i + 1) % QSIZE;
-            let flags = d.2 | if k + 1 < descs.len() { F_NEXT } else { 0 };
-            self.mem.write_obj(d.0, GuestAddress(base)).expect("addr");
-            self.mem.write_obj(d.1, GuestAddress(base + 8)).expect("len");
-            self.mem.write_obj(flags, GuestAddress(base + 12)).expect("flags");
-            self.mem.write_obj(next, GuestAddress(base + 14)).expect("next");
-        }
-        q.next_desc = q.next_desc.wrapping_add(descs.len() as u16);
-        let slot = q.avail() + 4 + 2 * u64::from(q.avail_idx % QSIZE);
-        self.mem.write_obj(head, GuestAddress(slot)).expect("ring");
-        q.avail_idx = q.avail_idx.wrapping_add(1);
-        self.mem
-            .write_obj(q.avail_idx, GuestAddress(q.avail() + 2))
-            .expect("idx");
-        head
+        q.push(&self.mem, descs)
     }
 
     fn used(&self, tx: bool) -> Vec<(u32, u32)> {
         let q = if tx { &self.tx } else { &self.rx };
-        let n: u16 = self.mem.read_obj(GuestAddress(q.used() + 2)).expect("used idx");
-        (0..n)
-            .map(|i| {
-                let e = q.used() + 4 + 8 * u64::from(i % QSIZE);
-                (
-                    self.mem.read_obj(GuestAddress(e)).expect("id"),
-                    self.mem.read_obj(GuestAddress(e + 4)).expect("len"),
-                )
-            })
-            .collect()
+        (0..q.used_idx(&self.mem)).map(|i| q.used_entry(&self.mem, i)).collect()
     }
 
     fn counters(&self) -> [u64; 7] {
@@ -275,11 +211,9 @@ fn tx_floods_are_worked_in_bursts() {
     r.mem.write_slice(&f, GuestAddress(DATA)).expect("w");
     // More chains than a burst: reuse descriptor 0 over and over.
     for _ in 0..(TX_BURST + 10) {
-        let q = &mut r.tx;
-        q.next_desc = 0;
-        let _ = q;
+        r.tx.rewind();
         r.push(true, &[(DATA, f.len() as u32, 0)]);
-        if r.tx.avail_idx.is_multiple_of(QSIZE) {
+        if r.tx.published().is_multiple_of(QSIZE) {
             // keep the ring from overflowing the driver's view: process as we go
             r.h.process_tx();
             let mut b = [0u8; 256];
@@ -485,16 +419,8 @@ fn worker_stops_when_the_tap_disappears() {
         let result = std::panic::catch_unwind(|| {
             let tap = crate::net::Tap::open("kvgone0").expect("tap");
             let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("mem");
-            let rx = VQ {
-                base: RX_BASE,
-                next_desc: 0,
-                avail_idx: 0,
-            };
-            let tx = VQ {
-                base: TX_BASE,
-                next_desc: 0,
-                avail_idx: 0,
-            };
+            let rx = TestQueue::new(RX_BASE, QSIZE);
+            let tx = TestQueue::new(TX_BASE, QSIZE);
             let irq = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
             let counters = Arc::new(NetCounters::default());
             let h = NetHandler::new(
