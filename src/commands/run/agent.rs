@@ -43,8 +43,18 @@ pub struct AgentPlan {
 
 impl Drop for AgentPlan {
     fn drop(&mut self) {
-        if let Some(dir) = &self.dir {
-            let _ = std::fs::remove_dir_all(dir);
+        let Some(dir) = &self.dir else { return };
+        // By now the main thread runs under the VMM's seccomp filter: no getdents64 (so no
+        // remove_dir_all) and no rmdir, but unlink and unlinkat. The directory holds only
+        // these names (the VMM removes its socket itself).
+        let _ = std::fs::remove_file(&self.initramfs);
+        if self.vsock.uds_path.starts_with(dir) {
+            let _ = std::fs::remove_file(&self.vsock.uds_path);
+        }
+        if let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) {
+            // SAFETY: unlinkat(2) with a valid NUL-terminated path; it only removes an empty
+            // directory (AT_REMOVEDIR) and reports failure in its result, which is ignored.
+            unsafe { libc::unlinkat(libc::AT_FDCWD, path.as_ptr(), libc::AT_REMOVEDIR) };
         }
     }
 }
