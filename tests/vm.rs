@@ -487,6 +487,29 @@ fn the_web_console_needs_its_token_and_drives_vms() {
     let (_, list) = http(&addr, "GET", "/api/vms", Some(&token), "");
     let v: serde_json::Value = serde_json::from_str(&list).expect("json");
     assert_eq!(v[0]["state"], "running", "{v}");
+    // The serial console over a WebSocket: no token, 401; with it, a hello
+    // saying this client writes, then the guest's output.
+    assert_eq!(http(&addr, "GET", "/ws/w/console", None, "").0, 401);
+    {
+        let tcp = std::net::TcpStream::connect(&addr).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let url = format!("ws://{addr}/ws/w/console?token={token}");
+        let (mut ws, resp) = tungstenite::client(url.as_str(), tcp).expect("websocket");
+        assert_eq!(resp.status(), 101);
+        let hello = ws.read().expect("hello").into_text().expect("text");
+        assert_eq!(hello.as_str(), r#"{"writer":true}"#);
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !String::from_utf8_lossy(&seen).contains("tick=") {
+            assert!(Instant::now() < deadline, "no console output over the WebSocket");
+            seen.extend_from_slice(&ws.read().expect("output").into_data());
+        }
+        ws.send(tungstenite::Message::text("typed")).expect("send");
+        let _ = ws.close(None);
+    }
+    let (code, m) = http(&addr, "GET", "/api/vms/w/metrics", Some(&token), "");
+    let m: serde_json::Value = serde_json::from_str(&m).expect("metrics json");
+    assert!(code == 200 && m["exits"]["io_out"].as_u64() > Some(0), "{code} {m}");
     assert_eq!(http(&addr, "POST", "/api/vms/w/pause", Some(&token), "").0, 200);
     assert_eq!(s.entry("w")["state"], "paused");
     assert_eq!(http(&addr, "POST", "/api/vms/w/resume", Some(&token), "").0, 200);

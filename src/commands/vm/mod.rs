@@ -19,7 +19,8 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use kvmkit_guest_abi::{CMDLINE_CPUS, CMDLINE_WORKLOAD};
 use kvmkit_vmm::vmm_config::{
-    BlockDeviceConfig, BootSourceConfig, EntropyDeviceConfig, MachineConfig, VmResources, MAX_VCPUS,
+    BlockDeviceConfig, BootSourceConfig, EntropyDeviceConfig, MachineConfig, NetworkInterfaceConfig, VmResources,
+    MAX_VCPUS,
 };
 use serde::Serialize;
 
@@ -117,7 +118,7 @@ pub struct DefineArgs {
     /// VM name: letters, digits, '.', '_', '-'.
     pub name: String,
     /// Firecracker-style JSON config file to store (checked like `kvmkit run --config-file`).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["guest", "kernel", "initrd", "cmdline", "disks", "rng", "workload"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["guest", "kernel", "initrd", "cmdline", "disks", "nets", "rng", "workload"])]
     pub config_file: Option<PathBuf>,
     /// Boot kvmkit's own test guest (written next to the definition as guest.elf).
     #[arg(long, conflicts_with_all = ["kernel", "initrd"])]
@@ -143,6 +144,9 @@ pub struct DefineArgs {
     /// A raw disk image as virtio-blk (repeatable): path=IMG[,ro=on][,id=NAME].
     #[arg(long = "disk", value_name = "path=IMG[,ro=on][,id=NAME]")]
     pub disks: Vec<String>,
+    /// A virtio-net NIC on an existing tap (repeatable): tap=NAME[,mac=M][,id=ID].
+    #[arg(long = "net", value_name = "tap=NAME[,mac=M][,id=ID]")]
+    pub nets: Vec<String>,
     /// A virtio-rng device.
     #[arg(long)]
     pub rng: bool,
@@ -509,6 +513,9 @@ fn definition(d: &DefineArgs) -> anyhow::Result<(VmResources, bool)> {
     for (i, spec) in d.disks.iter().enumerate() {
         r.put_drive(parse_disk(spec, i)?)?;
     }
+    for (i, spec) in d.nets.iter().enumerate() {
+        r.put_network_interface(parse_net(spec, i)?)?;
+    }
     if d.rng {
         r.set_entropy(EntropyDeviceConfig::default())?;
     }
@@ -580,9 +587,49 @@ fn parse_disk(spec: &str, index: usize) -> anyhow::Result<BlockDeviceConfig> {
     })
 }
 
+/// `tap=NAME[,mac=M][,id=ID]`: a NIC on an existing tap.
+fn parse_net(spec: &str, index: usize) -> anyhow::Result<NetworkInterfaceConfig> {
+    let usage = || anyhow::anyhow!("--net {spec}: give tap=NAME[,mac=aa:bb:cc:dd:ee:ff][,id=ID] (an existing tap)");
+    let mut tap = None;
+    let mut mac = None;
+    let mut id = format!("net{index}");
+    for part in spec.split(',') {
+        match part.split_once('=') {
+            Some(("tap", t)) if !t.is_empty() => tap = Some(t.to_owned()),
+            Some(("mac", m)) if !m.is_empty() => mac = Some(m.to_owned()),
+            Some(("id", v)) if !v.is_empty() => id = v.to_owned(),
+            _ => return Err(usage()),
+        }
+    }
+    let nic = NetworkInterfaceConfig {
+        iface_id: id,
+        host_dev_name: tap.ok_or_else(usage)?,
+        guest_mac: mac,
+        ..Default::default()
+    };
+    nic.validate().map_err(|e| anyhow::anyhow!("--net {spec}: {e}"))?;
+    Ok(nic)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nics_parse() {
+        let n = parse_net("tap=tap7,mac=06:00:00:00:00:07", 1).expect("nic");
+        assert_eq!((n.iface_id.as_str(), n.host_dev_name.as_str()), ("net1", "tap7"));
+        assert_eq!(n.guest_mac.as_deref(), Some("06:00:00:00:00:07"));
+        for bad in [
+            "",
+            "tap=",
+            "mac=06:00:00:00:00:07",
+            "tap=t,vhost=on",
+            "tap=a-name-far-too-long-for-a-tap",
+        ] {
+            assert!(parse_net(bad, 0).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn disks_parse() {

@@ -41,6 +41,10 @@ pub struct ServeArgs {
     /// Serve the web console on ADDR (e.g. 127.0.0.1:8080); the token to open it is printed at start.
     #[arg(long, value_name = "ADDR")]
     pub web: Option<String>,
+    /// `kvmkit bench` results the web console shows: a folder with results.json
+    /// and the SVG charts, or folders of them.
+    #[arg(long, value_name = "DIR", requires = "web")]
+    pub bench_results: Option<PathBuf>,
 }
 
 /// A VM the daemon watches.
@@ -65,7 +69,12 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
     say(&format!("kvmkit serve: state directory {}", state.display()));
     if let Some(addr) = &args.web {
         let token = super::web::new_token()?;
-        super::web::spawn(addr, state.clone(), token.clone())?;
+        let web = super::web::Web {
+            state: state.clone(),
+            token: token.clone(),
+            bench: args.bench_results.clone(),
+        };
+        super::web::spawn(addr, web)?;
         say(&format!("web console: http://{addr}/?token={token}"));
     }
     let mut watched: HashMap<String, Watched> = HashMap::new();
