@@ -93,6 +93,15 @@ fn quick_bench_measures_every_cell() {
                 let v = s["value"].as_f64().expect("value");
                 assert!(v.is_finite() && v > 0.0, "{id}/{env}: bad sample {s}");
             }
+            assert_eq!(cell["stats"]["runs"], 1, "{id}/{env}: {cell:#}");
+            assert_eq!(cell["stopped"], "fixed-runs", "{id}/{env}: {cell:#}");
+            if env != "host" && w["table"] != "exits" {
+                // One run against one: no test can tell them apart.
+                assert_eq!(
+                    cell["verdict"]["text"], "no difference detectable",
+                    "{id}/{env}: {cell:#}"
+                );
+            }
         }
         if w["table"] != "exits" {
             let ratios = w["ratios"].as_object().expect("ratios");
@@ -126,6 +135,77 @@ fn quick_bench_measures_every_cell() {
         .filter(|e| e.path().extension().is_some_and(|x| x == "svg"))
         .count();
     assert!(svgs >= 1, "no SVG in {}", dir.display());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Adaptive repetition: every cell runs between --min-runs and --max-runs times, each
+/// with its median's 95% interval, why it stopped, and (guests) a verdict in words; every
+/// round's load is recorded.
+#[test]
+fn adaptive_bench_reports_intervals_runs_and_verdicts() {
+    let dir = std::env::temp_dir().join(format!("kvmkit-bench-adaptive-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_string_lossy().to_string();
+    let out = common::run(
+        &[
+            "bench",
+            "--profile",
+            "quick",
+            "--only",
+            "cpu,exits",
+            "--env",
+            "host,kvmkit",
+            "--min-runs",
+            "3",
+            "--max-runs",
+            "6",
+            "--quiet-wait",
+            "1",
+            "--out",
+            &d,
+        ],
+        Duration::from_secs(600),
+    );
+    assert_eq!(out.code, Some(0), "stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("95% interval"), "{}", out.stdout);
+    let text = std::fs::read_to_string(dir.join("results.json")).expect("results.json");
+    let res: Value = serde_json::from_str(&text).expect("results.json parses");
+    assert_eq!(res["repetition"]["mode"], "adaptive");
+    let rounds = res["rounds"].as_array().expect("rounds");
+    assert!((3..=6).contains(&rounds.len()), "{rounds:?}");
+    assert!(
+        rounds.iter().all(|r| r["waited_s"].as_f64().is_some_and(|w| w <= 1.5)),
+        "{rounds:?}"
+    );
+    for id in ["primes:100000", "exits:10000"] {
+        let cell = &res["workloads"][id]["kvmkit"];
+        let runs = cell["stats"]["runs"].as_u64().unwrap_or(0);
+        assert!((3..=6).contains(&runs), "{id}: {cell:#}");
+        let [lo, hi] = [0, 1].map(|i| cell["stats"]["ci95"][i].as_f64().unwrap_or(f64::NAN));
+        let median = cell["stats"]["median"].as_f64().unwrap_or(f64::NAN);
+        assert!(lo <= median && median <= hi, "{id}: {cell:#}");
+        let stopped = cell["stopped"].as_str().unwrap_or("");
+        assert!(
+            ["ci-target", "max-runs", "time-cap"].contains(&stopped),
+            "{id}: {cell:#}"
+        );
+        let verdict = cell["verdict"]["text"].as_str().unwrap_or("");
+        let against = if id.starts_with("exits") { "qemu" } else { "host" };
+        if against == "host" {
+            assert!(
+                [
+                    "kvmkit slower than host (significant)",
+                    "kvmkit faster than host (significant)",
+                    "no difference detectable"
+                ]
+                .contains(&verdict),
+                "{id}: {cell:#}"
+            );
+        } else {
+            // The exit table compares kvmkit with QEMU, which did not run here.
+            assert!(cell["verdict"].is_null(), "{id}: {cell:#}");
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
