@@ -83,6 +83,10 @@ class Vm:
             os.unlink(self.uds)
         self.out_path = os.path.join(workdir, f"{kind}.out")
         args = f"console=ttyS0 reboot=k panic=1 kvmkit.workload={spec}"
+        if cfg.tsc_khz:
+            # As kvmkit tells its guest: else it calibrates against the PIT, which fails on a
+            # busy host (times then read 0).
+            args += f" kvmkit.tsc_khz={cfg.tsc_khz}"
         if kind == "firecracker":
             conf = os.path.join(workdir, "fc.json")
             with open(conf, "w") as f:
@@ -166,7 +170,8 @@ def host_to_guest(kind, cfg, workdir, expect_hash):
     bytes_ = cfg.mib << 20
     return {"rx_host_MiBps": bytes_ / (t1 - t0) / 2**20,
             "rx_guest_MiBps": float(g["MiBps"]),
-            "rx_send_ms": (t_sent - t0) * 1e3}
+            "rx_send_ms": (t_sent - t0) * 1e3,
+            "rx_packets": float(g.get("packets", 0))}
 
 
 def guest_to_host(kind, cfg, workdir):
@@ -205,7 +210,8 @@ def guest_to_host(kind, cfg, workdir):
         raise Failure(f"{kind}: host got {got} bytes, {bad} reads differ from the pattern")
     return {"tx_host_MiBps": got / (t1 - t0) / 2**20 if t1 > t0 else 0.0,
             "tx_guest_MiBps": float(g["MiBps"]),
-            "guest_connect_us": float(g["connect_us"])}
+            "guest_connect_us": float(g["connect_us"]),
+            "tx_credit_requests": float(g.get("credit_requests", 0))}
 
 
 def connect_latency(kind, cfg, workdir):
@@ -262,7 +268,17 @@ METRICS = [
     ("connect_first_byte_us", "CONNECT -> first echoed byte, us (median of N)", False),
     ("connect_ok_us", "CONNECT -> OK line, us (median of N)", False),
     ("guest_connect_us", "guest REQUEST -> RESPONSE, us (1 per VM, tx run)", False),
+    ("rx_packets", "host->guest: RW packets the guest got (fewer = fuller)", False),
+    ("tx_credit_requests", "guest->host: times the guest ran out of credit", False),
 ]
+
+
+def tsc_khz(kvmkit):
+    """The TSC rate kvmkit hands its guest (kvmkit.tsc_khz), from one `idle` run; 0 if unknown."""
+    r = subprocess.run([kvmkit, "run", "--guest", "--workload", "idle"], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=60)
+    m = re.search(r"tsc_khz=(\d+) \(cmdline\)", r.stdout)
+    return int(m.group(1)) if m else 0
 
 
 def kvmkit_has_vsock(kvmkit):
@@ -310,8 +326,10 @@ def main():
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if r.returncode != 0:
             sys.exit(f"kvmkit image guest failed: {r.stdout}")
+        cfg.tsc_khz = tsc_khz(cfg.kvmkit)
         print(f"guest: {cfg.image} (kvmkit image guest), {cfg.mib} MiB per transfer, "
-              f"{cfg.connects} connects per round, {cfg.rounds} rounds, VMMs: {', '.join(vmms)}")
+              f"{cfg.connects} connects per round, {cfg.rounds} rounds, VMMs: {', '.join(vmms)}, "
+              f"guest TSC {cfg.tsc_khz or 'calibrated by the guest'} kHz")
         t = now()
         expect = fnv64w(cfg.mib) if "rx" in cfg.tests else 0
         print(f"expected fnv64w of {cfg.mib} MiB: {expect:#018x} ({now() - t:.1f} s to compute)")
