@@ -264,3 +264,53 @@ fn the_worker_serves_a_host_client_end_to_end() {
     assert_eq!(c.read(&mut b).expect("eof"), 0, "connections close with the handler");
     assert_eq!(r.dev.vsock_counters().connections.load(Ordering::Relaxed), 1);
 }
+
+fn epoll_ready(h: &mut VsockHandler) -> bool {
+    let mut p = libc::pollfd {
+        fd: h.muxer().epoll_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    unsafe { libc::poll(&mut p, 1, 0) > 0 }
+}
+
+#[test]
+fn a_guest_that_never_reads_rx_leaves_the_worker_idle() {
+    let mut r = Rig::new("noread");
+    let mut h = r.handler();
+    let mut c = UnixStream::connect(&r.path).expect("connect");
+    c.write_all(b"CONNECT 5000\n").expect("write");
+    let rx0 = r.rx_buffer(4096);
+    let mut n = 0;
+    while r.rx.used_idx(&r.mem) == 0 {
+        h.work(&[false, false, false], &[libc::POLLIN]);
+        n += 1;
+        assert!(n < 5000, "no REQUEST");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (req, _) = r.rx_packet(rx0, r.rx.used_entry(&r.mem, 0).1);
+    r.tx_packet(hdr(Op::Response, 5000, req.src_port, 0), &[]);
+    h.work(&[false, true, false], &[0]);
+    let mut line = [0u8; 32];
+    c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let _ = c.read(&mut line).expect("OK line");
+    // The host floods; the guest gives no rx buffers.
+    c.set_nonblocking(true).expect("nonblocking");
+    let _ = c.write(&vec![7u8; 1 << 20]);
+    let mut more = true;
+    for _ in 0..100 {
+        more = h.work(&[false, false, false], &[libc::POLLIN]);
+        if !more && !epoll_ready(&mut h) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(!more, "the worker has nothing to do without rx buffers");
+    assert!(!epoll_ready(&mut h), "and nothing to wake it: no spin");
+    // A buffer arrives: the data flows again.
+    let rx1 = r.rx_buffer(4096);
+    h.work(&[true, false, false], &[0]);
+    let (p, d) = r.rx_packet(rx1, r.rx.used_entry(&r.mem, 1).1);
+    assert_eq!((p.op, d.len()), (Op::Rw.code(), 4096 - HDR_LEN));
+}

@@ -334,3 +334,35 @@ fn the_socket_file_is_refused_when_not_a_socket_and_removed_at_the_end() {
         Err(crate::virtio::vsock::VsockError::Cid(2))
     ));
 }
+
+#[test]
+fn a_host_that_does_not_read_stalls_only_its_own_connection() {
+    let mut t = rig("slow");
+    let (slow, ls) = t.host_connect(5000);
+    let (mut fast, lf) = t.host_connect(5001);
+    // The guest sends the slow client its whole credit: kept, bounded.
+    let chunk = vec![1u8; MAX_PKT_DATA as usize];
+    for _ in 0..(CONN_BUF / MAX_PKT_DATA) {
+        t.send(guest(Op::Rw, 5000, ls, 0), &chunk);
+    }
+    assert_eq!(t.m.connection_count(), 2);
+    // The other connection is unaffected.
+    t.send(guest(Op::Rw, 5001, lf, 0), b"fast");
+    let mut b = [0u8; 4];
+    fast.read_exact(&mut b).expect("read");
+    assert_eq!(&b, b"fast");
+    // Past its credit (what the socket holds plus 256 KiB kept by kvmkit),
+    // only the slow connection is reset.
+    let mut sent = 0;
+    while t.m.connection_count() == 2 {
+        t.send(guest(Op::Rw, 5000, ls, 0), &chunk);
+        sent += 1;
+        assert!(sent < 200, "12 MiB sent past the credit and never reset");
+    }
+    let (h, _) = t.wait_rx();
+    assert_eq!((h.op, h.src_port), (Op::Rst.code(), ls));
+    t.send(guest(Op::Rw, 5001, lf, 0), b"more");
+    fast.read_exact(&mut b).expect("read");
+    assert_eq!(&b, b"more");
+    drop(slow);
+}
