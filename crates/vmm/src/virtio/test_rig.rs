@@ -56,36 +56,52 @@ impl TestQueue {
         q
     }
 
+    /// The descriptor table's address.
+    pub fn desc_table(&self) -> u64 {
+        self.base
+    }
+
+    /// Writes descriptor `i` of the table at `table` (this queue's
+    /// [`Self::desc_table`], or an indirect table), chained to `next`.
+    pub fn write_desc(mem: &GuestMemoryMmap, table: u64, i: u16, d: Desc, next: Option<u16>) {
+        let at = table + u64::from(i) * 16;
+        let flags = d.2 | if next.is_some() { F_NEXT } else { 0 };
+        mem.write_obj(d.0, GuestAddress(at)).expect("addr");
+        mem.write_obj(d.1, GuestAddress(at + 8)).expect("len");
+        mem.write_obj(flags, GuestAddress(at + 12)).expect("flags");
+        mem.write_obj(next.unwrap_or(0), GuestAddress(at + 14)).expect("next");
+    }
+
     /// Publishes a chain; returns its head index.
     pub fn push(&mut self, mem: &GuestMemoryMmap, descs: &[Desc]) -> u16 {
         let head = self.next_desc % self.size;
         for (k, d) in descs.iter().enumerate() {
             let i = (self.next_desc + k as u16) % self.size;
-            let at = self.desc() + u64::from(i) * 16;
-            let flags = d.2 | if k + 1 < descs.len() { F_NEXT } else { 0 };
-            mem.write_obj(d.0, GuestAddress(at)).expect("addr");
-            mem.write_obj(d.1, GuestAddress(at + 8)).expect("len");
-            mem.write_obj(flags, GuestAddress(at + 12)).expect("flags");
-            mem.write_obj((i + 1) % self.size, GuestAddress(at + 14)).expect("next");
+            let next = (k + 1 < descs.len()).then_some((i + 1) % self.size);
+            Self::write_desc(mem, self.desc(), i, *d, next);
         }
         self.next_desc = self.next_desc.wrapping_add(descs.len() as u16);
+        self.publish(mem, head);
+        head
+    }
+
+    /// Puts `head` in the avail ring and bumps the avail index.
+    pub fn publish(&mut self, mem: &GuestMemoryMmap, head: u16) {
         let slot = self.avail() + 4 + 2 * u64::from(self.avail_idx % self.size);
         mem.write_obj(head, GuestAddress(slot)).expect("ring");
         self.avail_idx = self.avail_idx.wrapping_add(1);
         mem.write_obj(self.avail_idx, GuestAddress(self.avail() + 2))
             .expect("idx");
-        head
+    }
+
+    /// The next pushed chain starts at descriptor `n`.
+    pub fn set_next_desc(&mut self, n: u16) {
+        self.next_desc = n;
     }
 
     /// Chains published so far (the avail index).
     pub fn published(&self) -> u16 {
         self.avail_idx
-    }
-
-    /// The next chain starts again at descriptor 0 (reusing descriptors
-    /// the device has completed).
-    pub fn rewind(&mut self) {
-        self.next_desc = 0;
     }
 
     /// The used ring's index.

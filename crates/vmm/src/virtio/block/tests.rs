@@ -7,26 +7,19 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::request::*;
 use super::*;
+use crate::virtio::test_rig::{Desc, TestQueue, F_WRITE};
 
-const DESC: u64 = 0x1000;
-const AVAIL: u64 = 0x2000;
-const USED: u64 = 0x3000;
+const QUEUE: u64 = 0x1000;
 const DATA: u64 = 0x10000;
 const QSIZE: u16 = 16;
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
 const F_INDIRECT: u16 = 4;
 
 struct Rig {
     mem: GuestMemoryMmap,
     handler: BlockHandler,
     path: PathBuf,
-    next_desc: u16,
-    avail_idx: u16,
+    q: TestQueue,
 }
-
-/// (address, length, flags) of one descriptor.
-type Desc = (u64, u32, u16);
 
 impl Rig {
     fn new(tag: &str, size: u64, read_only: bool) -> Self {
@@ -40,12 +33,8 @@ impl Rig {
             .and_then(|f| f.set_len(size))
             .expect("image");
         let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("mem");
-        let mut queue = Queue::new(QSIZE).expect("queue");
-        queue.set_size(QSIZE);
-        queue.set_desc_table_address(Some(DESC as u32), Some(0));
-        queue.set_avail_ring_address(Some(AVAIL as u32), Some(0));
-        queue.set_used_ring_address(Some(USED as u32), Some(0));
-        queue.set_ready(true);
+        let q = TestQueue::new(QUEUE, QSIZE);
+        let queue = q.queue();
         let irq = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
         let disk = DiskImage::open_with(&path, read_only, direct).expect("disk");
         let handler = BlockHandler::new(
@@ -55,46 +44,20 @@ impl Rig {
             Arc::new(disk),
             *b"kvmkit-test-disk\0\0\0\0",
         );
-        Self {
-            mem,
-            handler,
-            path,
-            next_desc: 0,
-            avail_idx: 0,
-        }
+        Self { mem, handler, path, q }
     }
 
     fn write_desc(&self, table: u64, i: u16, d: Desc, next: Option<u16>) {
-        let base = table + u64::from(i) * 16;
-        let flags = d.2 | if next.is_some() { F_NEXT } else { 0 };
-        self.mem.write_obj(d.0, GuestAddress(base)).expect("addr");
-        self.mem.write_obj(d.1, GuestAddress(base + 8)).expect("len");
-        self.mem.write_obj(flags, GuestAddress(base + 12)).expect("flags");
-        self.mem
-            .write_obj(next.unwrap_or(0), GuestAddress(base + 14))
-            .expect("next");
+        TestQueue::write_desc(&self.mem, table, i, d, next);
     }
 
     /// Publishes a chain; returns its head index.
     fn push(&mut self, descs: &[Desc]) -> u16 {
-        let head = self.next_desc;
-        for (k, d) in descs.iter().enumerate() {
-            let i = head + k as u16;
-            let next = (k + 1 < descs.len()).then_some(i + 1);
-            self.write_desc(DESC, i, *d, next);
-        }
-        self.next_desc += descs.len() as u16;
-        self.publish(head);
-        head
+        self.q.push(&self.mem, descs)
     }
 
     fn publish(&mut self, head: u16) {
-        let slot = AVAIL + 4 + 2 * u64::from(self.avail_idx % QSIZE);
-        self.mem.write_obj(head, GuestAddress(slot)).expect("ring");
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.mem
-            .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
-            .expect("idx");
+        self.q.publish(&self.mem, head);
     }
 
     fn header(&self, at: u64, t: u32, sector: u64) -> Desc {
@@ -113,15 +76,11 @@ impl Rig {
 
     /// (head, len) of used entry `n`.
     fn used(&self, n: u16) -> (u32, u32) {
-        let e = USED + 4 + 8 * u64::from(n);
-        (
-            self.mem.read_obj(GuestAddress(e)).expect("id"),
-            self.mem.read_obj(GuestAddress(e + 4)).expect("len"),
-        )
+        self.q.used_entry(&self.mem, n)
     }
 
     fn used_idx(&self) -> u16 {
-        self.mem.read_obj(GuestAddress(USED + 2)).expect("used idx")
+        self.q.used_idx(&self.mem)
     }
 }
 
@@ -305,18 +264,18 @@ fn descriptor_loops_and_nested_indirect_tables_do_not_hang() {
     let mut r = Rig::new("loop", 4096, false);
     // Descriptor 0 -> 1 -> 0 -> ...: a loop.
     r.header(0x8000, VIRTIO_BLK_T_IN, 0);
-    r.write_desc(DESC, 0, (0x8000, 16, 0), Some(1));
-    r.write_desc(DESC, 1, (0x8100, 1, F_WRITE), Some(0));
-    r.next_desc = 2;
+    r.write_desc(r.q.desc_table(), 0, (0x8000, 16, 0), Some(1));
+    r.write_desc(r.q.desc_table(), 1, (0x8100, 1, F_WRITE), Some(0));
+    r.q.set_next_desc(2);
     r.publish(0);
     // An indirect table whose entry is itself indirect.
     const TABLE: u64 = 0x9000;
     r.write_desc(TABLE, 0, (0x9800, 16, F_INDIRECT), None);
-    r.write_desc(DESC, 2, (TABLE, 16, F_INDIRECT), None);
-    r.next_desc = 3;
+    r.write_desc(r.q.desc_table(), 2, (TABLE, 16, F_INDIRECT), None);
+    r.q.set_next_desc(3);
     r.publish(2);
     // A descriptor index beyond the queue.
-    r.write_desc(DESC, 3, (0x8000, 16, 0), Some(QSIZE + 5));
+    r.write_desc(r.q.desc_table(), 3, (0x8000, 16, 0), Some(QSIZE + 5));
     r.publish(3);
     let done = r.handler.drain();
     assert!(done <= 3, "each hostile chain completes at most once");
@@ -325,13 +284,13 @@ fn descriptor_loops_and_nested_indirect_tables_do_not_hang() {
 #[test]
 fn avail_index_far_ahead_is_refused_not_looped() {
     let mut r = Rig::new("avail", 4096, false);
-    r.mem.write_obj(1000u16, GuestAddress(AVAIL + 2)).expect("idx");
+    r.mem.write_obj(1000u16, GuestAddress(r.q.avail() + 2)).expect("idx");
     assert_eq!(r.handler.drain(), 0);
     // The queue is broken (DEVICE_NEEDS_RESET) and not retried, even once
     // the index looks sane again, until the driver resets the device.
     assert!(r.handler.interrupt.is_broken());
     assert_ne!(r.handler.interrupt.status() & crate::virtio::VIRTIO_MMIO_INT_CONFIG, 0);
-    r.mem.write_obj(0u16, GuestAddress(AVAIL + 2)).expect("idx");
+    r.mem.write_obj(0u16, GuestAddress(r.q.avail() + 2)).expect("idx");
     let h = r.header(0x8000, VIRTIO_BLK_T_FLUSH, 0);
     r.push(&[h, (0x8100, 1, F_WRITE)]);
     assert_eq!(r.handler.drain(), 0, "a broken queue is left alone");

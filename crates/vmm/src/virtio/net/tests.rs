@@ -211,7 +211,7 @@ fn tx_floods_are_worked_in_bursts() {
     r.mem.write_slice(&f, GuestAddress(DATA)).expect("w");
     // More chains than a burst: reuse descriptor 0 over and over.
     for _ in 0..(TX_BURST + 10) {
-        r.tx.rewind();
+        r.tx.set_next_desc(0);
         r.push(true, &[(DATA, f.len() as u32, 0)]);
         if r.tx.published().is_multiple_of(QSIZE) {
             // keep the ring from overflowing the driver's view: process as we go
