@@ -206,7 +206,8 @@ fn bad_vsock_flags_are_one_line_and_exit_2() {
         &["run", "--guest", "--no-stdin", "--vsock", &spec],
         Duration::from_secs(30),
     );
-    assert_ne!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
     assert!(out.stderr.contains("not a unix socket"), "{}", out.stderr);
     assert_eq!(std::fs::read(&f).expect("still there"), b"keep me");
     let _ = std::fs::remove_file(&f);
