@@ -731,11 +731,18 @@ impl Vsock {
             if conn.state == State::Established && conn.fwd_cnt.wrapping_sub(conn.fwd_told) >= conn.buf_alloc / 4 {
                 conn.owe |= O_CREDIT_UPDATE;
             }
-            // A peer that sends no more: done once everything is echoed
-            // (or it receives no more either).
-            let drained = conn.mode == Mode::Sink || conn.echo_len == 0 || conn.peer_shut & SHUT_RCV != 0;
-            if conn.peer_shut & SHUT_SEND != 0 && drained {
-                conn.owe |= O_RST;
+            // A peer that sends no more: once everything is echoed, reset
+            // at once if it receives no more either (nothing left to deliver),
+            // else shut down both ways and let it reset the connection once
+            // it has forwarded what it holds (an RST now could drop it).
+            let drained = conn.mode == Mode::Sink || conn.echo_len == 0;
+            if conn.peer_shut & SHUT_SEND != 0 && (drained || conn.peer_shut & SHUT_RCV != 0) {
+                if conn.peer_shut & SHUT_RCV != 0 {
+                    conn.owe |= O_RST;
+                } else if conn.shut_flags == 0 {
+                    conn.owe |= O_SHUTDOWN;
+                    conn.shut_flags = SHUT_RCV | SHUT_SEND;
+                }
             }
             while conn_owes(&self.conns[c]) {
                 let Some(slot) = self.take_tx_slot() else { return };
