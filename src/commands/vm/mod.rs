@@ -291,6 +291,9 @@ fn start_child(vm: &VmDir) -> anyhow::Result<(std::process::Child, PidFile)> {
 fn vm_state(state: &Path, name: &str, to: &str) -> anyhow::Result<u8> {
     let vm = running_vm(state, name)?;
     process::api_ok(&vm, "PATCH", "/vm", Some(&format!(r#"{{"state": "{to}"}}"#)))?;
+    if let Some(pid) = process::running(&vm) {
+        process::refresh_state(&vm, &pid); // vm list shows the change at once
+    }
     println!("VM {name} {}", to.to_ascii_lowercase());
     Ok(0)
 }
@@ -311,7 +314,8 @@ struct Row {
     last_exit: Option<String>,
 }
 
-fn row(vm: &VmDir) -> Row {
+/// A VM's row; a running VM's state from the cache, or "" when its API must be asked.
+fn row_cached(vm: &VmDir) -> Row {
     let (vcpus, memory_mib) = match vm.resources() {
         Ok(r) => (r.machine_config.vcpu_count, r.machine_config.mem_size_mib),
         Err(_) => (0, 0),
@@ -319,7 +323,7 @@ fn row(vm: &VmDir) -> Row {
     let settings = vm.settings().unwrap_or_default();
     let pid = process::running(vm);
     let (state, last_exit) = match &pid {
-        Some(_) => (process::api_state(vm), None),
+        Some(p) => (process::cached_state(vm, p).unwrap_or_default(), None),
         None => match process::last_exit(vm) {
             Some(e) => (e.state, Some(e.reason)),
             None => ("shutoff".to_owned(), None),
@@ -339,31 +343,40 @@ fn row(vm: &VmDir) -> Row {
     }
 }
 
-/// Every defined VM's row, by name.
+/// A VM's row, its state asked of the API when no fresh cached one exists.
+fn row(vm: &VmDir) -> Row {
+    let mut r = row_cached(vm);
+    if let (true, Some(pid)) = (r.state.is_empty(), process::read_pid(vm)) {
+        r.state = process::state(vm, &pid);
+    }
+    r
+}
+
+/// Every defined VM's row, by name. The files are read in this thread (on
+/// a loaded host every extra thread waits for a CPU); only the VMs without
+/// a fresh cached state (`kvmkit serve` keeps them fresh) are asked through
+/// their API, one thread each, so a busy or hung VMM delays only its own row.
 fn rows(state: &Path) -> anyhow::Result<Vec<Row>> {
-    // One thread per VM: a busy or hung VMM delays only its own row.
     let vms = store::list(state)?;
-    Ok(std::thread::scope(|s| {
-        let handles: Vec<_> = vms.iter().map(|vm| s.spawn(move || row(vm))).collect();
-        handles
-            .into_iter()
+    let mut rows: Vec<Row> = vms.iter().map(row_cached).collect();
+    std::thread::scope(|s| {
+        let asks: Vec<_> = rows
+            .iter_mut()
             .zip(&vms)
-            .map(|(h, vm)| {
-                h.join().unwrap_or_else(|_| Row {
-                    name: vm.name.clone(),
-                    state: "unknown".into(),
-                    vcpus: 0,
-                    memory_mib: 0,
-                    uptime_s: None,
-                    pid: None,
-                    api_sock: None,
-                    autostart: false,
-                    restart: RestartPolicy::No,
-                    last_exit: None,
-                })
+            .filter(|(r, _)| r.state.is_empty())
+            .map(|(r, vm)| {
+                let pid = r.pid.and_then(|_| process::read_pid(vm));
+                (
+                    r,
+                    s.spawn(move || pid.map_or_else(|| "unknown".into(), |p| process::state(vm, &p))),
+                )
             })
-            .collect()
-    }))
+            .collect();
+        for (r, h) in asks {
+            r.state = h.join().unwrap_or_else(|_| "unknown".into());
+        }
+    });
+    Ok(rows)
 }
 
 fn list(state: &Path, json: bool) -> anyhow::Result<u8> {

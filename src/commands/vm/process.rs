@@ -229,6 +229,68 @@ pub fn api_ok(vm: &VmDir, method: &str, path: &str, body: Option<&str>) -> anyho
     Ok(r)
 }
 
+/// How long a cached state (`state.json`) counts as the VM's state.
+/// `kvmkit serve` refreshes it every half second.
+pub const STATE_FRESH: Duration = Duration::from_secs(3);
+
+/// The last state the VMM's API reported, as cached in `state.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedState {
+    /// The process it was asked of.
+    pub pid: i32,
+    /// Its start time (ticks), with `pid` the process's identity.
+    pub start_ticks: u64,
+    /// running, paused, starting, unresponsive.
+    pub state: String,
+    /// When it was asked (ms since the epoch).
+    pub at_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Asks the VMM for its state and caches the answer in `state.json` (a
+/// cache: written by rename, without fsync).
+pub fn refresh_state(vm: &VmDir, pid: &PidFile) -> String {
+    let state = api_state(vm);
+    let c = CachedState {
+        pid: pid.pid,
+        start_ticks: pid.start_ticks,
+        state: state.clone(),
+        at_ms: now_ms(),
+    };
+    if let Ok(text) = serde_json::to_string(&c) {
+        let tmp = vm.file(&format!(".state.json.{}", std::process::id()));
+        if fs::write(&tmp, text).is_ok() && fs::rename(&tmp, vm.file("state.json")).is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+    }
+    state
+}
+
+/// The VM's state: the cached answer when it is about this process and
+/// fresh (`kvmkit serve` keeps it so, and `vm pause`/`resume` write it), else
+/// the VMM's API, asked now (and cached).
+pub fn state(vm: &VmDir, pid: &PidFile) -> String {
+    cached_state(vm, pid).unwrap_or_else(|| refresh_state(vm, pid))
+}
+
+/// The cached state when it is about this process, fresh, and settled
+/// (not starting or unresponsive); None: ask the API.
+pub fn cached_state(vm: &VmDir, pid: &PidFile) -> Option<String> {
+    let c: CachedState = serde_json::from_str(&fs::read_to_string(vm.file("state.json")).ok()?).ok()?;
+    (c.pid == pid.pid
+        && c.start_ticks == pid.start_ticks
+        && now_ms().saturating_sub(c.at_ms) < STATE_FRESH.as_millis() as u64
+        && c.state != "starting"
+        && c.state != "unresponsive")
+        .then_some(c.state)
+}
+
 /// The VM's state as its VMM reports it (`GET /`): running, paused, starting;
 /// `unresponsive` when the API does not answer.
 pub fn api_state(vm: &VmDir) -> String {
@@ -252,7 +314,7 @@ pub fn api_state(vm: &VmDir) -> String {
 /// until the API answers, or fails with the end of the console log.
 pub fn spawn(vm: &VmDir) -> anyhow::Result<(Child, PidFile)> {
     vm.resources()?; // still a valid definition
-    for f in ["api.sock", "results.json", "stopping", "last-exit.json"] {
+    for f in ["api.sock", "results.json", "stopping", "last-exit.json", "state.json"] {
         let _ = fs::remove_file(vm.file(f));
     }
     // Files of the FIFO console (before --serial socket=) go.
@@ -401,6 +463,36 @@ pub fn log_path(vm: &VmDir) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cached_state_counts_only_for_the_same_process_while_fresh_and_settled() {
+        let dir = std::env::temp_dir().join(format!("kvmkit-state-cache-{}", std::process::id()));
+        let vm = VmDir::new(&dir, "c").expect("vm");
+        fs::create_dir_all(&vm.dir).expect("dir");
+        let pid = PidFile {
+            pid: std::process::id() as i32,
+            start_ticks: start_ticks(std::process::id() as i32).expect("ticks"),
+        };
+        let write = |state: &str, ticks: u64, age_ms: u64| {
+            let c = CachedState {
+                pid: pid.pid,
+                start_ticks: ticks,
+                state: state.into(),
+                at_ms: now_ms() - age_ms,
+            };
+            fs::write(vm.file("state.json"), serde_json::to_string(&c).expect("json")).expect("write");
+        };
+        assert_eq!(cached_state(&vm, &pid), None, "no cache");
+        write("paused", pid.start_ticks, 0);
+        assert_eq!(cached_state(&vm, &pid).as_deref(), Some("paused"));
+        write("paused", pid.start_ticks + 1, 0);
+        assert_eq!(cached_state(&vm, &pid), None, "another process with the same pid");
+        write("paused", pid.start_ticks, STATE_FRESH.as_millis() as u64 + 1000);
+        assert_eq!(cached_state(&vm, &pid), None, "stale");
+        write("starting", pid.start_ticks, 0);
+        assert_eq!(cached_state(&vm, &pid), None, "not settled");
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn own_process_is_alive_and_a_wrong_start_time_is_not() {

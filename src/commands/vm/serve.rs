@@ -94,6 +94,20 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
             }
         }
         first = false;
+        // Each running VM's state, asked of its API in parallel and cached
+        // (state.json): `vm list` reads it instead of asking every VMM.
+        std::thread::scope(|s| {
+            for (name, w) in &watched {
+                if let Ok(vm) = VmDir::new(&state, name) {
+                    let pid = w.pid;
+                    s.spawn(move || {
+                        if pid.alive() {
+                            process::refresh_state(&vm, &pid);
+                        }
+                    });
+                }
+            }
+        });
         let names: Vec<String> = watched.keys().cloned().collect();
         for name in names {
             let Some(w) = watched.get_mut(&name) else { continue };

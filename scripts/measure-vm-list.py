@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""Measures `kvmkit vm list` and parallel starts (issue 14's numbers).
+
+Defines --defined VMs running kvmkit's guest (--workload, --memory MiB) in a
+fresh state directory, starts --running of them in parallel (`vm start`
+processes at once: wall time), reads each VMM's RSS, then times --rounds
+`kvmkit vm list --json` (p50/p99), and kills what it started.
+"""
+import argparse, concurrent.futures, json, os, shutil, statistics, subprocess, sys, tempfile, time
+
+p = argparse.ArgumentParser()
+p.add_argument("--kvmkit", default="target/debug/kvmkit")
+p.add_argument("--defined", type=int, default=50)
+p.add_argument("--running", type=int, default=20)
+p.add_argument("--rounds", type=int, default=100)
+p.add_argument("--workload", default="ticks:1000")
+p.add_argument("--memory", type=int, default=32)
+p.add_argument("--paused", action="store_true", help="also time list with every VM paused")
+p.add_argument("--daemon", action="store_true", help="run kvmkit serve on the state directory (it keeps state.json fresh)")
+a = p.parse_args()
+K = os.path.abspath(a.kvmkit)
+state = tempfile.mkdtemp(prefix="kvmkit-measure-")
+
+def vm(*args, check=True):
+    r = subprocess.run([K, "vm", *args, "--state-dir", state], capture_output=True, text=True)
+    if check and r.returncode != 0:
+        sys.exit(f"kvmkit vm {' '.join(args)}: {r.stderr.strip()}")
+    return r
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+def time_list(n):
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        r = vm("list", "--json")
+        out.append((time.perf_counter() - t) * 1000)
+        rows = json.loads(r.stdout)
+    return out, rows
+
+names = [f"vm{i:02d}" for i in range(a.defined)]
+daemon = None
+try:
+    for n in names:
+        vm("define", n, "--guest", "--workload", a.workload, "--memory", str(a.memory))
+    t1 = time.perf_counter(); vm("start", names[0]); one = time.perf_counter() - t1
+    vm("kill", names[0])
+    started = names[: a.running]
+    if a.daemon:
+        daemon = subprocess.Popen([K, "serve", "--state-dir", state], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        time.sleep(1)
+    t = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(len(started)) as ex:
+        list(ex.map(lambda n: vm("start", n), started))
+    wall = time.perf_counter() - t
+    time.sleep(2)
+    rss = []
+    for n in started:
+        pid = int(open(f"{state}/{n}/pid").read().split()[0])
+        kb = next(int(l.split()[1]) for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS:"))
+        rss.append(kb / 1024)
+    ms, rows = time_list(a.rounds)
+    running = sum(r["state"] == "running" for r in rows)
+    print(f"defined {a.defined}, running {running} ({a.workload}, {a.memory} MiB), daemon {'on' if a.daemon else 'off'}")
+    print(f"one vm start: {one:.2f} s; {len(started)} in parallel: {wall:.2f} s wall")
+    print(f"VMM RSS per VM: median {statistics.median(rss):.1f} MiB, max {max(rss):.1f} MiB")
+    print(f"vm list --json over {a.rounds} runs: p50 {pct(ms, .5):.1f} ms, p99 {pct(ms, .99):.1f} ms, max {max(ms):.1f} ms")
+    base = []
+    for _ in range(a.rounds):
+        t = time.perf_counter()
+        subprocess.run([K, "--version"], capture_output=True)
+        base.append((time.perf_counter() - t) * 1000)
+    print(f"  baseline, kvmkit --version on the same host: p50 {pct(base, .5):.1f} ms, p99 {pct(base, .99):.1f} ms")
+    if a.paused:
+        for n in started:
+            vm("pause", n)
+        ms, _ = time_list(a.rounds)
+        print(f"  with the {len(started)} paused: p50 {pct(ms, .5):.1f} ms, p99 {pct(ms, .99):.1f} ms")
+finally:
+    if daemon:
+        daemon.kill(); daemon.wait()
+    for n in names:
+        if os.path.exists(f"{state}/{n}/pid"):
+            vm("kill", n, check=False)
+    shutil.rmtree(state, ignore_errors=True)
