@@ -157,7 +157,13 @@ struct Model {
     unclaimed_pio: u64,
     entry_seen: bool,
     ready_seen: bool,
+    /// The i8042 took 0xd1 (write output port) and waits for its data byte;
+    /// a byte with bit 0 (the reset line) clear resets the machine.
+    output_port_pending: bool,
 }
+
+/// The i8042's command that writes its output port.
+const I8042_WRITE_OUTPUT_PORT: u8 = 0xd1;
 
 impl Model {
     fn exit(&mut self, reason: ExitReason) {
@@ -173,8 +179,17 @@ fn pio_write(m: &Machine, model: &mut Model, port: u64, data: &[u8]) {
     assert_eq!(claimed, dev != PioDev::None, "pio write claim at {port:#x}");
     match dev {
         PioDev::None => model.unclaimed_pio += 1,
-        PioDev::I8042 if port == u64::from(I8042_COMMAND_PORT) && data.first() == Some(&I8042_RESET) => {
-            model.exit(ExitReason::Reset("i8042 reset"))
+        PioDev::I8042 if port == u64::from(I8042_COMMAND_PORT) => {
+            // A new command abandons one still waiting for its data byte.
+            model.output_port_pending = data.first() == Some(&I8042_WRITE_OUTPUT_PORT);
+            if data.first() == Some(&I8042_RESET) {
+                model.exit(ExitReason::Reset("i8042 reset"))
+            }
+        }
+        PioDev::I8042 if port == I8042_BASE => {
+            if std::mem::take(&mut model.output_port_pending) && data.first().is_some_and(|v| v & 1 == 0) {
+                model.exit(ExitReason::Reset("i8042 output port reset"))
+            }
         }
         PioDev::Debug => match data.first() {
             Some(&MILESTONE_ENTRY) => model.entry_seen = true,
@@ -255,6 +270,7 @@ pub fn run(data: &[u8]) -> Outcome {
         unclaimed_pio: 0,
         entry_seen: false,
         ready_seen: false,
+        output_port_pending: false,
     };
     // Bound the work per input so the fuzzer does not time out on long inputs.
     for _ in 0..4096 {
