@@ -5,9 +5,10 @@
 //! (good and bad), write, half-close and close; a listener at
 //! `<uds>_7` for guest-initiated connections (port 8 has none).
 //!
-//! Guest memory is [`crate::guest_memory`]. Rings (16 entries): rx at
-//! 0x1000 (descriptors), 0x1100 (avail), 0x1200 (used); tx at 0x2000,
-//! 0x2100, 0x2200; the event queue at 0x3000. Buffers from 0x4000 to 0x10000.
+//! Guest memory is [`crate::guest_memory`]. Rings (16 entries, kvmkit's
+//! shared `virtio::test_rig`: descriptors, avail at +0x100, used at +0x128):
+//! rx at 0x1000, tx at 0x2000, the event queue at 0x3000. Buffers from
+//! 0x4000 to 0x10000.
 //!
 //! Input: byte 0 chooses the guest CID (3 or a large one), then operations,
 //! each an op byte `b`:
@@ -38,20 +39,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kvmkit_vmm::virtio::test_rig::{Desc, TestQueue, F_WRITE};
 use kvmkit_vmm::virtio::vsock::handler::VsockHandler;
 use kvmkit_vmm::virtio::vsock::muxer::MAX_CONNECTIONS;
 use kvmkit_vmm::virtio::vsock::packet::{Header, Op, HDR_LEN, MAX_PKT_DATA};
 use kvmkit_vmm::virtio::vsock::{unix::port_path, Vsock};
 use kvmkit_vmm::virtio::{Interrupt, WorkerHandler};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::{guest_memory, Input};
 
 const QSIZE: u16 = 16;
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
 const BUF_START: u64 = 0x4000;
 const BUF_END: u64 = 0x10000;
 
@@ -68,71 +68,41 @@ pub struct Outcome {
     pub host_bytes: usize,
 }
 
+/// One queue (kvmkit's shared test rig) and the descriptors of each head
+/// published, for the used-length check.
 struct Ring {
-    desc: u64,
-    avail: u64,
-    used: u64,
-    next_desc: u16,
-    avail_idx: u16,
+    q: TestQueue,
     used_seen: u16,
-    /// The descriptors of each published head (for the used-length check).
-    chains: Vec<Vec<(u64, u32, u16)>>,
+    chains: Vec<Vec<Desc>>,
 }
 
 impl Ring {
     fn new(base: u64) -> Self {
         Self {
-            desc: base,
-            avail: base + 0x100,
-            used: base + 0x200,
-            next_desc: 0,
-            avail_idx: 0,
+            q: TestQueue::new(base, QSIZE),
             used_seen: 0,
             chains: vec![Vec::new(); QSIZE as usize],
         }
     }
 
     fn queue(&self) -> Queue {
-        let mut q = Queue::new(QSIZE).expect("queue");
-        q.set_size(QSIZE);
-        q.set_desc_table_address(Some(self.desc as u32), Some(0));
-        q.set_avail_ring_address(Some(self.avail as u32), Some(0));
-        q.set_used_ring_address(Some(self.used as u32), Some(0));
-        q.set_ready(true);
-        q
+        self.q.queue()
     }
 
-    fn push(&mut self, mem: &GuestMemoryMmap, descs: &[(u64, u32, u16)]) {
-        let head = self.next_desc % QSIZE;
-        for (k, d) in descs.iter().enumerate() {
-            let i = (self.next_desc + k as u16) % QSIZE;
-            let at = self.desc + u64::from(i) * 16;
-            let flags = d.2 | if k + 1 < descs.len() { F_NEXT } else { 0 };
-            let _ = mem.write_obj(d.0, GuestAddress(at));
-            let _ = mem.write_obj(d.1, GuestAddress(at + 8));
-            let _ = mem.write_obj(flags, GuestAddress(at + 12));
-            let _ = mem.write_obj((i + 1) % QSIZE, GuestAddress(at + 14));
-        }
+    fn push(&mut self, mem: &GuestMemoryMmap, descs: &[Desc]) {
+        let head = self.q.push(mem, descs);
         self.chains[usize::from(head)] = descs.to_vec();
-        self.next_desc = self.next_desc.wrapping_add(descs.len() as u16);
-        let slot = self.avail + 4 + 2 * u64::from(self.avail_idx % QSIZE);
-        let _ = mem.write_obj(head, GuestAddress(slot));
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        let _ = mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2));
     }
 
     /// Room for another chain of `n` descriptors without overwriting one
-    /// the device has not completed.
+    /// the device has not completed (chains complete in order here).
     fn room(&self, mem: &GuestMemoryMmap, n: usize) -> bool {
-        let used: u16 = mem.read_obj(GuestAddress(self.used + 2)).unwrap_or(0);
-        let outstanding = self.avail_idx.wrapping_sub(used);
-        // One descriptor per slot at most 2 per chain: keep descriptors and
-        // heads from lapping the device.
+        let outstanding = self.q.published().wrapping_sub(self.q.used_idx(mem));
         usize::from(outstanding) * 2 + n <= usize::from(QSIZE) && n <= 2
     }
 
     fn used_idx(&self, mem: &GuestMemoryMmap) -> u16 {
-        mem.read_obj(GuestAddress(self.used + 2)).unwrap_or(0)
+        self.q.used_idx(mem)
     }
 }
 
@@ -250,7 +220,7 @@ impl Rig {
         };
         let bytes = [h.to_bytes().as_slice(), &data].concat();
         let layout = inp.u8();
-        let descs: Vec<(u64, u32, u16)> = match layout % 4 {
+        let descs: Vec<Desc> = match layout % 4 {
             0 if !data.is_empty() => {
                 let a = self.address(inp, HDR_LEN as u64);
                 let b = self.address(inp, data.len() as u64);
@@ -298,7 +268,11 @@ impl Rig {
     fn process_tx(&mut self) {
         self.h.process_tx();
         if !self.h.muxer().tx_blocked() {
-            assert_eq!(self.tx.used_idx(&self.mem), self.tx.avail_idx, "a tx chain was left uncompleted");
+            assert_eq!(
+                self.tx.used_idx(&self.mem),
+                self.tx.q.published(),
+                "a tx chain was left uncompleted"
+            );
         }
     }
 
@@ -311,10 +285,8 @@ impl Rig {
     fn check_rx(&mut self) {
         let used = self.rx.used_idx(&self.mem);
         while self.rx.used_seen != used {
-            let e = self.rx.used + 4 + 8 * u64::from(self.rx.used_seen % QSIZE);
+            let (head, len) = self.rx.q.used_entry(&self.mem, self.rx.used_seen);
             self.rx.used_seen = self.rx.used_seen.wrapping_add(1);
-            let head: u32 = self.mem.read_obj(GuestAddress(e)).expect("used id");
-            let len: u32 = self.mem.read_obj(GuestAddress(e + 4)).expect("used len");
             assert!(head < u32::from(QSIZE), "used head {head}");
             let chain = &self.rx.chains[head as usize];
             let writable: u64 = chain
@@ -353,7 +325,9 @@ impl Rig {
         if self.hosts.len() >= 16 {
             return;
         }
-        let Ok(mut s) = UnixStream::connect(&self.uds) else { return };
+        let Ok(mut s) = UnixStream::connect(&self.uds) else {
+            return;
+        };
         let _ = s.set_nonblocking(true);
         let line: &[u8] = match inp.u8() % 5 {
             0 | 1 => b"CONNECT 5000\n",

@@ -11,8 +11,8 @@ pub mod block;
 pub mod mmio;
 pub mod net;
 pub mod rng;
-#[cfg(test)]
-pub(crate) mod test_rig;
+#[cfg(any(test, feature = "test-rig"))]
+pub mod test_rig;
 pub mod vsock;
 mod worker;
 

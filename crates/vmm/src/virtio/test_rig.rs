@@ -1,6 +1,7 @@
 //! A split virtqueue laid out in test guest memory and driven from the
 //! driver's side: publish descriptor chains, read used entries. For device
-//! unit tests (new device tests use this one rather than a copy).
+//! unit tests and the fuzz targets (feature `test-rig`); new tests use this
+//! one rather than a copy.
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
