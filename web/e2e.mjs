@@ -52,7 +52,9 @@ try {
   await page.screenshot({ path: `${SHOTS}/web-create-form.png`, fullPage: true });
   await page.click("#disks .rm");
   await page.click("#define");
-  await until("the VM is defined", () => page.locator('tr[data-vm="e2e"]').count());
+  if (!(await until("the VM is defined", () => page.locator('tr[data-vm="e2e"]').count(), 40000))) {
+    console.log("message: " + (await page.textContent("#msg")) + " / " + (await page.textContent("#form-error")));
+  }
 
   // Start it from the list.
   await page.click('tr[data-vm="e2e"] button[data-a="start"]');
@@ -84,7 +86,13 @@ try {
   await page.screenshot({ path: `${SHOTS}/web-console.png`, fullPage: true });
 
   // Pause: the state says so and the ticks stop; resume: they go on.
-  const ticks = async () => ((await rows.textContent()).match(/tick=(\d+)/g) || []).map((t) => +t.slice(5)).pop() || 0;
+  // The last tick in xterm's buffer (what the page received, whatever the viewport shows).
+  const buffer = () => page.evaluate(() => {
+    const b = term.buffer.active, out = [];
+    for (let i = Math.max(0, b.length - 40); i < b.length; i++) out.push(b.getLine(i).translateToString(true));
+    return out.join("\n");
+  });
+  const ticks = async () => ((await buffer()).match(/tick=(\d+)/g) || []).map((t) => +t.slice(5)).pop() || 0;
   await page.click('#vm-actions button[data-a="pause"]');
   await until("the VM is paused", async () => (await page.textContent("#vm-state")).includes("paused"));
   const t1 = await ticks();
@@ -92,7 +100,10 @@ try {
   check(await ticks() === t1, `no ticks while paused (tick=${t1})`);
   await page.click('#vm-actions button[data-a="resume"]');
   await until("the VM runs again", async () => (await page.textContent("#vm-state")).includes("running"));
-  await until("ticks go on after resume", async () => (await ticks()) > t1);
+  if (!(await until("ticks go on after resume", async () => (await ticks()) > t1))) {
+    console.log("console buffer:\n" + (await buffer()).slice(-300) + "\nmode: " + (await page.textContent("#console-mode")));
+    console.log("vm logs: " + spawnSync(KVMKIT, ["vm", "logs", "e2e", "--lines", "3", "--state-dir", STATE]).stdout);
+  }
 
   // Stop.
   await page.click('#vm-actions button[data-a="stop"]');
