@@ -147,6 +147,7 @@ pub fn configure(policy: Policy) -> Result<(), String> {
         .map_err(|_| "seccomp is already configured".to_string())?;
     if on {
         limit_malloc_arenas();
+        prime_heap_shrink();
         install_sigsys_handler()?;
     }
     Ok(())
@@ -187,6 +188,25 @@ fn limit_malloc_arenas() {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, arenas)
     };
+}
+
+/// glibc's malloc reads /proc/sys/vm/overcommit_memory (an `openat`) the
+/// first time it shrinks a thread arena's heap (a device worker freeing
+/// large buffers: a vsock connection's, under load), and caches the answer
+/// for the process: have a short-lived thread grow and shrink one now,
+/// before any filter.
+fn prime_heap_shrink() {
+    #[cfg(target_env = "gnu")]
+    let _ = std::thread::Builder::new()
+        .name("malloc-prime".into())
+        .spawn(|| {
+            // Below the mmap threshold, so they come from the thread's
+            // arena; freed, they merge into a top chunk over the trim
+            // threshold, which shrinks the heap.
+            let blocks: Vec<Vec<u8>> = (0..16).map(|_| std::hint::black_box(vec![1u8; 96 << 10])).collect();
+            drop(std::hint::black_box(blocks));
+        })
+        .map(|t| t.join());
 }
 
 /// Records the calling thread's name for the SIGSYS report (threads that
