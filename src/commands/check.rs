@@ -1,6 +1,6 @@
 //! `kvmkit check`.
 
-use kvmkit_vmm::host::check::check_host;
+use kvmkit_vmm::check_host;
 
 use crate::cli::CheckArgs;
 

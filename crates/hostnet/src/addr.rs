@@ -4,7 +4,6 @@ use std::net::Ipv4Addr;
 
 use kvmkit_vmm::net::NetError;
 
-use crate::spec::NetConfig;
 use crate::{AUTO_BASE, AUTO_PREFIX};
 
 /// The /30 network `a` lies in.
@@ -29,22 +28,22 @@ fn overlap(addrs: &[(String, Ipv4Addr, u8)], net: Ipv4Addr, prefix: u8) -> Optio
     })
 }
 
-/// Picks the /30 for `auto`: the given addresses (checked against this
-/// namespace) or the first free /30 of 10.0.2.0/24.
+/// Picks the /30 for `auto`: the given addresses (`host-ip=`, `guest-ip=`,
+/// checked against this namespace) or the first free /30 of 10.0.2.0/24.
 pub(crate) fn auto_addresses(
-    cfg: &NetConfig,
+    host_ip: Option<Ipv4Addr>,
+    guest_ip: Option<Ipv4Addr>,
     addrs: &[(String, Ipv4Addr, u8)],
 ) -> Result<(Ipv4Addr, Ipv4Addr), NetError> {
-    let given = cfg.host_ip.or(cfg.guest_ip);
+    let given = host_ip.or(guest_ip);
     if let Some(a) = given {
         let net = u32::from(net30(a));
-        let host = cfg.host_ip.unwrap_or_else(|| {
-            let g = u32::from(cfg.guest_ip.unwrap_or(a));
+        let host = host_ip.unwrap_or_else(|| {
+            let g = u32::from(guest_ip.unwrap_or(a));
             Ipv4Addr::from(if g == net + 1 { net + 2 } else { net + 1 })
         });
-        let guest = cfg
-            .guest_ip
-            .unwrap_or_else(|| Ipv4Addr::from(if u32::from(host) == net + 1 { net + 2 } else { net + 1 }));
+        let guest =
+            guest_ip.unwrap_or_else(|| Ipv4Addr::from(if u32::from(host) == net + 1 { net + 2 } else { net + 1 }));
         for x in [host, guest] {
             if let Some((ifname, _, _)) = addrs.iter().find(|(_, b, _)| *b == x) {
                 return Err(NetError::AddressInUse(format!(
@@ -88,19 +87,23 @@ mod tests {
 
     #[test]
     fn auto_picks_a_free_slash30() {
-        let cfg = NetConfig::parse("auto").expect("auto");
-        let none = auto_addresses(&cfg, &[]).expect("free");
+        let none = auto_addresses(None, None, &[]).expect("free");
         assert_eq!(none, (Ipv4Addr::new(10, 0, 2, 1), Ipv4Addr::new(10, 0, 2, 2)));
         let used = vec![("kvmkit0".to_owned(), Ipv4Addr::new(10, 0, 2, 1), 30)];
-        let next = auto_addresses(&cfg, &used).expect("next");
+        let next = auto_addresses(None, None, &used).expect("next");
         assert_eq!(next, (Ipv4Addr::new(10, 0, 2, 5), Ipv4Addr::new(10, 0, 2, 6)));
         let wide = vec![("eth0".to_owned(), Ipv4Addr::new(10, 0, 0, 7), 16)];
-        assert!(matches!(auto_addresses(&cfg, &wide), Err(NetError::AddressInUse(_))));
-        let given = NetConfig::parse("auto,host-ip=10.0.2.1").expect("given");
-        assert!(matches!(auto_addresses(&given, &used), Err(NetError::AddressInUse(_))));
-        let guest_only = NetConfig::parse("auto,guest-ip=192.168.7.1").expect("guest only");
+        assert!(matches!(
+            auto_addresses(None, None, &wide),
+            Err(NetError::AddressInUse(_))
+        ));
+        let given = Some(Ipv4Addr::new(10, 0, 2, 1));
+        assert!(matches!(
+            auto_addresses(given, None, &used),
+            Err(NetError::AddressInUse(_))
+        ));
         assert_eq!(
-            auto_addresses(&guest_only, &[]).expect("derived"),
+            auto_addresses(None, Some(Ipv4Addr::new(192, 168, 7, 1)), &[]).expect("derived"),
             (Ipv4Addr::new(192, 168, 7, 2), Ipv4Addr::new(192, 168, 7, 1))
         );
     }

@@ -98,7 +98,7 @@ pub fn setup_net(cfg: &NetConfig, index: usize) -> Result<(Tap, NetPlan), NetErr
     let tap = match &cfg.mode {
         NetMode::Auto => {
             let addrs = ipv4_addrs()?;
-            let (host, guest) = auto_addresses(cfg, &addrs)?;
+            let (host, guest) = auto_addresses(cfg.host_ip, cfg.guest_ip, &addrs)?;
             let tap = Tap::open(AUTO_TAP_PATTERN)?;
             plan.tap_name = tap.name().to_owned();
             plan.guard.own(tap.name());

@@ -17,12 +17,7 @@ use crate::vcpu::Buses;
 use crate::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, REG_QUEUE_NOTIFY};
 use crate::virtio::{Interrupt, VirtioDevice};
 
-/// First virtio-mmio window (the page before it is the null MMIO page).
-pub const VIRTIO_MMIO_START: u64 = 0xd000_1000;
-/// GSI of the first virtio device (COM1 uses 4).
-pub const FIRST_VIRTIO_GSI: u32 = 5;
-/// Most virtio devices (IOAPIC pins 5..=23).
-pub const MAX_VIRTIO_DEVICES: usize = 19;
+pub use crate::arch::x86_64::layout::{FIRST_VIRTIO_GSI, MAX_VIRTIO_DEVICES, VIRTIO_MMIO_START};
 
 /// What a device is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

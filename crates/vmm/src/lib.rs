@@ -18,6 +18,7 @@ pub mod console_filter;
 pub mod control;
 pub mod device_manager;
 pub mod devices;
+pub mod files;
 pub mod host;
 pub mod lifecycle;
 pub mod machine;
@@ -36,3 +37,13 @@ pub mod vmm_config;
 pub use control::ExitReason;
 pub use machine::{KernelSource, Machine, MachineError, MachineOptions, RunOutcome};
 pub use runtime::{run_vmm, VmmOptions};
+
+/// Everything `kvmkit check` reports: the host's KVM, the snapshot ioctls
+/// KVM here accepts, seccomp and Landlock.
+pub fn check_host() -> host::check::HostCheck {
+    host::check::check_host_with(&|kvm, pvm| {
+        let mut items = kvm.map(|k| snapshot::probe::host_items(k, pvm)).unwrap_or_default();
+        items.extend(seccomp::host_items());
+        items
+    })
+}

@@ -30,7 +30,7 @@ impl VmGenId {
     /// before [`Self::notify`]); returns it.
     pub fn regenerate(&self, memory: &GuestMemoryMmap) -> Result<[u8; VMGENID_LEN], String> {
         let mut id = [0u8; VMGENID_LEN];
-        crate::virtio::rng::host_random(&mut id).map_err(|e| format!("VM generation ID: getrandom: {e}"))?;
+        crate::host::random::host_random(&mut id).map_err(|e| format!("VM generation ID: getrandom: {e}"))?;
         memory
             .write_slice(&id, GuestAddress(VMGENID_ADDR))
             .map_err(|e| format!("VM generation ID at {VMGENID_ADDR:#x}: {e}"))?;

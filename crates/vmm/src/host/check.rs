@@ -70,8 +70,15 @@ fn item(name: &str, ok: bool, required: bool, detail: String, fix: Option<&str>)
     }
 }
 
-/// Runs every check against this host.
-pub fn check_host() -> HostCheck {
+/// Checks that other parts of kvmkit add to the host's (snapshot ioctls,
+/// seccomp, Landlock): given the open `/dev/kvm`, if it opened, and whether
+/// the vendor module is kvm_pvm. (Passed in, so that this module, which they
+/// all report through, depends on none of them.)
+pub type ExtraChecks<'a> = &'a dyn Fn(Option<&Kvm>, bool) -> Vec<CheckItem>;
+
+/// Runs the host's own checks (device, module, KVM API) against this host;
+/// `kvmkit_vmm::check_host` adds every other part's.
+pub fn check_host_with(extra: ExtraChecks<'_>) -> HostCheck {
     let mut items = Vec::new();
     let path = std::path::Path::new(KVM_PATH);
     let exists = path.exists();
@@ -108,14 +115,12 @@ pub fn check_host() -> HostCheck {
         },
         Some("modprobe kvm_intel (Intel), kvm_amd (AMD) or kvm_pvm (no hardware virtualization)"),
     ));
+    let pvm = matches!(vendor, Some(VendorModule::KvmPvm));
     if let Ok(kvm) = &kvm {
         check_api(kvm, &mut items);
-        let pvm = matches!(vendor, Some(VendorModule::KvmPvm));
-        items.extend(crate::snapshot::probe::host_items(kvm, pvm));
     }
-    items.extend(crate::seccomp::host_items());
+    items.extend(extra(kvm.as_ref().ok(), pvm));
     let usable = items.iter().all(|i| i.ok || !i.required);
-    let pvm = matches!(vendor, Some(VendorModule::KvmPvm));
     let verdict = if usable && pvm {
         "KVM acceleration can be used, with kvm_pvm's caveat: guest kernel (CPL0) code is emulated, so \
          only kvmkit's own guest and kernels built with PVM guest support run fast; a stock kernel \
@@ -170,8 +175,17 @@ mod tests {
 
     #[test]
     fn report_is_consistent() {
-        let r = check_host();
-        assert!(r.items.len() >= 3);
+        let r = check_host_with(&|_, _| {
+            vec![item(
+                "extra",
+                false,
+                false,
+                "an optional item that failed".into(),
+                Some("fix it"),
+            )]
+        });
+        assert!(r.items.len() >= 4);
+        assert!(r.items.iter().any(|i| i.name == "extra" && i.fix.is_some()));
         assert_eq!(r.usable, r.items.iter().all(|i| i.ok || !i.required));
         assert_eq!(r.usable, r.verdict.starts_with("KVM acceleration can be used"));
         for i in r.items.iter().filter(|i| i.ok) {

@@ -88,13 +88,7 @@ pub struct VmResources {
 /// Sections of Firecracker's config file that kvmkit does not implement
 /// yet; a file that sets them is refused with a clear message instead of
 /// booting a VM that silently lacks them.
-pub const UNSUPPORTED_SECTIONS: &[&str] = &[
-    "balloon",
-    "mmds-config",
-    "cpu-config",
-    "pmem",
-    "memory-hotplug",
-];
+pub const UNSUPPORTED_SECTIONS: &[&str] = &["balloon", "mmds-config", "cpu-config", "pmem", "memory-hotplug"];
 
 impl VmResources {
     /// Parses a Firecracker-style config file (`--config-file`): the API's
@@ -236,7 +230,7 @@ impl VmResources {
     }
 
     fn check_device_count(&self) -> Result<(), ConfigError> {
-        let max = crate::device_manager::MAX_VIRTIO_DEVICES;
+        let max = crate::arch::x86_64::layout::MAX_VIRTIO_DEVICES;
         if self.virtio_device_count() > max {
             return Err(ConfigError::Conflict(format!(
                 "at most {max} virtio devices (drives, network interfaces, entropy, vsock) are supported"

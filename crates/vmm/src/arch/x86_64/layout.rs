@@ -56,6 +56,13 @@ pub fn ram_ranges(mem_size: u64) -> Vec<RamRange> {
     }
 }
 
+/// First virtio-mmio window (the page before it is the null MMIO page).
+pub const VIRTIO_MMIO_START: u64 = 0xd000_1000;
+/// GSI of the first virtio device (COM1 uses 4).
+pub const FIRST_VIRTIO_GSI: u32 = 5;
+/// Most virtio devices (IOAPIC pins 5..=23).
+pub const MAX_VIRTIO_DEVICES: usize = 19;
+
 /// End (exclusive) of the RAM below 4 GiB.
 pub fn low_ram_end(mem_size: u64) -> u64 {
     mem_size.min(MMIO_GAP_START)

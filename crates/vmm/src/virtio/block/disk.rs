@@ -118,7 +118,7 @@ impl DiskImage {
             return Err(DiskError::Directory(p));
         }
         // A FIFO would block in open(2); a socket or character device is no disk.
-        crate::boot::check_input_file(path).map_err(|e| DiskError::Io(p.clone(), e))?;
+        crate::files::check_input_file(path).map_err(|e| DiskError::Io(p.clone(), e))?;
         let open = |flags: i32| {
             use std::os::unix::fs::OpenOptionsExt;
             OpenOptions::new()
@@ -302,6 +302,24 @@ mod tests {
             Err(DiskError::NotSectorAligned(_, 1000))
         ));
         let _ = std::fs::remove_file(odd);
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let p = std::env::temp_dir().join(format!("kvmkit-disk-fifo-{}", std::process::id()));
+        let c = std::ffi::CString::new(p.to_str().expect("utf8")).expect("cstr");
+        // SAFETY: mkfifo on a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let q = p.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(DiskImage::open(&q, true).map(|_| ()).map_err(|e| e.to_string()));
+        });
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(1))
+            .expect("opening a FIFO must not block");
+        assert!(r.expect_err("a FIFO disk").contains("FIFO"));
+        let _ = std::fs::remove_file(p);
     }
 
     #[test]
