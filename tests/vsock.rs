@@ -142,6 +142,19 @@ fn echo_through_the_bridge_refused_ports_and_two_connections() {
     let ta = std::thread::spawn(move || echo(a, ea));
     let tb = std::thread::spawn(move || echo(b, eb));
     assert!(ta.join().expect("a") == da && tb.join().expect("b") == db);
+    // The guest's limit, 8 connections at once, 8 MiB each: connection
+    // buffers grow and shrink on the worker thread (under its seccomp filter).
+    let conns: Vec<_> = (0..8u64)
+        .map(|k| {
+            let (c, ok) = vm.connect(5000);
+            assert!(ok.starts_with("OK "), "{ok:?}");
+            let d = random_bytes(8 << 20, 10 + k);
+            std::thread::spawn(move || echo(c, d.clone()) == d)
+        })
+        .collect();
+    for t in conns {
+        assert!(t.join().expect("echo thread"), "8 MiB echoed unchanged");
+    }
     let out = vm.stop();
     assert!(!out.contains("violation=yes"), "{out}");
 }
