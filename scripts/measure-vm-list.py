@@ -73,6 +73,16 @@ try:
         subprocess.run([K, "--version"], capture_output=True)
         base.append((time.perf_counter() - t) * 1000)
     print(f"  baseline, kvmkit --version on the same host: p50 {pct(base, .5):.1f} ms, p99 {pct(base, .99):.1f} ms")
+    if daemon:
+        daemon.kill(); daemon.wait()
+        daemon = subprocess.Popen([K, "serve", "--state-dir", state], stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, text=True)
+        time.sleep(3)
+        _, rows = time_list(1)
+        alive = sum(r["state"] == "running" for r in rows)
+        daemon.kill(); out = daemon.communicate()[0]; daemon = None
+        adopted = out.count("adopted VM")
+        print(f"daemon restarted: {adopted} VMs re-adopted, {alive} still running")
     if a.paused:
         for n in started:
             vm("pause", n)
