@@ -56,6 +56,7 @@ pub fn main(start_info: u64, hv_tsc_khz: u64) -> ! {
         println!("kvmkit-guest: bad command line: {e}");
         exit(exit::BAD_CMDLINE)
     });
+    crate::net::remember_cmdline(cmdline);
     let (tsc_khz, source) = match config.tsc_khz {
         Some(k) => (k, "cmdline"),
         None if hv_tsc_khz != 0 => (hv_tsc_khz, "cpuid 0x40000010"),
@@ -67,8 +68,8 @@ pub fn main(start_info: u64, hv_tsc_khz: u64) -> ! {
     let w = config.workload;
     let (mem_base, mem_len) = match w {
         Workload::Memtest(mib) => free_region(&boot, "memtest", mib).unwrap_or_else(|()| exit(exit::NO_MEMORY)),
-        w if crate::config::suite_bytes_per_cpu(w) > 0 => {
-            let mib = (crate::config::suite_bytes_per_cpu(w) * u64::from(config.cpus)).div_ceil(MIB);
+        w if crate::suite::bytes_per_cpu(w) > 0 => {
+            let mib = (crate::suite::bytes_per_cpu(w) * u64::from(config.cpus)).div_ceil(MIB);
             free_region(&boot, w.name(), mib).unwrap_or_else(|()| exit(exit::NO_MEMORY))
         }
         w if w.uses_devices() => {

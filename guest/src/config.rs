@@ -5,16 +5,6 @@ use kvmkit_guest_abi::{cmdline_value, CMDLINE_CPUS, CMDLINE_TSC_KHZ, CMDLINE_WOR
 
 pub use kvmkit_workloads::Workload;
 
-/// RAM (bytes) each CPU needs for a suite workload (guest/src/suite.rs), 0 for others.
-pub fn suite_bytes_per_cpu(w: Workload) -> u64 {
-    match w {
-        Workload::Md5(_) | Workload::Des(_) | Workload::Blowfish(_) | Workload::Compress(_) => {
-            crate::suite::BYTES_PER_CPU
-        }
-        _ => 0,
-    }
-}
-
 /// The parsed command line.
 #[derive(Clone, Copy, Debug)]
 pub struct Config {
@@ -29,7 +19,6 @@ pub struct Config {
 impl Config {
     /// Parses the `kvmkit.*` keys of `cmdline`, ignoring everything else.
     pub fn parse(cmdline: &str) -> Result<Self, &'static str> {
-        crate::net::remember_cmdline(cmdline);
         let workload = match cmdline_value(cmdline, CMDLINE_WORKLOAD) {
             Some(w) => Workload::parse(w).map_err(kvmkit_workloads::ParseError::message)?,
             None => Workload::DEFAULT,

@@ -68,6 +68,6 @@ pub extern "C" fn user_main(cpu: u64, start_info: u64, apic_id: u64, tsc_khz: u6
     if cpu == 0 {
         bsp::main(start_info, tsc_khz)
     } else {
-        smp::ap_main(cpu as u32)
+        workload::ap_main(cpu as u32)
     }
 }

@@ -14,8 +14,8 @@ use kvmkit_guest_abi::{Report, ReportKind, MAX_CPUS};
 
 use crate::arch::{mmio_write32, rdtsc};
 use crate::config::Workload;
+use crate::report;
 use crate::virtio::DeviceList;
-use crate::{exit, report, workload};
 
 /// Size of each CPU's CPL3 stack (boot.S lays them out in `user_stacks`).
 pub const USER_STACK_SIZE: usize = 0x8000;
@@ -181,21 +181,17 @@ pub fn wait_done(aps: u32) -> u32 {
     FAILED.load(Ordering::Acquire)
 }
 
-/// CPL3 entry of an application processor.
-pub fn ap_main(cpu: u32) -> ! {
-    let plan = plan();
-    if cpu < plan.cpus {
-        online(cpu);
-        while !GO.load(Ordering::Acquire) {
-            spin_loop();
-        }
-        if workload::run(cpu, &plan) != exit::OK {
-            FAILED.fetch_add(1, Ordering::AcqRel);
-        }
-        DONE.fetch_add(1, Ordering::AcqRel);
-    }
-    // CPL3 cannot hlt; spin until the BSP ends the VM.
-    loop {
+/// Spins until the BSP lets the APs start their workload ([`go`]).
+pub fn wait_go() {
+    while !GO.load(Ordering::Acquire) {
         spin_loop();
     }
+}
+
+/// An AP has finished its workload (`ok`: with status OK).
+pub fn ap_done(ok: bool) {
+    if !ok {
+        FAILED.fetch_add(1, Ordering::AcqRel);
+    }
+    DONE.fetch_add(1, Ordering::AcqRel);
 }

@@ -24,6 +24,15 @@ use crate::{exit, report, suite_io};
 
 /// RAM each CPU needs: the data buffer, the compression workspace, the arena.
 pub const BYTES_PER_CPU: u64 = 2 << 20;
+
+/// RAM (bytes) each CPU needs for workload `w`: [`BYTES_PER_CPU`] for a suite workload, 0 for others.
+pub fn bytes_per_cpu(w: Workload) -> u64 {
+    match w {
+        Workload::Md5(_) | Workload::Des(_) | Workload::Blowfish(_) | Workload::Compress(_) => BYTES_PER_CPU,
+        _ => 0,
+    }
+}
+
 const WORK_OFFSET: usize = SUITE_BUFFER;
 const ARENA_OFFSET: usize = SUITE_BUFFER + (512 << 10);
 const ARENA_BYTES: u64 = 256 << 10;

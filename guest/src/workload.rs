@@ -7,7 +7,7 @@ use kvmkit_workloads::{count_primes, memtest};
 
 use crate::arch::{mmio_write32, outl, rdtsc};
 use crate::config::Workload;
-use crate::smp::Plan;
+use crate::smp::{self, Plan};
 use crate::tsc::ticks_to_ns;
 use crate::{devwork, exit, report};
 
@@ -112,5 +112,20 @@ pub fn run(cpu: u32, plan: &Plan) -> u32 {
         exit::OK
     } else {
         exit::WORKLOAD_FAILED
+    }
+}
+
+/// CPL3 entry of an application processor: its share of the workload, once
+/// the BSP says go.
+pub fn ap_main(cpu: u32) -> ! {
+    let plan = smp::plan();
+    if cpu < plan.cpus {
+        smp::online(cpu);
+        smp::wait_go();
+        smp::ap_done(run(cpu, &plan) == exit::OK);
+    }
+    // CPL3 cannot hlt; spin until the BSP ends the VM.
+    loop {
+        core::hint::spin_loop();
     }
 }
