@@ -75,7 +75,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    eprintln!("kvmkit-agent: listening on {what}");
+    // Nothing is printed on success: in `kvmkit run --linux -- CMD` the console is kvmkit's stdout.
     loop {
         let sock = match sys::accept(&listener) {
             Ok(s) => s,

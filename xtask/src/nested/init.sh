@@ -502,6 +502,172 @@ sc_bench_linux() {
   info "bench-linux: $(grep -c '"value"' /tmp/bench-out/results.json) samples; timings are emulated (TCG), not speed"
 }
 
+# The vsock-* scenarios: kvmkit's guest agent (appended to the L2 initramfs by kvmkit run) runs
+# commands over virtio-vsock; the stock kernel's vsock modules are loaded by the L2 /init.
+need_vsock() {
+  need_linux || return 1
+  kvmkit run --help 2>/dev/null | grep -q -- '--exec-via' || { fail "kvmkit has no 'run --exec-via' yet"; return 1; }
+  kvmkit exec --help >/dev/null 2>&1 || { fail "kvmkit has no 'exec' yet"; return 1; }
+}
+# agent_vm NAME: starts `kvmkit run --linux --api-sock /tmp/NAME.sock` (console shell, the agent in
+# the background) under $1's timeout; then xexec runs `kvmkit exec` into it.
+XSOCK=/tmp/xapi.sock
+agent_vm() {
+  rm -f "$XSOCK"
+  bg "/tmp/$1" kvmkit run --linux --no-stdin --api-sock "$XSOCK"
+  n=0
+  while [ ! -S "$XSOCK" ]; do
+    running && [ $n -lt 100 ] || { fail "no API socket $XSOCK (the VMM ended or 10 s passed)"; return 1; }
+    sleep 0.1
+    n=$((n + 1))
+  done
+  # The first exec waits (retrying CONNECT) until the guest has booted and the agent listens.
+  t_boot=$(now)
+  kvmkit exec --api-sock "$XSOCK" --timeout 60 -- true >/tmp/xfirst 2>&1
+  xrc=$?
+  sed 's/^/  | first exec: /' /tmp/xfirst
+  [ $xrc = 0 ] || { fail "the first kvmkit exec (waiting for the agent) exited $xrc: $(tr '\n' ' ' </tmp/xfirst)"; return 1; }
+  info "$1: the agent answered $(since "$t_boot") s after the API socket appeared"
+}
+# stop_agent_vm NAME: stops the VM through the API and collects it.
+stop_agent_vm() {
+  if running; then
+    kvmkit ctl --api-sock "$XSOCK" stop >/dev/null 2>&1
+    n=0
+    while running && [ $n -lt 50 ]; do sleep 0.2; n=$((n + 1)); done
+    stop_bg
+  fi
+  finish "/tmp/$1"
+  [ ! -e "$XSOCK" ] || fail "the API socket is left after the VMM exited"
+  ls -d /tmp/kvmkit-agent-* >/dev/null 2>&1 && fail "kvmkit's private vsock directory is left: $(ls -d /tmp/kvmkit-agent-*)"
+}
+sc_vsock_exec() {
+  need_vsock || return
+  want=$(cat /lab/l2-version)
+  t0=$(now)
+  timeout -s TERM "$T" kvmkit run --linux -- sh -c 'uname -r; echo lab-vsock-mods=$(grep -c vsock /proc/modules); echo lab-err >&2; exit 7' \
+    </dev/null >/tmp/l2.raw 2>/tmp/l2.err
+  rc=$?
+  sed 's/^/  | stderr: /' /tmp/l2.err
+  settle /tmp/l2
+  expect_rc 7
+  grep -qx -- "$want" /tmp/l2 || fail "uname -r did not print $want on stdout"
+  # vsock, vmw_vsock_virtio_transport_common, vmw_vsock_virtio_transport (and vsock_loopback if built in: not counted)
+  m=$(sed -n 's/^lab-vsock-mods=//p' /tmp/l2)
+  [ "${m:-0}" -ge 3 ] || fail "the guest has ${m:-0} vsock modules loaded, expected 3"
+  grep -qx lab-err /tmp/l2.err || fail "the command's stderr (lab-err) is not on kvmkit's stderr"
+  ! grep -q lab-err /tmp/l2 || fail "the command's stderr came out on stdout"
+  ls -d /tmp/kvmkit-agent-* >/dev/null 2>&1 && fail "kvmkit's private vsock directory is left: $(ls -d /tmp/kvmkit-agent-*)"
+  # Exit status 0 and a command that does not exist, over the same path.
+  vm /tmp/l2b kvmkit run --linux -- no-such-command
+  expect_rc 127
+}
+sc_vsock_exec_api() {
+  need_vsock || return
+  T0=$T
+  T=$((T * 2))
+  if agent_vm xapi; then
+    kvmkit exec --api-sock "$XSOCK" -- sh -c 'echo lab-exec-$((6 * 7)); echo lab-exec-err >&2; exit 5' >/tmp/x1 2>/tmp/x1.err
+    xrc=$?
+    sed 's/^/  | exec: /' /tmp/x1 /tmp/x1.err
+    [ $xrc = 5 ] || fail "kvmkit exec of 'exit 5' exited $xrc"
+    grep -qx lab-exec-42 /tmp/x1 || fail "kvmkit exec's stdout has no lab-exec-42"
+    grep -qx lab-exec-err /tmp/x1.err || fail "kvmkit exec's stderr has no lab-exec-err"
+    echo lab-stdin | kvmkit exec --api-sock "$XSOCK" -i -e LAB_X=lab-env --cwd /proc -- sh -c 'read l; echo "$l $LAB_X $(pwd)"' >/tmp/x2 2>&1
+    xrc=$?
+    sed 's/^/  | exec -i: /' /tmp/x2
+    [ $xrc = 0 ] && grep -qx 'lab-stdin lab-env /proc' /tmp/x2 || fail "exec -i -e --cwd: status $xrc, output $(tr '\n' ' ' </tmp/x2)"
+    kvmkit exec --api-sock "$XSOCK" -- sh -c 'kill -9 $$' >/dev/null 2>&1
+    xrc=$?
+    [ $xrc = 137 ] || fail "a command killed by SIGKILL: exec exited $xrc, expected 137"
+  fi
+  stop_agent_vm xapi
+  T=$T0
+}
+sc_vsock_many() {
+  need_vsock || return
+  N=$(arg lab.vsock_many)
+  [ -n "$N" ] || N=100
+  T0=$T
+  T=$((T * 4))
+  if agent_vm xmany; then
+    rm -rf /tmp/many
+    mkdir -p /tmp/many
+    t1=$(now)
+    pids=""
+    i=0
+    # N connections open at once: each command sleeps 2 s before it answers.
+    while [ $i -lt "$N" ]; do
+      kvmkit exec --api-sock "$XSOCK" --timeout 60 -- sh -c "sleep 2; echo lab-many-$i" >/tmp/many/$i 2>&1 &
+      pids="$pids $!"
+      i=$((i + 1))
+    done
+    # Progress lines while they run (the lab takes a silent L1 for a hung one).
+    (while sleep 15; do info "vsock-many: $(grep -l lab-many /tmp/many/* 2>/dev/null | wc -l) of $N answered"; done) &
+    prog=$!
+    bad=0
+    for p in $pids; do wait "$p" || bad=$((bad + 1)); done
+    kill $prog 2>/dev/null
+    ok=0
+    i=0
+    while [ $i -lt "$N" ]; do
+      grep -qx "lab-many-$i" /tmp/many/$i && ok=$((ok + 1))
+      i=$((i + 1))
+    done
+    info "vsock-many: $ok of $N concurrent execs answered correctly in $(since "$t1") s ($bad non-zero statuses)"
+    [ "$ok" = "$N" ] && [ $bad = 0 ] ||
+      fail "$ok of $N concurrent kvmkit execs got their own answer, $bad exited non-zero; first bad: $(for f in /tmp/many/*; do grep -q lab-many "$f" || { tr '\n' ' ' <"$f"; break; }; done)"
+  fi
+  stop_agent_vm xmany
+  T=$T0
+}
+# vsock-big: MiB (lab.vsock_big_mib=, default 1024) of random bytes each way through the agent,
+# sha256 computed on both ends: host->guest (exec -i ... sha256sum) and guest->host (the guest
+# tees its stream into sha256sum on stderr). Progress lines keep the lab from taking it for a hang.
+sc_vsock_big() {
+  need_vsock || return
+  MIB=$(arg lab.vsock_big_mib)
+  [ -n "$MIB" ] || MIB=1024
+  BT=$(arg lab.vsock_big_timeout)
+  [ -n "$BT" ] || BT=$((120 + 4 * MIB))
+  T0=$T
+  T=$BT
+  if agent_vm xbig; then
+    rm -f /tmp/big.fifo /tmp/big.*
+    # What the ends cost without vsock: 16 MiB generated and hashed in L1, and in the guest.
+    t1=$(now)
+    head -c 16777216 /dev/urandom | sha256sum >/dev/null
+    l1=$(since "$t1")
+    t1=$(now)
+    kvmkit exec --api-sock "$XSOCK" -- sh -c 'head -c 16777216 /dev/urandom | sha256sum >/dev/null'
+    info "vsock-big: without vsock, 16 MiB urandom | sha256sum takes $l1 s in L1 and $(since "$t1") s in the guest (exec included)"
+    mkfifo /tmp/big.fifo
+    # host -> guest
+    t1=$(now)
+    (sha256sum </tmp/big.fifo | cut -d' ' -f1 >/tmp/big.host-sum) &
+    sumpid=$!
+    (head -c $((MIB * 1048576)) /dev/urandom | tee /tmp/big.fifo | kvmkit exec --api-sock "$XSOCK" -i -- sha256sum >/tmp/big.guest-out 2>&1; echo $? >/tmp/big.rc1) &
+    while [ ! -e /tmp/big.rc1 ]; do sleep 10; info "vsock-big: host->guest running for $(since "$t1") s"; done
+    wait $sumpid
+    up=$(since "$t1")
+    hs=$(cat /tmp/big.host-sum)
+    gs=$(cut -d' ' -f1 </tmp/big.guest-out)
+    info "vsock-big: host->guest $MIB MiB in $up s; L1 sha256 $hs, guest sha256 $gs, exec status $(cat /tmp/big.rc1)"
+    [ "$(cat /tmp/big.rc1)" = 0 ] && [ -n "$hs" ] && [ "$hs" = "$gs" ] || fail "host->guest $MIB MiB: sha256 L1 '$hs' guest '$gs' (exec status $(cat /tmp/big.rc1))"
+    # guest -> host
+    t2=$(now)
+    (kvmkit exec --api-sock "$XSOCK" -- sh -c "mkfifo /tmp/f; sha256sum </tmp/f >&2 & head -c $((MIB * 1048576)) /dev/urandom | tee /tmp/f; wait" 2>/tmp/big.guest-sum | sha256sum | cut -d' ' -f1 >/tmp/big.host-sum2; echo done >/tmp/big.rc2) &
+    while [ ! -e /tmp/big.rc2 ]; do sleep 10; info "vsock-big: guest->host running for $(since "$t2") s"; done
+    down=$(since "$t2")
+    hs=$(cat /tmp/big.host-sum2)
+    gs=$(cut -d' ' -f1 </tmp/big.guest-sum)
+    info "vsock-big: guest->host $MIB MiB in $down s; guest sha256 $gs, L1 sha256 $hs"
+    [ -n "$hs" ] && [ "$hs" = "$gs" ] || fail "guest->host $MIB MiB: sha256 guest '$gs' L1 '$hs'"
+  fi
+  stop_agent_vm xbig
+  T=$T0
+}
+
 for name in $SCENARIOS; do
   echo "@@LAB $name START"
   why=""

@@ -107,11 +107,36 @@ pub const SCENARIOS: &[(&str, &str)] = &[
          measured, results.json/report.md/SVG written (timings emulated)",
     ),
     (
+        "vsock-exec",
+        "`run --linux -- CMD` through kvmkit's guest agent over virtio-vsock (the default --exec-via): the stock \
+         vsock modules load, CMD's stdout and stderr arrive apart on kvmkit's, its status 7 becomes kvmkit's; a \
+         missing command exits 127; the private socket directory is removed",
+    ),
+    (
+        "vsock-exec-api",
+        "`kvmkit exec --api-sock` into a running `run --linux --api-sock` VM: output, stderr, status 5, stdin \
+         (-i), env (-e), --cwd, a SIGKILLed command exits 137; ctl stop ends the VM",
+    ),
+    (
+        "vsock-many",
+        "100 concurrent `kvmkit exec`s (each command sleeps 2 s, so all connections are open at once) each get \
+         their own answer, all exit 0",
+    ),
+    (
+        "vsock-big",
+        "64 MiB (--vsock-big-mib N; 1024 for the issue's 1 GiB, ~35 min) of random bytes host->guest (exec -i ... sha256sum) and guest->host (the guest \
+         hashes what it sends): the sha256 on both ends match",
+    ),
+    (
         "net-two",
         "`--net auto --net auto`: two taps and two NICs; the guest sets eth1 up from its kvmkit.net= word; \
          L1 pings both guest addresses; no tap is left afterwards",
     ),
 ];
+
+/// vsock-big's size unless `--vsock-big-mib` says otherwise: 1 GiB each way takes about 35 min
+/// under TCG (about 1 MiB/s, measured), too long for a lab run; see docs/nested-lab.md.
+const DEFAULT_VSOCK_BIG_MIB: u64 = 64;
 
 /// L1's CPU count unless `--l1-cpus` says otherwise.
 const DEFAULT_L1_CPUS: u64 = 1;
@@ -124,6 +149,10 @@ pub struct Options {
     no_build: bool,
     /// L1's CPU count (QEMU `-smp`).
     l1_cpus: u64,
+    /// vsock-big: MiB each way.
+    vsock_big_mib: u64,
+    /// vsock-many: concurrent connections.
+    vsock_many: u64,
 }
 
 impl Options {
@@ -135,6 +164,8 @@ impl Options {
             timeout: None,
             no_build: false,
             l1_cpus: DEFAULT_L1_CPUS,
+            vsock_big_mib: DEFAULT_VSOCK_BIG_MIB,
+            vsock_many: 100,
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -156,6 +187,8 @@ impl Options {
                 "--timeout" => options.timeout = Some(number(arg)?),
                 "--no-build" => options.no_build = true,
                 "--l1-cpus" => options.l1_cpus = number(arg)?,
+                "--vsock-big-mib" => options.vsock_big_mib = number(arg)?,
+                "--vsock-many" => options.vsock_many = number(arg)?,
                 flag if flag.starts_with('-') => bail!("unknown option {flag}"),
                 name => {
                     if !SCENARIOS.iter().any(|(n, _)| *n == name) {
@@ -273,9 +306,21 @@ pub fn run(options: &Options) -> Result<bool> {
     } else {
         0
     };
+    // Scenarios that run longer than one timeout: api and vsock-exec-api twice, vsock-many 4x,
+    // vsock-big its own limit.
+    let longer: u64 = options
+        .scenarios
+        .iter()
+        .map(|s| match s.as_str() {
+            "api" | "vsock-exec-api" => options.scenario_timeout,
+            "vsock-many" => 3 * options.scenario_timeout,
+            "vsock-big" => vsock_big_timeout(options.vsock_big_mib),
+            _ => 0,
+        })
+        .sum();
     let hard = options
         .timeout
-        .unwrap_or(120 + n * (options.scenario_timeout + 15) + bench);
+        .unwrap_or(120 + n * (options.scenario_timeout + 15) + bench + longer);
     let log = out_dir.join("l1-console.log");
     let prep = start.elapsed();
     eprintln!(
@@ -298,8 +343,7 @@ pub fn run(options: &Options) -> Result<bool> {
     for attempt in 1..=MAX_BOOTS {
         let end = boot(
             &pending,
-            options.scenario_timeout,
-            options.l1_cpus,
+            options,
             &l1.bzimage,
             &cpio,
             rootfs.as_ref().map(|(image, _)| image.as_path()),
@@ -437,6 +481,12 @@ const QEMU_ROMS: &[&str] = &["bios-microvm.bin", "pvh.bin", "linuxboot_dma.bin",
 /// Seconds the bench-linux scenario may take (it reports progress while it runs).
 const BENCH_TIMEOUT: u64 = 1500;
 
+/// Seconds the vsock-big scenario may take for `mib` MiB each way (it reports progress every
+/// 10 s): the agent's boot, then about 1 s per MiB each way measured under TCG, doubled.
+fn vsock_big_timeout(mib: u64) -> u64 {
+    120 + 4 * mib
+}
+
 /// How many times one lab run boots L1 (a fresh L1 only after one stopped responding).
 const MAX_BOOTS: u32 = 3;
 
@@ -457,8 +507,7 @@ struct BootEnd {
 #[allow(clippy::too_many_arguments)]
 fn boot(
     scenarios: &[String],
-    scenario_timeout: u64,
-    l1_cpus: u64,
+    options: &Options,
     bzimage: &Path,
     cpio: &Path,
     rootfs: Option<&Path>,
@@ -468,10 +517,15 @@ fn boot(
     stall: Duration,
     results: &mut HashMap<String, ScenarioResult>,
 ) -> Result<BootEnd> {
+    let (scenario_timeout, l1_cpus) = (options.scenario_timeout, options.l1_cpus);
     let append = format!(
         "console=ttyS0 reboot=k panic=-1 tsc_early_khz=2445426 quiet lab.scenarios={} lab.timeout={scenario_timeout} \
-         lab.bench_timeout={BENCH_TIMEOUT}",
-        scenarios.join(",")
+         lab.bench_timeout={BENCH_TIMEOUT} lab.vsock_big_timeout={} lab.vsock_big_mib={} \
+         lab.vsock_many={}",
+        scenarios.join(","),
+        vsock_big_timeout(options.vsock_big_mib),
+        options.vsock_big_mib,
+        options.vsock_many
     );
     let mut log_file = OpenOptions::new().create(true).append(true).truncate(false).open(log)?;
     if attempt == 1 {
