@@ -337,6 +337,28 @@ fn stop_daemon(s: &mut State) {
     }
 }
 
+/// With the daemon, a VM's console output outlives it: `vm logs` after the
+/// VM ended shows its last lines (recorded in console.log), then kvmkit's log.
+#[test]
+fn the_daemon_records_the_console_so_logs_show_it_after_the_end() {
+    let mut s = State::new("recorder");
+    s.define_ticks("r", &[]);
+    start_daemon(&mut s);
+    s.ok(&["start", "r"]);
+    s.wait_state("r", "running", Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.ticks("r") < 5 {
+        assert!(Instant::now() < deadline, "no ticks: {}", s.ok(&["logs", "r"]));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1000)); // the daemon adopts within half a second
+    s.ok(&["stop", "r"]);
+    let logs = s.ok(&["logs", "r"]);
+    assert!(logs.contains("kvmkit-guest: workload=ticks:20"), "{logs}");
+    assert!(logs.lines().filter(|l| l.starts_with("tick=")).count() >= 5, "{logs}");
+    stop_daemon(&mut s);
+}
+
 #[test]
 fn the_daemon_autostarts_restarts_on_failure_and_readopts_after_its_own_restart() {
     let mut s = State::new("serve");

@@ -8,6 +8,7 @@
 
 mod console;
 mod process;
+mod recorder;
 pub mod serve;
 mod store;
 mod web;
@@ -223,8 +224,13 @@ pub fn run(args: &VmArgs) -> anyhow::Result<u8> {
             let vm = open(&state, name)?;
             let data = if !*vmm && process::running(&vm).is_some() {
                 console::recent(&vm)?
-            } else {
+            } else if *vmm {
                 std::fs::read(process::log_path(&vm)).unwrap_or_default()
+            } else {
+                // The last run's console as `kvmkit serve` recorded it, then kvmkit's messages.
+                let mut d = std::fs::read(vm.file(recorder::CONSOLE_LOG)).unwrap_or_default();
+                d.extend(std::fs::read(process::log_path(&vm)).unwrap_or_default());
+                d
             };
             let text = String::from_utf8_lossy(&data);
             let all: Vec<&str> = text.lines().collect();

@@ -317,7 +317,8 @@ pub fn spawn(vm: &VmDir) -> anyhow::Result<(Child, PidFile)> {
     for f in ["api.sock", "results.json", "stopping", "last-exit.json", "state.json"] {
         let _ = fs::remove_file(vm.file(f));
     }
-    // Files of the FIFO console (before --serial socket=) go.
+    // The last run's recorded console (kvmkit serve) and the FIFO console's
+    // input (kvmkit before --serial socket=) go.
     for f in ["console.in", "console.log", "console.log.1"] {
         let _ = fs::remove_file(vm.file(f));
     }

@@ -12,6 +12,10 @@
 //!   a crashed VM defined with `--restart on-failure` is started again, at
 //!   most 5 times a minute.
 //!
+//! - it keeps each watched VM's console output in `console.log`
+//!   ([`super::recorder`]), so `vm logs` shows a VM's last lines after it ended;
+//! - it caches each running VM's state (`state.json`) for `vm list`.
+//!
 //! `kvmkit vm ...` does not need the daemon: it works on the same files and
 //! sockets, and the daemon sees what it did.
 
@@ -88,6 +92,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<u8> {
             }
             if let Some(pid) = process::running(vm) {
                 say(&format!("adopted VM {} (pid {})", vm.name, pid.pid));
+                super::recorder::spawn(vm.clone());
                 watched.insert(vm.name.clone(), Watched { pid, child: None });
             } else if first && vm.settings().is_ok_and(|s| s.autostart) {
                 start(vm, "autostart", &mut watched);
@@ -157,6 +162,7 @@ fn start(vm: &VmDir, why: &str, watched: &mut HashMap<String, Watched>) {
     match super::start_child(vm) {
         Ok((child, pid)) => {
             say(&format!("started VM {} ({why}, pid {})", vm.name, pid.pid));
+            super::recorder::spawn(vm.clone());
             watched.insert(
                 vm.name.clone(),
                 Watched {

@@ -182,7 +182,11 @@ fn handle(mut rq: Request, web: &Web) {
             Ok(vm) => {
                 let data = match super::process::running(&vm) {
                     Some(_) => super::console::recent(&vm).unwrap_or_default(),
-                    None => std::fs::read(super::process::log_path(&vm)).unwrap_or_default(),
+                    None => {
+                        let mut d = std::fs::read(vm.file(super::recorder::CONSOLE_LOG)).unwrap_or_default();
+                        d.extend(std::fs::read(super::process::log_path(&vm)).unwrap_or_default());
+                        d
+                    }
                 };
                 let from = data.len().saturating_sub(8192);
                 Response::from_data(data[from..].to_vec())
