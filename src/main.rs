@@ -1,5 +1,9 @@
 //! `kvmkit`: a KVM virtual machine monitor and virtualization lab.
 
+// The doc comments of clap's argument structs are `--help` text: their
+// `path=IMG[,ro=on]` grammars and `<placeholders>` are not rustdoc links or HTML.
+#![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
+
 mod cli;
 mod commands;
 mod firecracker;
