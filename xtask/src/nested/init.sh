@@ -627,7 +627,9 @@ sc_vsock_many() {
 sc_vsock_big() {
   need_vsock || return
   MIB=$(arg lab.vsock_big_mib)
-  [ -n "$MIB" ] || MIB=1024
+  [ -n "$MIB" ] || MIB=64
+  DIRS=$(arg lab.vsock_big_dirs)
+  [ -n "$DIRS" ] || DIRS=both
   BT=$(arg lab.vsock_big_timeout)
   [ -n "$BT" ] || BT=$((120 + 4 * MIB))
   T0=$T
@@ -642,6 +644,8 @@ sc_vsock_big() {
     kvmkit exec --api-sock "$XSOCK" -- sh -c 'head -c 16777216 /dev/urandom | sha256sum >/dev/null'
     info "vsock-big: without vsock, 16 MiB urandom | sha256sum takes $l1 s in L1 and $(since "$t1") s in the guest (exec included)"
     mkfifo /tmp/big.fifo
+  fi
+  if [ -z "$why" ] && [ "$DIRS" != to-host ]; then
     # host -> guest
     t1=$(now)
     (sha256sum </tmp/big.fifo | cut -d' ' -f1 >/tmp/big.host-sum) &
@@ -654,6 +658,8 @@ sc_vsock_big() {
     gs=$(cut -d' ' -f1 </tmp/big.guest-out)
     info "vsock-big: host->guest $MIB MiB in $up s; L1 sha256 $hs, guest sha256 $gs, exec status $(cat /tmp/big.rc1)"
     [ "$(cat /tmp/big.rc1)" = 0 ] && [ -n "$hs" ] && [ "$hs" = "$gs" ] || fail "host->guest $MIB MiB: sha256 L1 '$hs' guest '$gs' (exec status $(cat /tmp/big.rc1))"
+  fi
+  if [ -z "$why" ] && [ "$DIRS" != to-guest ]; then
     # guest -> host
     t2=$(now)
     (kvmkit exec --api-sock "$XSOCK" -- sh -c "mkfifo /tmp/f; sha256sum </tmp/f >&2 & head -c $((MIB * 1048576)) /dev/urandom | tee /tmp/f; wait" 2>/tmp/big.guest-sum | sha256sum | cut -d' ' -f1 >/tmp/big.host-sum2; echo done >/tmp/big.rc2) &

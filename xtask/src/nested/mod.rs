@@ -153,6 +153,8 @@ pub struct Options {
     vsock_big_mib: u64,
     /// vsock-many: concurrent connections.
     vsock_many: u64,
+    /// vsock-big: which directions (`both`, `to-guest`, `to-host`).
+    vsock_big_dirs: String,
 }
 
 impl Options {
@@ -166,6 +168,7 @@ impl Options {
             l1_cpus: DEFAULT_L1_CPUS,
             vsock_big_mib: DEFAULT_VSOCK_BIG_MIB,
             vsock_many: 100,
+            vsock_big_dirs: "both".into(),
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -189,6 +192,13 @@ impl Options {
                 "--l1-cpus" => options.l1_cpus = number(arg)?,
                 "--vsock-big-mib" => options.vsock_big_mib = number(arg)?,
                 "--vsock-many" => options.vsock_many = number(arg)?,
+                "--vsock-big-dirs" => {
+                    let v = it.next().context("--vsock-big-dirs needs a value")?;
+                    if !["both", "to-guest", "to-host"].contains(&v.as_str()) {
+                        bail!("--vsock-big-dirs {v}: give both, to-guest or to-host");
+                    }
+                    options.vsock_big_dirs = v.clone();
+                }
                 flag if flag.starts_with('-') => bail!("unknown option {flag}"),
                 name => {
                     if !SCENARIOS.iter().any(|(n, _)| *n == name) {
@@ -521,11 +531,12 @@ fn boot(
     let append = format!(
         "console=ttyS0 reboot=k panic=-1 tsc_early_khz=2445426 quiet lab.scenarios={} lab.timeout={scenario_timeout} \
          lab.bench_timeout={BENCH_TIMEOUT} lab.vsock_big_timeout={} lab.vsock_big_mib={} \
-         lab.vsock_many={}",
+         lab.vsock_many={} lab.vsock_big_dirs={}",
         scenarios.join(","),
         vsock_big_timeout(options.vsock_big_mib),
         options.vsock_big_mib,
-        options.vsock_many
+        options.vsock_many,
+        options.vsock_big_dirs
     );
     let mut log_file = OpenOptions::new().create(true).append(true).truncate(false).open(log)?;
     if attempt == 1 {
