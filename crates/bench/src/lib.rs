@@ -376,17 +376,17 @@ pub fn run(args: &Options) -> anyhow::Result<u8> {
             "kvmkit bench: round {round}: {} cell(s); CPUs {} busy{}",
             todo.len(),
             busy(seen.busy_before),
-            if seen.waited_s > 0.0 {
+            if wait.is_zero() && !seen.quiet && !args.quiet_wait.is_zero() {
+                format!(
+                    " (busy for {GIVE} rounds in a row: not waiting)",
+                    GIVE = load::GIVE_UP_AFTER
+                )
+            } else if seen.waited_s > 0.05 {
                 format!(
                     ", waited {:.1} s: {} busy{}",
                     seen.waited_s,
                     busy(seen.busy_at_start),
                     if seen.quiet { "" } else { " (still busy: runs anyway)" }
-                )
-            } else if wait.is_zero() && !seen.quiet && !args.quiet_wait.is_zero() {
-                format!(
-                    " (busy for {GIVE} rounds in a row: not waiting)",
-                    GIVE = load::GIVE_UP_AFTER
                 )
             } else {
                 String::new()
