@@ -11,9 +11,9 @@ use crate::table::{Table, Unit};
 const CELLS: &str = "Cells are the median of the runs with its 95% bootstrap interval, the number of runs (and \
      why they stopped: `ci-target`, `max-runs`, `time-cap`, `fixed-runs`) and the runs' extremes; ratios are \
      guest median / host median (> 1: the guest is slower), with as many digits as their 95% interval \
-     supports. Each guest row gets a verdict from a two-sided Mann-Whitney U test of its runs against the \
-     host's at p < 0.05: \"slower/faster than host (significant)\" or \"no difference detectable\" (too \
-     few runs, or too much noise, to tell).";
+     supports. Each guest row gets a verdict: \"slower/faster than host (significant)\" when a two-sided \
+     Mann-Whitney U test of its runs against the host's gives p < 0.05 and the ratio's interval leaves out \
+     1.0, else \"no difference detectable\" (too few runs, or too much noise, to tell).";
 
 /// Label of the paper's columns.
 pub const PAPER: &str = "paper (KVM on 2017 hardware)";

@@ -54,7 +54,8 @@ impl Stats {
 }
 
 /// A guest cell against the host (or, in the exit table, kvmkit against QEMU): the ratio
-/// of medians with its interval and a two-sided Mann-Whitney U test at p < 0.05.
+/// of medians with its interval and a two-sided Mann-Whitney U test; significant when
+/// p < 0.05 and the ratio's 95% interval leaves out 1.0.
 #[derive(Clone, Debug, Serialize)]
 pub struct Verdict {
     /// In words: "kvmkit slower than host (significant)", "no difference detectable".
@@ -71,7 +72,7 @@ pub struct Verdict {
     pub p_value: f64,
     /// Whether p is exact (no ties) or the normal approximation.
     pub p_exact: bool,
-    /// p < 0.05.
+    /// p < 0.05 and the ratio's 95% interval leaves out 1.0.
     pub significant: bool,
 }
 
@@ -87,7 +88,11 @@ impl Verdict {
             return None;
         }
         let test = stats::mann_whitney(mine, other)?;
-        let significant = test.p < ALPHA;
+        let ratio_ci = stats::ratio_ci(mine, other, rng);
+        // Both must agree: the rank test rejects "same distribution" and the ratio's
+        // interval leaves out 1.0, so a "significant" line never sits beside an interval
+        // that says "maybe equal".
+        let significant = test.p < ALPHA && ratio_ci.is_some_and(|(lo, hi)| lo > 1.0 || hi < 1.0);
         let text = match (significant, m > o) {
             (false, _) => "no difference detectable".to_owned(),
             (true, true) => format!("{name} slower than {against} (significant)"),
@@ -97,7 +102,7 @@ impl Verdict {
             text,
             against: against.to_owned(),
             ratio: m / o,
-            ratio_ci95: stats::ratio_ci(mine, other, rng).map(|(lo, hi)| [lo, hi]),
+            ratio_ci95: ratio_ci.map(|(lo, hi)| [lo, hi]),
             u: test.u,
             p_value: test.p,
             p_exact: test.exact,
@@ -486,5 +491,12 @@ mod tests {
         let v = Verdict::of("kvmkit", &slow[..3], "host", &host[..3], rng).expect("verdict");
         assert_eq!(v.text, "no difference detectable", "3 against 3: p >= 0.1");
         assert!(Verdict::of("kvmkit", &[], "host", &host, rng).is_none());
+        // Ranks apart (p < 0.05) but the ratio's interval straddles 1.0 (one slow outlier
+        // run on the host): not called significant.
+        let host = [1.0, 1.0, 1.0, 1.0, 1.0, 3.0];
+        let guest = [1.01, 1.01, 1.01, 1.01, 1.01, 1.01];
+        let v = Verdict::of("kvmkit", &guest, "host", &host, rng).expect("verdict");
+        assert!(v.p_value < ALPHA, "{v:?}");
+        assert_eq!(v.text, "no difference detectable", "{v:?}");
     }
 }
