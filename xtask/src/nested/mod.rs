@@ -70,6 +70,19 @@ pub const SCENARIOS: &[(&str, &str)] = &[
          per-second counter, `ctl resume` restarts it; `ctl ctrl-alt-del` reboots the guest and the VMM exits 0",
     ),
     (
+        "snapshot-linux",
+        "a Debian guest at its console shell (`run --linux --exec-via console --api-sock`) writes a random \
+         line to a tmpfs file; `ctl pause`, `ctl snapshot`, the VMM is SIGKILLed; a new `run --restore-state \
+         --restore-mem --api-sock` process, `ctl resume`, and a command typed on the restored console prints \
+         the line; poweroff exits 0. Reports the guest's vmgenid driver and its dmesg after the restore",
+    ),
+    (
+        "snapshot-vmgenid",
+        "the same with Debian's generic kernel (CONFIG_VMGENID=y; the cloud kernel has no vmgenid driver) \
+         booted with --kernel/--initrd: after the restore the guest's dmesg says \
+         `crng reseeded due to virtual machine fork` (kvmkit's new VMGenID and GED notify reached Linux)",
+    ),
+    (
         "blk-ext4",
         "`--disk`: the stock virtio_mmio + virtio_blk find the disk (ACPI), the guest mounts a host-made ext4 \
          image, reads /hello.txt, writes /new and syncs; after exit L1's debugfs reads /new from the image",
@@ -243,7 +256,11 @@ pub fn run(options: &Options) -> Result<bool> {
     let cache = assets::cache_root()?;
     let nested = cache.join("nested");
     std::fs::create_dir_all(&nested).with_context(|| format!("creating {}", nested.display()))?;
-    let out_dir = workspace.join("target/nested");
+    // KVMKIT_NESTED_OUT: another directory for the L1 initramfs and console log, so that two
+    // labs can run at once (each QEMU keeps its own files).
+    let out_dir = std::env::var_os("KVMKIT_NESTED_OUT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target/nested"));
     std::fs::create_dir_all(&out_dir)?;
 
     assets::ensure_tool("qemu-system-x86_64", "qemu-system-x86")?;
@@ -265,6 +282,11 @@ pub fn run(options: &Options) -> Result<bool> {
 
     // The blk-* scenarios' disk and debugfs (with its libraries) to look into it from L1.
     let mut extra = vec![("lab/ext4.img".to_string(), 0o644, assets::ext4_image(&out_dir)?)];
+    // snapshot-vmgenid: Debian's generic kernel (L1's own; it has CONFIG_VMGENID=y, the cloud
+    // kernel L2 otherwise boots has no drivers/virt) as a second L2 kernel.
+    if options.scenarios.iter().any(|s| s == "snapshot-vmgenid") {
+        extra.push(("lab/generic-bzImage".to_string(), 0o644, l1.bzimage.clone()));
+    }
     // bench-linux: the rootfs image becomes L1's read-only /dev/vda (mounted as the tree and
     // linked as the image in L1's cache); its manifest goes into the initramfs; mkfs.ext4 makes
     // the scratch disks.
@@ -322,7 +344,7 @@ pub fn run(options: &Options) -> Result<bool> {
         .scenarios
         .iter()
         .map(|s| match s.as_str() {
-            "api" | "vsock-exec-api" => options.scenario_timeout,
+            "api" | "vsock-exec-api" | "snapshot-linux" | "snapshot-vmgenid" => options.scenario_timeout,
             "vsock-many" => 3 * options.scenario_timeout,
             "vsock-big" => vsock_big_timeout(options.vsock_big_mib),
             _ => 0,
