@@ -9,6 +9,7 @@
 pub mod agent_frames;
 pub mod api_request;
 pub mod guest_report;
+pub mod kernel_loader;
 pub mod pio_devices;
 pub mod snapshot_state;
 pub mod virtio_blk_request;

@@ -54,6 +54,19 @@ fn pio_devices_smoke() {
 }
 
 #[test]
+fn kernel_loader_smoke() {
+    let (mut loaded, mut pvh) = (0, 0);
+    for input in inputs("kernel_loader", 0x6b76_6d6b_6974_000a) {
+        let o = kvmkit_fuzz::kernel_loader::run(&input);
+        loaded += usize::from(o.loaded);
+        pvh += usize::from(o.pvh);
+    }
+    eprintln!("kernel_loader: {loaded} images loaded, {pvh} through PVH");
+    // The generated inputs alone must reach a loaded image.
+    assert!(loaded > 0);
+}
+
+#[test]
 fn guest_report_smoke() {
     let reports: usize = inputs("guest_report", 0x6b76_6d6b_6974_0002)
         .iter()
@@ -290,7 +303,10 @@ fn virtio_vsock_packets_smoke() {
 fn virtio_vsock_seeds_reach_established_connections() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds/virtio_vsock_packets");
     let host = virtio_vsock_packets::run(&std::fs::read(root.join("host-initiated-echo")).expect("seed"));
-    assert!(host.host_bytes >= "OK 1073741824\nhello".len() && host.delivered >= 3, "{host:?}");
+    assert!(
+        host.host_bytes >= "OK 1073741824\nhello".len() && host.delivered >= 3,
+        "{host:?}"
+    );
     let guest = virtio_vsock_packets::run(&std::fs::read(root.join("guest-initiated")).expect("seed"));
     assert!(guest.connections == 1 && guest.host_bytes >= 3, "{guest:?}");
 }

@@ -80,6 +80,12 @@ pub enum BootError {
     /// The bzImage is shorter than its setup header says.
     #[error("kernel {0} is truncated: its setup header says {1} bytes but the file has {2} (copy the image again)")]
     BzImageTruncated(String, u64, u64),
+    /// The entry point (ELF entry or PVH note) lies outside guest RAM.
+    #[error(
+        "kernel {0} has its entry point at {1:#x}, outside the guest's {2} MiB of RAM: the image is corrupt or not \
+         an x86_64 kernel"
+    )]
+    EntryOutsideRam(String, u64, u64),
     /// The kernel does not fit in guest memory.
     #[error("kernel {0} does not fit in {1} MiB of guest memory; give the VM more --memory")]
     KernelTooBig(String, u64),
@@ -133,6 +139,13 @@ pub fn boot(mem: &GuestMemoryMmap, mem_size: u64, source: &mut BootSource) -> Re
         (BootProtocol::Auto, _, Some(_)) => true,
         _ => false,
     };
+    let entry = match (use_pvh, pvh_entry) {
+        (true, Some(rip)) => rip,
+        _ => image::linux64_entry(&loaded, format),
+    };
+    if entry >= low_ram_end(mem_size) {
+        return Err(BootError::EntryOutsideRam(name, entry, mem_size >> 20));
+    }
     let cmdline = build_cmdline(&source.cmdline)?;
     load_cmdline(mem, GuestAddress(CMDLINE_START), &cmdline).map_err(|_| BootError::Write("command line"))?;
     let kernel_end = loaded.kernel_end;
