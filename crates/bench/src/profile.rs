@@ -7,9 +7,11 @@ use serde::Serialize;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Profile {
-    /// Small sizes: the whole run in <= 3 minutes here (a CI smoke test).
+    /// Small sizes: <= 3 minutes here with `--runs 3` (a CI smoke test); adaptive, 5-10
+    /// minutes on a busy 2-CPU host where most cells run to `--max-runs`.
     Quick,
-    /// Medium sizes: <= 15 minutes here with 3 runs.
+    /// Medium sizes: <= 15 minutes here with `--runs 3`; adaptive runs take up to
+    /// `--max-runs` / 3 times that on a busy host.
     Default,
     /// The paper's sizes (primes to 1e7, memtester 1000 MB): long.
     Paper,
