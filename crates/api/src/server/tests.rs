@@ -336,7 +336,9 @@ fn refusals_are_400_with_a_fault_message() {
         .call("PUT", "/machine-config", r#"{"vcpu_count": 0, "mem_size_mib": 128}"#)
         .fault();
     assert!(m.starts_with("vcpu_count: 0 is out of range"), "{m}");
-    let m = c.call("PUT", "/vsock", r#"{"guest_cid": 2, "uds_path": "/v.sock"}"#).fault();
+    let m = c
+        .call("PUT", "/vsock", r#"{"guest_cid": 2, "uds_path": "/v.sock"}"#)
+        .fault();
     assert!(m.starts_with("guest_cid: 2 is reserved"), "{m}");
     let m = c.call("PATCH", "/vm", r#"{"state": "Paused"}"#).fault();
     assert_eq!(

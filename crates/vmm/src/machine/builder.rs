@@ -209,9 +209,9 @@ impl Machine {
         }
         // The vsock socket is bound now, so a bad path fails before the VM exists.
         let vsock = match &resources.vsock {
-            Some(v) => Some(
-                Vsock::new(u64::from(v.guest_cid), &v.uds_path).map_err(|e| MachineError::Config(e.to_string()))?,
-            ),
+            Some(v) => {
+                Some(Vsock::new(u64::from(v.guest_cid), &v.uds_path).map_err(|e| MachineError::Config(e.to_string()))?)
+            }
             None => None,
         };
         let (memory, serial_state) = match restore {

@@ -127,13 +127,11 @@ fn bridge(ws: &mut WebSocket<TcpStream>, console: &UnixStream, writer: bool, hel
         if fds[1].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
             match std::io::Read::read(&mut { console }, &mut buf) {
                 Ok(0) => return Ok(()), // the VM ended
-                Ok(n) => {
-                    match ws.write(Message::binary(buf[..n].to_vec())) {
-                        Err(WsError::Io(e)) if e.kind() == ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(e),
-                        Ok(()) => {}
-                    }
-                }
+                Ok(n) => match ws.write(Message::binary(buf[..n].to_vec())) {
+                    Err(WsError::Io(e)) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                    Ok(()) => {}
+                },
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                 Err(e) => return Err(WsError::Io(e)),
             }
