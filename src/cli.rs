@@ -339,7 +339,7 @@ pub struct RunArgs {
 /// Options of `kvmkit bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Workload sizes: quick (<= 3 min, CI smoke test), default (<= 15 min), paper (the paper's sizes).
+    /// Workload sizes: quick (<= 3 min with --runs 3, a CI smoke test), default (<= 15 min with --runs 3), paper (the paper's sizes); adaptive runs take longer (docs/bench.md).
     #[arg(long, value_enum, default_value_t = kvmkit_bench::Profile::Default)]
     pub profile: kvmkit_bench::Profile,
     /// Tables to run (comma-separated): cpu, memory, disk, suite, exits. Default: all.

@@ -85,7 +85,7 @@ pub struct Options<'a> {
     pub cpus: usize,
     /// Guest RAM in MiB (raised where a memory workload needs more).
     pub memory: u64,
-    /// Output directory (None: bench-out/<timestamp>).
+    /// Output directory (None: `bench-out/<timestamp>`).
     pub out: Option<PathBuf>,
     /// The guest measured.
     pub guest: Guest,

@@ -1,10 +1,10 @@
 //! Loading a guest kernel into memory and preparing its boot protocol.
 //!
 //! Two image formats (bzImage, ELF) and two entry protocols (the Linux 64-bit
-//! boot protocol and PVH) share one path: [`load_kernel`] puts the image in
-//! guest memory, [`write_boot_info`] writes the protocol's structures
-//! (zero page or `hvm_start_info`, memory map, command line, initrd), and the
-//! returned [`EntryPoint`] tells the vCPU where to start.
+//! boot protocol and PVH) share one path, [`boot`]: the image's headers are
+//! checked, the image goes into guest memory, the protocol's structures
+//! (zero page or `hvm_start_info`, memory map, command line, initrd) are
+//! written, and the returned [`EntryPoint`] tells the vCPU where to start.
 
 mod elf_check;
 mod image;

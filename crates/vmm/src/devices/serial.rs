@@ -201,7 +201,7 @@ impl Write for ConsoleOut {
 }
 
 impl Drop for ConsoleOut {
-    /// Gives the writer thread [`DRAIN_TIMEOUT`] to put out what is
+    /// Gives the writer thread `DRAIN_TIMEOUT` (2 s) to put out what is
     /// buffered, then leaves it (it may be blocked on a pipe nobody reads).
     fn drop(&mut self) {
         let drained = self.drain(DRAIN_TIMEOUT);

@@ -1,4 +1,4 @@
-//! The VM object: built from [`VmResources`] ([`builder`]), then driven
+//! The VM object: built from [`VmResources`] (`builder.rs`), then driven
 //! through its lifecycle (start, pause, resume, stop) by the VMM thread.
 //! Every transition is checked against [`VmState::valid_transition`];
 //! vCPUs are driven through their [`VcpuHandle`]s.

@@ -4,7 +4,7 @@
 //! (IFF_VNET_HDR, TUNSETVNETHDRSZ 12), so headers pass through unchanged.
 //! Checksum/TSOv4 offloads and mergeable rx buffers are offered only when the
 //! tap accepted TUNSETOFFLOAD. The device runs on its own worker thread
-//! ([`worker`]), which polls the queues' ioeventfds and the tap.
+//! (`worker.rs`), which polls the queues' ioeventfds and the tap.
 
 pub mod handler;
 mod worker;
