@@ -2,48 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-
-/// kvmkit: boot VMs on Linux KVM and measure what virtualization costs.
-#[derive(Debug, Parser)]
-#[command(name = "kvmkit", version, about)]
-pub struct Cli {
-    /// More log output (-v info, -vv debug, -vvv trace); KVMKIT_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    pub verbose: u8,
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// kvmkit's subcommands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Report whether this host can run VMs, one line per requirement.
-    Check(CheckArgs),
-    /// Boot a VM: a Linux kernel (--kernel) or kvmkit's own test guest (--guest).
-    Run(Box<RunArgs>),
-    /// Run a test-guest workload on the bare host (same code) for comparison.
-    Host(HostArgs),
-    /// Linux guest assets (kernel, busybox initramfs) and the bench rootfs, built from Debian packages.
-    Image(ImageArgs),
-    /// The paper's experiment in one command: every workload on the host, a kvmkit guest and a QEMU guest.
-    Bench(BenchArgs),
-    /// Drive a running kvmkit (or Firecracker) over its API socket.
-    Ctl(CtlArgs),
-    /// Run a command in a running Linux guest through kvmkit's guest agent over vsock
-    /// (the VM from `kvmkit run --linux --api-sock S`; docs/vsock.md).
-    Exec(crate::commands::exec::ExecArgs),
-    /// List every workload (name, argument grammar, where it runs: guest, host, bench), one a line.
-    Workloads,
-    /// Named VMs on this host (like virsh): define, start, stop, list, console, logs.
-    Vm(crate::commands::vm::VmArgs),
-    /// The host daemon (foreground): supervises started VMs, restarts, autostart, re-adoption.
-    Serve(crate::commands::vm::serve::ServeArgs),
-    /// Firecracker's jailer: run the VMM in a chroot with new namespaces, a cgroup and no privileges
-    /// (also as `jailer` through a symlink; docs/security.md).
-    Jail(crate::commands::jail::JailArgs),
-}
+use clap::{Args, Subcommand, ValueEnum};
 
 /// Options of `kvmkit ctl`.
 #[derive(Debug, Args)]
@@ -248,7 +207,7 @@ pub struct RunArgs {
     /// pseudo-terminal, path printed), socket=PATH (clients attach and see recent
     /// output), file=PATH (output appended) or off.
     #[arg(long, default_value = "tty", value_name = "tty|pty|socket=PATH|file=PATH|off")]
-    pub serial: crate::commands::run::SerialSpec,
+    pub serial: SerialSpec,
     /// Neutralise guest escape sequences other than basic colour on the host
     /// terminal (window titles, cursor moves, key redefinitions ...).
     #[arg(long, value_enum, default_value_t = ConsoleFilterArg::Auto)]
@@ -390,4 +349,41 @@ pub struct BenchArgs {
     /// PVM-enabled kernel on a kvm_pvm host).
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
+}
+
+/// A parsed `--serial` value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SerialSpec {
+    /// This terminal.
+    Tty,
+    /// A new pseudo-terminal.
+    Pty,
+    /// A unix socket at this path.
+    Socket(PathBuf),
+    /// Output appended to this file.
+    File(PathBuf),
+    /// Nothing.
+    Off,
+}
+
+impl std::str::FromStr for SerialSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let path = |p: &str, what: &str| {
+            if p.is_empty() {
+                Err(format!("--serial {what}=PATH needs a path"))
+            } else {
+                Ok(PathBuf::from(p))
+            }
+        };
+        match s.split_once('=') {
+            None if s == "tty" => Ok(Self::Tty),
+            None if s == "pty" => Ok(Self::Pty),
+            None if s == "off" => Ok(Self::Off),
+            Some(("socket", p)) => path(p, "socket").map(Self::Socket),
+            Some(("file", p)) => path(p, "file").map(Self::File),
+            _ => Err(format!("--serial {s}: give tty, pty, socket=PATH, file=PATH or off")),
+        }
+    }
 }

@@ -12,14 +12,55 @@ mod logging;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+
+/// kvmkit: boot VMs on Linux KVM and measure what virtualization costs.
+#[derive(Debug, Parser)]
+#[command(name = "kvmkit", version, about)]
+pub(crate) struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace); KVMKIT_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// kvmkit's subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Report whether this host can run VMs, one line per requirement.
+    Check(cli::CheckArgs),
+    /// Boot a VM: a Linux kernel (--kernel) or kvmkit's own test guest (--guest).
+    Run(Box<cli::RunArgs>),
+    /// Run a test-guest workload on the bare host (same code) for comparison.
+    Host(cli::HostArgs),
+    /// Linux guest assets (kernel, busybox initramfs) and the bench rootfs, built from Debian packages.
+    Image(cli::ImageArgs),
+    /// The paper's experiment in one command: every workload on the host, a kvmkit guest and a QEMU guest.
+    Bench(cli::BenchArgs),
+    /// Drive a running kvmkit (or Firecracker) over its API socket.
+    Ctl(cli::CtlArgs),
+    /// Run a command in a running Linux guest through kvmkit's guest agent over vsock
+    /// (the VM from `kvmkit run --linux --api-sock S`; docs/vsock.md).
+    Exec(crate::commands::exec::ExecArgs),
+    /// List every workload (name, argument grammar, where it runs: guest, host, bench), one a line.
+    Workloads,
+    /// Named VMs on this host (like virsh): define, start, stop, list, console, logs.
+    Vm(crate::commands::vm::VmArgs),
+    /// The host daemon (foreground): supervises started VMs, restarts, autostart, re-adoption.
+    Serve(crate::commands::vm::serve::ServeArgs),
+    /// Firecracker's jailer: run the VMM in a chroot with new namespaces, a cgroup and no privileges
+    /// (also as `jailer` through a symlink; docs/security.md).
+    Jail(crate::commands::jail::JailArgs),
+}
 
 fn main() -> ExitCode {
     let start = Instant::now();
     let cli = if firecracker::invoked_as_firecracker() {
         let fc = firecracker::FirecrackerArgs::parse();
         match firecracker::translate(fc) {
-            Ok(argv) => cli::Cli::parse_from(argv),
+            Ok(argv) => Cli::parse_from(argv),
             Err(Ok(text)) => {
                 crate::logging::outln!("{text}");
                 return ExitCode::SUCCESS;
@@ -33,21 +74,21 @@ fn main() -> ExitCode {
         init_logging(0);
         return finish(commands::jail::main_as_jailer());
     } else {
-        cli::Cli::parse()
+        Cli::parse()
     };
     init_logging(cli.verbose);
     let result = match cli.command {
-        cli::Command::Check(args) => commands::check::run(&args),
-        cli::Command::Run(args) => commands::run::run(&args, start),
-        cli::Command::Host(args) => commands::host::run(&args),
-        cli::Command::Image(args) => commands::image::run(&args),
-        cli::Command::Bench(args) => commands::bench::run(&args),
-        cli::Command::Ctl(args) => commands::ctl::run(&args),
-        cli::Command::Exec(args) => commands::exec::run(&args),
-        cli::Command::Workloads => commands::workloads::run(),
-        cli::Command::Vm(args) => commands::vm::run(&args),
-        cli::Command::Serve(args) => commands::vm::serve::run(&args),
-        cli::Command::Jail(args) => commands::jail::run(&args),
+        Command::Check(args) => commands::check::run(&args),
+        Command::Run(args) => commands::run::run(&args, start),
+        Command::Host(args) => commands::host::run(&args),
+        Command::Image(args) => commands::image::run(&args),
+        Command::Bench(args) => commands::bench::run(&args),
+        Command::Ctl(args) => commands::ctl::run(&args),
+        Command::Exec(args) => commands::exec::run(&args),
+        Command::Workloads => commands::workloads::run(),
+        Command::Vm(args) => commands::vm::run(&args),
+        Command::Serve(args) => commands::vm::serve::run(&args),
+        Command::Jail(args) => commands::jail::run(&args),
     };
     finish(result)
 }

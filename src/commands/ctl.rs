@@ -208,8 +208,8 @@ mod tests {
     #[test]
     fn request_parses_from_the_command_line() {
         use clap::Parser;
-        let parse = |argv: &[&str]| match crate::cli::Cli::try_parse_from(argv).map(|c| c.command) {
-            Ok(crate::cli::Command::Ctl(a)) => Ok(a.command),
+        let parse = |argv: &[&str]| match crate::Cli::try_parse_from(argv).map(|c| c.command) {
+            Ok(crate::Command::Ctl(a)) => Ok(a.command),
             Ok(other) => panic!("{other:?}"),
             Err(e) => Err(e),
         };

@@ -132,13 +132,13 @@ pub fn rules(args: &RunArgs, res: &VmResources) -> Rules {
     }
     // The serial console is set up after the ruleset (its socket thread must be restricted too).
     match &args.serial {
-        crate::commands::run::SerialSpec::Socket(p) => r.socket(p),
-        crate::commands::run::SerialSpec::File(p) => r.output(p, WRITE_FILE),
-        crate::commands::run::SerialSpec::Pty => {
+        crate::cli::SerialSpec::Socket(p) => r.socket(p),
+        crate::cli::SerialSpec::File(p) => r.output(p, WRITE_FILE),
+        crate::cli::SerialSpec::Pty => {
             r.file("/dev/ptmx", READ_FILE | WRITE_FILE | IOCTL_DEV);
             r.file("/dev/pts", READ_FILE | WRITE_FILE | IOCTL_DEV);
         }
-        crate::commands::run::SerialSpec::Tty | crate::commands::run::SerialSpec::Off => {}
+        crate::cli::SerialSpec::Tty | crate::cli::SerialSpec::Off => {}
     }
     for p in &args.landlock_allow {
         let all = FILE_RIGHTS & !EXECUTE | READ_DIR | REMOVE_FILE | MAKE_REG | MAKE_SOCK;

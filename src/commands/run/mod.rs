@@ -7,8 +7,6 @@ mod config;
 mod report;
 mod serial;
 
-pub use serial::SerialSpec;
-
 use std::time::Instant;
 
 use anyhow::Context;

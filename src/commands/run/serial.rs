@@ -26,47 +26,12 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
 
+use crate::cli::SerialSpec;
+
 /// Output kept for clients that attach late (`socket=`).
 pub const RING_BYTES: usize = 64 << 10;
 /// Most clients attached at once (`socket=`); more are refused.
 pub const MAX_CLIENTS: usize = 16;
-
-/// A parsed `--serial` value.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SerialSpec {
-    /// This terminal.
-    Tty,
-    /// A new pseudo-terminal.
-    Pty,
-    /// A unix socket at this path.
-    Socket(PathBuf),
-    /// Output appended to this file.
-    File(PathBuf),
-    /// Nothing.
-    Off,
-}
-
-impl std::str::FromStr for SerialSpec {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let path = |p: &str, what: &str| {
-            if p.is_empty() {
-                Err(format!("--serial {what}=PATH needs a path"))
-            } else {
-                Ok(PathBuf::from(p))
-            }
-        };
-        match s.split_once('=') {
-            None if s == "tty" => Ok(Self::Tty),
-            None if s == "pty" => Ok(Self::Pty),
-            None if s == "off" => Ok(Self::Off),
-            Some(("socket", p)) => path(p, "socket").map(Self::Socket),
-            Some(("file", p)) => path(p, "file").map(Self::File),
-            _ => Err(format!("--serial {s}: give tty, pty, socket=PATH, file=PATH or off")),
-        }
-    }
-}
 
 /// What the VMM gets for its console, and what is undone at the end.
 pub struct Serial {
