@@ -30,8 +30,10 @@ use kvmkit_guest_abi::{
     Report, ReportKind, DEBUG_PORT, EXIT_PORT, I8042_COMMAND_PORT, I8042_RESET, MILESTONE_ENTRY, MILESTONE_READY,
     NULL_MMIO_ADDR, NULL_MMIO_SIZE, PORT_BASE, PORT_COUNT, REPORT_MAGIC, REPORT_NAME_LEN, REPORT_PORT, REPORT_SIZE,
 };
+use kvmkit_vmm::arch::x86_64::acpi::{ACPI_RESET_VALUE, ACPI_S5_SLP_TYP};
 use kvmkit_vmm::bus::{lock, Bus, BusDevice};
 use kvmkit_vmm::control::{ExitReason, VmControl};
+use kvmkit_vmm::devices::acpi_pm::{AcpiPm, ACPI_PM_BASE, ACPI_PM_LEN};
 use kvmkit_vmm::devices::debug_port::DebugPort;
 use kvmkit_vmm::devices::guest_port::GuestPort;
 use kvmkit_vmm::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
@@ -88,6 +90,12 @@ pub fn machine() -> Machine {
         u64::from(PORT_COUNT),
     )
     .expect("guest port");
+    pio.insert(
+        dev(Arc::new(Mutex::new(AcpiPm::new(control.clone())))),
+        ACPI_PM_BASE,
+        ACPI_PM_LEN,
+    )
+    .expect("acpi pm");
     mmio.insert(
         dev(Arc::new(Mutex::new(NullDevice::new(0)))),
         NULL_MMIO_ADDR,
@@ -109,6 +117,7 @@ enum PioDev {
     I8042,
     Debug,
     GuestPort,
+    AcpiPm,
     None,
 }
 
@@ -122,6 +131,8 @@ fn pio_device(port: u64) -> PioDev {
         PioDev::Debug
     } else if within(u64::from(PORT_BASE), u64::from(PORT_COUNT)) {
         PioDev::GuestPort
+    } else if within(ACPI_PM_BASE, ACPI_PM_LEN) {
+        PioDev::AcpiPm
     } else {
         PioDev::None
     }
@@ -132,7 +143,8 @@ fn pick_port(input: &mut Input<'_>) -> u64 {
     let x = u64::from(input.u8());
     // Each range starts one below the device and ends one past it.
     let around = |base: u64, len: u64| (base - 1) + x % (len + 2);
-    match sel % 6 {
+    match sel % 7 {
+        6 => around(ACPI_PM_BASE, ACPI_PM_LEN),
         0 => around(COM1_BASE, UART_LEN),
         1 => around(I8042_BASE, I8042_LEN),
         2 => around(u64::from(DEBUG_PORT), 1),
@@ -200,6 +212,14 @@ fn pio_write(m: &Machine, model: &mut Model, port: u64, data: &[u8]) {
         PioDev::GuestPort if port == u64::from(REPORT_PORT) => {
             model.reports.extend(expected_report(&m.memory, le_u32(data)));
         }
+        // Sleep control: SLP_EN with SLP_TYP = S5 powers off; reset register: the reset value resets.
+        PioDev::AcpiPm => match (port - ACPI_PM_BASE, data.first()) {
+            (0, Some(&v)) if v & 0x20 != 0 && (v >> 2) & 7 == ACPI_S5_SLP_TYP => {
+                model.exit(ExitReason::PowerOff("ACPI S5"))
+            }
+            (2, Some(&v)) if v == ACPI_RESET_VALUE => model.exit(ExitReason::Reset("ACPI reset register")),
+            _ => {}
+        },
         _ => {}
     }
 }
@@ -226,6 +246,7 @@ fn pio_read(m: &Machine, model: &mut Model, port: u64, size: usize) {
         PioDev::I8042 => assert!(data[1..].iter().all(|&b| b == 0), "i8042 read {port:#x} gave {data:x?}"),
         PioDev::GuestPort => assert!(data.iter().all(|&b| b == 0), "read {port:#x} gave {data:x?}"),
         PioDev::Debug => assert!(data.iter().all(|&b| b == 0xff), "debug port read gave {data:x?}"),
+        PioDev::AcpiPm => assert!(data.iter().all(|&b| b == 0), "ACPI PM read {port:#x} gave {data:x?}"),
     }
 }
 
