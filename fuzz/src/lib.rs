@@ -15,6 +15,7 @@ pub mod snapshot_state;
 pub mod virtio_blk_request;
 pub mod virtio_mmio_transport;
 pub mod virtio_net_chains;
+pub mod virtio_rng;
 pub mod virtio_vsock_packets;
 
 use std::sync::Arc;

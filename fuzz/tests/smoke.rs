@@ -67,6 +67,19 @@ fn kernel_loader_smoke() {
 }
 
 #[test]
+fn virtio_rng_smoke() {
+    let (mut completed, mut bytes, mut broken) = (0, 0, 0);
+    for input in inputs("virtio_rng", 0x6b76_6d6b_6974_000b) {
+        let o = kvmkit_fuzz::virtio_rng::run(&input);
+        completed += o.completed;
+        bytes += o.bytes;
+        broken += usize::from(o.broken);
+    }
+    eprintln!("virtio_rng: {completed} chains completed, {bytes} bytes, {broken} broken queues");
+    assert!(completed > 0 && bytes > 0 && broken > 0);
+}
+
+#[test]
 fn guest_report_smoke() {
     let reports: usize = inputs("guest_report", 0x6b76_6d6b_6974_0002)
         .iter()

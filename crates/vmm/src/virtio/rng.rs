@@ -81,6 +81,17 @@ impl VirtioDevice for Rng {
 
 pub use crate::host::random::host_random;
 
+/// The rng's queue handler on its own (no worker thread), for the fuzz
+/// target and tests that drive the queue directly.
+#[cfg(any(test, feature = "test-rig"))]
+pub fn queue_handler(memory: GuestMemoryMmap, queue: Queue, interrupt: Arc<Interrupt>) -> impl QueueHandler {
+    RngHandler {
+        memory,
+        queue,
+        interrupt,
+    }
+}
+
 struct RngHandler {
     memory: GuestMemoryMmap,
     queue: Queue,
