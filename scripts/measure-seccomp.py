@@ -10,7 +10,10 @@ Measured per run, by kvmkit's own guest:
   - start -> guest ready (`--boot-time`, us): threads installing their filters;
   - virtio-blk sequential write and read (`blk-seq:MIB` on a scratch image,
     MB/s): every request goes through a device worker's filter (pread/pwrite,
-    fdatasync, eventfd reads and writes).
+    fdatasync, eventfd reads and writes);
+  - virtio-net transmit (`net-tx:FRAMES:1400` over `--net auto`, Mbit/s;
+    needs root for the tap): every frame is a write to the tap under the
+    worker's filter.
 
 Usage: scripts/measure-seccomp.py [--rounds R] [--exits N] [--kvmkit PATH]
 """
@@ -32,6 +35,15 @@ def blk(kvmkit, extra, disk, mib):
     return float(m.group(1)), float(m.group(2))
 
 
+def net(kvmkit, extra, frames):
+    cmd = [kvmkit, "run", "--guest", "--no-stdin", "--workload", f"net-tx:{frames}:1400", "--net", "auto"] + extra
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    m = re.search(r"mbit_per_s=([\d.]+)", p.stdout)
+    if p.returncode != 0 or not m:
+        sys.exit(f"measure-seccomp: {' '.join(cmd)} exited {p.returncode}: {p.stderr.strip()[-300:]}")
+    return float(m.group(1))
+
+
 def run(kvmkit, extra, workload):
     cmd = [kvmkit, "run", "--guest", "--no-stdin", "--boot-time", "--workload", workload] + extra
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -48,9 +60,10 @@ def main():
     ap.add_argument("--exits", type=int, default=20000)
     ap.add_argument("--kvmkit", default="target/release/kvmkit")
     ap.add_argument("--blk-mib", type=int, default=64, help="MiB per blk-seq run (0: skip)")
+    ap.add_argument("--net-frames", type=int, default=20000, help="frames per net-tx run (0: skip)")
     a = ap.parse_args()
     modes = {"on": [], "off": ["--no-seccomp"]}
-    data = {(m, k): [] for m in modes for k in ("pio", "mmio", "ready", "blk_w", "blk_r")}
+    data = {(m, k): [] for m in modes for k in ("pio", "mmio", "ready", "blk_w", "blk_r", "net_tx")}
     disk = tempfile.NamedTemporaryFile(prefix="kvmkit-seccomp-", suffix=".img", delete=False).name
     os.truncate(disk, max(a.blk_mib, 1) * 2 << 20)
     for r in range(a.rounds):
@@ -65,6 +78,8 @@ def main():
                 w, rd = blk(a.kvmkit, modes[m], disk, a.blk_mib)
                 data[(m, "blk_w")].append(w)
                 data[(m, "blk_r")].append(rd)
+            if a.net_frames:
+                data[(m, "net_tx")].append(net(a.kvmkit, modes[m], a.net_frames))
         print(f"round {r + 1}/{a.rounds}", file=sys.stderr)
     with open("/proc/loadavg") as f:
         load = f.read().split()[0]
@@ -75,6 +90,8 @@ def main():
             ("ready", "start -> guest ready", "us")]
     if a.blk_mib:
         rows += [("blk_w", "virtio-blk seq write", "MB/s"), ("blk_r", "virtio-blk seq read", "MB/s")]
+    if a.net_frames:
+        rows += [("net_tx", "virtio-net transmit", "Mbit/s")]
     for k, label, unit in rows:
         on = statistics.median(v for v in data[("on", k)] if v is not None)
         off = statistics.median(v for v in data[("off", k)] if v is not None)
