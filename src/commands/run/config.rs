@@ -358,11 +358,11 @@ fn warn_if_pvm_kernel(path: &std::path::Path) {
 /// loading it reports that properly).
 fn linux_version(path: &std::path::Path) -> Option<String> {
     use std::io::Read;
-    let mut file = std::fs::File::open(path).ok()?;
-    let meta = file.metadata().ok()?;
-    if !meta.is_file() {
+    // Not even opened unless it is a regular file: open(2) on a FIFO blocks.
+    if !std::fs::metadata(path).ok()?.is_file() {
         return None;
     }
+    let mut file = std::fs::File::open(path).ok()?;
     let mut head = vec![0u8; 64 << 10];
     let n = file.read(&mut head).ok()?;
     head.truncate(n);
@@ -370,7 +370,11 @@ fn linux_version(path: &std::path::Path) -> Option<String> {
         let ptr = u16::from_le_bytes([*head.get(0x20e)?, *head.get(0x20f)?]) as usize + 0x200;
         let bytes = head.get(ptr..)?;
         let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len()).min(200);
-        return Some(format!("Linux version {}", String::from_utf8_lossy(&bytes[..end])));
+        // A real version string starts with its number ("6.1.0-...").
+        return bytes
+            .first()
+            .is_some_and(u8::is_ascii_digit)
+            .then(|| format!("Linux version {}", String::from_utf8_lossy(&bytes[..end])));
     }
     if head.get(..4) != Some(b"\x7fELF") {
         return None;
@@ -378,8 +382,12 @@ fn linux_version(path: &std::path::Path) -> Option<String> {
     let mut rest = Vec::new();
     file.take(64 << 20).read_to_end(&mut rest).ok()?;
     head.extend_from_slice(&rest);
+    // "Linux version " and a digit: the kernel's banner, not some other
+    // program's string (kvmkit's own binary holds this one).
     let needle = b"Linux version ";
-    let at = head.windows(needle.len()).position(|w| w == needle)?;
+    let at = head
+        .windows(needle.len() + 1)
+        .position(|w| &w[..needle.len()] == needle && w[needle.len()].is_ascii_digit())?;
     let bytes = &head[at..];
     let end = bytes
         .iter()
