@@ -1,119 +1,27 @@
 //! Builds the freestanding guest in `guest/` with a nested
 //! `cargo fetch --locked` (so a fresh machine gets the guest's registry crates)
 //! and `cargo build --release --offline --locked`, and leaves the ELF at
-//! `$OUT_DIR/kvmkit-guest`.
-//!
-//! The guest is its own workspace with its own `.cargo/config.toml` (target,
-//! codegen flags) and linker script, so everything the outer build would
-//! leak into a nested cargo (rustflags, wrappers such as clippy-driver, the
-//! target directory, profile overrides) is removed from its environment.
+//! `$OUT_DIR/kvmkit-guest` (see `nested_build.rs`).
 
-use std::env;
-use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-/// Triple named in guest/.cargo/config.toml.
-const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
-
-/// `CARGO_*` variables the nested cargo may keep: where the cargo home is,
-/// the jobserver, and network/registry settings.
-fn keep_cargo_var(name: &str) -> bool {
-    name == "CARGO_HOME"
-        || name == "CARGO_MAKEFLAGS"
-        || name.starts_with("CARGO_NET_")
-        || name.starts_with("CARGO_HTTP_")
-        || name.starts_with("CARGO_TERM_")
-}
-
-/// Other variables that would change the nested build.
-const REMOVE: &[&str] = &[
-    "RUSTFLAGS",
-    "RUSTDOCFLAGS",
-    "RUSTC_WRAPPER",
-    "RUSTC_WORKSPACE_WRAPPER",
-    "RUSTC_LINKER",
-    "TARGET",
-    "HOST",
-    "OUT_DIR",
-    "PROFILE",
-    "OPT_LEVEL",
-    "DEBUG",
-    "NUM_JOBS",
-];
+mod nested_build;
 
 fn main() {
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
-    let root = manifest_dir.join("../..");
-    let guest = root.join("guest");
-    for path in [
-        "guest/src",
-        "guest/build.rs",
-        "guest/guest.ld",
-        "guest/Cargo.toml",
-        "guest/Cargo.lock",
-        "guest/.cargo/config.toml",
-        "crates/workloads/src",
-        "crates/workloads/Cargo.toml",
-        "crates/guest-abi/src",
-        "crates/guest-abi/Cargo.toml",
-    ] {
-        println!("cargo:rerun-if-changed={}", root.join(path).display());
-    }
-
-    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
-    let target_dir = out_dir.join("guest-target");
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-
-    // The guest's registry dependencies (RustCrypto, lz4_flex) must be in the cargo
-    // cache for the offline build: fetch them first (a no-op when they are; a failure,
-    // e.g. no network, is left to the offline build to report).
-    let mut fetch = Command::new(&cargo);
-    fetch.current_dir(&guest).args(["fetch", "--quiet"]);
-    if guest.join("Cargo.lock").exists() {
-        fetch.arg("--locked");
-    }
-    clean_env(&mut fetch);
-    let _ = fetch.output();
-
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(&guest)
-        .args(["build", "--release", "--offline"])
-        .arg("--target-dir")
-        .arg(&target_dir);
-    if guest.join("Cargo.lock").exists() {
-        cmd.arg("--locked");
-    }
-    clean_env(&mut cmd);
-
-    let output = cmd.output().expect("failed to run cargo for guest/");
-    if !output.status.success() {
-        panic!(
-            "building guest/ failed ({}):\n{}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let built = target_dir.join(GUEST_TARGET).join("release").join("kvmkit-guest");
-    copy(&built, &out_dir.join("kvmkit-guest"));
-}
-
-/// Removes what the outer build would leak into a nested cargo.
-fn clean_env(cmd: &mut Command) {
-    for (name, _) in env::vars_os() {
-        let Some(name) = name.to_str() else { continue };
-        if (name.starts_with("CARGO_") && !keep_cargo_var(name)) || name.starts_with("__CARGO") {
-            cmd.env_remove(name);
-        }
-    }
-    for name in REMOVE {
-        cmd.env_remove(OsStr::new(name));
-    }
-}
-
-fn copy(from: &Path, to: &Path) {
-    if let Err(e) = std::fs::copy(from, to) {
-        panic!("copying {} to {}: {e}", from.display(), to.display());
-    }
+    nested_build::build(&nested_build::Nested {
+        dir: "guest",
+        watch: &[
+            "guest/src",
+            "guest/build.rs",
+            "guest/guest.ld",
+            "guest/Cargo.toml",
+            "guest/Cargo.lock",
+            "guest/.cargo/config.toml",
+            "crates/workloads/src",
+            "crates/workloads/Cargo.toml",
+            "crates/guest-abi/src",
+            "crates/guest-abi/Cargo.toml",
+            "crates/guest-image/nested_build.rs",
+        ],
+        bin: "kvmkit-guest",
+        fetch: true,
+    });
 }
