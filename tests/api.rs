@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -116,24 +116,7 @@ impl Drop for Vmm {
 }
 
 fn request(sock: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = UnixStream::connect(sock).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).expect("send");
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut resp = httparse::Response::new(&mut headers);
-    let Ok(httparse::Status::Complete(n)) = resp.parse(&raw) else {
-        panic!("bad answer to {method} {path}: {:?}", String::from_utf8_lossy(&raw));
-    };
-    (
-        resp.code.expect("code"),
-        String::from_utf8_lossy(&raw[n..]).into_owned(),
-    )
+    common::api_request(sock, method, path, body)
 }
 
 fn ticks(text: &str) -> usize {
