@@ -25,6 +25,7 @@ mod bzimage;
 mod cpio;
 mod fetch;
 mod init;
+mod kernel_version;
 mod manifest;
 mod modules;
 mod rootfs;
@@ -37,6 +38,7 @@ pub use init::{
     cmdline_command, AGENT_KEY, CMDLINE_KEY, EXIT_STATUS_MARKER, EXIT_STATUS_PORT, MILESTONE_PORT, MILESTONE_USERSPACE,
     USERSPACE_READY_MARKER,
 };
+pub use kernel_version::linux_version;
 pub use modules::{GUEST_MODULES, VSOCK_MODULE};
 
 /// Command line for these assets (`kvmkit run --linux`, `kvmkit bench --guest linux`):

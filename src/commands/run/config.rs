@@ -339,7 +339,7 @@ fn warn_if_pvm_kernel(path: &std::path::Path) {
     if VendorModule::detect(std::path::Path::new("/sys/module")) != Some(VendorModule::KvmPvm) {
         return;
     }
-    if let Some(version) = linux_version(path) {
+    if let Some(version) = kvmkit_images::linux_version(path) {
         if !version.to_ascii_lowercase().contains("pvm") {
             crate::logging::errln!(
                 "kvmkit: warning: this host's KVM is kvm_pvm and {} is a Linux kernel ({}) that does not say it is a \
@@ -350,51 +350,6 @@ fn warn_if_pvm_kernel(path: &std::path::Path) {
             );
         }
     }
-}
-
-/// The "Linux version ..." string of a kernel image: from a bzImage's setup
-/// header (`kernel_version`), or searched for in the first 64 MiB of an ELF
-/// vmlinux. `None` when the file is not a Linux kernel (or cannot be read;
-/// loading it reports that properly).
-fn linux_version(path: &std::path::Path) -> Option<String> {
-    use std::io::Read;
-    // Not even opened unless it is a regular file: open(2) on a FIFO blocks.
-    if !std::fs::metadata(path).ok()?.is_file() {
-        return None;
-    }
-    let mut file = std::fs::File::open(path).ok()?;
-    let mut head = vec![0u8; 64 << 10];
-    let n = file.read(&mut head).ok()?;
-    head.truncate(n);
-    if head.get(0x202..0x206) == Some(b"HdrS") {
-        let ptr = u16::from_le_bytes([*head.get(0x20e)?, *head.get(0x20f)?]) as usize + 0x200;
-        let bytes = head.get(ptr..)?;
-        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len()).min(200);
-        // A real version string starts with its number ("6.1.0-...").
-        return bytes
-            .first()
-            .is_some_and(u8::is_ascii_digit)
-            .then(|| format!("Linux version {}", String::from_utf8_lossy(&bytes[..end])));
-    }
-    if head.get(..4) != Some(b"\x7fELF") {
-        return None;
-    }
-    let mut rest = Vec::new();
-    file.take(64 << 20).read_to_end(&mut rest).ok()?;
-    head.extend_from_slice(&rest);
-    // "Linux version " and a digit: the kernel's banner, not some other
-    // program's string (kvmkit's own binary holds this one).
-    let needle = b"Linux version ";
-    let at = head
-        .windows(needle.len() + 1)
-        .position(|w| &w[..needle.len()] == needle && w[needle.len()].is_ascii_digit())?;
-    let bytes = &head[at..];
-    let end = bytes
-        .iter()
-        .position(|&b| b == 0 || b == b'\n')
-        .unwrap_or(bytes.len())
-        .min(200);
-    Some(String::from_utf8_lossy(&bytes[..end]).into_owned())
 }
 
 /// Whether guest console output goes through the escape filter: `auto` is on
