@@ -74,7 +74,7 @@ pub(crate) fn auto_addresses(
 /// A MAC in QEMU's 52:54:00 range with three random bytes.
 pub(crate) fn random_mac() -> [u8; 6] {
     let mut r = [0u8; 3];
-    if kvmkit_vmm::virtio::rng::host_random(&mut r).is_err() {
+    if kvmkit_vmm::host::random::host_random(&mut r).is_err() {
         let pid = std::process::id();
         r = [(pid >> 16) as u8, (pid >> 8) as u8, pid as u8];
     }

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueOwnedT, QueueState, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
+use crate::host::random::host_random;
+
 use super::{
     Activation, Interrupt, QueueHandler, Queues, VirtioDevice, Worker, WorkerError, VIRTIO_F_VERSION_1,
     VIRTIO_MMIO_INT_VRING,
@@ -78,8 +80,6 @@ impl VirtioDevice for Rng {
         self
     }
 }
-
-pub use crate::host::random::host_random;
 
 /// The rng's queue handler on its own (no worker thread), for the fuzz
 /// target and tests that drive the queue directly.
