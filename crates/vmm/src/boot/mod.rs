@@ -54,7 +54,7 @@ pub struct BootSource {
     pub rsdp: Option<u64>,
 }
 
-pub use crate::files::check_input_file;
+use crate::files::check_input_file;
 
 /// Errors loading a kernel or writing boot structures.
 #[derive(Debug, thiserror::Error)]

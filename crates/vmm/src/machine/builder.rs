@@ -117,7 +117,7 @@ fn open_kernel(source: &KernelSource) -> Result<(File, String), MachineError> {
     match source {
         KernelSource::Path(p) => {
             let name = p.display().to_string();
-            boot::check_input_file(p).map_err(|e| MachineError::KernelFile(name.clone(), e))?;
+            crate::files::check_input_file(p).map_err(|e| MachineError::KernelFile(name.clone(), e))?;
             File::open(p)
                 .map(|f| (f, name.clone()))
                 .map_err(|e| MachineError::KernelFile(name, e))
