@@ -180,7 +180,9 @@ sc_blk_ext4() {
 sc_blk_ro() {
   need_blk ro.img || return
   before=$(sha256sum /tmp/ro.img | cut -d' ' -f1)
-  vm /tmp/l2 kvmkit run --linux --disk path=/tmp/ro.img,ro=on -- sh -c 'echo lab-sys-ro=$(cat /sys/block/vda/ro); mkdir -p /mnt; mount -t ext4 -o ro /dev/vda /mnt && cat /mnt/hello.txt; if echo x >/mnt/x; then echo lab-write-ok; else echo lab-write-refused; fi; umount /mnt; if mount -t ext4 /dev/vda /mnt; then if echo x >/mnt/y && sync; then echo lab-rw-write-ok; fi; umount /mnt; fi; echo lab-ro-done'
+  # The refused writes' error messages go to /dev/null: the agent streams stderr apart from
+  # stdout, so a shell's error written in pieces may interleave with the marker lines.
+  vm /tmp/l2 kvmkit run --linux --disk path=/tmp/ro.img,ro=on -- sh -c 'echo lab-sys-ro=$(cat /sys/block/vda/ro); mkdir -p /mnt; mount -t ext4 -o ro /dev/vda /mnt && cat /mnt/hello.txt; if { echo x >/mnt/x; } 2>/dev/null; then echo lab-write-ok; else echo lab-write-refused; fi; umount /mnt; if mount -t ext4 /dev/vda /mnt 2>/dev/null; then if { echo x >/mnt/y && sync; } 2>/dev/null; then echo lab-rw-write-ok; fi; umount /mnt; fi; echo lab-ro-done'
   expect_rc 0
   expect_line /tmp/l2 '^lab-sys-ro=1$'
   expect_hello
