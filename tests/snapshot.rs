@@ -525,7 +525,10 @@ fn rng_clones_with_a_read_only_disk_run_at_once() {
     load.ok("PUT", "/snapshot/load", &body.to_string());
     let (_, info) = load.req("GET", "/", "");
     assert!(info.contains("\"Paused\""), "{info}");
-    std::thread::sleep(Duration::from_millis(200));
+    // Longer than the guest driver's 5 s device timeout: the TSC runs on
+    // while the VM is paused (and on kvm_pvm a restored guest's TSC includes
+    // the time since the snapshot), and a wait in flight must not count it.
+    std::thread::sleep(Duration::from_millis(6000));
     assert!(!load.stdout().contains("sane="), "a Paused VM makes no progress");
     load.ok("PATCH", "/vm", r#"{"state":"Resumed"}"#);
     assert_eq!(load.wait_exit(Duration::from_secs(60)), Some(0), "{}", load.stdout());

@@ -12,7 +12,7 @@ use crate::arch::rdtsc;
 use crate::exit;
 use crate::report;
 use crate::smp::Plan;
-use crate::tsc::ticks_to_ns;
+use crate::tsc::{ticks_per_ms, ticks_to_ns};
 use crate::virtio::net::{Net, ID_NET, MAX_FRAME, MAX_NICS};
 use crate::virtio::{probe, DeviceList};
 
@@ -25,7 +25,6 @@ pub const MIN_TX_FRAME: u64 = 42;
 /// UDP ports of `net-tx` frames (to the discard port).
 const UDP_SRC: u16 = 40000;
 const UDP_DST: u16 = 9;
-const FALLBACK_KHZ: u64 = 4_000_000;
 
 struct ParamCell(UnsafeCell<([Option<NetParams>; MAX_NICS], usize)>);
 
@@ -228,14 +227,6 @@ pub fn udp_frame(size: usize, mac: &[u8; 6], src: [u8; 4], dst_mac: &[u8; 6], ds
     }
 }
 
-fn ms_ticks(khz: u64) -> u64 {
-    if khz == 0 {
-        FALLBACK_KHZ
-    } else {
-        khz
-    }
-}
-
 struct Nic {
     net: Net,
     ip: [u8; 4],
@@ -309,7 +300,7 @@ pub fn echo(plan: &Plan, seconds: u64) -> u32 {
     if nics.iter().flatten().all(|n| n.ip == [0; 4]) {
         println!("{WHO}: no guest address given (kvmkit.net=MAC,GUEST-IP,HOST-IP); ARP and ICMP stay unanswered");
     }
-    let khz = ms_ticks(plan.tsc_khz);
+    let khz = ticks_per_ms(plan.tsc_khz);
     let t0 = rdtsc();
     let deadline = t0 + seconds.saturating_mul(1000).saturating_mul(khz);
     let (mut frames, mut arp, mut icmp, mut other, mut tx_full) = (0u64, 0u64, 0u64, 0u64, 0u64);
@@ -401,7 +392,7 @@ pub fn tx(plan: &Plan, frames: u64, size: u64) -> u32 {
     let Some(n) = nics.iter_mut().flatten().next() else {
         return exit::DEVICE_ERROR;
     };
-    let khz = ms_ticks(plan.tsc_khz);
+    let khz = ticks_per_ms(plan.tsc_khz);
     let (dst_mac, dst) = if n.host == [0; 4] || n.ip == [0; 4] {
         println!("{WHO}: no host address known; sending to the broadcast address");
         ([0xff; 6], [255; 4])
@@ -529,7 +520,7 @@ pub fn rx(plan: &Plan, seconds: u64) -> u32 {
     if nics.iter().flatten().all(|n| n.ip == [0; 4]) {
         println!("{WHO}: no guest address given (kvmkit.net=MAC,GUEST-IP,HOST-IP); ARP stays unanswered");
     }
-    let khz = ms_ticks(plan.tsc_khz);
+    let khz = ticks_per_ms(plan.tsc_khz);
     let t0 = rdtsc();
     let deadline = t0 + seconds.saturating_mul(1000).saturating_mul(khz);
     let (mut frames, mut bytes, mut replies, mut tx_full) = (0u64, 0u64, 0u64, 0u64);

@@ -15,6 +15,7 @@ use kvmkit_guest_abi::{Report, ReportKind, MAX_CPUS};
 use crate::arch::{mmio_write32, rdtsc};
 use crate::config::Workload;
 use crate::report;
+use crate::tsc::ticks_per_ms;
 use crate::virtio::DeviceList;
 
 /// Size of each CPU's CPL3 stack (boot.S lays them out in `user_stacks`).
@@ -27,8 +28,6 @@ const APIC_ICR_HIGH: u64 = 0xfee0_0310;
 const ICR_INIT_ALL_BUT_SELF: u32 = 0x000c_4500;
 /// Destination shorthand "all excluding self", level assert, start-up.
 const ICR_SIPI_ALL_BUT_SELF: u32 = 0x000c_4600;
-/// TSC rate assumed for timeouts when the real one is unknown.
-const FALLBACK_KHZ: u64 = 4_000_000;
 
 extern "C" {
     static ap_trampoline_start: u8;
@@ -131,7 +130,7 @@ pub fn current_cpu() -> u32 {
 }
 
 fn delay_us(us: u64, tsc_khz: u64) {
-    let khz = if tsc_khz == 0 { FALLBACK_KHZ } else { tsc_khz };
+    let khz = ticks_per_ms(tsc_khz);
     let end = rdtsc() + us * khz / 1000;
     while rdtsc() < end {
         spin_loop();
@@ -160,7 +159,7 @@ pub fn start_aps(cpus: u32, tsc_khz: u64) -> u32 {
     send_ipi(sipi);
     delay_us(10, tsc_khz);
     send_ipi(sipi);
-    let khz = if tsc_khz == 0 { FALLBACK_KHZ } else { tsc_khz };
+    let khz = ticks_per_ms(tsc_khz);
     let deadline = rdtsc() + khz * 1000;
     while ONLINE.load(Ordering::Acquire) < cpus && rdtsc() < deadline {
         spin_loop();

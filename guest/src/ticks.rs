@@ -9,9 +9,7 @@
 use core::hint::spin_loop;
 
 use crate::arch::rdtsc;
-
-/// TSC rate assumed when the real one is unknown (as for the other timeouts).
-const FALLBACK_KHZ: u64 = 4_000_000;
+use crate::tsc::FALLBACK_KHZ;
 
 /// Runs the heartbeat on this CPU; never returns.
 pub fn run(ms: u64, tsc_khz: u64) -> ! {

@@ -158,3 +158,55 @@ pub fn ticks_to_ns(ticks: u64, khz: u64) -> u64 {
     }
     (u128::from(ticks) * 1_000_000 / u128::from(khz)) as u64
 }
+
+/// TSC rate assumed for timeouts when the real one is unknown.
+pub const FALLBACK_KHZ: u64 = 4_000_000;
+
+/// TSC ticks per millisecond at `khz` (the fallback rate when 0), never 0.
+pub fn ticks_per_ms(khz: u64) -> u64 {
+    if khz == 0 {
+        FALLBACK_KHZ
+    } else {
+        khz
+    }
+}
+
+/// Longest gap (ms) between two looks at a [`StallTimer`] that still counts
+/// as time the guest spent waiting. The loops that use one look every few
+/// microseconds; a longer gap means this vCPU was not running: the VM was
+/// paused, or snapshotted and restored (on kvm_pvm a restored guest's TSC
+/// includes the time in between), or the host starved it.
+const GAP_MS: u64 = 500;
+
+/// A timeout that counts only time the guest was running, so a wait that was
+/// in flight when the VM was paused or snapshotted does not expire the moment
+/// it resumes.
+pub struct StallTimer {
+    left: u64,
+    last: u64,
+    gap: u64,
+}
+
+impl StallTimer {
+    /// A timer of `ms` milliseconds at `khz` (0: the fallback rate), started now.
+    pub fn new(ms: u64, khz: u64) -> Self {
+        let per_ms = ticks_per_ms(khz);
+        Self {
+            left: ms.saturating_mul(per_ms),
+            last: rdtsc(),
+            gap: GAP_MS * per_ms,
+        }
+    }
+
+    /// Counts the time since the last look (unless it is a gap) and says
+    /// whether the timer has run out.
+    pub fn expired(&mut self) -> bool {
+        let now = rdtsc();
+        let d = now.wrapping_sub(self.last);
+        self.last = now;
+        if d < self.gap {
+            self.left = self.left.saturating_sub(d);
+        }
+        self.left == 0
+    }
+}

@@ -11,22 +11,13 @@ use crate::arch::rdtsc;
 use crate::exit;
 use crate::report;
 use crate::smp::Plan;
-use crate::tsc::ticks_to_ns;
+use crate::tsc::{ticks_per_ms, ticks_to_ns};
 use crate::virtio::probe;
 use crate::virtio::vsock::{Mode, State, Vsock, ID_VSOCK, MAX_CONNS};
 
 const MIB: u64 = 1 << 20;
-const FALLBACK_KHZ: u64 = 4_000_000;
 /// Seconds without progress before a transfer or a connect counts as stuck.
 const STALL_S: u64 = 5;
-
-fn ms_ticks(khz: u64) -> u64 {
-    if khz == 0 {
-        FALLBACK_KHZ
-    } else {
-        khz
-    }
-}
 
 fn result(name: &str, arg: u64, value: u64, ticks: u64, khz: u64) -> Report {
     let mut r = Report::new(ReportKind::Result, 0);
@@ -77,7 +68,7 @@ fn wait(
     sink: &mut impl FnMut(usize, &[u8]),
     mut done: impl FnMut(&Vsock) -> bool,
 ) -> Result<(), u32> {
-    let ms = ms_ticks(khz);
+    let ms = ticks_per_ms(khz);
     let mut last = rdtsc();
     let mut next_check = last + 10 * ms;
     while !done(v) {
@@ -199,7 +190,7 @@ pub fn echo(plan: &Plan, port: u32, conns: u64) -> u32 {
     };
     v.listen(port);
     println!("{WHO}: listening on port {port}, up to {MAX_CONNS} connections at once");
-    let ms = ms_ticks(khz);
+    let ms = ticks_per_ms(khz);
     let mut served = 0u64;
     let mut lines = [Served::default(); SERVED_LINES];
     let mut nlines = 0;
@@ -287,7 +278,7 @@ pub fn tx(plan: &Plan, port: u32, mib: u64) -> u32 {
         }
     };
     let total = mib.saturating_mul(MIB);
-    let ms = ms_ticks(khz);
+    let ms = ticks_per_ms(khz);
     let mut sent = 0u64;
     let t0 = rdtsc();
     let mut last = t0;

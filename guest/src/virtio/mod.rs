@@ -7,7 +7,8 @@
 //! line. Every register access is a 32-bit volatile MMIO access (the windows
 //! are identity-mapped and user-accessible like all of the low 4 GiB). No
 //! interrupts are used: the driver asks the device not to send any and polls
-//! the used ring, and every wait has a TSC deadline.
+//! the used ring, and every wait has a timeout ([`StallTimer`]: time the VM
+//! spent paused or snapshotted does not count).
 //!
 //! Memory (rings, request headers, data buffers) comes from the free-RAM
 //! region the BSP reserves for device workloads ([`DMA_BYTES`]); guest-physical
@@ -24,6 +25,7 @@ use core::sync::atomic::{fence, AtomicU16, Ordering};
 use kvmkit_guest_abi::{virtio_mmio_devices, VirtioMmioDevice};
 
 use crate::arch::{mmio_read32, mmio_write32, rdtsc};
+use crate::tsc::{ticks_per_ms, StallTimer};
 
 /// Most `virtio_mmio.device=` entries kept from the command line.
 pub const MAX_DEVICES: usize = 8;
@@ -85,8 +87,6 @@ pub const SCRATCH_OFF: u64 = 0x2000;
 const TIMEOUT_S: u64 = 5;
 /// How often (ms) a wait also reads the status register for NEEDS_RESET.
 const STATUS_POLL_MS: u64 = 10;
-/// TSC rate assumed for timeouts when the real one is unknown.
-const FALLBACK_KHZ: u64 = 4_000_000;
 
 /// The `virtio_mmio.device=` entries of the command line.
 #[derive(Clone, Copy, Debug)]
@@ -200,15 +200,6 @@ pub fn probe(list: &DeviceList, want: u32, who: &str) -> ([Found; MAX_DEVICES], 
     (found, n)
 }
 
-/// Ticks per millisecond, never 0.
-fn ticks_per_ms(khz: u64) -> u64 {
-    if khz == 0 {
-        FALLBACK_KHZ
-    } else {
-        khz
-    }
-}
-
 /// The register window of one device.
 #[derive(Clone, Copy, Debug)]
 pub struct Transport {
@@ -238,9 +229,9 @@ impl Transport {
     /// Resets the device (Status = 0) and waits until it reads back 0.
     pub fn reset(&self) -> Result<(), &'static str> {
         self.write(REG_STATUS, 0);
-        let deadline = rdtsc() + TIMEOUT_S * 1000 * ticks_per_ms(self.khz);
+        let mut timer = StallTimer::new(TIMEOUT_S * 1000, self.khz);
         while self.status() != 0 {
-            if rdtsc() > deadline {
+            if timer.expired() {
                 return Err("device did not complete reset");
             }
             spin_loop();
@@ -564,7 +555,7 @@ impl Queue {
     /// Waits (at most [`TIMEOUT_S`]) for a completed request.
     fn wait(&mut self) -> Result<(u16, u32), &'static str> {
         let ms = ticks_per_ms(self.t.khz);
-        let deadline = rdtsc() + TIMEOUT_S * 1000 * ms;
+        let mut timer = StallTimer::new(TIMEOUT_S * 1000, self.t.khz);
         let mut next_check = rdtsc() + STATUS_POLL_MS * ms;
         loop {
             if let Some(done) = self.poll()? {
@@ -579,7 +570,7 @@ impl Queue {
                 if status & STATUS_DRIVER_OK == 0 {
                     return Err("device dropped DRIVER_OK");
                 }
-                if now >= deadline {
+                if timer.expired() {
                     return Err("timed out after 5 s waiting for the device");
                 }
                 next_check = now + STATUS_POLL_MS * ms;
