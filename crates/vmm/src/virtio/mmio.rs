@@ -5,13 +5,14 @@
 //! or ends in DEVICE_NEEDS_RESET, never a panic.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{Activation, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_MMIO_INT_CONFIG};
+use super::{Activation, Interrupt, Stopping, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_MMIO_INT_CONFIG};
 use crate::bus::BusDevice;
+use vm_memory::GuestMemoryMmap;
 use crate::snapshot::virtio::{QueueSnapshot, TransportState};
 
 /// Size of one virtio-mmio window.
@@ -38,6 +39,11 @@ pub mod status {
 }
 
 const MAX_WARNINGS: u32 = 20;
+/// How long one register access waits for a reset device's worker to end
+/// (normally microseconds; longer only when it is stuck in host I/O).
+const RESET_WAIT: Duration = Duration::from_millis(100);
+/// How long the VM's end waits for such a worker before leaving it.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
 
 /// One virtio-mmio window with its device.
 pub struct MmioTransport {
@@ -53,6 +59,10 @@ pub struct MmioTransport {
     status: u32,
     config_generation: u32,
     warnings: u32,
+    /// A driver reset whose device worker has not ended yet: until it has,
+    /// the status reads as it was (not 0) and writes are ignored, so the
+    /// vCPU never waits on it for more than [`RESET_WAIT`] per access.
+    resetting: Option<(Stopping, u32)>,
 }
 
 impl MmioTransport {
@@ -89,6 +99,7 @@ impl MmioTransport {
             status: 0,
             config_generation: 0,
             warnings: 0,
+            resetting: None,
         })
     }
 
@@ -112,8 +123,33 @@ impl MmioTransport {
         self.queues.get_mut(self.queue_sel as usize)
     }
 
+    /// A driver reset: the device's worker is told to stop without the
+    /// vCPU waiting on it for more than [`RESET_WAIT`].
     fn reset(&mut self) {
-        self.device.reset();
+        let mut stopping = self.device.reset_async();
+        if stopping.wait(RESET_WAIT) {
+            self.finish_reset();
+        } else {
+            self.warn("reset: the device's worker is still busy (slow host I/O?); the device stays in reset until it ends");
+            self.resetting = Some((stopping, self.status.max(status::ACKNOWLEDGE)));
+        }
+    }
+
+    /// True when no reset is pending; waits (bounded) for one that is.
+    fn settled(&mut self) -> bool {
+        let Some((stopping, _)) = self.resetting.as_mut() else {
+            return true;
+        };
+        if !stopping.wait(RESET_WAIT) {
+            return false;
+        }
+        self.resetting = None;
+        self.finish_reset();
+        true
+    }
+
+    /// The register side of a reset, once the device's worker has ended.
+    fn finish_reset(&mut self) {
         for q in &mut self.queues {
             q.reset();
         }
@@ -146,8 +182,18 @@ impl MmioTransport {
     }
 
     /// Stops the device's worker at the VM's end (the guest sees nothing).
+    /// A worker still ending from a driver reset gets [`SHUTDOWN_WAIT`],
+    /// then is left to end on its own.
     pub fn shutdown(&mut self) {
         self.device.reset();
+        if let Some((mut stopping, _)) = self.resetting.take() {
+            if !stopping.wait(SHUTDOWN_WAIT) {
+                tracing::warn!(
+                    "virtio-mmio (device type {}): a reset worker is still busy at the VM's end; not waiting for it",
+                    self.device.device_type()
+                );
+            }
+        }
     }
 
     /// The transport's registers and every queue's state, for a snapshot
@@ -155,7 +201,10 @@ impl MmioTransport {
     /// active device are read from its worker, where their ring positions
     /// live; a broken device's are the transport's copy (it is not
     /// re-activated on restore: the driver must reset it).
-    pub fn save_state(&self) -> Result<TransportState, String> {
+    pub fn save_state(&mut self) -> Result<TransportState, String> {
+        if !self.settled() {
+            return Err("a device reset is still in progress (its worker is busy in host I/O); try again".into());
+        }
         let broken = self.interrupt.is_broken();
         let live = if broken {
             None
@@ -448,6 +497,12 @@ impl MmioTransport {
 
 impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset == REG_STATUS && data.len() == 4 && !self.settled() {
+            // Not reset yet: a driver waits for the status to read 0.
+            let pending = self.resetting.as_ref().map_or(status::ACKNOWLEDGE, |r| r.1);
+            data.copy_from_slice(&pending.to_le_bytes());
+            return;
+        }
         if offset >= CONFIG_SPACE {
             self.device.read_config(offset - CONFIG_SPACE, data);
             return;
@@ -461,6 +516,10 @@ impl BusDevice for MmioTransport {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
+        if !self.settled() {
+            self.warn(&format!("write at {offset:#x} while the device is still resetting; ignored"));
+            return;
+        }
         if offset >= CONFIG_SPACE {
             self.device.write_config(offset - CONFIG_SPACE, data);
             return;
@@ -475,5 +534,7 @@ impl BusDevice for MmioTransport {
     }
 }
 
+#[cfg(test)]
+mod reset_tests;
 #[cfg(test)]
 mod snapshot_tests;

@@ -23,7 +23,7 @@ use virtio_queue::{Queue, QueueState};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-pub use worker::{QueueHandler, Queues, Worker, WorkerError, WorkerHandler};
+pub use worker::{QueueHandler, Queues, Stopping, Worker, WorkerError, WorkerHandler};
 
 /// Feature bit: the device conforms to virtio 1.x (required by kvmkit).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -130,8 +130,16 @@ pub trait VirtioDevice: Send {
     }
     /// Starts the device with the features the driver accepted.
     fn activate(&mut self, acked_features: u64, activation: Activation) -> Result<(), String>;
-    /// Stops the device (driver reset or VM end); it may be activated again.
+    /// Stops the device and waits for its worker (VM end); it may be
+    /// activated again.
     fn reset(&mut self);
+    /// Starts stopping the device for a driver reset without waiting for
+    /// its worker, which may be busy in slow host I/O: the transport waits
+    /// on the handle (bounded) before the device is configured again.
+    fn reset_async(&mut self) -> Stopping {
+        self.reset();
+        Stopping::done()
+    }
     /// The device's counters as `(name, value)` pairs (requests, bytes, errors).
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()

@@ -8,7 +8,7 @@ use vm_memory::{Bytes, GuestMemoryMmap};
 use crate::host::random::host_random;
 
 use super::{
-    Activation, Interrupt, QueueHandler, Queues, VirtioDevice, Worker, WorkerError, VIRTIO_F_VERSION_1,
+    Activation, Interrupt, QueueHandler, Queues, Stopping, VirtioDevice, Worker, WorkerError, VIRTIO_F_VERSION_1,
     VIRTIO_MMIO_INT_VRING,
 };
 
@@ -57,6 +57,10 @@ impl VirtioDevice for Rng {
 
     fn reset(&mut self) {
         self.worker = None;
+    }
+
+    fn reset_async(&mut self) -> Stopping {
+        self.worker.take().map_or_else(Stopping::done, Worker::stop_async)
     }
 
     fn pause(&mut self) -> Result<(), WorkerError> {

@@ -226,6 +226,17 @@ impl<H: WorkerHandler> Worker<H> {
         self.finish()
     }
 
+    /// Tells the worker to stop without waiting for it (a driver reset: the
+    /// worker may be in the middle of slow host I/O). The handle says when
+    /// it has ended.
+    pub fn stop_async(mut self) -> Stopping {
+        let Some(t) = self.thread.take() else {
+            return Stopping::done();
+        };
+        let _ = self.send(Command::Stop);
+        Stopping { thread: Some(Box::new(t)) }
+    }
+
     fn finish(&mut self) -> Option<H> {
         let t = self.thread.take()?;
         let _ = self.send(Command::Stop);
@@ -236,6 +247,65 @@ impl<H: WorkerHandler> Worker<H> {
 impl<H: WorkerHandler> Drop for Worker<H> {
     fn drop(&mut self) {
         let _ = self.finish();
+    }
+}
+
+/// A thread that can be asked whether it has ended, and joined.
+trait Ending: Send {
+    fn is_finished(&self) -> bool;
+    fn join(self: Box<Self>);
+}
+
+impl<T: Send + 'static> Ending for JoinHandle<T> {
+    fn is_finished(&self) -> bool {
+        JoinHandle::is_finished(self)
+    }
+
+    fn join(self: Box<Self>) {
+        let _ = (*self).join();
+    }
+}
+
+/// A worker told to stop ([`Worker::stop_async`]) that may not have ended
+/// yet. Dropping it does not wait: a worker stuck in host I/O is left to end
+/// on its own (it touches nothing once it returns to its loop).
+pub struct Stopping {
+    thread: Option<Box<dyn Ending>>,
+}
+
+impl Stopping {
+    /// A handle for a device with no worker running: already done.
+    pub fn done() -> Self {
+        Self { thread: None }
+    }
+
+    /// A handle that ends when `thread` does (tests, devices with their own threads).
+    pub fn of_thread<T: Send + 'static>(thread: JoinHandle<T>) -> Self {
+        Self {
+            thread: Some(Box::new(thread)),
+        }
+    }
+
+    /// Waits at most `limit` for the worker to end; true once it has (and
+    /// was joined).
+    pub fn wait(&mut self, limit: Duration) -> bool {
+        let Some(t) = self.thread.as_ref() else {
+            return true;
+        };
+        let deadline = std::time::Instant::now() + limit;
+        let mut nap = Duration::from_micros(20);
+        while !t.is_finished() {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            std::thread::sleep(nap.min(deadline - now));
+            nap = (nap * 2).min(Duration::from_millis(5));
+        }
+        if let Some(t) = self.thread.take() {
+            t.join();
+        }
+        true
     }
 }
 

@@ -18,7 +18,7 @@ use self::request::{
 };
 use super::VIRTIO_MMIO_INT_VRING;
 use super::{
-    read_config_bytes, Activation, Interrupt, QueueHandler, Queues, VirtioDevice, Worker, WorkerError,
+    read_config_bytes, Activation, Interrupt, QueueHandler, Queues, Stopping, VirtioDevice, Worker, WorkerError,
     VIRTIO_F_VERSION_1,
 };
 
@@ -177,6 +177,10 @@ impl VirtioDevice for Block {
 
     fn reset(&mut self) {
         self.worker = None;
+    }
+
+    fn reset_async(&mut self) -> Stopping {
+        self.worker.take().map_or_else(Stopping::done, Worker::stop_async)
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {

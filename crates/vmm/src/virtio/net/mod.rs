@@ -13,7 +13,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::{read_config_bytes, Activation, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{read_config_bytes, Activation, Stopping, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::net::tap::{Tap, TUN_F_CSUM, TUN_F_TSO4};
 
 pub use handler::{FrameIo, NetHandler, MAX_FRAME_BYTES};
@@ -202,6 +202,10 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self) {
         self.worker = None;
+    }
+
+    fn reset_async(&mut self) -> Stopping {
+        self.worker.take().map_or_else(Stopping::done, NetWorker::stop_async)
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {

@@ -12,7 +12,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::handler::{NetHandler, RxState};
 use super::{RX_QUEUE, TX_QUEUE};
-use crate::virtio::{Interrupt, Worker, WorkerError, WorkerHandler};
+use crate::virtio::{Interrupt, Stopping, Worker, WorkerError, WorkerHandler};
 
 /// A NIC's handler with the rx/tx state carried between rounds.
 pub struct NetLoop {
@@ -97,6 +97,11 @@ impl NetWorker {
     /// The rx and tx queues' state, read on the worker thread.
     pub fn queue_states(&self) -> Result<Vec<virtio_queue::QueueState>, WorkerError> {
         self.0.inspect(|l: &NetLoop| l.h.queue_states())
+    }
+
+    /// Tells it to stop without waiting (a driver reset).
+    pub fn stop_async(self) -> Stopping {
+        self.0.stop_async()
     }
 
     /// Stops it and hands the handler back.

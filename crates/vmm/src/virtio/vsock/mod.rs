@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use vmm_sys_util::epoll::Epoll;
 
-use super::{read_config_bytes, Activation, VirtioDevice, Worker, WorkerError, VIRTIO_F_VERSION_1};
+use super::{read_config_bytes, Activation, Stopping, VirtioDevice, Worker, WorkerError, VIRTIO_F_VERSION_1};
 use handler::VsockHandler;
 use muxer::Muxer;
 use unix::Listener;
@@ -149,6 +149,10 @@ impl VirtioDevice for Vsock {
     fn reset(&mut self) {
         // Every connection closes with the worker's muxer; the listener stays.
         self.worker = None;
+    }
+
+    fn reset_async(&mut self) -> Stopping {
+        self.worker.take().map_or_else(Stopping::done, Worker::stop_async)
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
