@@ -562,3 +562,108 @@ fn a_guest_that_ends_shows_shutoff_and_one_that_panics_crashed() {
     assert!(s.ok(&["logs", "bad"]).contains("panic"));
     assert!(!s.dir.join("bad/pid").exists());
 }
+
+/// `kvmkit serve`'s own answer to `list json` on its socket (what `vm list` prints).
+fn daemon_list(s: &State) -> Vec<serde_json::Value> {
+    use std::io::{Read, Write};
+    let mut c = std::os::unix::net::UnixStream::connect(s.dir.join(".serve.sock")).expect("daemon socket");
+    c.write_all(b"list json\n").expect("ask");
+    let mut text = String::new();
+    c.read_to_string(&mut text).expect("answer");
+    let rows = text.strip_prefix("ok\n").unwrap_or_else(|| panic!("daemon: {text}"));
+    serde_json::from_str(rows).expect("rows")
+}
+
+/// Waits until a process has ended as the kernel tells it (its pidfd is
+/// readable: every thread gone, the leader a zombie or reaped). A leader
+/// shows as a zombie in /proc while its other threads still exit.
+fn wait_ended(pid: i32) {
+    // SAFETY: pidfd_open takes a pid and flags, no pointers.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if fd < 0 {
+        return; // already reaped
+    }
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let r = unsafe { libc::poll(&mut p, 1, 15_000) };
+    // SAFETY: our own fd.
+    unsafe { libc::close(fd) };
+    assert_eq!(r, 1, "process {pid} does not end");
+}
+
+/// The daemon's list comes from memory, kept current from events: the
+/// first list after a VM ended (killed behind everyone's back, or its guest
+/// finished) shows it ended, with no retry; a definition made or removed
+/// behind the daemon's back shows at once.
+#[test]
+fn the_daemons_list_follows_vms_that_end_or_are_killed_behind_its_back() {
+    let mut s = State::new("events");
+    s.define_ticks("own", &["--autostart"]); // the daemon starts it: its parent
+    s.define_ticks("cli", &[]);
+    start_daemon(&mut s);
+    let own = pid_of(&s.wait_state("own", "running", Duration::from_secs(15)));
+    s.ok(&["start", "cli"]);
+    let cli = pid_of(&s.wait_state("cli", "running", Duration::from_secs(10)));
+    assert_eq!(daemon_list(&s).len(), 2);
+
+    // SAFETY: VMs this test started.
+    unsafe { libc::kill(own, libc::SIGKILL) };
+    wait_ended(own);
+    let rows = daemon_list(&s);
+    let e = rows.iter().find(|r| r["name"] == "own").expect("own");
+    assert_eq!(e["state"], "crashed", "{e}");
+    assert!(e["pid"].is_null(), "{e}");
+    // The daemon is its parent: it knows the signal.
+    assert!(
+        e["last_exit"].as_str().expect("reason").contains("killed by signal 9"),
+        "{e}"
+    );
+    assert!(!s.dir.join("own/pid").exists(), "stale pid file left");
+    let cli_row = rows.iter().find(|r| r["name"] == "cli").expect("cli");
+    assert_eq!((cli_row["state"].as_str(), pid_of(cli_row)), (Some("running"), cli));
+
+    // SAFETY: as above.
+    unsafe { libc::kill(cli, libc::SIGKILL) };
+    wait_ended(cli);
+    let e = s.entry("cli");
+    assert_eq!(e["state"], "crashed", "{e}");
+    assert!(
+        e["last_exit"]
+            .as_str()
+            .expect("reason")
+            .contains("without writing its results"),
+        "{e}"
+    );
+    assert!(!s.dir.join("cli/pid").exists(), "stale pid file left");
+
+    // A guest that finishes by itself: shutoff.
+    s.ok(&[
+        "define",
+        "short",
+        "--guest",
+        "--workload",
+        "primes:1000",
+        "--memory",
+        "32",
+    ]);
+    assert_eq!(s.entry("short")["state"], "shutoff", "a new definition shows at once");
+    let out = s.ok(&["start", "short"]);
+    let pid: i32 = out
+        .split("pid ")
+        .nth(1)
+        .and_then(|t| t.trim_end_matches([')', '\n']).parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    wait_ended(pid);
+    let e = s.entry("short");
+    assert_eq!(e["state"], "shutoff", "{e}");
+    assert!(e["last_exit"].as_str().expect("reason").contains("status 0"), "{e}");
+    assert_eq!(daemon_list(&s), s.list(), "vm list prints the daemon's answer");
+
+    s.ok(&["undefine", "short"]);
+    assert!(daemon_list(&s).iter().all(|r| r["name"] != "short"));
+    stop_daemon(&mut s);
+}

@@ -7,8 +7,11 @@
 //! autostart, re-adoption).
 
 mod console;
+mod events;
+mod fleet;
 mod process;
 mod recorder;
+mod rpc;
 pub mod serve;
 mod store;
 mod web;
@@ -358,10 +361,12 @@ fn row(vm: &VmDir) -> Row {
     r
 }
 
-/// Every defined VM's row, by name. The files are read in this thread (on
+/// Every defined VM's row, by name, without a daemon (`kvmkit serve`
+/// answers from memory, [`fleet`]). The files are read in this thread (on
 /// a loaded host every extra thread waits for a CPU); only the VMs without
-/// a fresh cached state (`kvmkit serve` keeps them fresh) are asked through
-/// their API, one thread each, so a busy or hung VMM delays only its own row.
+/// a fresh cached state (`vm start`, `pause` and `resume` write it) are asked
+/// through their API, one thread each, so a busy or hung VMM delays only its
+/// own row.
 fn rows(state: &Path) -> anyhow::Result<Vec<Row>> {
     let vms = store::list(state)?;
     let mut rows: Vec<Row> = vms.iter().map(row_cached).collect();
@@ -385,19 +390,30 @@ fn rows(state: &Path) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// `vm list`: `kvmkit serve`'s answer from memory when a daemon runs on
+/// this state directory, else the files read here.
 fn list(state: &Path, json: bool) -> anyhow::Result<u8> {
-    let rows = rows(state)?;
+    let text = match rpc::list(state, json) {
+        Some(t) => t,
+        None => render(&rows(state)?, json)?,
+    };
+    use std::io::Write;
+    std::io::stdout().lock().write_all(text.as_bytes())?;
+    Ok(0)
+}
+
+/// What `vm list` prints: a table, or JSON (an array of rows).
+fn render(rows: &[Row], json: bool) -> anyhow::Result<String> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(0);
+        return Ok(serde_json::to_string_pretty(rows)? + "\n");
     }
-    println!(
-        "{:<20} {:<12} {:>5} {:>8} {:>10} {:>8}  API SOCKET",
+    let mut out = format!(
+        "{:<20} {:<12} {:>5} {:>8} {:>10} {:>8}  API SOCKET\n",
         "NAME", "STATE", "VCPUS", "MEM MIB", "UPTIME", "PID"
     );
     for r in rows {
-        println!(
-            "{:<20} {:<12} {:>5} {:>8} {:>10} {:>8}  {}",
+        out += &format!(
+            "{:<20} {:<12} {:>5} {:>8} {:>10} {:>8}  {}\n",
             r.name,
             r.state,
             r.vcpus,
@@ -407,7 +423,7 @@ fn list(state: &Path, json: bool) -> anyhow::Result<u8> {
             r.api_sock.as_deref().unwrap_or("-")
         );
     }
-    Ok(0)
+    Ok(out)
 }
 
 fn format_uptime(s: f64) -> String {

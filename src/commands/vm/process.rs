@@ -105,17 +105,26 @@ impl PidFile {
 
     /// Seconds since the process started.
     pub fn uptime_s(&self) -> Option<f64> {
-        let up: f64 = fs::read_to_string("/proc/uptime")
-            .ok()?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()?;
+        Some(self.uptime_at(host_uptime_s()?))
+    }
+
+    /// Seconds since the process started, the host having been up `host_up` seconds.
+    pub fn uptime_at(&self, host_up: f64) -> f64 {
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         let hz = if hz > 0 { hz as f64 } else { 100.0 };
-        Some((up - self.start_ticks as f64 / hz).max(0.0))
+        (host_up - self.start_ticks as f64 / hz).max(0.0)
     }
+}
+
+/// Seconds since the host booted (/proc/uptime).
+pub fn host_uptime_s() -> Option<f64> {
+    fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// How a run ended.
@@ -246,7 +255,8 @@ pub struct CachedState {
     pub at_ms: u64,
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -256,12 +266,20 @@ fn now_ms() -> u64 {
 /// Asks the VMM for its state and caches the answer in `state.json` (a
 /// cache: written by rename, without fsync).
 pub fn refresh_state(vm: &VmDir, pid: &PidFile) -> String {
+    let at_ms = now_ms();
     let state = api_state(vm);
+    write_cache(vm, pid, &state, at_ms);
+    state
+}
+
+/// Caches `state`, asked of the VMM at `at_ms`, in `state.json` (by rename,
+/// without fsync: `kvmkit serve` sees the rename at once).
+fn write_cache(vm: &VmDir, pid: &PidFile, state: &str, at_ms: u64) {
     let c = CachedState {
         pid: pid.pid,
         start_ticks: pid.start_ticks,
-        state: state.clone(),
-        at_ms: now_ms(),
+        state: state.to_owned(),
+        at_ms,
     };
     if let Ok(text) = serde_json::to_string(&c) {
         let tmp = vm.file(&format!(".state.json.{}", std::process::id()));
@@ -269,7 +287,16 @@ pub fn refresh_state(vm: &VmDir, pid: &PidFile) -> String {
             let _ = fs::remove_file(&tmp);
         }
     }
-    state
+}
+
+/// `state.json` as written, whatever its age or process.
+pub fn read_cache(vm: &VmDir) -> Option<CachedState> {
+    serde_json::from_str(&fs::read_to_string(vm.file("state.json")).ok()?).ok()
+}
+
+/// Whether a state is one the VMM settled in (not `starting` or `unresponsive`).
+pub fn settled(state: &str) -> bool {
+    state != "starting" && state != "unresponsive"
 }
 
 /// The VM's state: the cached answer when it is about this process and
@@ -282,13 +309,12 @@ pub fn state(vm: &VmDir, pid: &PidFile) -> String {
 /// The cached state when it is about this process, fresh, and settled
 /// (not starting or unresponsive); None: ask the API.
 pub fn cached_state(vm: &VmDir, pid: &PidFile) -> Option<String> {
-    let c: CachedState = serde_json::from_str(&fs::read_to_string(vm.file("state.json")).ok()?).ok()?;
+    let c = read_cache(vm)?;
     (c.pid == pid.pid
         && c.start_ticks == pid.start_ticks
         && now_ms().saturating_sub(c.at_ms) < STATE_FRESH.as_millis() as u64
-        && c.state != "starting"
-        && c.state != "unresponsive")
-        .then_some(c.state)
+        && settled(&c.state))
+    .then_some(c.state)
 }
 
 /// The VM's state as its VMM reports it (`GET /`): running, paused, starting;
@@ -378,7 +404,12 @@ pub fn spawn(vm: &VmDir) -> anyhow::Result<(Child, PidFile)> {
             let tail = log_tail(&log_path, log_start, 5);
             bail!("VM {}: the VMM ended at start: {}{tail}", vm.name, end.reason);
         }
-        if api(vm, "GET", "/", None).is_ok_and(|r| r.status == 200) {
+        // Up once it answers in a settled state, which is cached for `vm
+        // list` (and `kvmkit serve`, which sees state.json appear).
+        let at_ms = now_ms();
+        let state = api_state(vm);
+        if settled(&state) {
+            write_cache(vm, &pidfile, &state, at_ms);
             return Ok((child, pidfile));
         }
         if Instant::now() > deadline {

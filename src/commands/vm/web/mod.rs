@@ -41,6 +41,8 @@ pub struct Web {
     pub token: String,
     /// Where `kvmkit bench` results are read from (`--bench-results`).
     pub bench: Option<PathBuf>,
+    /// The daemon's view of the VMs (the VM list comes from it).
+    pub fleet: super::fleet::Shared,
 }
 
 /// A fresh random token (128 bits, hex).
@@ -174,10 +176,10 @@ fn handle(mut rq: Request, web: &Web) {
             "addon-fit.js" => asset(include_bytes!("../../../../web/dist/addon-fit.js"), "text/javascript"),
             _ => error(404, "no such file"),
         },
-        (Method::Get, ["api", "vms"]) => match super::rows(state) {
-            Ok(rows) => json(200, &serde_json::to_value(rows).unwrap_or_default()),
-            Err(e) => error(500, format!("{e:#}")),
-        },
+        (Method::Get, ["api", "vms"]) => json(
+            200,
+            &serde_json::to_value(super::fleet::rows(&web.fleet)).unwrap_or_default(),
+        ),
         (Method::Get, ["api", "vms", name, "logs"]) => match store::VmDir::new(state, name) {
             Ok(vm) => {
                 let data = match super::process::running(&vm) {
