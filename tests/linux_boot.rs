@@ -1,5 +1,5 @@
-//! Boots Debian's stock cloud kernel (fetched by scripts/fetch-debian-kernel.sh
-//! into the cache, never installed) and checks that its first console line
+//! Boots Debian's stock cloud kernel (fetched by `kvmkit image fetch` into
+//! the cache, never installed) and checks that its first console line
 //! appears. Under PVM a stock kernel cannot finish booting (its CPL0 code is
 //! emulated), but reaching `Linux version 6.1...` proves the boot path:
 //! image loading, boot protocol, memory map, command line, serial console.
@@ -10,17 +10,27 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-fn kernel_cache() -> PathBuf {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let out = Command::new(format!("{root}/scripts/fetch-debian-kernel.sh"))
+/// The cached kernel as `(vmlinux, bzImage)`, fetched by `kvmkit image fetch`.
+fn kernel_cache() -> (PathBuf, PathBuf) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kvmkit"))
+        .args(["image", "fetch"])
         .output()
-        .expect("run scripts/fetch-debian-kernel.sh");
+        .expect("run kvmkit image fetch");
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "fetching the Debian kernel failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    let path = |key: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|rest| rest.trim().split(" (").next())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("no '{key}' line from kvmkit image fetch:\n{stdout}"))
+    };
+    (path("kernel "), path("bzimage "))
 }
 
 fn boot_until_first_line(kernel: &str, boot: &str, secs: u64) {
@@ -48,30 +58,29 @@ fn boot_until_first_line(kernel: &str, boot: &str, secs: u64) {
 
 #[test]
 fn debian_vmlinux_boots_to_first_console_line_via_pvh() {
-    let dir = kernel_cache();
-    boot_until_first_line(&dir.join("vmlinux").to_string_lossy(), "pvh", 120);
+    let (vmlinux, _) = kernel_cache();
+    boot_until_first_line(&vmlinux.to_string_lossy(), "pvh", 120);
 }
 
 #[test]
 fn debian_vmlinux_boots_to_first_console_line_via_linux_boot_protocol() {
-    let dir = kernel_cache();
-    boot_until_first_line(&dir.join("vmlinux").to_string_lossy(), "linux", 120);
+    let (vmlinux, _) = kernel_cache();
+    boot_until_first_line(&vmlinux.to_string_lossy(), "linux", 120);
 }
 
 #[test]
 fn debian_bzimage_boots_to_first_console_line() {
     // The bzImage's own decompressor runs first; under PVM it is emulated
     // (~150 s here), on VMX/SVM hosts it takes well under a second.
-    let dir = kernel_cache();
-    boot_until_first_line(&dir.join("vmlinuz").to_string_lossy(), "linux", 600);
+    let (_, bzimage) = kernel_cache();
+    boot_until_first_line(&bzimage.to_string_lossy(), "linux", 600);
 }
 
 #[test]
 fn a_stock_kernel_on_a_pvm_host_is_warned_about_and_the_test_guest_is_not() {
     let pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
-    let dir = kernel_cache();
-    for image in ["vmlinuz", "vmlinux"] {
-        let kernel = dir.join(image);
+    let (vmlinux, bzimage) = kernel_cache();
+    for (image, kernel) in [("bzImage", bzimage), ("vmlinux", vmlinux)] {
         let out = common::run(
             &[
                 "run",

@@ -23,6 +23,7 @@ pub fn run(args: &ImageArgs) -> anyhow::Result<u8> {
         ImageCommand::Fetch => {
             let assets = ensure_linux_assets(&cache)?;
             crate::logging::outln!("kernel     {} ({})", assets.kernel.display(), assets.kernel_version);
+            crate::logging::outln!("bzimage    {} ({})", assets.bzimage.display(), assets.kernel_version);
             crate::logging::outln!(
                 "initramfs  {} (busybox {})",
                 assets.initramfs.display(),
