@@ -667,3 +667,36 @@ fn the_daemons_list_follows_vms_that_end_or_are_killed_behind_its_back() {
     assert!(daemon_list(&s).iter().all(|r| r["name"] != "short"));
     stop_daemon(&mut s);
 }
+
+/// A started VM joins the VMs' CPU cgroup (`KVMKIT_VM_CGROUP`; by default
+/// `kvmkit-vms` under the cpu controller), so all VMs together weigh as one
+/// process group. Skipped where this test cannot make a cgroup (not root,
+/// no cpu controller).
+#[test]
+fn a_started_vm_joins_the_vms_cpu_cgroup() {
+    let v2 = std::fs::read_to_string("/sys/fs/cgroup/cgroup.subtree_control")
+        .is_ok_and(|t| t.split_whitespace().any(|w| w == "cpu"));
+    let root = if v2 { "/sys/fs/cgroup" } else { "/sys/fs/cgroup/cpu" };
+    let group = PathBuf::from(root).join(format!("kvmkit-test-{}", std::process::id()));
+    if std::fs::create_dir(&group).is_err() {
+        eprintln!("skipped: cannot make a cgroup under {root}");
+        return;
+    }
+    let s = State::new("cgroup");
+    s.define_ticks("g", &[]);
+    let out = Command::new(kvmkit())
+        .args(["vm", "start", "g", "--state-dir"])
+        .arg(&s.dir)
+        .env("KVMKIT_VM_CGROUP", &group)
+        .stdin(Stdio::null())
+        .output()
+        .expect("vm start");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pid = pid_of(&s.entry("g"));
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    let name = group.file_name().expect("name").to_string_lossy().into_owned();
+    s.ok(&["kill", "g"]);
+    wait_ended(pid);
+    let _ = std::fs::remove_dir(&group);
+    assert!(cgroups.lines().any(|l| l.ends_with(&format!("/{name}"))), "{cgroups}");
+}

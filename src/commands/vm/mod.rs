@@ -6,6 +6,7 @@
 //! the same with or without `kvmkit serve` (which supervises: restarts,
 //! autostart, re-adoption).
 
+mod cgroup;
 mod console;
 mod events;
 mod fleet;

@@ -387,6 +387,14 @@ pub fn spawn(vm: &VmDir) -> anyhow::Result<(Child, PidFile)> {
     }
     let mut child = cmd.spawn().context("cannot start kvmkit run")?;
     let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
+    if let Some(group) = super::cgroup::group() {
+        if let Err(e) = super::cgroup::join(&group, pid) {
+            if let Ok(mut f) = OpenOptions::new().append(true).open(&log_path) {
+                use std::io::Write;
+                let _ = writeln!(f, "kvmkit vm: the VM stays out of the cgroup {}: {e}", group.display());
+            }
+        }
+    }
     let ticks = start_ticks(pid).unwrap_or(0);
     let pidfile = PidFile {
         pid,
