@@ -159,11 +159,11 @@ pub fn write_initramfs(out: &Path, files: &[InitramfsEntry]) -> Result<(), Image
             }
             EntryKind::File(FileSource::Bytes(data)) => w.entry(&path, S_IFREG | perm, 1, 0, 0, data).map_err(ctx)?,
             EntryKind::File(FileSource::Host(source)) => {
-                let mut data = Vec::new();
-                File::open(source)
-                    .and_then(|mut f| f.read_to_end(&mut data))
-                    .map_err(|e| ImageError::io(format!("reading {}", source.display()), e))?;
-                w.entry(&path, S_IFREG | perm, 1, 0, 0, &data).map_err(ctx)?
+                // Streamed: a host file is never held in memory whole.
+                let read = |e| ImageError::io(format!("reading {}", source.display()), e);
+                let mut f = File::open(source).map_err(read)?;
+                let len = f.metadata().map_err(read)?.len();
+                w.entry_from(&path, S_IFREG | perm, 1, 0, 0, &mut f, len).map_err(read)?
             }
         }
     }
@@ -200,7 +200,24 @@ impl<W: Write> CpioWriter<W> {
         rminor: u32,
         data: &[u8],
     ) -> std::io::Result<()> {
-        let size = u32::try_from(data.len())
+        let mut data = data;
+        let len = data.len() as u64;
+        self.entry_from(name, mode, nlink, rmajor, rminor, &mut data, len)
+    }
+
+    /// One entry whose `len` bytes of contents are read from `data`.
+    #[allow(clippy::too_many_arguments)]
+    fn entry_from(
+        &mut self,
+        name: &str,
+        mode: u32,
+        nlink: u32,
+        rmajor: u32,
+        rminor: u32,
+        data: &mut dyn Read,
+        len: u64,
+    ) -> std::io::Result<()> {
+        let size = u32::try_from(len)
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{name} is over 4 GiB")))?;
         let ino = if name == TRAILER {
             0
@@ -223,7 +240,14 @@ impl<W: Write> CpioWriter<W> {
         self.write(name.as_bytes())?;
         self.write(&[0])?;
         self.pad4()?;
-        self.write(data)?;
+        let copied = std::io::copy(&mut data.take(len), &mut self.out)?;
+        if copied != len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{name}: {copied} of {len} bytes (did it shrink while being read?)"),
+            ));
+        }
+        self.offset += len;
         self.pad4()
     }
 }

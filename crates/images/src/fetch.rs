@@ -6,8 +6,10 @@ use std::process::Command;
 use crate::cpio::{write_initramfs, InitramfsEntry};
 use crate::manifest::{self, FileRecord, Manifest, ModuleRecord};
 use crate::modules::{self, GUEST_MODULES};
+use crate::debian::{find_deb, Apt};
 use crate::{bzimage, init, Cache, CachedItem, ImageError, LinuxAssets};
 
+/// The Debian meta package of the guest kernel.
 const KERNEL_META_PACKAGE: &str = "linux-image-cloud-amd64";
 const BUSYBOX_PACKAGE: &str = "busybox-static";
 const KERNEL: &str = "vmlinux";
@@ -35,78 +37,6 @@ pub(crate) fn run(cmd: &mut Command) -> Result<String, ImageError> {
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Runs `apt-get update` at most once per fetch.
-struct Apt<'a> {
-    updated: bool,
-    progress: &'a dyn Fn(&str),
-}
-
-impl Apt<'_> {
-    fn update(&mut self) -> Result<bool, ImageError> {
-        if self.updated {
-            return Ok(false);
-        }
-        self.updated = true;
-        (self.progress)("running apt-get update");
-        run(Command::new("apt-get").args(["update", "-qq"]))?;
-        Ok(true)
-    }
-
-    /// `linux-image-cloud-amd64` -> `linux-image-<version>-cloud-amd64`.
-    fn resolve_kernel_package(&mut self) -> Result<String, ImageError> {
-        let parse = |out: &str| {
-            out.lines()
-                .filter_map(|l| l.trim().strip_prefix("Depends:"))
-                .map(str::trim)
-                .find(|p| p.starts_with("linux-image-"))
-                .map(str::to_string)
-        };
-        let first = run(Command::new("apt-cache").args(["depends", KERNEL_META_PACKAGE])).ok();
-        if let Some(pkg) = first.as_deref().and_then(parse) {
-            return Ok(pkg);
-        }
-        self.update()?;
-        let out = run(Command::new("apt-cache").args(["depends", KERNEL_META_PACKAGE]))?;
-        parse(&out)
-            .ok_or_else(|| ImageError::Package(format!("cannot resolve {KERNEL_META_PACKAGE} (is apt configured?)")))
-    }
-
-    fn download(&mut self, dir: &Path, packages: &[&str]) -> Result<(), ImageError> {
-        let attempt = || {
-            run(Command::new("apt-get")
-                .args(["download", "-q"])
-                .args(packages)
-                .current_dir(dir))
-        };
-        match attempt() {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                if self.update()? {
-                    attempt().map(|_| ())
-                } else {
-                    Err(e)
-                }
-            }
-        }
-    }
-}
-
-/// The `.deb` in `dir` whose file name starts with `<package>_`.
-fn find_deb(dir: &Path, package: &str) -> Result<PathBuf, ImageError> {
-    let prefix = format!("{package}_");
-    let entries = std::fs::read_dir(dir).map_err(|e| ImageError::io(format!("listing {}", dir.display()), e))?;
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(&prefix) && name.ends_with(".deb") {
-            return Ok(entry.path());
-        }
-    }
-    Err(ImageError::Package(format!(
-        "apt-get download left no {package}_*.deb in {}",
-        dir.display()
-    )))
 }
 
 fn deb_version(deb: &Path) -> Result<String, ImageError> {
@@ -278,11 +208,8 @@ fn build(tmp: &Path, progress: &dyn Fn(&str)) -> Result<Manifest, ImageError> {
     for d in [&debs, &kroot, &broot] {
         std::fs::create_dir_all(d).map_err(|e| ImageError::io(format!("creating {}", d.display()), e))?;
     }
-    let mut apt = Apt {
-        updated: false,
-        progress,
-    };
-    let kernel_package = apt.resolve_kernel_package()?;
+    let mut apt = Apt::new(progress);
+    let kernel_package = apt.resolve_kernel_package(KERNEL_META_PACKAGE)?;
     progress(&format!("downloading {kernel_package} and {BUSYBOX_PACKAGE}"));
     apt.download(&debs, &[&kernel_package, BUSYBOX_PACKAGE])?;
     let kernel_deb = find_deb(&debs, &kernel_package)?;

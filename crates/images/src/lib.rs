@@ -23,6 +23,7 @@
 
 mod bzimage;
 mod cpio;
+pub mod debian;
 mod fetch;
 mod init;
 mod kernel_version;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
+use kvmkit_images::debian::{find_deb, Apt};
 
 /// The L1 kernel's meta package (resolved to the versioned package with `apt-cache depends`).
 const L1_KERNEL_META: &str = "linux-image-amd64";
@@ -82,53 +83,22 @@ pub fn ensure_tool(tool: &str, package: &str) -> Result<()> {
 
 /// Downloads `package` into `debs` unless a `.deb` of it is there already; returns its path.
 fn download(debs: &Path, package: &str) -> Result<PathBuf> {
-    let find = || -> Result<Option<PathBuf>> {
-        let prefix = format!("{package}_");
-        for entry in std::fs::read_dir(debs)? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&prefix) && name.ends_with(".deb") {
-                return Ok(Some(entry.path()));
-            }
-        }
-        Ok(None)
-    };
     std::fs::create_dir_all(debs)?;
-    if let Some(deb) = find()? {
+    if let Ok(deb) = find_deb(debs, package) {
         return Ok(deb);
     }
     eprintln!("nested: apt-get download {package}");
-    let attempt = || {
-        run(Command::new("apt-get")
-            .args(["download", "-q", package])
-            .current_dir(debs))
-    };
-    if attempt().is_err() {
-        run(Command::new("apt-get").args(["update", "-qq"]))?;
-        attempt()?;
-    }
-    find()?.with_context(|| format!("apt-get download left no {package}_*.deb in {}", debs.display()))
+    Apt::new(&progress).download(debs, &[package])?;
+    Ok(find_deb(debs, package)?)
 }
 
 /// `linux-image-amd64` -> `linux-image-<version>-amd64`.
 fn resolve_kernel_package() -> Result<String> {
-    let parse = |out: &str| {
-        out.lines()
-            .filter_map(|l| l.trim().strip_prefix("Depends:"))
-            .map(str::trim)
-            .find(|p| p.starts_with("linux-image-"))
-            .map(str::to_string)
-    };
-    if let Some(pkg) = run(Command::new("apt-cache").args(["depends", L1_KERNEL_META]))
-        .ok()
-        .as_deref()
-        .and_then(parse)
-    {
-        return Ok(pkg);
-    }
-    run(Command::new("apt-get").args(["update", "-qq"]))?;
-    let out = run(Command::new("apt-cache").args(["depends", L1_KERNEL_META]))?;
-    parse(&out).with_context(|| format!("cannot resolve {L1_KERNEL_META} (is apt configured?)"))
+    Ok(Apt::new(&progress).resolve_kernel_package(L1_KERNEL_META)?)
+}
+
+fn progress(step: &str) {
+    eprintln!("nested: {step}");
 }
 
 /// The L1 kernel and its kvm modules, from the cache or fetched into `<nested>/l1`.
