@@ -1,7 +1,15 @@
-//! The default allow-lists, one per thread role. Derived by running
-//! kvmkit's integration suite (guest workloads, blk-*, rng, net-*, the API
-//! and snapshot tests) under `strace -f` and reading each thread's calls;
-//! see docs/security.md for the table.
+//! The default allow-lists, one per thread role: the one source of truth
+//! for kvmkit's filters. Derived by running kvmkit's integration suite
+//! (guest workloads, blk-*, rng, net-*, the API and snapshot tests) under
+//! `strace -f` and reading each thread's calls; see docs/security.md for the
+//! table.
+//!
+//! This file is compiled twice: into the crate, and into `build.rs` (through
+//! `#[path]`, beside `names.rs`), which compiles every role's program with
+//! seccompiler and embeds the BPF in the binary, so starting a thread only
+//! installs it. It uses nothing of the crate but `super::names`, and no
+//! syscall number from the build host's libc (the lists are x86_64's,
+//! whatever machine builds them).
 
 use std::collections::BTreeMap;
 
@@ -10,7 +18,49 @@ use seccompiler::{
     SeccompRule, TargetArch,
 };
 
-use super::Role;
+/// A thread's role, which picks its filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The VMM thread (event loop), after the machine is built.
+    Vmm,
+    /// A vCPU thread.
+    Vcpu,
+    /// A virtio device worker.
+    Worker,
+    /// The thread that starts device workers.
+    Spawner,
+    /// The serial console's output thread (the worker list).
+    Console,
+    /// The API threads (tiny_http's and `fc_api*`).
+    Api,
+}
+
+impl Role {
+    /// The key of this role in a Firecracker-format JSON filter file.
+    pub fn key(self) -> &'static str {
+        match self {
+            Role::Vmm => "vmm",
+            Role::Vcpu => "vcpu",
+            Role::Worker | Role::Spawner | Role::Console => "worker",
+            Role::Api => "api",
+        }
+    }
+
+    /// Every role.
+    pub const ALL: [Role; 6] = [
+        Role::Vmm,
+        Role::Vcpu,
+        Role::Worker,
+        Role::Spawner,
+        Role::Console,
+        Role::Api,
+    ];
+}
+
+/// x86_64's number of a syscall named in these lists.
+fn nr(name: &str) -> i64 {
+    super::names::number(name).unwrap_or_else(|| panic!("unknown syscall {name}"))
+}
 
 // ioctl request numbers (from <linux/kvm.h>, <asm/termbits.h>, <linux/if_tun.h>).
 const KVM_RUN: u64 = 0xae80;
@@ -41,6 +91,14 @@ const TCSETSF: u64 = 0x5404;
 const SIOCGIFINDEX: u64 = 0x8933;
 const TUNSETOFFLOAD: u64 = 0x4004_54d0;
 const TUNSETVNETHDRSZ: u64 = 0x4004_54d8;
+
+// Argument values (Linux's, the same on every architecture; written here
+// rather than taken from libc so that build.rs needs no libc).
+pub(crate) const PROT_EXEC: u64 = 4;
+pub(crate) const PR_SET_NAME: u64 = 15;
+pub(crate) const PR_SET_NO_NEW_PRIVS: u64 = 38;
+pub(crate) const SECCOMP_SET_MODE_FILTER: u64 = 1;
+pub(crate) const AF_UNIX: u64 = 1;
 
 /// What every thread does: memory, locks, signals, its own start and end,
 /// writing to the descriptors it already holds (stderr, eventfds).
@@ -221,47 +279,36 @@ pub fn rules(role: Role) -> BTreeMap<i64, Vec<SeccompRule>> {
     }
     let mut map: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for n in names {
-        let nr = super::names::number(n).unwrap_or_else(|| panic!("unknown syscall {n}"));
-        map.insert(nr, vec![]);
+        map.insert(nr(n), vec![]);
     }
     // No executable mappings: mmap and mprotect only without PROT_EXEC.
     let no_exec = || {
-        vec![rule(vec![Cond::new(
-            2,
-            Len::Dword,
-            Op::MaskedEq(libc::PROT_EXEC as u64),
-            0,
-        )
-        .expect("cond")])]
+        vec![rule(vec![
+            Cond::new(2, Len::Dword, Op::MaskedEq(PROT_EXEC), 0).expect("cond")
+        ])]
     };
-    map.insert(libc::SYS_mmap, no_exec());
-    map.insert(libc::SYS_mprotect, no_exec());
+    map.insert(nr("mmap"), no_exec());
+    map.insert(nr("mprotect"), no_exec());
     let io: Vec<SeccompRule> = ioctls(role).iter().map(|&r| rule(vec![eq(1, r)])).collect();
     if !io.is_empty() {
-        map.insert(libc::SYS_ioctl, io);
+        map.insert(nr("ioctl"), io);
     }
     if matches!(role, Role::Api | Role::Worker | Role::Spawner | Role::Console) {
         // Naming a new thread (std does it in the thread itself).
-        map.insert(libc::SYS_prctl, vec![rule(vec![eq(0, libc::PR_SET_NAME as u64)])]);
+        map.insert(nr("prctl"), vec![rule(vec![eq(0, PR_SET_NAME)])]);
     }
     if role == Role::Spawner {
         // A new worker installs its own list on top of the spawner's.
         map.insert(
-            libc::SYS_prctl,
-            vec![
-                rule(vec![eq(0, libc::PR_SET_NAME as u64)]),
-                rule(vec![eq(0, libc::PR_SET_NO_NEW_PRIVS as u64)]),
-            ],
+            nr("prctl"),
+            vec![rule(vec![eq(0, PR_SET_NAME)]), rule(vec![eq(0, PR_SET_NO_NEW_PRIVS)])],
         );
-        map.insert(
-            libc::SYS_seccomp,
-            vec![rule(vec![eq(0, libc::SECCOMP_SET_MODE_FILTER as u64)])],
-        );
+        map.insert(nr("seccomp"), vec![rule(vec![eq(0, SECCOMP_SET_MODE_FILTER)])]);
     }
     if matches!(role, Role::Vmm | Role::Worker | Role::Spawner | Role::Console) {
         // VMM: waking the API's accept thread when it stops; workers:
         // virtio-vsock's guest-initiated connections.
-        map.insert(libc::SYS_socket, vec![rule(vec![eq(0, libc::AF_UNIX as u64)])]);
+        map.insert(nr("socket"), vec![rule(vec![eq(0, AF_UNIX)])]);
     }
     map
 }

@@ -1,5 +1,7 @@
 //! Seccomp filters, one allow-list per thread role (vCPU, device worker,
-//! API, VMM thread), built with rust-vmm's `seccompiler`.
+//! API, VMM thread), built with rust-vmm's `seccompiler` at build time
+//! (`build.rs` compiles the rules of `filters.rs`; `embedded` holds the
+//! BPF), so a thread only installs its program.
 //!
 //! The binary calls [`configure`] once, before it starts any thread; every
 //! role then calls [`apply`] when its thread starts (the VMM thread after the
@@ -14,9 +16,14 @@
 //! which runs under the worker list (plus `clone`): a worker never holds a
 //! vCPU's or the VMM's calls.
 
+mod embedded;
+// The rules: compiled by build.rs; here the crate takes `Role` from them,
+// and its tests compile them again to compare.
+#[cfg_attr(not(test), allow(dead_code))]
 mod filters;
 pub mod names;
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::io;
@@ -24,45 +31,8 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::{Mutex, OnceLock};
 use std::thread::JoinHandle;
 
-pub use seccompiler::BpfProgram;
-
-/// A thread's role, which picks its filter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// The VMM thread (event loop), after the machine is built.
-    Vmm,
-    /// A vCPU thread.
-    Vcpu,
-    /// A virtio device worker.
-    Worker,
-    /// The thread that starts device workers.
-    Spawner,
-    /// The serial console's output thread (the worker list).
-    Console,
-    /// The API threads (tiny_http's and `fc_api*`).
-    Api,
-}
-
-impl Role {
-    /// The key of this role in a Firecracker-format JSON filter file.
-    pub fn key(self) -> &'static str {
-        match self {
-            Role::Vmm => "vmm",
-            Role::Vcpu => "vcpu",
-            Role::Worker | Role::Spawner | Role::Console => "worker",
-            Role::Api => "api",
-        }
-    }
-
-    const ALL: [Role; 6] = [
-        Role::Vmm,
-        Role::Vcpu,
-        Role::Worker,
-        Role::Spawner,
-        Role::Console,
-        Role::Api,
-    ];
-}
+pub use filters::Role;
+pub use seccompiler::{sock_filter, BpfProgram};
 
 /// Which filters to install.
 #[derive(Debug)]
@@ -77,10 +47,9 @@ pub enum Policy {
 }
 
 struct Installed {
-    /// Each role's program, compiled the first time a thread of that role
-    /// starts (compiling every list up front cost ~1 ms of start-up before
-    /// the API socket answered).
-    programs: HashMap<Role, OnceLock<Result<BpfProgram, String>>>,
+    /// Each role's program: the default ones embedded at build time, a
+    /// `--seccomp-filter` file's compiled when it was read.
+    programs: HashMap<Role, Cow<'static, [sock_filter]>>,
     selftest: Option<Role>,
     spawner: Mutex<Option<Sender<Job>>>,
 }
@@ -107,9 +76,10 @@ pub fn load_json(path: &std::path::Path) -> Result<Policy, String> {
     Ok(Policy::Custom(map))
 }
 
-/// Compiles the default filter of every role (a self-check; used by tests).
-pub fn default_programs() -> Result<HashMap<Role, BpfProgram>, String> {
-    Role::ALL.iter().map(|&r| Ok((r, filters::program(r)?))).collect()
+/// `role`'s default filter: BPF that seccompiler compiled from `filters.rs`
+/// at build time.
+pub fn default_program(role: Role) -> &'static [sock_filter] {
+    embedded::program(role)
 }
 
 /// Sets the process's policy, installs the SIGSYS handler and starts the
@@ -117,7 +87,12 @@ pub fn default_programs() -> Result<HashMap<Role, BpfProgram>, String> {
 pub fn configure(policy: Policy) -> Result<(), String> {
     let installed = match policy {
         Policy::Off => None,
-        Policy::Default => Some(Role::ALL.iter().map(|&r| (r, OnceLock::new())).collect()),
+        Policy::Default => Some(
+            Role::ALL
+                .iter()
+                .map(|&r| (r, Cow::Borrowed(embedded::program(r))))
+                .collect(),
+        ),
         Policy::Custom(mut map) => {
             let vmm = map.get("vmm").cloned().unwrap_or_default();
             let worker = map.remove("worker").unwrap_or_else(|| vmm.clone());
@@ -127,7 +102,7 @@ pub fn configure(policy: Policy) -> Result<(), String> {
                     Role::Worker | Role::Spawner | Role::Console => worker.clone(),
                     _ => map.get(r.key()).cloned().unwrap_or_default(),
                 };
-                programs.insert(r, OnceLock::from(Ok(p)));
+                programs.insert(r, Cow::Owned(p));
             }
             Some(programs)
         }
@@ -234,13 +209,9 @@ pub fn apply(role: Role) -> Result<(), String> {
         return Ok(());
     };
     remember_name();
-    let Some(slot) = inst.programs.get(&role) else {
+    let Some(prog) = inst.programs.get(&role) else {
         return Ok(());
     };
-    let prog = slot
-        .get_or_init(|| filters::program(role))
-        .as_ref()
-        .map_err(Clone::clone)?;
     if prog.is_empty() {
         return Ok(());
     }
@@ -464,11 +435,36 @@ pub fn host_items() -> Vec<crate::host::check::CheckItem> {
 mod tests {
     use super::*;
 
+    /// The programs build.rs embedded are the ones seccompiler builds from
+    /// the same rules now, instruction for instruction.
     #[test]
-    fn every_default_filter_compiles() {
-        let p = default_programs().expect("compile");
-        assert_eq!(p.len(), 6);
-        assert!(p.values().all(|v| !v.is_empty()));
+    fn embedded_filters_are_the_ones_seccompiler_builds() {
+        for r in Role::ALL {
+            let now = filters::program(r).expect("compile");
+            assert!(!now.is_empty());
+            assert_eq!(default_program(r), now.as_slice(), "{r:?}");
+        }
+        // Roles with different lists get different programs.
+        assert_ne!(default_program(Role::Vcpu), default_program(Role::Vmm));
+    }
+
+    /// filters.rs writes Linux's argument values itself (build.rs has no
+    /// libc); they must be libc's.
+    #[test]
+    fn argument_values_are_linux_ones() {
+        assert_eq!(filters::PROT_EXEC, libc::PROT_EXEC as u64);
+        assert_eq!(filters::PR_SET_NAME, libc::PR_SET_NAME as u64);
+        assert_eq!(filters::PR_SET_NO_NEW_PRIVS, libc::PR_SET_NO_NEW_PRIVS as u64);
+        assert_eq!(
+            filters::SECCOMP_SET_MODE_FILTER,
+            u64::from(libc::SECCOMP_SET_MODE_FILTER)
+        );
+        assert_eq!(filters::AF_UNIX, libc::AF_UNIX as u64);
+        for n in ["mmap", "mprotect", "ioctl", "prctl", "seccomp", "socket"] {
+            assert!(names::number(n).is_some(), "{n}");
+        }
+        assert_eq!(names::number("mmap"), Some(libc::SYS_mmap));
+        assert_eq!(names::number("socket"), Some(libc::SYS_socket));
     }
 
     #[test]
