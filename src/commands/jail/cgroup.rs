@@ -1,6 +1,10 @@
 //! The VM's cgroup: `<hierarchy>/<parent>/<id>` in cgroup v1 (one per
 //! controller mount) or v2 (the unified hierarchy), the `--cgroup`
 //! values written, then the jailer moves itself in.
+//!
+//! The v2 hierarchy is the first `cgroup2` line of /proc/mounts, or the
+//! mount point named by [`CGROUP2_MOUNT_ENV`] (tests mount their own; a host
+//! with several cgroup2 mounts).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -15,6 +19,51 @@ use super::chroot::Created;
 pub struct VmCgroups {
     /// One per hierarchy used.
     pub dirs: Vec<PathBuf>,
+}
+
+/// The environment variable that names the cgroup2 mount point
+/// `--cgroup-version 2` uses (it must be one: its file system type is
+/// checked) instead of the first one in /proc/mounts.
+pub const CGROUP2_MOUNT_ENV: &str = "KVMKIT_JAIL_CGROUP2_MOUNT";
+
+/// `statfs`'s f_type of a cgroup2 file system (<linux/magic.h>).
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// The cgroup2 mount point to use: [`CGROUP2_MOUNT_ENV`]'s, checked, else
+/// the first in `mounts`.
+fn cgroup2_root(mounts: &[(PathBuf, String, Vec<String>)], file: &str) -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os(CGROUP2_MOUNT_ENV) {
+        let p = PathBuf::from(p);
+        return match fs_type(&p) {
+            Ok(t) if t == CGROUP2_SUPER_MAGIC => Ok(p),
+            Ok(_) => Err(format!(
+                "{CGROUP2_MOUNT_ENV}={}: not a cgroup2 mount point",
+                p.display()
+            )),
+            Err(e) => Err(format!("{CGROUP2_MOUNT_ENV}={}: {e}", p.display())),
+        };
+    }
+    mounts
+        .iter()
+        .find(|(_, ty, _)| ty == "cgroup2")
+        .map(|(mnt, _, _)| mnt.clone())
+        .ok_or_else(|| {
+            format!("--cgroup {file}: no cgroup2 file system is mounted (see /proc/mounts); try --cgroup-version 1")
+        })
+}
+
+/// The file system type (`statfs`'s f_type) of `p`.
+fn fs_type(p: &Path) -> io::Result<i64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c =
+        std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: a zeroed statfs is valid for the kernel to fill.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a NUL-terminated path, st a valid statfs.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type)
 }
 
 /// One line of /proc/mounts: (mount point, fs type, options).
@@ -84,14 +133,9 @@ pub fn create(plan: &JailPlan, created: &mut Created) -> Result<VmCgroups, Strin
     let mut own: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
     for s in &plan.cgroups {
         let root = if plan.cgroup_version == 2 {
-            let (mnt, _, _) = mounts.iter().find(|(_, ty, _)| ty == "cgroup2").ok_or_else(|| {
-                format!(
-                    "--cgroup {}: no cgroup2 file system is mounted (see /proc/mounts); try --cgroup-version 1",
-                    s.file
-                )
-            })?;
+            let mnt = cgroup2_root(&mounts, &s.file)?;
             own.entry(mnt.clone()).or_insert_with(|| own_cgroup(None));
-            mnt.clone()
+            mnt
         } else {
             let (mnt, _, _) = mounts
                 .iter()
