@@ -581,11 +581,14 @@ impl BusDevice for I8042 {
 }
 
 #[cfg(test)]
+mod linux_probe;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Instant;
 
-    fn dev() -> (Arc<VmControl>, I8042, EventFd) {
+    pub(super) fn dev() -> (Arc<VmControl>, I8042, EventFd) {
         let c = Arc::new(VmControl::new(Instant::now()).expect("control"));
         let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
         let d = I8042::new(c.clone()).with_kbd_irq(irq.try_clone().expect("clone"));
@@ -613,12 +616,12 @@ mod tests {
     }
 
     /// Interrupts raised since the last call.
-    fn irqs(irq: &EventFd) -> u64 {
+    pub(super) fn irqs(irq: &EventFd) -> u64 {
         irq.read().unwrap_or(0)
     }
 
     /// A keyboard command (and arguments) on the data port, and its answer.
-    fn kbd(d: &mut I8042, bytes: &[u8]) -> Vec<u8> {
+    pub(super) fn kbd(d: &mut I8042, bytes: &[u8]) -> Vec<u8> {
         let mut got = Vec::new();
         for &b in bytes {
             d.write(DATA_OFFSET, &[b]);
@@ -627,7 +630,7 @@ mod tests {
         got
     }
 
-    fn controller(d: &mut I8042, cmd: u8) -> Vec<u8> {
+    pub(super) fn controller(d: &mut I8042, cmd: u8) -> Vec<u8> {
         d.write(COMMAND_OFFSET, &[cmd]);
         drain(d)
     }
