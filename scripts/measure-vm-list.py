@@ -69,7 +69,7 @@ def time_list(n, floor=False):
             t = time.perf_counter()
             subprocess.run([K, "--version"], capture_output=True)
             base.append((time.perf_counter() - t) * 1000)
-            if os.path.exists(f"{state}/.serve.sock"):
+            if daemon:
                 t = time.perf_counter()
                 ask_daemon()
                 sock.append((time.perf_counter() - t) * 1000)
