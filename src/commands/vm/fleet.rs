@@ -383,3 +383,108 @@ fn poll_state(shared: Shared, vm: VmDir, pid: PidFile) {
             std::thread::sleep(POLL_EVERY);
         });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"{"boot-source": {"kernel_image_path": "/bin/true"},
+        "machine-config": {"vcpu_count": 2, "mem_size_mib": 64}}"#;
+
+    fn define(state: &Path, name: &str) -> VmDir {
+        let vm = VmDir::new(state, name).expect("name");
+        std::fs::create_dir_all(&vm.dir).expect("dir");
+        store::write_atomic(&vm.config_path(), CONFIG.as_bytes()).expect("config");
+        vm
+    }
+
+    fn row<'a>(rows: &'a [Row], name: &str) -> &'a Row {
+        rows.iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("{name} not listed"))
+    }
+
+    /// The view follows definitions, a process's start and end, and takes
+    /// the newest state observed, all from events, with no VMM involved
+    /// (a `sleep` child stands in for the VMM).
+    #[test]
+    fn the_view_follows_definitions_processes_and_the_newest_state() {
+        let state = std::env::temp_dir().join(format!("kvmkit-fleet-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&state);
+        std::fs::create_dir_all(&state).expect("state");
+        define(&state, "a");
+        let shared = Fleet::new(&state);
+        let mut f = lock(&shared);
+        assert!(f.sync().is_empty());
+        assert_eq!(f.rows().len(), 1);
+        assert_eq!(
+            (row(&f.rows(), "a").state.as_str(), row(&f.rows(), "a").vcpus),
+            ("shutoff", 2)
+        );
+
+        // Defined after the first look: listed on the next sync.
+        let b = define(&state, "b");
+        f.sync();
+        assert_eq!(f.rows().len(), 2);
+
+        // A process named by b's pid file is adopted and watched.
+        let mut child = std::process::Command::new("sleep").arg("60").spawn().expect("sleep");
+        let pid = PidFile {
+            pid: child.id() as i32,
+            start_ticks: process::start_ticks(child.id() as i32).expect("ticks"),
+        };
+        store::write_atomic(&b.file("pid"), format!("{} {}\n", pid.pid, pid.start_ticks).as_bytes()).expect("pid");
+        assert_eq!(f.sync().len(), 1, "adopted");
+        let rows = f.rows();
+        let r = row(&rows, "b");
+        assert_eq!((r.state.as_str(), r.pid), ("unknown", Some(pid.pid)));
+
+        // The newest observation wins, whether from a poller or state.json.
+        assert!(f.observe("b", pid, "running".into(), 2000));
+        assert!(f.observe("b", pid, "paused".into(), 1000), "older: still this process");
+        assert_eq!(row(&f.rows(), "b").state, "running");
+        let cache = process::CachedState {
+            pid: pid.pid,
+            start_ticks: pid.start_ticks,
+            state: "paused".into(),
+            at_ms: 3000,
+        };
+        std::fs::write(b.file(".s"), serde_json::to_string(&cache).expect("json")).expect("cache");
+        std::fs::rename(b.file(".s"), b.file("state.json")).expect("rename");
+        f.sync();
+        assert_eq!(row(&f.rows(), "b").state, "paused");
+        let other = PidFile {
+            pid: pid.pid,
+            start_ticks: pid.start_ticks + 1,
+        };
+        assert!(!f.observe("b", other, "running".into(), 4000), "another process");
+
+        // Killed behind everyone's back: the next sync after it ended shows it.
+        child.kill().expect("kill");
+        let fd = Pidfd::open(pid.pid).expect("pidfd");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !events::ended(&[&fd])[0] {
+            assert!(std::time::Instant::now() < deadline, "sleep never ended");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        f.sync();
+        let rows = f.rows();
+        let r = row(&rows, "b");
+        assert_eq!((r.state.as_str(), r.pid), ("crashed", None));
+        assert!(
+            r.last_exit.as_deref().is_some_and(|e| e.contains("killed by signal 9")),
+            "{r:?}"
+        );
+        assert!(!b.file("pid").exists(), "the pid file goes");
+        assert_eq!(std::mem::take(&mut f.ended).len(), 1);
+        assert!(child.wait().is_err(), "already reaped through the pidfd");
+        assert!(!f.observe("b", pid, "running".into(), 5000), "its poller ends");
+
+        // Undefined: gone from the view.
+        std::fs::remove_dir_all(&b.dir).expect("undefine");
+        f.sync();
+        assert_eq!(f.rows().len(), 1);
+        drop(f);
+        let _ = std::fs::remove_dir_all(&state);
+    }
+}
