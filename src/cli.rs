@@ -32,8 +32,9 @@ pub enum CtlCommand {
     FlushMetrics,
     /// End the VM and the VMM (kvmkit only: `PUT /kvmkit/stop`).
     Stop,
-    /// Write a snapshot of the paused VM (`PUT /snapshot/create`, Full): the state file and
-    /// the memory file (guest RAM).
+    /// Write a snapshot of the paused VM (`PUT /snapshot/create`): the state file and
+    /// the memory file (guest RAM; with --type diff only the pages dirtied since the last
+    /// snapshot, to merge onto the base with `kvmkit snapshot rebase`).
     Snapshot {
         /// State file to write.
         #[arg(long, value_name = "FILE")]
@@ -41,6 +42,9 @@ pub enum CtlCommand {
         /// Memory file to write.
         #[arg(long, value_name = "FILE")]
         mem: PathBuf,
+        /// full, or diff (the VM must track dirty pages: `run --track-dirty-pages`).
+        #[arg(long = "type", value_enum, default_value_t = SnapshotTypeArg::Full)]
+        kind: SnapshotTypeArg,
     },
     /// Load a snapshot into a fresh kvmkit (`PUT /snapshot/load`); it stays paused unless --resume.
     Load {
@@ -53,6 +57,9 @@ pub enum CtlCommand {
         /// Run the VM once loaded.
         #[arg(long)]
         resume: bool,
+        /// Track dirty pages in the restored VM (for diff snapshots of it).
+        #[arg(long)]
+        track_dirty_pages: bool,
     },
     /// Send any API request (for scripts without curl) and print the answer's body.
     ///
@@ -65,6 +72,39 @@ pub enum CtlCommand {
         path: String,
         /// JSON body (none for GET).
         body: Option<String>,
+    },
+}
+
+/// `kvmkit ctl snapshot --type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SnapshotTypeArg {
+    /// All of guest RAM.
+    Full,
+    /// Only the pages dirtied since the last snapshot.
+    Diff,
+}
+
+/// Options of `kvmkit snapshot`.
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// What to do with snapshot files.
+    #[command(subcommand)]
+    pub command: SnapshotCommand,
+}
+
+/// `kvmkit snapshot` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Merge a diff memory file onto its base memory file, in place: the base then holds guest
+    /// RAM as it was at the diff (Firecracker's `snapshot-editor edit-memory rebase`). Merge
+    /// diffs in the order they were taken. Do not rebase a file VMs restored from still map.
+    Rebase {
+        /// The base memory file (a full snapshot's, or one already rebased); changed in place.
+        #[arg(long, value_name = "FILE")]
+        base_mem: PathBuf,
+        /// The diff memory file (`ctl snapshot --type diff`).
+        #[arg(long, value_name = "FILE")]
+        diff_mem: PathBuf,
     },
 }
 
@@ -256,6 +296,10 @@ pub struct RunArgs {
     /// Read the memory file into fresh memory at restore instead of mapping it.
     #[arg(long, requires = "restore_state")]
     pub restore_mem_copy: bool,
+    /// Track the pages the guest and its devices write (machine-config `track_dirty_pages`),
+    /// so that diff snapshots can be taken (`ctl snapshot --type diff`); also after a restore.
+    #[arg(long)]
+    pub track_dirty_pages: bool,
     /// With --restore-state and --api-sock: run the restored VM at once.
     #[arg(long, requires = "restore_state")]
     pub resume: bool,

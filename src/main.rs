@@ -41,6 +41,8 @@ pub(crate) enum Command {
     Bench(cli::BenchArgs),
     /// Drive a running kvmkit (or Firecracker) over its API socket.
     Ctl(cli::CtlArgs),
+    /// Snapshot files: merge a diff memory file onto its base (`snapshot rebase`).
+    Snapshot(cli::SnapshotArgs),
     /// Run a command in a running Linux guest through kvmkit's guest agent over vsock
     /// (the VM from `kvmkit run --linux --api-sock S`; docs/vsock.md).
     Exec(crate::commands::exec::ExecArgs),
@@ -84,6 +86,7 @@ fn main() -> ExitCode {
         Command::Image(args) => commands::image::run(&args),
         Command::Bench(args) => commands::bench::run(&args),
         Command::Ctl(args) => commands::ctl::run(&args),
+        Command::Snapshot(args) => commands::snapshot::run(&args),
         Command::Exec(args) => commands::exec::run(&args),
         Command::Workloads => commands::workloads::run(),
         Command::Vm(args) => commands::vm::run(&args),

@@ -17,7 +17,8 @@ use std::os::fd::FromRawFd;
 
 use kvmkit_vmm::arch::x86_64::regs::EntryPoint;
 use kvmkit_vmm::boot::{boot, BootProtocol, BootSource};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use kvmkit_vmm::memory::GuestMemoryMmap;
+use vm_memory::GuestAddress;
 
 use crate::Input;
 

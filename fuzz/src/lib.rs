@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use kvmkit_vmm::control::VmControl;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use kvmkit_vmm::memory::GuestMemoryMmap;
+use vm_memory::GuestAddress;
 
 /// Guest RAM used by the targets: 64 KiB at 0, 4 KiB right after it (a
 /// report may straddle the two), and 4 KiB after a hole at 0x20000.

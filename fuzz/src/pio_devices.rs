@@ -39,7 +39,8 @@ use kvmkit_vmm::devices::guest_port::GuestPort;
 use kvmkit_vmm::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
 use kvmkit_vmm::devices::null::NullDevice;
 use kvmkit_vmm::devices::serial::{ConsoleOut, SerialDevice, COM1_BASE, UART_LEN};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use kvmkit_vmm::memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::{control, guest_memory, le_u32, Input};

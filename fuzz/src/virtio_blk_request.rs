@@ -49,6 +49,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use kvmkit_vmm::memory::GuestMemoryMmap;
 use kvmkit_vmm::virtio::block::disk::DiskImage;
 use kvmkit_vmm::virtio::block::request::{
     DiscardSegment, RequestHeader, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
@@ -57,7 +58,7 @@ use kvmkit_vmm::virtio::block::request::{
 use kvmkit_vmm::virtio::block::{BlockHandler, QUEUE_SIZE};
 use kvmkit_vmm::virtio::Interrupt;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::{guest_memory, Input, RAM_REGIONS};

@@ -44,12 +44,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use kvmkit_vmm::bus::BusDevice;
+use kvmkit_vmm::memory::GuestMemoryMmap;
 use kvmkit_vmm::virtio::block::disk::DiskImage;
 use kvmkit_vmm::virtio::block::Block;
 use kvmkit_vmm::virtio::mmio::{status, MmioTransport};
 use kvmkit_vmm::virtio::{Activation, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use virtio_queue::QueueT;
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::{guest_memory, Input, RAM_REGIONS};

@@ -55,6 +55,7 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
+use kvmkit_vmm::memory::GuestMemoryMmap;
 use kvmkit_vmm::net::tap::VNET_HDR_LEN;
 use kvmkit_vmm::virtio::net::handler::{FrameIo, MAX_BUFFER_BYTES, MAX_FRAME_BYTES};
 use kvmkit_vmm::virtio::net::{
@@ -62,7 +63,7 @@ use kvmkit_vmm::virtio::net::{
 };
 use kvmkit_vmm::virtio::Interrupt;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::virtio_blk_request::{contains, merged, overlaps, range, snapshot, walk, Range};

@@ -18,10 +18,11 @@
 
 use std::sync::Arc;
 
+use kvmkit_vmm::memory::GuestMemoryMmap;
 use kvmkit_vmm::virtio::rng::{queue_handler, MAX_BYTES_PER_REQUEST};
 use kvmkit_vmm::virtio::test_rig::{Desc, TestQueue, F_WRITE};
 use kvmkit_vmm::virtio::{Interrupt, QueueHandler};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::Input;

@@ -39,6 +39,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kvmkit_vmm::memory::GuestMemoryMmap;
 use kvmkit_vmm::virtio::test_rig::{Desc, TestQueue, F_WRITE};
 use kvmkit_vmm::virtio::vsock::handler::VsockHandler;
 use kvmkit_vmm::virtio::vsock::muxer::MAX_CONNECTIONS;
@@ -46,7 +47,7 @@ use kvmkit_vmm::virtio::vsock::packet::{Header, Op, HDR_LEN, MAX_PKT_DATA};
 use kvmkit_vmm::virtio::vsock::{unix::port_path, Vsock};
 use kvmkit_vmm::virtio::{Interrupt, WorkerHandler};
 use virtio_queue::Queue;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::{guest_memory, Input};

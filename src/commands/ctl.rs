@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::cli::{CtlArgs, CtlCommand};
+use crate::cli::{CtlArgs, CtlCommand, SnapshotTypeArg};
 
 /// Largest answer read (a VM config with many devices is a few KiB).
 const MAX_RESPONSE: usize = 1 << 20;
@@ -101,20 +101,33 @@ fn route(cmd: &CtlCommand) -> anyhow::Result<(String, &str, Option<String>)> {
         CtlCommand::CtrlAltDel => fixed("PUT", "/actions", Some(r#"{"action_type": "SendCtrlAltDel"}"#)),
         CtlCommand::FlushMetrics => fixed("PUT", "/actions", Some(r#"{"action_type": "FlushMetrics"}"#)),
         CtlCommand::Stop => fixed("PUT", "/kvmkit/stop", None),
-        CtlCommand::Snapshot { state, mem } => {
+        CtlCommand::Snapshot { state, mem, kind } => {
             let body = serde_json::json!({
-                "snapshot_type": "Full",
+                "snapshot_type": match kind {
+                    SnapshotTypeArg::Full => "Full",
+                    SnapshotTypeArg::Diff => "Diff",
+                },
                 "snapshot_path": path_text(state)?,
                 "mem_file_path": path_text(mem)?,
             });
             Ok(("PUT".into(), "/snapshot/create", Some(body.to_string())))
         }
-        CtlCommand::Load { state, mem, resume } => {
-            let body = serde_json::json!({
+        CtlCommand::Load {
+            state,
+            mem,
+            resume,
+            track_dirty_pages,
+        } => {
+            let mut body = serde_json::json!({
                 "snapshot_path": path_text(state)?,
                 "mem_backend": {"backend_type": "File", "backend_path": path_text(mem)?},
                 "resume_vm": resume,
             });
+            // Only when asked: Firecracker refuses fields it does not know
+            // in older versions, and the default is off anyway.
+            if *track_dirty_pages {
+                body["track_dirty_pages"] = serde_json::Value::Bool(true);
+            }
             Ok(("PUT".into(), "/snapshot/load", Some(body.to_string())))
         }
         CtlCommand::Request { method, path, body } => {

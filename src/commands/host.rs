@@ -96,11 +96,12 @@ pub fn run(args: &HostArgs) -> anyhow::Result<u8> {
                 r.thread
             ),
             "memtest" => crate::logging::outln!(
-                "memtest: MiB={} errors={} time_ns={} thread={}",
+                "memtest: MiB={} errors={} time_ns={} thread={} pages={}",
                 r.arg,
                 r.value,
                 r.ns,
-                r.thread
+                r.thread,
+                r.pages.as_ref().map_or_else(|| "unknown".to_owned(), |p| p.summary())
             ),
             other => crate::logging::outln!(
                 "{other}: arg={} result={:#x} time_ns={} thread={}",

@@ -11,5 +11,6 @@ pub mod jail;
 pub mod landlock;
 pub mod run;
 pub mod seccomp;
+pub mod snapshot;
 pub mod vm;
 pub mod workloads;

@@ -325,13 +325,8 @@ fn host_thread(kind: Kind, arg: u64, thread: usize, threads: usize) -> anyhow::R
             // As in the guest: the region is split among the CPUs, page-aligned shares.
             let share = ((arg << 20) / threads as u64) & !0xfff;
             let words = usize::try_from(share / 8).context("memtest size too large")?;
-            let mut buf: Vec<u64> = Vec::with_capacity(words);
-            // SAFETY: the range is the Vec's own allocation; madvise only changes paging policy.
-            unsafe { libc::madvise(buf.as_mut_ptr().cast(), words * 8, libc::MADV_HUGEPAGE) };
-            buf.resize(words, 0);
-            let t0 = Instant::now();
-            let report = kvmkit_workloads::memtest(&mut buf, 0x5eed_0000 + thread as u64);
-            Ok((t0.elapsed().as_nanos() as u64, report.errors))
+            let (errors, ns, _) = crate::host::memtest_words(words, thread)?;
+            Ok((ns, errors))
         }
         Kind::Raytrace | Kind::Md5 | Kind::Des | Kind::Blowfish | Kind::Compress => {
             let r = crate::host::run_share(kind.name(), arg, thread, threads)?;

@@ -15,6 +15,8 @@ use kvmkit_workloads::{
     COMPRESS_WORKSPACE, SMALLIO_BLOCK, SMALLIO_FLUSH_EVERY, SMALLIO_SPAN_MIB, SUITE_BUFFER,
 };
 
+use crate::pages::{HugePageBuffer, PageReport};
+
 /// One thread's result.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct HostResult {
@@ -28,6 +30,9 @@ pub struct HostResult {
     pub value: u64,
     /// Elapsed nanoseconds.
     pub ns: u64,
+    /// memtest: the page-size policy its buffer got (see [`crate::pages`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pages: Option<PageReport>,
 }
 
 /// Runs one thread's share of a workload.
@@ -39,6 +44,7 @@ pub fn run_one(name: &str, arg: u64, thread: usize) -> anyhow::Result<HostResult
 /// renders every `threads`-th row; the others run whole on every thread.
 pub fn run_share(name: &str, arg: u64, thread: usize, threads: usize) -> anyhow::Result<HostResult> {
     let suite_buffers = || (vec![0u8; SUITE_BUFFER], vec![0u8; COMPRESS_WORKSPACE]);
+    let mut pages = None;
     let (value, ns) = match name {
         "raytrace" => {
             let t0 = Instant::now();
@@ -69,10 +75,9 @@ pub fn run_share(name: &str, arg: u64, thread: usize, threads: usize) -> anyhow:
         }
         "memtest" => {
             let words = usize::try_from(arg << 17).context("memtest size too large")?;
-            let mut buf = huge_page_buffer(words);
-            let t0 = Instant::now();
-            let report = memtest(&mut buf, 0x5eed_0000 + thread as u64);
-            (report.errors, t0.elapsed().as_nanos() as u64)
+            let (errors, ns, report) = memtest_words(words, thread)?;
+            pages = Some(report);
+            (errors, ns)
         }
         other => bail!("unknown host workload '{other}'"),
     };
@@ -82,7 +87,19 @@ pub fn run_share(name: &str, arg: u64, thread: usize, threads: usize) -> anyhow:
         thread,
         value,
         ns,
+        pages,
     })
+}
+
+/// One thread's memtest over `words` u64s in memory paged like guest RAM: a fresh
+/// [`HugePageBuffer`], first touched inside the timed run as guest RAM is in the guest.
+/// Returns (errors, ns, the policy the buffer got).
+pub fn memtest_words(words: usize, thread: usize) -> anyhow::Result<(u64, u64, PageReport)> {
+    let mut buf = HugePageBuffer::new(words)?;
+    let t0 = Instant::now();
+    let report = memtest(buf.as_mut_slice(), 0x5eed_0000 + thread as u64);
+    let ns = t0.elapsed().as_nanos() as u64;
+    Ok((report.errors, ns, buf.report()))
 }
 
 /// What [`blk_seq_file`] measured.
@@ -204,15 +221,6 @@ pub fn smallio_file(path: &Path, n: u64) -> anyhow::Result<u64> {
     }
     file.sync_data()?;
     Ok(t0.elapsed().as_nanos() as u64)
-}
-
-/// A zeroed buffer advised to use transparent huge pages, as guest RAM is.
-fn huge_page_buffer(words: usize) -> Vec<u64> {
-    let mut buf: Vec<u64> = Vec::with_capacity(words);
-    // SAFETY: the range is the Vec's own allocation; madvise only changes paging policy.
-    unsafe { libc::madvise(buf.as_mut_ptr().cast(), words * 8, libc::MADV_HUGEPAGE) };
-    buf.resize(words, 0);
-    buf
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ mod linux;
 mod load;
 mod machine;
 mod measured;
+pub mod pages;
 mod paper;
 mod process;
 mod profile;
@@ -174,6 +175,7 @@ pub fn run(args: &Options) -> anyhow::Result<u8> {
                 available,
                 reason,
                 description: describe(e, linux_mode),
+                memory_pages: pages::env_policy(e, linux_mode, pages::thp_mode().as_deref()),
             },
         );
     }

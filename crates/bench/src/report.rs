@@ -411,6 +411,8 @@ pub fn markdown(results: &BenchResults, charts: &[String]) -> String {
     for (name, info) in &results.environments {
         if let Some(r) = &info.reason {
             let _ = writeln!(out, "- environment {name} not run: {r}");
+        } else if !info.memory_pages.is_empty() {
+            let _ = writeln!(out, "- memory pages, {name}: {}", info.memory_pages);
         }
     }
     let _ = writeln!(out, "- CPU affinity: {}", results.affinity.note);
@@ -587,5 +589,17 @@ mod tests {
         );
         let md = markdown(&results, &[]);
         assert!(md.contains("Verdicts:") && md.contains("Mann-Whitney"), "{md}");
+    }
+
+    #[test]
+    fn machine_lists_each_environments_memory_pages() {
+        let mut results = crate::results::fixtures::synthetic_results(3);
+        for (name, info) in results.environments.iter_mut() {
+            info.memory_pages = format!("pages of {name}");
+        }
+        let md = markdown(&results, &[]);
+        for name in ["host", "kvmkit", "qemu"] {
+            assert!(md.contains(&format!("- memory pages, {name}: pages of {name}")), "{md}");
+        }
     }
 }

@@ -302,6 +302,10 @@ pub struct EnvInfo {
     pub reason: Option<String>,
     /// What it is.
     pub description: String,
+    /// The page-size policy of the memory its workloads run in (guest RAM, or the host
+    /// runner's memtest buffer): a guest/host memtest ratio compares like with like only
+    /// when these agree.
+    pub memory_pages: String,
 }
 
 /// What `--guest linux` ran.
@@ -442,6 +446,7 @@ pub(crate) mod fixtures {
                         available: true,
                         reason: None,
                         description: String::new(),
+                        memory_pages: String::new(),
                     };
                     (e.name().to_owned(), info)
                 })

@@ -21,12 +21,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use kvmkit_vmm::memory::GuestMemoryMmap;
 use kvmkit_vmm::virtio::block::disk::DiskImage;
 use kvmkit_vmm::virtio::block::request::{RequestHeader, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 use kvmkit_vmm::virtio::block::{BlockHandler, QUEUE_SIZE};
 use kvmkit_vmm::virtio::Interrupt;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 const IMAGE_SIZE: u64 = 64 << 20;

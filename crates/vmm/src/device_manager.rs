@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::{IoEventAddress, VmFd};
 use serde::Serialize;
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::acpi::AcpiMmioDevice;
 use crate::bus::{lock, Bus, BusDevice, SharedDevice};
+use crate::memory::GuestMemoryMmap;
 use crate::vcpu::Buses;
 use crate::virtio::mmio::{MmioTransport, MMIO_WINDOW_SIZE, REG_QUEUE_NOTIFY};
 use crate::virtio::{Interrupt, VirtioDevice};

@@ -1,7 +1,27 @@
 //! Guest RAM: anonymous host memory laid out by [`ram_ranges`], backed by
 //! transparent huge pages where the host has them.
+//!
+//! Every region carries a dirty bitmap ([`AtomicBitmap`], one bit per 4 KiB
+//! page): each write kvmkit's own code makes through `vm-memory` (device
+//! emulation filling buffers, used rings, the VMGenID page, the boot loader)
+//! sets the page's bit. KVM's dirty log sees only the guest's writes; diff
+//! snapshots take the union of both (`crate::snapshot::dirty`).
 
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::bitmap::WithBitmapSlice;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+pub use vm_memory::bitmap::AtomicBitmap;
+
+/// Guest RAM as kvmkit uses it everywhere: `vm-memory`'s mmap backend with a
+/// dirty bitmap per region.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<AtomicBitmap>;
+
+/// One region of [`GuestMemoryMmap`].
+pub type GuestRegionMmap = vm_memory::GuestRegionMmap<AtomicBitmap>;
+
+/// The bitmap view a volatile slice of guest RAM carries (the `B` of
+/// `virtio_queue::{Reader, Writer}` over [`GuestMemoryMmap`]).
+pub type GuestBitmapSlice<'a> = <AtomicBitmap as WithBitmapSlice<'a>>::S;
 
 use crate::arch::x86_64::layout::ram_ranges;
 

@@ -102,6 +102,7 @@ impl Vmm {
             memory: &p.mem_file_path,
             copy_memory: p.copy_memory,
             network_overrides: &p.network_overrides,
+            track_dirty_pages: p.track_dirty_pages,
         };
         let mut m = Machine::restore(&paths, &mut self.opts)?;
         m.start(!p.resume_vm)?;
@@ -238,7 +239,7 @@ impl Vmm {
             Resume => done(self.running()?.resume().map_err(transition_error)),
             CreateSnapshot(p) => {
                 let m = self.running()?;
-                m.snapshot(&p.snapshot_path, &p.mem_file_path)
+                m.snapshot(p.snapshot_type, &p.snapshot_path, &p.mem_file_path)
                     .map_err(|e| ActionError::Runtime(format!("cannot create the snapshot: {e}")))?;
                 Ok(VmmData::Empty)
             }

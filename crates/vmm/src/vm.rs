@@ -1,10 +1,11 @@
 //! The KVM VM: its file descriptor, interrupt controllers and memory slots.
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+use crate::memory::GuestMemoryMmap;
 
 /// Errors creating or configuring the VM.
 #[derive(Debug, thiserror::Error)]
@@ -23,9 +24,10 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Creates the VM, registers `memory` as slots 0.., then creates the
-    /// in-kernel IOAPIC/PIC/LAPICs and PIT.
-    pub fn new(kvm: &Kvm, memory: &GuestMemoryMmap) -> Result<Self, VmError> {
+    /// Creates the VM, registers `memory` as slots 0.. (region `i` is slot
+    /// `i`; with `track_dirty` KVM logs the guest's writes to them, see
+    /// `snapshot::dirty`), then creates the in-kernel IOAPIC/PIC/LAPICs and PIT.
+    pub fn new(kvm: &Kvm, memory: &GuestMemoryMmap, track_dirty: bool) -> Result<Self, VmError> {
         let fd = kvm.create_vm().map_err(VmError::Create)?;
         // Memory slots go in before the interrupt controllers: on this host
         // (kvm_pvm) a slot added after KVM_CREATE_IRQCHIP costs ~6 ms more.
@@ -35,7 +37,7 @@ impl Vm {
                 guest_phys_addr: region.start_addr().0,
                 memory_size: region.len(),
                 userspace_addr: region.as_ptr() as u64,
-                flags: 0,
+                flags: if track_dirty { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
             };
             // SAFETY: the region is a live mapping owned by `memory`, which the
             // caller keeps alive for as long as the VM exists (the machine owns both).

@@ -73,6 +73,9 @@ pub fn plan(args: &RunArgs, start: Instant) -> anyhow::Result<RunPlan> {
     } else {
         VmResources::default()
     };
+    // The flag adds tracking to a config file's machine-config (and to the
+    // API's default one, until a PUT /machine-config replaces it).
+    resources.machine_config.track_dirty_pages |= args.track_dirty_pages;
     let booting_from_flags = args.guest || args.linux || args.kernel.is_some();
     let mut agent = None;
     let boot_now = booting_from_flags || args.config_file.is_some();
@@ -85,6 +88,7 @@ pub fn plan(args: &RunArgs, start: Instant) -> anyhow::Result<RunPlan> {
         resources.set_machine_config(MachineConfig {
             vcpu_count: u8::try_from(args.cpus).unwrap_or(u8::MAX),
             mem_size_mib: args.memory,
+            track_dirty_pages: args.track_dirty_pages,
             ..Default::default()
         })?;
         let (boot, kernel, agent_plan) = boot_source(args)?;

@@ -26,6 +26,7 @@ fn restore_params(args: &RunArgs) -> Option<LoadSnapshotParams> {
         copy_memory: args.restore_mem_copy,
         resume_vm: args.resume || args.api_sock.is_none(),
         network_overrides: Vec::new(),
+        track_dirty_pages: args.track_dirty_pages,
     })
 }
 

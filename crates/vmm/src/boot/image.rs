@@ -5,9 +5,10 @@ use std::io::{Read, Seek, SeekFrom};
 
 use linux_loader::loader::elf::PvhBootCapability;
 use linux_loader::loader::{BzImage, Elf, KernelLoader, KernelLoaderResult};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 
 use crate::arch::x86_64::layout::HIMEM_START;
+use crate::memory::GuestMemoryMmap;
 
 /// A kernel image format kvmkit can boot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,11 +3,12 @@
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 
 use super::{BootError, InitrdPlacement};
 use crate::arch::x86_64::e820::MemoryMapEntry;
 use crate::arch::x86_64::layout::{CMDLINE_START, ZERO_PAGE_START};
+use crate::memory::GuestMemoryMmap;
 
 const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
 const KERNEL_HDR_MAGIC: u32 = 0x5372_6448; // "HdrS"

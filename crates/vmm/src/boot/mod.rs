@@ -16,13 +16,14 @@ use std::path::PathBuf;
 
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::{load_cmdline, KernelLoaderResult};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress};
 
 pub use image::{detect_format, KernelFormat};
 
 use crate::arch::x86_64::e820::memory_map;
 use crate::arch::x86_64::layout::{low_ram_end, CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START};
 use crate::arch::x86_64::regs::EntryPoint;
+use crate::memory::GuestMemoryMmap;
 
 /// Which entry protocol to use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]

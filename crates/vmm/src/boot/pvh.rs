@@ -3,11 +3,12 @@
 use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 
 use super::{BootError, InitrdPlacement};
 use crate::arch::x86_64::e820::MemoryMapEntry;
 use crate::arch::x86_64::layout::{CMDLINE_START, PVH_INFO_START, PVH_MEMMAP_START, PVH_MODLIST_START};
+use crate::memory::GuestMemoryMmap;
 
 /// `hvm_start_info.magic` ("xEn3" with the high bit set).
 pub const XEN_HVM_START_MAGIC_VALUE: u32 = 0x336e_c578;

@@ -7,10 +7,11 @@
 use std::sync::Arc;
 
 use kvmkit_guest_abi::{Report, ReportKind, EXIT_PORT, NULL_PORT, PORT_BASE, REPORT_MAGIC, REPORT_PORT, REPORT_SIZE};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::bus::BusDevice;
 use crate::control::{ExitReason, VmControl};
+use crate::memory::GuestMemoryMmap;
 
 /// Most malformed reports logged before going quiet.
 const MAX_WARNINGS: u32 = 10;

@@ -6,8 +6,10 @@
 //! it was restored (or cloned) and can reseed; Linux feeds the new ID to its
 //! RNG (`add_vmfork_randomness`).
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
+
+use crate::memory::GuestMemoryMmap;
 
 pub use crate::arch::x86_64::acpi::{VMGENID_ADDR, VMGENID_GSI};
 
@@ -59,7 +61,7 @@ mod tests {
 
     #[test]
     fn each_regeneration_writes_a_new_id_and_notifies() {
-        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("memory");
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("memory");
         let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
         let g = VmGenId::new(irq.try_clone().expect("clone"));
         let a = g.regenerate(&memory).expect("id");

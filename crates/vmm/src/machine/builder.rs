@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvmkit_guest_abi::{DEBUG_PORT, NULL_MMIO_ADDR, NULL_MMIO_SIZE, PORT_BASE, PORT_COUNT};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{Machine, MachineError};
@@ -28,6 +27,7 @@ use crate::devices::vmgenid::{VmGenId, VMGENID_GSI};
 use crate::host::kvm::open_kvm;
 use crate::lifecycle::VmState;
 use crate::memory::create_guest_memory;
+use crate::memory::GuestMemoryMmap;
 use crate::net::Tap;
 use crate::vcpu::Vcpu;
 use crate::virtio::block::disk::DiskImage;
@@ -219,7 +219,7 @@ impl Machine {
             None => (create_guest_memory(memory_mib)?, None),
         };
         let control = Arc::new(VmControl::new(start).map_err(host_err("eventfd"))?);
-        let vm = Vm::new(&kvm, &memory)?;
+        let vm = Vm::new(&kvm, &memory, resources.machine_config.track_dirty_pages)?;
         tracing::debug!("VM created");
 
         // Legacy devices.

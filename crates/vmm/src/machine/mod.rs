@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kvmkit_guest_abi::Report;
-use vm_memory::GuestMemoryMmap;
 
 pub use builder::{validate_cpus, KernelSource, MachineOptions, RestoreSource};
 pub use snapshot::RestorePaths;
@@ -22,6 +21,7 @@ use crate::devices::i8042::I8042;
 use crate::devices::serial::SerialDevice;
 use crate::host::kvm::KvmOpenError;
 use crate::lifecycle::{InvalidTransition, VmState};
+use crate::memory::GuestMemoryMmap;
 use crate::memory::MemoryError;
 use crate::vcpu::handle::{VcpuEvent, VcpuHandle, VcpuHandleError};
 use crate::vcpu::{Buses, Vcpu, VcpuError, VcpuMetrics};

@@ -9,10 +9,10 @@ use crate::bus::lock;
 use crate::device_manager::{DeviceHandle, DeviceInfo, DeviceKind, Placement};
 use crate::lifecycle::VmState;
 use crate::snapshot::devices::{DevicesState, SerialSnapshot};
-use crate::snapshot::memory::{map_memory_file, write_memory_file};
-use crate::snapshot::params::NetworkOverride;
+use crate::snapshot::memory::{map_memory_file, write_diff_memory_file, write_memory_file};
+use crate::snapshot::params::{NetworkOverride, SnapshotType};
 use crate::snapshot::virtio::{BlockSnapshot, NetSnapshot, VirtioDeviceState, VirtioKindState};
-use crate::snapshot::{file, vm, SnapshotError, SnapshotInfo, SnapshotState};
+use crate::snapshot::{dirty, file, vm, SnapshotError, SnapshotInfo, SnapshotState};
 use crate::vcpu::handle::{VcpuEvent, VcpuHandleError, VcpuResponse};
 use crate::virtio::block::Block;
 use crate::virtio::net::Net;
@@ -30,6 +30,9 @@ pub struct RestorePaths<'a> {
     /// Taps to use instead of the saved ones (Firecracker's
     /// `network_overrides`, for clones).
     pub network_overrides: &'a [NetworkOverride],
+    /// Track dirty pages in the restored VM (its `track_dirty_pages`; not
+    /// taken from the snapshot, as in Firecracker).
+    pub track_dirty_pages: bool,
 }
 
 /// The MMIO window and GSI of a virtio device.
@@ -123,16 +126,32 @@ fn check_backends(state: &SnapshotState) -> Result<(), SnapshotError> {
 
 impl Machine {
     /// Writes the paused VM to `state_path` (vCPUs, VM, devices, resources)
-    /// and `mem_path` (guest RAM). Refused unless the VM is Paused, and for
+    /// and `mem_path` (guest RAM: all of it, or with [`SnapshotType::Diff`]
+    /// only the pages dirtied since the last snapshot). Refused unless the
+    /// VM is Paused, for a Diff unless the VM tracks dirty pages, and for
     /// VMs with devices kvmkit cannot save yet. Each file is written under a
     /// temporary name and renamed, so a failed snapshot leaves no file
-    /// that looks complete.
-    pub fn snapshot(&mut self, state_path: &Path, mem_path: &Path) -> Result<SnapshotInfo, MachineError> {
+    /// that looks complete; dirty pages are marked clean only once both
+    /// files are written.
+    pub fn snapshot(
+        &mut self,
+        kind: SnapshotType,
+        state_path: &Path,
+        mem_path: &Path,
+    ) -> Result<SnapshotInfo, MachineError> {
         if self.state != VmState::Paused {
             return Err(MachineError::Config(format!(
                 "a snapshot needs a Paused VM (this one is {}); pause it first",
                 self.state
             )));
+        }
+        let tracking = self.resources.machine_config.track_dirty_pages;
+        if kind == SnapshotType::Diff && !tracking {
+            return Err(MachineError::Config(
+                "a Diff snapshot needs dirty-page tracking: set track_dirty_pages in machine-config before the VM \
+                 starts (or in the snapshot load request), or take a Full snapshot"
+                    .into(),
+            ));
         }
         // Refuse device kinds kvmkit cannot save before touching anything.
         for info in self.devices.devices() {
@@ -172,7 +191,15 @@ impl Machine {
         };
         let save_state_us = t0.elapsed().as_micros() as u64;
         let t1 = Instant::now();
-        let memory = write_memory_file(&self._memory, mem_path)?;
+        let (memory, diff_pages) = match kind {
+            SnapshotType::Full => (write_memory_file(&self._memory, mem_path)?, None),
+            SnapshotType::Diff => {
+                dirty::collect_kvm_log(self._vm.fd(), &self._memory)?;
+                let bitmaps = dirty::dirty_bitmaps(&self._memory);
+                let (regions, pages) = write_diff_memory_file(&self._memory, &bitmaps, mem_path)?;
+                (regions, Some(pages as u64))
+            }
+        };
         let write_memory_us = t1.elapsed().as_micros() as u64;
         let state = SnapshotState {
             resources: self.resources.clone(),
@@ -183,18 +210,27 @@ impl Machine {
         };
         let bytes = file::encode(&state)?;
         file::write_atomic(state_path, |f| std::io::Write::write_all(f, &bytes))?;
+        // Both files are there: the next Diff starts from this snapshot.
+        if tracking {
+            dirty::clear(self._vm.fd(), &self._memory)?;
+        }
         let info = SnapshotInfo {
             state_bytes: bytes.len() as u64,
             memory_bytes: state.memory_bytes(),
             save_state_us,
             write_memory_us,
+            diff_pages,
         };
         tracing::info!(
-            "snapshot: {} ({} bytes), {} ({} bytes); state read in {} us, memory written in {} us",
+            "snapshot ({kind:?}): {} ({} bytes), {} ({} bytes{}); state read in {} us, memory written in {} us",
             state_path.display(),
             info.state_bytes,
             mem_path.display(),
             info.memory_bytes,
+            match diff_pages {
+                Some(n) => format!(", {n} dirty pages written"),
+                None => String::new(),
+            },
             info.save_state_us,
             info.write_memory_us
         );
@@ -209,6 +245,7 @@ impl Machine {
     pub fn restore(paths: &RestorePaths<'_>, opts: &mut MachineOptions) -> Result<Self, MachineError> {
         let mut state = file::read_state(paths.state)?;
         apply_network_overrides(&mut state, paths.network_overrides)?;
+        state.resources.machine_config.track_dirty_pages = paths.track_dirty_pages;
         check_backends(&state)?;
         let memory = map_memory_file(paths.memory, &state.memory, paths.copy_memory)?;
         opts.restore = Some(RestoreSource {

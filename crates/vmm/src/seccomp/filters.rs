@@ -81,6 +81,7 @@ const KVM_CHECK_EXTENSION: u64 = 0xae03;
 const KVM_GET_CLOCK: u64 = 0x8030_ae7c;
 const KVM_GET_IRQCHIP: u64 = 0xc208_ae62;
 const KVM_GET_PIT2: u64 = 0x8070_ae9f;
+const KVM_GET_DIRTY_LOG: u64 = 0x4010_ae42;
 const KVM_IRQFD: u64 = 0x4020_ae76;
 const KVM_IOEVENTFD: u64 = 0x4040_ae79;
 const KVM_IRQ_LINE: u64 = 0x4008_ae61;
@@ -240,6 +241,8 @@ fn ioctls(role: Role) -> &'static [u64] {
         Role::Api => &[],
         Role::Vmm => &[
             KVM_GET_CLOCK,
+            // Diff snapshots (and the reset after any snapshot) with dirty-page tracking.
+            KVM_GET_DIRTY_LOG,
             KVM_GET_IRQCHIP,
             KVM_GET_PIT2,
             KVM_CHECK_EXTENSION,

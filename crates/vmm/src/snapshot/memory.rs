@@ -7,23 +7,17 @@ use std::fs::File;
 use std::path::Path;
 
 use vm_memory::mmap::{GuestRegionMmap, MmapRegion};
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
+use crate::memory::GuestMemoryMmap;
+
+use super::dirty::{for_each_run, pages, DirtyBitmaps};
 use super::{file, MemoryRegionState, SnapshotError};
 
 /// Writes every region of `memory` to `path` (atomically). The VM must be
 /// paused: nothing may write guest RAM meanwhile.
 pub fn write_memory_file(memory: &GuestMemoryMmap, path: &Path) -> Result<Vec<MemoryRegionState>, SnapshotError> {
-    let mut regions = Vec::new();
-    let mut offset = 0u64;
-    for r in memory.iter() {
-        regions.push(MemoryRegionState {
-            guest_addr: r.start_addr().0,
-            size: r.len(),
-            file_offset: offset,
-        });
-        offset += r.len();
-    }
+    let (regions, offset) = region_table(memory);
     file::write_atomic(path, |f| {
         for (r, st) in memory.iter().zip(&regions) {
             // SAFETY: the region is a live mapping of `r.len()` bytes owned by
@@ -35,6 +29,58 @@ pub fn write_memory_file(memory: &GuestMemoryMmap, path: &Path) -> Result<Vec<Me
         f.set_len(offset)
     })?;
     Ok(regions)
+}
+
+/// Writes a diff memory file (Firecracker's layout): a file as large as
+/// guest RAM holding, at their offsets, only the pages set in `dirty` (one
+/// bitmap per region, [`super::dirty`]); every other page is a hole. A
+/// dirty page is written even when it is all zeros, so that merging the
+/// diff onto its base ([`super::rebase`]) overwrites the base's old bytes.
+/// Returns the region table and the number of pages written.
+pub fn write_diff_memory_file(
+    memory: &GuestMemoryMmap,
+    dirty: &DirtyBitmaps,
+    path: &Path,
+) -> Result<(Vec<MemoryRegionState>, usize), SnapshotError> {
+    use std::os::unix::fs::FileExt;
+    let (regions, total) = region_table(memory);
+    let mut written = 0usize;
+    file::write_atomic(path, |f| {
+        f.set_len(total)?;
+        for ((r, st), bits) in memory.iter().zip(&regions).zip(dirty) {
+            // SAFETY: as in write_memory_file: a live mapping owned by
+            // `memory`, read while the VM is paused.
+            let bytes = unsafe { std::slice::from_raw_parts(r.as_ptr().cast_const(), r.len() as usize) };
+            let mut result = Ok(());
+            for_each_run(bits, pages(r.len()), |first, count| {
+                let start = first * PAGE;
+                let end = (start + count * PAGE).min(bytes.len());
+                if result.is_ok() {
+                    result = f.write_all_at(&bytes[start..end], st.file_offset + start as u64);
+                    written += count;
+                }
+            });
+            result?;
+        }
+        Ok(())
+    })?;
+    Ok((regions, written))
+}
+
+/// Guest RAM regions back to back: each region's place in a memory file,
+/// and the file's length.
+fn region_table(memory: &GuestMemoryMmap) -> (Vec<MemoryRegionState>, u64) {
+    let mut regions = Vec::new();
+    let mut offset = 0u64;
+    for r in memory.iter() {
+        regions.push(MemoryRegionState {
+            guest_addr: r.start_addr().0,
+            size: r.len(),
+            file_offset: offset,
+        });
+        offset += r.len();
+    }
+    (regions, offset)
 }
 
 /// Page granularity of the holes in a memory file.
@@ -138,8 +184,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("kvmkit-snapmem-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("mem");
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20), (GuestAddress(4 << 20), 1 << 20)])
-            .unwrap();
+        let mem =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20), (GuestAddress(4 << 20), 1 << 20)]).unwrap();
         mem.write_obj(0xdead_beef_u32, GuestAddress(0x1000)).unwrap();
         mem.write_obj(0x1234_u32, GuestAddress((4 << 20) + 8)).unwrap();
         let regions = write_memory_file(&mem, &path).unwrap();

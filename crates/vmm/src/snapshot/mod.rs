@@ -5,14 +5,18 @@
 //! Restore maps the memory file privately (copy-on-write, pages read on
 //! first touch), so restoring does not read guest RAM up front. Virtio
 //! block, net and rng devices are saved with their transports and queues
-//! and re-activated on restore. Not supported yet (refused with an error,
-//! never half-saved): other device kinds, diff snapshots.
+//! and re-activated on restore. Diff snapshots write only the pages
+//! dirtied since the last snapshot ([`dirty`]), merged onto their base with
+//! [`rebase`]. Not supported yet (refused with an error, never half-saved):
+//! other device kinds.
 
 pub mod devices;
+pub mod dirty;
 pub mod file;
 pub mod memory;
 pub mod params;
 pub mod probe;
+pub mod rebase;
 pub mod vcpu;
 pub mod virtio;
 pub mod vm;
@@ -160,4 +164,6 @@ pub struct SnapshotInfo {
     pub save_state_us: u64,
     /// Microseconds spent writing the memory file.
     pub write_memory_us: u64,
+    /// Pages written to a diff memory file (`None`: a full snapshot).
+    pub diff_pages: Option<u64>,
 }

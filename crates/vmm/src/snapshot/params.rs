@@ -11,7 +11,9 @@ pub enum SnapshotType {
     /// All of guest RAM.
     #[default]
     Full,
-    /// Only pages dirtied since the last snapshot (not supported yet).
+    /// Only pages dirtied since the last snapshot (needs dirty-page
+    /// tracking), at their offsets in a sparse file; merged onto the base
+    /// memory file with `kvmkit snapshot rebase`.
     Diff,
 }
 
@@ -70,7 +72,8 @@ pub struct LoadSnapshotBody {
     /// Where guest memory comes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mem_backend: Option<MemBackend>,
-    /// Track dirty pages after the restore (not supported yet).
+    /// Track dirty pages after the restore, for diff snapshots (the older
+    /// name of `track_dirty_pages`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enable_diff_snapshots: Option<bool>,
     /// Same as `enable_diff_snapshots` (Firecracker's newer name).
@@ -91,6 +94,8 @@ pub struct LoadSnapshotBody {
 /// A snapshot to write, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreateSnapshotParams {
+    /// Full or Diff.
+    pub snapshot_type: SnapshotType,
     /// The state file.
     pub snapshot_path: PathBuf,
     /// The memory file.
@@ -110,20 +115,20 @@ pub struct LoadSnapshotParams {
     pub resume_vm: bool,
     /// Taps to use instead of the saved ones.
     pub network_overrides: Vec<NetworkOverride>,
+    /// Track dirty pages in the restored VM (diff snapshots of it). Like
+    /// Firecracker, the setting is not taken from the snapshot.
+    pub track_dirty_pages: bool,
 }
 
 impl CreateSnapshotBody {
-    /// Checks the body: Full only, non-empty paths.
+    /// Checks the body: non-empty paths. Whether a Diff can be taken (the
+    /// VM tracks dirty pages) is the machine's to say.
     pub fn validate(self) -> Result<CreateSnapshotParams, String> {
-        if self.snapshot_type == SnapshotType::Diff {
-            return Err(
-                "diff snapshots are not supported by kvmkit yet (dirty-page tracking is not implemented)".into(),
-            );
-        }
         if self.snapshot_path.is_empty() || self.mem_file_path.is_empty() {
             return Err("snapshot_path and mem_file_path must not be empty".into());
         }
         Ok(CreateSnapshotParams {
+            snapshot_type: self.snapshot_type,
             snapshot_path: self.snapshot_path.into(),
             mem_file_path: self.mem_file_path.into(),
         })
@@ -153,9 +158,6 @@ impl LoadSnapshotBody {
             (Some(_), Some(_)) => return Err("give mem_backend or mem_file_path, not both".into()),
             (None, None) => return Err("give mem_backend (or mem_file_path)".into()),
         };
-        if self.enable_diff_snapshots == Some(true) || self.track_dirty_pages == Some(true) {
-            return Err("dirty-page tracking (diff snapshots) is not supported by kvmkit yet".into());
-        }
         let network_overrides = self.network_overrides.unwrap_or_default();
         for (i, o) in network_overrides.iter().enumerate() {
             if o.iface_id.is_empty() || o.host_dev_name.is_empty() {
@@ -174,6 +176,7 @@ impl LoadSnapshotBody {
             copy_memory: self.copy_memory.unwrap_or(false),
             resume_vm: self.resume_vm.unwrap_or(false),
             network_overrides,
+            track_dirty_pages: self.track_dirty_pages.or(self.enable_diff_snapshots).unwrap_or(false),
         })
     }
 }
@@ -198,7 +201,19 @@ mod tests {
         assert!(serde_json::from_str::<LoadSnapshotBody>(r#"{"snapshot_path":"s","bogus":1}"#).is_err());
         let c: CreateSnapshotBody =
             serde_json::from_str(r#"{"snapshot_type":"Diff","snapshot_path":"s","mem_file_path":"m"}"#).unwrap();
-        assert!(c.validate().unwrap_err().contains("diff"));
+        assert_eq!(c.validate().unwrap().snapshot_type, SnapshotType::Diff);
+        let c: CreateSnapshotBody = serde_json::from_str(r#"{"snapshot_path":"s","mem_file_path":"m"}"#).unwrap();
+        assert_eq!(c.validate().unwrap().snapshot_type, SnapshotType::Full);
+        for (body, want) in [
+            (r#""track_dirty_pages":true"#, true),
+            (r#""enable_diff_snapshots":true"#, true),
+            (r#""enable_diff_snapshots":true,"track_dirty_pages":false"#, false),
+            (r#""resume_vm":true"#, false),
+        ] {
+            let b: LoadSnapshotBody =
+                serde_json::from_str(&format!(r#"{{"snapshot_path":"s","mem_file_path":"m",{body}}}"#)).unwrap();
+            assert_eq!(b.validate().unwrap().track_dirty_pages, want, "{body}");
+        }
         let b: LoadSnapshotBody = serde_json::from_str(
             r#"{"snapshot_path":"s","mem_file_path":"m","network_overrides":[{"iface_id":"net0","host_dev_name":"tap7"}]}"#,
         )

@@ -218,10 +218,12 @@ pub fn host_items(kvm: &Kvm, pvm: bool) -> Vec<CheckItem> {
         ok: dirty.is_ok(),
         required: false,
         detail: match &dirty {
-            Ok(()) => "KVM takes KVM_MEM_LOG_DIRTY_PAGES and answers KVM_GET_DIRTY_LOG; kvmkit does not use \
-                       it yet: diff snapshots (track_dirty_pages, snapshot_type Diff) are refused"
+            Ok(()) => "KVM takes KVM_MEM_LOG_DIRTY_PAGES and answers KVM_GET_DIRTY_LOG: diff snapshots \
+                       (track_dirty_pages, snapshot_type Diff) work here"
                 .into(),
-            Err(e) => format!("refused: {e}; diff snapshots could not work on this host (kvmkit refuses them anyway)"),
+            Err(e) => {
+                format!("refused: {e}; VMs with track_dirty_pages cannot be created here, and so no diff snapshots")
+            }
         },
         fix: None,
     });

@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use kvm_bindings::{CpuId, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use vm_memory::GuestMemoryMmap;
 
 use crate::arch::x86_64::cpuid::filter_cpuid;
 use crate::arch::x86_64::regs::{boot_fpu, boot_msrs, boot_regs, boot_sregs, write_boot_tables, EntryPoint};
 use crate::bus::Bus;
 use crate::control::{ExitReason, VmControl};
+use crate::memory::GuestMemoryMmap;
 use crate::vm::Vm;
 
 /// Errors creating or configuring a vCPU.

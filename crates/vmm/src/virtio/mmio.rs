@@ -12,7 +12,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::{Activation, Interrupt, Stopping, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_MMIO_INT_CONFIG};
 use crate::bus::BusDevice;
-use vm_memory::GuestMemoryMmap;
+use crate::memory::GuestMemoryMmap;
 use crate::snapshot::virtio::{QueueSnapshot, TransportState};
 
 /// Size of one virtio-mmio window.

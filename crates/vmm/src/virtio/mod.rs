@@ -20,8 +20,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueState};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
+
+use crate::memory::GuestMemoryMmap;
 
 pub use worker::{QueueHandler, Queues, Stopping, Worker, WorkerError, WorkerHandler};
 

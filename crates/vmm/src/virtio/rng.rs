@@ -3,9 +3,10 @@
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueState, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::Bytes;
 
 use crate::host::random::host_random;
+use crate::memory::GuestMemoryMmap;
 
 use super::{
     Activation, Interrupt, QueueHandler, Queues, Stopping, VirtioDevice, Worker, WorkerError, VIRTIO_F_VERSION_1,

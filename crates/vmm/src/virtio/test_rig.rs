@@ -4,7 +4,9 @@
 //! one rather than a copy.
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::memory::GuestMemoryMmap;
 
 /// Descriptor flag: the chain goes on.
 pub const F_NEXT: u16 = 1;

@@ -459,7 +459,8 @@ pub fn setup_acpi_tables<M: GuestMemory>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::GuestMemoryMmap;
+
+    use crate::memory::GuestMemoryMmap;
 
     fn memory() -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).expect("guest memory")

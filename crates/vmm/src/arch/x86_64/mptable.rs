@@ -398,7 +398,8 @@ pub fn setup_mptable<M: GuestMemory>(mem: &M, num_cpus: u8) -> Result<(), Mptabl
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::GuestMemoryMmap;
+
+    use crate::memory::GuestMemoryMmap;
 
     fn memory() -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).expect("guest memory")
@@ -533,7 +534,7 @@ mod tests {
 
     #[test]
     fn memory_without_ebda_errors() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x9_0000)]).expect("memory");
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x9_0000)]).expect("memory");
         assert!(matches!(setup_mptable(&mem, 1), Err(MptableError::Write(_))));
     }
 }

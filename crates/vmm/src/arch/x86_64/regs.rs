@@ -162,7 +162,8 @@ pub fn boot_msrs() -> Msrs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::GuestMemoryMmap;
+
+    use crate::memory::GuestMemoryMmap;
 
     #[test]
     fn pvh_entry_is_32bit_protected_mode_without_paging() {

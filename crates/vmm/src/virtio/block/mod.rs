@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueState, QueueT};
-use vm_memory::GuestMemoryMmap;
+
+use crate::memory::GuestMemoryMmap;
 
 use self::disk::{AlignedBuffer, DiskImage, SECTOR_SIZE};
 use self::request::{

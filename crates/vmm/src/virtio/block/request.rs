@@ -6,9 +6,16 @@
 use std::io::{Read, Write};
 
 use virtio_queue::{DescriptorChain, Reader, Writer};
-use vm_memory::{ByteValued, GuestMemoryMmap};
+use vm_memory::ByteValued;
+
+use crate::memory::{GuestBitmapSlice, GuestMemoryMmap};
 
 use super::disk::{DiskImage, SECTOR_SIZE};
+
+/// Reads a chain's device-readable buffers (guest RAM with its dirty bitmap).
+type GuestReader<'a> = Reader<'a, GuestBitmapSlice<'a>>;
+/// Writes a chain's device-writable buffers; each page written is marked dirty.
+type GuestWriter<'a> = Writer<'a, GuestBitmapSlice<'a>>;
 
 /// Read sectors.
 pub const VIRTIO_BLK_T_IN: u32 = 0;
@@ -116,8 +123,8 @@ pub fn plain_request(
     chain: &DescriptorChain<&GuestMemoryMmap>,
     ctx: &RequestContext<'_>,
 ) -> Option<Plain> {
-    let mut reader = Reader::<()>::new(mem, chain.clone()).ok()?;
-    let writer = Writer::<()>::new(mem, chain.clone()).ok()?;
+    let mut reader = GuestReader::new(mem, chain.clone()).ok()?;
+    let writer = GuestWriter::new(mem, chain.clone()).ok()?;
     let writable = writer.available_bytes();
     let header: RequestHeader = reader.read_obj().ok()?;
     let (write, len) = match header.request_type {
@@ -151,7 +158,7 @@ pub fn handle_merged(
     if write {
         let mut at = 0;
         for (chain, p) in &run {
-            let copied = Reader::<()>::new(mem, chain.clone()).ok().and_then(|mut r| {
+            let copied = GuestReader::new(mem, chain.clone()).ok().and_then(|mut r| {
                 r.read_obj::<RequestHeader>().ok()?;
                 r.read_exact(&mut scratch[at..at + p.len]).ok()
             });
@@ -180,7 +187,7 @@ pub fn handle_merged(
     for (chain, p) in run {
         let data = &scratch[at..at + p.len];
         at += p.len;
-        out.push(match Writer::<()>::new(mem, chain) {
+        out.push(match GuestWriter::new(mem, chain) {
             Ok(mut w) => match w.split_at(p.len) {
                 Ok(mut status_writer) => {
                     let (n, status) = match w.write_all(data) {
@@ -214,7 +221,7 @@ fn complete_plain(
         used_len: 0,
         status: None,
     };
-    let Ok(mut w) = Writer::<()>::new(mem, chain) else {
+    let Ok(mut w) = GuestWriter::new(mem, chain) else {
         return none;
     };
     let writable = w.available_bytes();
@@ -231,7 +238,7 @@ pub fn handle(
     ctx: &RequestContext<'_>,
     scratch: &mut [u8],
 ) -> Completion {
-    let (reader, writer) = match (Reader::<()>::new(mem, chain.clone()), Writer::<()>::new(mem, chain)) {
+    let (reader, writer) = match (GuestReader::new(mem, chain.clone()), GuestWriter::new(mem, chain)) {
         (Ok(r), Ok(w)) => (r, w),
         _ => {
             return Completion {
@@ -243,7 +250,12 @@ pub fn handle(
     execute(reader, writer, ctx, scratch)
 }
 
-fn execute(mut reader: Reader<'_>, mut writer: Writer<'_>, ctx: &RequestContext<'_>, scratch: &mut [u8]) -> Completion {
+fn execute(
+    mut reader: GuestReader<'_>,
+    mut writer: GuestWriter<'_>,
+    ctx: &RequestContext<'_>,
+    scratch: &mut [u8],
+) -> Completion {
     let writable = writer.available_bytes();
     if writable == 0 {
         return Completion {
@@ -289,7 +301,7 @@ fn execute(mut reader: Reader<'_>, mut writer: Writer<'_>, ctx: &RequestContext<
     finish(&mut status_writer, data_len, status)
 }
 
-fn finish(status_writer: &mut Writer<'_>, data_len: u32, status: u8) -> Completion {
+fn finish(status_writer: &mut GuestWriter<'_>, data_len: u32, status: u8) -> Completion {
     match status_writer.write_obj(status) {
         Ok(()) => Completion {
             used_len: data_len + 1,
@@ -302,7 +314,7 @@ fn finish(status_writer: &mut Writer<'_>, data_len: u32, status: u8) -> Completi
     }
 }
 
-fn read_sectors(writer: &mut Writer<'_>, sector: u64, ctx: &RequestContext<'_>, buf: &mut [u8]) -> (u32, u8) {
+fn read_sectors(writer: &mut GuestWriter<'_>, sector: u64, ctx: &RequestContext<'_>, buf: &mut [u8]) -> (u32, u8) {
     if buf.is_empty() {
         return (0, VIRTIO_BLK_S_IOERR);
     }
@@ -324,7 +336,7 @@ fn read_sectors(writer: &mut Writer<'_>, sector: u64, ctx: &RequestContext<'_>, 
     (len as u32, VIRTIO_BLK_S_OK)
 }
 
-fn write_sectors(reader: &mut Reader<'_>, sector: u64, ctx: &RequestContext<'_>, buf: &mut [u8]) -> u8 {
+fn write_sectors(reader: &mut GuestReader<'_>, sector: u64, ctx: &RequestContext<'_>, buf: &mut [u8]) -> u8 {
     if buf.is_empty() {
         return VIRTIO_BLK_S_IOERR;
     }
@@ -349,7 +361,7 @@ fn write_sectors(reader: &mut Reader<'_>, sector: u64, ctx: &RequestContext<'_>,
     VIRTIO_BLK_S_OK
 }
 
-fn discard(reader: &mut Reader<'_>, request_type: u32, ctx: &RequestContext<'_>) -> u8 {
+fn discard(reader: &mut GuestReader<'_>, request_type: u32, ctx: &RequestContext<'_>) -> u8 {
     if ctx.read_only {
         return VIRTIO_BLK_S_IOERR;
     }

@@ -5,10 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
+use crate::memory::GuestMemoryMmap;
 use crate::virtio::rng::Rng;
 
 const DESC: u64 = 0x1000;
@@ -73,7 +74,7 @@ fn wait_used(memory: &GuestMemoryMmap, want: u16) {
 
 #[test]
 fn a_running_device_is_saved_from_its_worker_and_goes_on_after_restore() {
-    let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("memory");
+    let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("memory");
     let mut a = transport(&memory);
     handshake(&mut a);
     request(&mut a, &memory, 0);

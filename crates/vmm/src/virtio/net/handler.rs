@@ -9,9 +9,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::{Backend, NetCounters, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_MRG_RXBUF};
+use crate::memory::GuestMemoryMmap;
 use crate::net::tap::{is_fatal, VNET_HDR_LEN};
 use crate::virtio::{Interrupt, VIRTIO_MMIO_INT_VRING};
 

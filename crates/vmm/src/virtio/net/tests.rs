@@ -10,10 +10,11 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::handler::{FrameIo, NetHandler, RxState, MAX_BUFFER_BYTES, TX_BURST};
 use super::*;
+use crate::memory::GuestMemoryMmap;
 use crate::net::tap::VNET_HDR_LEN;
 use crate::virtio::Interrupt;
 

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
 
 use super::muxer::Muxer;
 use super::packet::{read_packet, write_packet, HDR_LEN, MAX_PKT_DATA};
 use super::{VsockCounters, EVENT_QUEUE, RX_QUEUE, TX_QUEUE};
+use crate::memory::GuestMemoryMmap;
 use crate::virtio::{Interrupt, WorkerHandler, VIRTIO_MMIO_INT_VRING};
 
 /// Most chains handled per queue per call.

@@ -7,12 +7,13 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::handler::VsockHandler;
 use super::packet::{Header, Op, HDR_LEN, TYPE_STREAM};
 use super::*;
+use crate::memory::GuestMemoryMmap;
 use crate::virtio::test_rig::{TestQueue, F_WRITE};
 use crate::virtio::{Interrupt, WorkerHandler};
 
