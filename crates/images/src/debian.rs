@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::fetch::run;
+use crate::command::run;
 use crate::ImageError;
 
 /// apt-get and apt-cache for one fetch: `apt-get update` runs at most once, and only when

@@ -6,6 +6,7 @@ use std::process::Command;
 use crate::cpio::{write_initramfs, InitramfsEntry};
 use crate::manifest::{self, FileRecord, Manifest, ModuleRecord};
 use crate::modules::{self, GUEST_MODULES};
+use crate::command::run;
 use crate::debian::{find_deb, Apt};
 use crate::{bzimage, init, Cache, CachedItem, ImageError, LinuxAssets};
 
@@ -16,28 +17,6 @@ const KERNEL: &str = "vmlinux";
 const BZIMAGE: &str = "bzImage";
 const INITRAMFS: &str = "initramfs.cpio";
 const BUSYBOX: &str = "busybox";
-
-/// Runs a command, returning its stdout; a non-zero exit becomes [`ImageError::Command`].
-pub(crate) fn run(cmd: &mut Command) -> Result<String, ImageError> {
-    let line = format!("{cmd:?}").replace('"', "");
-    let out = cmd.output().map_err(|e| ImageError::io(format!("running {line}"), e))?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = stderr
-            .lines()
-            .rev()
-            .take(5)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        return Err(ImageError::Command {
-            command: line,
-            detail: format!("{}: {}", out.status, tail.join(" | ")),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 fn deb_version(deb: &Path) -> Result<String, ImageError> {
     Ok(run(Command::new("dpkg-deb").arg("-f").arg(deb).arg("Version"))?

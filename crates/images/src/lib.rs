@@ -22,6 +22,7 @@
 #![deny(missing_docs)]
 
 mod bzimage;
+mod command;
 mod cpio;
 pub mod debian;
 mod fetch;

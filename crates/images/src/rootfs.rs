@@ -22,7 +22,8 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
-use crate::fetch::{run, sweep_stale};
+use crate::command::run;
+use crate::fetch::sweep_stale;
 use crate::{Cache, CachedItem, ImageError};
 
 /// The Debian packages of the rootfs (their dependencies come along).
