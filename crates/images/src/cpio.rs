@@ -163,7 +163,8 @@ pub fn write_initramfs(out: &Path, files: &[InitramfsEntry]) -> Result<(), Image
                 let read = |e| ImageError::io(format!("reading {}", source.display()), e);
                 let mut f = File::open(source).map_err(read)?;
                 let len = f.metadata().map_err(read)?.len();
-                w.entry_from(&path, S_IFREG | perm, 1, 0, 0, &mut f, len).map_err(read)?
+                w.entry_from(&path, S_IFREG | perm, 1, 0, 0, &mut f, len)
+                    .map_err(read)?
             }
         }
     }

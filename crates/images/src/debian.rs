@@ -50,8 +50,7 @@ impl<'a> Apt<'a> {
         }
         self.update()?;
         let out = run(Command::new("apt-cache").args(["depends", meta]))?;
-        parse(&out)
-            .ok_or_else(|| ImageError::Package(format!("cannot resolve {meta} (is apt configured?)")))
+        parse(&out).ok_or_else(|| ImageError::Package(format!("cannot resolve {meta} (is apt configured?)")))
     }
 
     /// `apt-get download` of `packages` into `dir` (after an update if the first try fails).
@@ -90,4 +89,3 @@ pub fn find_deb(dir: &Path, package: &str) -> Result<PathBuf, ImageError> {
         dir.display()
     )))
 }
-

@@ -3,11 +3,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::command::run;
 use crate::cpio::{write_initramfs, InitramfsEntry};
+use crate::debian::{find_deb, Apt};
 use crate::manifest::{self, FileRecord, Manifest, ModuleRecord};
 use crate::modules::{self, GUEST_MODULES};
-use crate::command::run;
-use crate::debian::{find_deb, Apt};
 use crate::{bzimage, init, Cache, CachedItem, ImageError, LinuxAssets};
 
 /// The Debian meta package of the guest kernel.

@@ -130,7 +130,9 @@ impl MmioTransport {
         if stopping.wait(RESET_WAIT) {
             self.finish_reset();
         } else {
-            self.warn("reset: the device's worker is still busy (slow host I/O?); the device stays in reset until it ends");
+            self.warn(
+                "reset: the device's worker is still busy (slow host I/O?); the device stays in reset until it ends",
+            );
             self.resetting = Some((stopping, self.status.max(status::ACKNOWLEDGE)));
         }
     }
@@ -517,7 +519,9 @@ impl BusDevice for MmioTransport {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if !self.settled() {
-            self.warn(&format!("write at {offset:#x} while the device is still resetting; ignored"));
+            self.warn(&format!(
+                "write at {offset:#x} while the device is still resetting; ignored"
+            ));
             return;
         }
         if offset >= CONFIG_SPACE {
