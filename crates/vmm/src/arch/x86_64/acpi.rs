@@ -460,7 +460,8 @@ pub fn setup_acpi_tables<M: GuestMemory>(
 mod tests {
     use super::*;
 
-    use crate::memory::GuestMemoryMmap;
+    /// The arch code is generic over guest memory; plain RAM does here.
+    type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
 
     fn memory() -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).expect("guest memory")

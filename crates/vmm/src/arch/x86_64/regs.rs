@@ -163,7 +163,8 @@ pub fn boot_msrs() -> Msrs {
 mod tests {
     use super::*;
 
-    use crate::memory::GuestMemoryMmap;
+    /// The arch code is generic over guest memory; plain RAM does here.
+    type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
 
     #[test]
     fn pvh_entry_is_32bit_protected_mode_without_paging() {
