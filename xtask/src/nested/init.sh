@@ -157,6 +157,31 @@ sc_linux_panic() {
   [ "$rc" != 0 ] || fail "exit status 0 after a guest kernel panic, expected non-zero"
 }
 
+# linux-timeline: one boot's kernel log with printk times (`dmesg` through the console path, so
+# no modules load first; `initcall_debug` on), echoed whole but for the initcall lines, for
+# side-by-side comparisons with other VMMs. Reports the i8042 probe's span, the five widest
+# gaps between log lines and the twelve slowest initcalls; fails when the i8042 probe waits on
+# a timeout ("Keylock active", "Failed to disable AUX port") or binds no KBD port.
+sc_linux_timeline() {
+  need_linux || return
+  vm /tmp/l2 kvmkit run --linux --exec-via console --cmdline initcall_debug -- sh -c "dmesg >/dmesg.txt; grep -v -e 'calling  ' -e 'initcall ' /dmesg.txt; echo lab-slowest-initcalls; sed -n 's/.*initcall \\(.*\\) returned .* after \\([0-9]*\\) usecs/\\2 us \\1/p' /dmesg.txt | sort -rn | head -n 12"
+  expect_rc 0
+  sed -n '/^lab-slowest-initcalls/,$p' /tmp/l2 | grep ' us ' | sed 's/^/@@LAB-INFO linux-timeline: initcall /'
+  grep '^\[ *[0-9]*\.[0-9]*\]' /tmp/l2 >/tmp/l2.log
+  at() { grep -m 1 -- "$1" /tmp/l2.log | sed -n 's/^\[ *\([0-9.]*\)\].*/\1/p'; }
+  # The i8042 probe: from the log line before its first line to its KBD port line.
+  before=$(grep -B 1 -m 1 'i8042' /tmp/l2.log | head -n 1 | sed -n 's/^\[ *\([0-9.]*\)\].*/\1/p')
+  kbd=$(at 'serio: i8042 KBD port')
+  span=$(awk -v a="$before" -v b="$kbd" 'BEGIN { if (a == "" || b == "") print "?"; else printf "%.1f ms", (b - a) * 1000 }')
+  info "linux-timeline: i8042 probe $span (${before:-?} s to ${kbd:-?} s), keyboard bound at $(at 'input: AT') s, /init at $(at 'Run /init') s, last line at $(tail -n 1 /tmp/l2.log | sed -n 's/^\[ *\([0-9.]*\)\].*/\1/p') s"
+  awk '{ t = $0; sub(/^\[ */, "", t); sub(/\].*/, "", t); if (NR > 1) printf "%.1f ms before: %s\n", (t - p) * 1000, $0; p = t }' /tmp/l2.log |
+    sort -rn | head -n 5 | sed 's/^/@@LAB-INFO linux-timeline: gap /'
+  grep 'i8042\|serio\|atkbd\|input:' /tmp/l2.log | sed 's/^/@@LAB-INFO linux-timeline: /'
+  expect_line /tmp/l2.log 'serio: i8042 KBD port'
+  ! grep -q 'Keylock active' /tmp/l2.log || fail "Linux warned 'Keylock active' (status bit 4 clear)"
+  ! grep -q 'Failed to disable AUX port' /tmp/l2.log || fail "Linux's AUX probe timed out ('Failed to disable AUX port')"
+}
+
 # The blk-* scenarios: /lab/ext4.img is a 16 MiB ext4 image made on the host (mkfs.ext4 -d)
 # holding /hello.txt with the line in /lab/hello.txt. Each scenario uses a fresh copy in /tmp.
 need_blk() {

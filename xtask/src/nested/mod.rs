@@ -64,6 +64,13 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "a guest kernel panic (sysrq c) ends the VM with a non-zero status (no reboot loop)",
     ),
     (
+        "linux-timeline",
+        "`run --linux --exec-via console --cmdline initcall_debug -- dmesg`: one boot's kernel log with \
+         printk times, in the L1 console log; reports the i8042 probe's span, the widest gaps and the slowest \
+         initcalls; fails on 'Keylock active' or 'Failed to disable AUX port' (the probe waiting on a timeout) \
+         or no i8042 KBD port",
+    ),
+    (
         "api",
         "`run --api-sock` driven by `kvmkit ctl request` (no curl in L1): machine-config, boot-source (stock \
          kernel + busybox initramfs), InstanceStart; `ctl info` Running; `ctl pause` freezes the guest's \
