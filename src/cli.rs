@@ -237,6 +237,10 @@ pub struct RunArgs {
     /// Entry protocol.
     #[arg(long = "boot", value_enum, default_value_t = BootArg::Auto)]
     pub boot_protocol: BootArg,
+    /// Boot a bzImage as it is, its own decompressor running in the guest,
+    /// instead of decompressing its payload (gzip, xz, zstd, lz4) on the host.
+    #[arg(long)]
+    pub no_host_decompress: bool,
     /// Stop the VM after this many seconds (exit status 124).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,

@@ -2,15 +2,23 @@
 //! by `kvmkit_vmm::boot::boot` into a small guest memory: raw bytes, ELF64
 //! images with fuzzed headers and program headers (PT_LOAD, PT_NOTE with or
 //! without a PVH entry note, 32-bit class, big-endian, tables past the end),
-//! and bzImages with fuzzed setup headers.
+//! and bzImages with fuzzed setup headers, whose payload is either fuzzed
+//! bytes or one of those ELF images compressed as Linux's build does (gzip,
+//! xz, zstd, LZ4 legacy, bzip2's magic), intact or damaged, which kvmkit
+//! decompresses on the host.
 //!
 //! Input: `mode` (0 raw, 1 ELF, 2 bzImage), `protocol` (auto, linux, pvh),
-//! `ram` (2..=9 MiB), then the fields of the chosen format, then the payload.
+//! `ram` (2..=9 MiB), then the fields of the chosen format, then the payload;
+//! for a bzImage then `wrap` (0 the payload as it is; 1-4 a compressed ELF,
+//! 5 fuzzed bytes behind a compressor's magic; 6-7 a compressed ELF with
+//! fuzzed bytes written over it) and its fields.
 //!
 //! Besides "no panic, no hang": an error is one line under 1 KiB; an image
 //! that loads has its entry point inside guest RAM, and every ELF PT_LOAD
 //! segment with bytes lies in the file and in RAM at or above 1 MiB (where
-//! kvmkit's boot structures end), which is what the pre-load check promises.
+//! kvmkit's boot structures end), which is what the pre-load check promises;
+//! the same holds for the ELF inside a bzImage, and one that loads through
+//! the Linux protocol enters at the ELF's entry, not the bzImage's.
 
 use std::io::Write;
 use std::os::fd::FromRawFd;
@@ -35,6 +43,8 @@ pub struct Outcome {
     pub loaded: bool,
     /// It entered through PVH.
     pub pvh: bool,
+    /// It was a bzImage whose payload was decompressed on the host.
+    pub unpacked: bool,
 }
 
 /// A fuzzed u64: usually small and near `base`, sometimes any value.
@@ -113,8 +123,67 @@ fn elf(input: &mut Input<'_>) -> Vec<u8> {
     img
 }
 
+/// `data` compressed as Linux's build does (the uncompressed size appended).
+fn compress(data: &[u8], format: u8) -> Vec<u8> {
+    let mut out = match format {
+        1 => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(data).expect("gzip");
+            e.finish().expect("gzip")
+        }
+        2 => {
+            let mut e = liblzma::write::XzEncoder::new(Vec::new(), 0);
+            e.write_all(data).expect("xz");
+            e.finish().expect("xz")
+        }
+        3 => zstd::stream::encode_all(data, 1).expect("zstd"),
+        _ => {
+            let mut out = vec![0x02, 0x21, 0x4c, 0x18];
+            let block = lz4_flex::block::compress(data);
+            out.extend_from_slice(&(block.len() as u32).to_le_bytes());
+            out.extend_from_slice(&block);
+            out
+        }
+    };
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out
+}
+
+/// Magic numbers of the payload formats (`wrap` 5 puts fuzzed bytes behind one).
+const MAGICS: [&[u8]; 5] = [
+    b"\x1f\x8b\x08\x00",
+    b"\xfd7zXZ\x00",
+    b"\x28\xb5\x2f\xfd",
+    b"\x02\x21\x4c\x18",
+    b"BZh9",
+];
+
+/// A bzImage's payload per `wrap` (see the module doc); the ELF inside when
+/// it is intact.
+fn payload(input: &mut Input<'_>, wrap: u8) -> (Vec<u8>, Option<Vec<u8>>) {
+    if wrap == 5 {
+        let mut p = MAGICS[usize::from(input.u8()) % MAGICS.len()].to_vec();
+        let len = usize::from(input.u16() % 4096);
+        p.extend_from_slice(input.bytes(len));
+        return (p, None);
+    }
+    let format = if wrap <= 4 { wrap } else { 1 + input.u8() % 4 };
+    let inner = elf(input);
+    let mut p = compress(&inner, format);
+    if wrap > 4 {
+        for _ in 0..1 + input.u8() % 4 {
+            let at = usize::from(input.u16()) % p.len();
+            p[at] = input.u8();
+        }
+        return (p, None);
+    }
+    (p, Some(inner))
+}
+
 /// A bzImage: a setup header with fuzzed fields, then the "protected-mode" payload.
-fn bzimage(input: &mut Input<'_>) -> Vec<u8> {
+/// The ELF inside is returned when the payload is an intact compressed ELF
+/// that the header locates (so that kvmkit must unpack it on the host).
+fn bzimage(input: &mut Input<'_>) -> (Vec<u8>, Option<Vec<u8>>) {
     let setup_sects = input.u8() % 8;
     let mut img = vec![0u8; (usize::from(setup_sects.max(1)) + 1) * 512];
     img[0x1f1] = setup_sects;
@@ -133,7 +202,42 @@ fn bzimage(input: &mut Input<'_>) -> Vec<u8> {
     let mut body = input.bytes(payload_len).to_vec();
     body.resize(payload_len, 0);
     img.extend_from_slice(&body);
-    img
+    let wrap = input.u8() % 8;
+    if wrap == 0 {
+        return (img, None);
+    }
+    // A payload where the header says (protocol 2.08+), syssize to match;
+    // sometimes a fuzzed offset, length, version or syssize instead.
+    let (p, inner) = payload(input, wrap);
+    let setup_end = img.len() - payload_len;
+    let at = u32::from(input.u8()) * 16;
+    let start = setup_end + at as usize;
+    img.resize(start + p.len(), 0);
+    img[start..].copy_from_slice(&p);
+    // Padded to whole paragraphs, as syssize counts them.
+    img.resize(setup_end + (img.len() - setup_end).div_ceil(16) * 16, 0);
+    let pm_len = (img.len() - setup_end) as u32;
+    // The builder above lays a setup_sects of 0 out as 1 sector, the header as 4.
+    let mut intact = inner.filter(|_| setup_sects != 0);
+    let right = (at, p.len() as u32, pm_len.div_ceil(16));
+    let (offset, length, syssize) = match input.u8() % 16 {
+        0 => (input.u32(), right.1, right.2),
+        1 => (right.0, input.u32(), right.2),
+        2 => (right.0, right.1, input.u32()),
+        _ => right,
+    };
+    if (offset, length, syssize) != right {
+        intact = None;
+    }
+    if input.u8() % 16 != 0 {
+        img[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    } else {
+        intact = None;
+    }
+    img[0x1f4..0x1f8].copy_from_slice(&syssize.to_le_bytes());
+    img[0x248..0x24c].copy_from_slice(&offset.to_le_bytes());
+    img[0x24c..0x250].copy_from_slice(&length.to_le_bytes());
+    (img, intact)
 }
 
 /// An in-memory file holding `bytes`.
@@ -177,9 +281,9 @@ pub fn run(data: &[u8]) -> Outcome {
         _ => BootProtocol::Pvh,
     };
     let ram = (2 + u64::from(input.u8() % 8)) * MIB;
-    let img = match mode {
-        0 => input.bytes(16 << 10).to_vec(),
-        1 => elf(&mut input),
+    let (img, inner) = match mode {
+        0 => (input.bytes(16 << 10).to_vec(), None),
+        1 => (elf(&mut input), None),
         _ => bzimage(&mut input),
     };
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), ram as usize)]).expect("guest memory");
@@ -190,6 +294,7 @@ pub fn run(data: &[u8]) -> Outcome {
         cmdline: "console=ttyS0".into(),
         protocol,
         rsdp: None,
+        host_decompress: true,
     };
     match boot(&mem, ram, &mut source) {
         Ok(entry) => {
@@ -198,10 +303,28 @@ pub fn run(data: &[u8]) -> Outcome {
                 EntryPoint::Linux64 { rip, .. } => (rip, false),
             };
             assert!(rip < ram, "entry {rip:#x} outside {ram:#x} bytes of RAM");
-            if img.starts_with(b"\x7fELF") {
-                for (off, filesz, paddr, memsz) in load_segments(&img) {
+            // A bzImage whose payload is an intact compressed ELF is unpacked on the
+            // host: it enters through PVH or at the ELF's own entry.
+            let unpacked = inner.as_deref();
+            if let (Some(elf), false) = (unpacked, pvh) {
+                let elf_entry = elf
+                    .get(24..32)
+                    .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+                assert_eq!(
+                    Some(rip),
+                    elf_entry,
+                    "a compressed ELF booted through the bzImage's entry"
+                );
+            }
+            let elf = if img.starts_with(b"\x7fELF") {
+                Some(&img[..])
+            } else {
+                unpacked
+            };
+            if let Some(elf) = elf {
+                for (off, filesz, paddr, memsz) in load_segments(elf) {
                     assert!(
-                        off.saturating_add(filesz) <= img.len() as u64,
+                        off.saturating_add(filesz) <= elf.len() as u64,
                         "segment past the file loaded"
                     );
                     assert!(paddr >= MIB, "segment at {paddr:#x} loaded over the boot structures");
@@ -211,7 +334,11 @@ pub fn run(data: &[u8]) -> Outcome {
                     );
                 }
             }
-            Outcome { loaded: true, pvh }
+            Outcome {
+                loaded: true,
+                pvh,
+                unpacked: unpacked.is_some(),
+            }
         }
         Err(e) => {
             let m = e.to_string();

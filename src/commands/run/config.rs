@@ -66,6 +66,7 @@ pub fn plan(args: &RunArgs, start: Instant) -> anyhow::Result<RunPlan> {
         BootArg::Linux => BootProtocol::Linux,
         BootArg::Pvh => BootProtocol::Pvh,
     };
+    machine.host_decompress = !args.no_host_decompress;
     let mut resources = if let Some(path) = &args.config_file {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;

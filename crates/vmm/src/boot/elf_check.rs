@@ -87,6 +87,14 @@ pub fn check(file: &mut File, mem_size: u64) -> Result<(), ElfFault> {
     result
 }
 
+/// [`check`] for an image in memory (the vmlinux of a bzImage unpacked on
+/// the host) of `len` bytes; rewound afterwards.
+pub fn check_image<R: Read + Seek>(image: &mut R, len: u64, mem_size: u64) -> Result<(), ElfFault> {
+    let result = check_headers(image, len, mem_size);
+    let _ = image.seek(SeekFrom::Start(0));
+    result
+}
+
 fn check_headers<R: Read + Seek>(file: &mut R, len: u64, mem_size: u64) -> Result<(), ElfFault> {
     let mut ehdr = [0u8; EHDR_LEN];
     file.seek(SeekFrom::Start(0))

@@ -66,10 +66,11 @@ pub fn bzimage_truncated(file: &mut File) -> Option<(u64, u64)> {
     (len < want).then_some((want, len))
 }
 
-/// Loads the image into guest memory at its preferred address.
-pub fn load(
+/// Loads the image (a file, or a vmlinux unpacked in memory) into guest
+/// memory at its preferred address.
+pub fn load<F: Read + vm_memory::ReadVolatile + Seek>(
     mem: &GuestMemoryMmap,
-    file: &mut File,
+    file: &mut F,
     format: KernelFormat,
 ) -> Result<KernelLoaderResult, linux_loader::loader::Error> {
     match format {

@@ -5,11 +5,18 @@
 //! checked, the image goes into guest memory, the protocol's structures
 //! (zero page or `hvm_start_info`, memory map, command line, initrd) are
 //! written, and the returned [`EntryPoint`] tells the vCPU where to start.
+//!
+//! A bzImage whose payload kvmkit can decompress (gzip, xz, zstd, LZ4) is
+//! unpacked on the host first (`unpack.rs`) and its vmlinux boots like an
+//! ELF kernel, with the bzImage's setup header in the zero page.
 
+mod bzimage;
+mod decompress;
 mod elf_check;
 mod image;
 mod linux;
 mod pvh;
+mod unpack;
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -53,6 +60,9 @@ pub struct BootSource {
     pub protocol: BootProtocol,
     /// Guest-physical address of the ACPI RSDP, if the VMM wrote ACPI tables.
     pub rsdp: Option<u64>,
+    /// Decompress a bzImage's payload on the host and boot the vmlinux in it
+    /// (falling back to the bzImage's own decompressor when it cannot).
+    pub host_decompress: bool,
 }
 
 use crate::files::check_input_file;
@@ -72,8 +82,8 @@ pub enum BootError {
     /// PVH was requested but the ELF has no PVH entry note.
     #[error("{0} has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); use --boot linux")]
     NoPvhNote(String),
-    /// PVH was requested for a bzImage.
-    #[error("{0} is a bzImage; PVH needs an ELF kernel with a PVH note")]
+    /// PVH was requested for a bzImage that was not decompressed on the host.
+    #[error("{0} is a bzImage that was not decompressed on the host; PVH needs an ELF kernel with a PVH note")]
     PvhNeedsElf(String),
     /// The ELF image's headers are wrong (a precise reason).
     #[error("kernel {0} {1}")]
@@ -115,23 +125,38 @@ pub fn boot(mem: &GuestMemoryMmap, mem_size: u64, source: &mut BootSource) -> Re
     let name = source.kernel_name.clone();
     let format = detect_format(&mut source.kernel).map_err(|e| BootError::Read(name.clone(), e))?;
     let format = format.ok_or_else(|| BootError::UnknownFormat(name.clone()))?;
-    match format {
+    let unpacked = match format {
         KernelFormat::Elf => {
-            elf_check::check(&mut source.kernel, mem_size).map_err(|f| BootError::Elf(name.clone(), f))?
+            elf_check::check(&mut source.kernel, mem_size).map_err(|f| BootError::Elf(name.clone(), f))?;
+            None
         }
         KernelFormat::BzImage => {
             if let Some((want, have)) = image::bzimage_truncated(&mut source.kernel) {
                 return Err(BootError::BzImageTruncated(name, want, have));
             }
+            if source.host_decompress {
+                host_unpack(&mut source.kernel, &name, mem_size)?
+            } else {
+                None
+            }
         }
-    }
-    let loaded = image::load(mem, &mut source.kernel, format).map_err(|e| match e {
-        linux_loader::loader::Error::Elf(linux_loader::loader::elf::Error::ReadKernelImage)
-        | linux_loader::loader::Error::Bzimage(linux_loader::loader::bzimage::Error::ReadBzImageCompressedKernel) => {
-            BootError::KernelTooBig(name.clone(), mem_size >> 20)
+    };
+    // The unpacked vmlinux boots as an ELF kernel with the bzImage's setup header.
+    let (loaded, format, header) = match unpacked {
+        Some(u) => {
+            let elf_name = format!("{name} (its decompressed {} payload)", u.compression.name());
+            let len = u.elf.len() as u64;
+            let mut elf = std::io::Cursor::new(u.elf);
+            elf_check::check_image(&mut elf, len, mem_size).map_err(|f| BootError::Elf(elf_name.clone(), f))?;
+            let loaded = image::load(mem, &mut elf, KernelFormat::Elf).map_err(load_error(&elf_name, mem_size))?;
+            (loaded, KernelFormat::Elf, Some(u.header))
         }
-        e => BootError::Load(name.clone(), e),
-    })?;
+        None => {
+            let loaded = image::load(mem, &mut source.kernel, format).map_err(load_error(&name, mem_size))?;
+            let header = loaded.setup_header;
+            (loaded, format, header)
+        }
+    };
     let pvh_entry = image::pvh_entry(&loaded);
     let use_pvh = match (source.protocol, format, pvh_entry) {
         (BootProtocol::Pvh, KernelFormat::BzImage, _) => return Err(BootError::PvhNeedsElf(name)),
@@ -156,7 +181,7 @@ pub fn boot(mem: &GuestMemoryMmap, mem_size: u64, source: &mut BootSource) -> Re
             mem_size,
             path,
             kernel_end,
-            loaded.setup_header.map(|h| h.initrd_addr_max),
+            header.map(|h| h.initrd_addr_max),
         )?),
         None => None,
     };
@@ -166,12 +191,46 @@ pub fn boot(mem: &GuestMemoryMmap, mem_size: u64, source: &mut BootSource) -> Re
         (true, Some(rip)) => {
             pvh::write_start_info(mem, &map, initrd, source.rsdp).map(|start_info| EntryPoint::Pvh { rip, start_info })
         }
-        _ => linux::write_zero_page(mem, &map, loaded.setup_header, cmdline_len, initrd, source.rsdp).map(
-            |boot_params| EntryPoint::Linux64 {
+        _ => linux::write_zero_page(mem, &map, header, cmdline_len, initrd, source.rsdp).map(|boot_params| {
+            EntryPoint::Linux64 {
                 rip: image::linux64_entry(&loaded, format),
                 boot_params,
-            },
-        ),
+            }
+        }),
+    }
+}
+
+/// Decompresses a bzImage's payload on the host; `None` (after one log line
+/// with the reason) when the bzImage must boot as it is.
+fn host_unpack(kernel: &mut File, name: &str, mem_size: u64) -> Result<Option<unpack::Unpacked>, BootError> {
+    let read_error = |e| BootError::Read(name.to_owned(), e);
+    let len = kernel.metadata().map_err(read_error)?.len();
+    let started = std::time::Instant::now();
+    match unpack::unpack(kernel, len, mem_size).map_err(read_error)? {
+        unpack::Outcome::Unpacked(u) => {
+            tracing::info!(
+                "{name}: {} payload decompressed on the host, {} KiB in {} ms",
+                u.compression.name(),
+                u.elf.len() >> 10,
+                started.elapsed().as_millis()
+            );
+            Ok(Some(u))
+        }
+        unpack::Outcome::Fallback(why) => {
+            tracing::warn!("kernel {name}: {why}; the bzImage boots with its own decompressor (slower)");
+            Ok(None)
+        }
+    }
+}
+
+/// Maps linux-loader's errors: a short read means the image does not fit in RAM.
+fn load_error(name: &str, mem_size: u64) -> impl Fn(linux_loader::loader::Error) -> BootError + '_ {
+    move |e| match e {
+        linux_loader::loader::Error::Elf(linux_loader::loader::elf::Error::ReadKernelImage)
+        | linux_loader::loader::Error::Bzimage(linux_loader::loader::bzimage::Error::ReadBzImageCompressedKernel) => {
+            BootError::KernelTooBig(name.to_owned(), mem_size >> 20)
+        }
+        e => BootError::Load(name.to_owned(), e),
     }
 }
 

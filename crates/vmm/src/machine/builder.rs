@@ -59,6 +59,8 @@ pub struct MachineOptions {
     pub start: Instant,
     /// Boot protocol.
     pub protocol: BootProtocol,
+    /// Decompress a bzImage's payload on the host (see `boot::BootSource`).
+    pub host_decompress: bool,
     /// Append `kvmkit.tsc_khz=<host TSC kHz>` to the command line (for
     /// kvmkit's test guest, which converts TSC ticks to nanoseconds).
     pub tsc_hint: bool,
@@ -83,11 +85,13 @@ pub struct RestoreSource {
 }
 
 impl MachineOptions {
-    /// Defaults: timeline from `start`, auto boot protocol, stdout console.
+    /// Defaults: timeline from `start`, auto boot protocol, bzImages decompressed on
+    /// the host, stdout console.
     pub fn new(start: Instant) -> Self {
         Self {
             start,
             protocol: BootProtocol::Auto,
+            host_decompress: true,
             tsc_hint: false,
             kernel: None,
             taps: Vec::new(),
@@ -101,6 +105,7 @@ impl std::fmt::Debug for MachineOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MachineOptions")
             .field("protocol", &self.protocol)
+            .field("host_decompress", &self.host_decompress)
             .field("tsc_hint", &self.tsc_hint)
             .field("kernel", &self.kernel)
             .field("taps", &self.taps.len())
@@ -373,6 +378,7 @@ fn load_kernel(k: LoadKernel<'_>) -> Result<(), MachineError> {
         cmdline,
         protocol: opts.protocol,
         rsdp: Some(rsdp),
+        host_decompress: opts.host_decompress,
     };
     let entry = boot::boot(memory, memory_mib << 20, &mut source)?;
     vcpus[0].configure_boot(memory, entry)?;
