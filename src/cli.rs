@@ -257,8 +257,10 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = ConsoleFilterArg::Auto)]
     pub console_filter: ConsoleFilterArg,
     /// Attach a raw disk image as a virtio-blk device (repeatable):
-    /// path=IMG[,ro=on][,id=NAME][,cache=none] (cache=none: O_DIRECT, bypass the host page cache).
-    #[arg(long = "disk", value_name = "path=IMG[,ro=on][,id=NAME][,cache=none]")]
+    /// path=IMG[,ro=on][,id=NAME][,cache=none][,poll=off|auto|N] (cache=none: O_DIRECT, bypass the
+    /// host page cache; poll: after a request the device polls the queue, notifications off, for an
+    /// adaptive (auto) or fixed N-microsecond window; default off).
+    #[arg(long = "disk", value_name = "path=IMG[,ro=on][,id=NAME][,cache=none][,poll=auto]")]
     pub disks: Vec<String>,
     /// Give the guest a virtio-rng device fed by the host's getrandom.
     #[arg(long)]

@@ -403,7 +403,9 @@ fn disk_writes_survive_snapshot_kill_and_restore_with_two_vcpus() {
     let dir = temp_dir("disk");
     // 1 GiB: blk-pattern writes it for ~2 s here, then reads it back.
     let img = Image::new(&dir, "disk.img", 1024);
-    let disk = format!("path={}", img.path());
+    // Polling on: the snapshot may catch the device mid-window, with
+    // VIRTQ_USED_F_NO_NOTIFY in guest memory; the restored worker re-arms.
+    let disk = format!("path={},poll=auto", img.path());
     let mut vmm = Vmm::spawn(
         &dir,
         "orig",

@@ -110,6 +110,46 @@ fn two_disks_are_both_verified() {
     assert_eq!(results(&res, "blk-pattern")[0]["arg"], 12 * 2048);
 }
 
+/// The guest's data survives every polling mode (`--disk ...,poll=`): the device polls the
+/// queue with notifications suppressed and re-arms them before it sleeps. (Whether a request
+/// is found by polling depends on timing, so only the data and the mode in use are checked.)
+#[test]
+fn pattern_is_verified_with_each_poll_mode() {
+    for mode in ["off", "auto", "80us"] {
+        let img = Image::new(&format!("poll-{mode}"), 8);
+        let (out, res) = run(
+            &format!("poll-{mode}"),
+            &[
+                "--disk",
+                &img.arg(&format!(",poll={mode}")),
+                "--workload",
+                "blk-pattern",
+                "--level",
+                "Debug",
+            ],
+        );
+        assert_eq!(
+            out.code,
+            Some(0),
+            "poll={mode}\nstdout:\n{}\nstderr:\n{}",
+            out.stdout,
+            out.stderr
+        );
+        let r = results(&res, "blk-pattern");
+        assert_eq!(r.len(), 1, "{res:#}");
+        assert_eq!(r[0]["value"], 0, "poll={mode}: mismatching sectors");
+        assert!(
+            out.stderr.contains(&format!("(poll={mode})")),
+            "the device ran with poll={mode}: {}",
+            out.stderr
+        );
+    }
+    let img = Image::new("poll-bad", 1);
+    let out = common::run_guest(&["--disk", &img.arg(",poll=fast"), "--workload", "idle"]);
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("poll 'fast'"), "{}", out.stderr);
+}
+
 #[test]
 fn sequential_write_and_read_report_throughput() {
     let img = Image::new("seq", 16);

@@ -247,7 +247,8 @@ pub fn parse_nets(specs: &[String]) -> anyhow::Result<Vec<kvmkit_hostnet::NetCon
         .collect()
 }
 
-/// Parses `--disk path=IMG[,ro=on|off][,id=NAME][,cache=none]` (a bare path also works).
+/// Parses `--disk path=IMG[,ro=on|off][,id=NAME][,cache=none][,poll=off|auto|N]` (a bare path
+/// also works).
 pub fn parse_disks(specs: &[String]) -> anyhow::Result<Vec<BlockDeviceConfig>> {
     let mut disks = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
@@ -262,9 +263,12 @@ pub fn parse_disks(specs: &[String]) -> anyhow::Result<Vec<BlockDeviceConfig>> {
                 Some(("ro", "off" | "false" | "0")) => disk.is_read_only = false,
                 Some(("cache", "none")) => disk.direct = true,
                 Some(("cache", "writeback")) => disk.direct = false,
+                Some(("poll", mode)) => {
+                    disk.poll = mode.parse().map_err(|e: String| anyhow::anyhow!("--disk {spec}: {e}"))?
+                }
                 Some(("id", id)) if !id.is_empty() && id.len() <= 20 => disk.drive_id = id.to_owned(),
                 Some(("id", id)) => bail!("--disk {spec}: id '{id}' must be 1 to 20 characters"),
-                Some((k, v)) => bail!("--disk {spec}: unknown option {k}={v} (use path=IMG,ro=on,id=NAME,cache=none)"),
+                Some((k, v)) => bail!("--disk {spec}: unknown option {k}={v} (use path=IMG,ro=on,id=NAME,cache=none,poll=off|auto|N)"),
                 None if disk.path_on_host.is_empty() => disk.path_on_host = part.to_owned(),
                 None => bail!("--disk {spec}: '{part}' is not key=value"),
             }
@@ -381,6 +385,7 @@ fn check_workload(spec: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kvmkit_vmm::virtio::poll::PollMode;
 
     #[test]
     fn commands_are_quoted_for_the_guest_shell() {
@@ -416,6 +421,10 @@ mod tests {
         assert!(parse_disks(&["ro=on".into()]).is_err());
         assert!(parse_disks(&["path=/a,cache=none".into()]).is_ok_and(|d| d[0].direct));
         assert!(parse_disks(&["path=/a,cache=maybe".into()]).is_err());
+        assert!(parse_disks(&["path=/a,poll=auto".into()]).is_ok_and(|d| d[0].poll == PollMode::Auto));
+        assert!(parse_disks(&["path=/a,poll=80us".into()]).is_ok_and(|d| d[0].poll == PollMode::Fixed(80)));
+        assert!(parse_disks(&["path=/a".into()]).is_ok_and(|d| d[0].poll == PollMode::Off));
+        assert!(parse_disks(&["path=/a,poll=fast".into()]).is_err());
         assert!(parse_disks(&["path=/a,id=".into()]).is_err());
     }
 

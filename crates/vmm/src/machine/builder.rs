@@ -201,7 +201,7 @@ impl Machine {
             .iter()
             .map(|d| {
                 DiskImage::open_with(std::path::Path::new(&d.path_on_host), d.is_read_only, d.direct)
-                    .map(|img| (img, d.drive_id.clone()))
+                    .map(|img| (img, d.drive_id.clone(), d.poll))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut nics = Vec::new();
@@ -266,8 +266,8 @@ impl Machine {
 
         // Virtio devices: drives, then the rng, then NICs, then vsock (kvmkit's order
         // since the first release: guests find disks at the same windows).
-        for (image, id) in disks {
-            let dev = Box::new(Block::new(image, &id));
+        for (image, id, poll) in disks {
+            let dev = Box::new(Block::new(image, &id).with_poll(poll));
             dm.add_virtio(vm.fd(), &memory, &id, DeviceKind::VirtioBlock, dev)?;
         }
         if resources.entropy.is_some() {

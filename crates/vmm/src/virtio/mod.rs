@@ -10,6 +10,7 @@
 pub mod block;
 pub mod mmio;
 pub mod net;
+pub mod poll;
 pub mod rng;
 #[cfg(any(test, feature = "test-rig"))]
 pub mod test_rig;
@@ -28,6 +29,9 @@ pub use worker::{QueueHandler, Queues, Stopping, Worker, WorkerError, WorkerHand
 
 /// Feature bit: the device conforms to virtio 1.x (required by kvmkit).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Feature bit: used_event / avail_event notification suppression
+/// (VIRTIO_F_RING_EVENT_IDX).
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 /// Interrupt status bit: a used buffer was added.
 pub const VIRTIO_MMIO_INT_VRING: u32 = 1;
 /// Interrupt status bit: the configuration changed.

@@ -55,6 +55,9 @@ pub trait WorkerHandler: Send + 'static {
     fn poll_timeout(&self) -> Option<Duration> {
         None
     }
+    /// Queue `index`'s eventfd was read: `count` notifications (kicks) came
+    /// since the last read (a device's counters).
+    fn kicked(&mut self, _index: usize, _count: u64) {}
 }
 
 /// What a device does when queue `index` is notified (devices whose work is
@@ -67,6 +70,8 @@ pub trait QueueHandler: Send + 'static {
     fn interrupt(&self) -> Option<Arc<Interrupt>> {
         None
     }
+    /// `count` notifications of queue `index` were read (a device's counters).
+    fn kicked(&mut self, _index: usize, _count: u64) {}
 }
 
 /// Adapts a [`QueueHandler`] to a [`WorkerHandler`].
@@ -116,6 +121,10 @@ impl<Q: QueueHandler> WorkerHandler for Queues<Q> {
 
     fn interrupt(&self) -> Option<Arc<Interrupt>> {
         self.handler.interrupt()
+    }
+
+    fn kicked(&mut self, index: usize, count: u64) {
+        self.handler.kicked(index, count);
     }
 }
 
@@ -390,7 +399,9 @@ fn run<H: WorkerHandler>(
         for (i, e) in events.iter().enumerate() {
             notified[i] = fds[i].revents & libc::POLLIN != 0;
             if notified[i] {
-                let _ = e.read();
+                if let Ok(count) = e.read() {
+                    handler.kicked(i, count);
+                }
             }
         }
         let extra_revents: Vec<i16> = fds[events.len()..events.len() + extra.len()]

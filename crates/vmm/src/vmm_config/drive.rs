@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{invalid, ConfigError};
+use crate::virtio::poll::PollMode;
 
 /// Longest drive id accepted.
 pub const MAX_DRIVE_ID: usize = 64;
@@ -61,6 +62,10 @@ pub struct BlockDeviceConfig {
     /// kvmkit extension: bypass the host page cache (O_DIRECT).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub direct: bool,
+    /// kvmkit extension: how the device worker polls the queue after a
+    /// request (`"off"`, `"auto"` or a window such as `"100us"`).
+    #[serde(default, skip_serializing_if = "PollMode::is_off")]
+    pub poll: PollMode,
 }
 
 /// `PATCH /drives/{drive_id}` after boot: a new backing file.

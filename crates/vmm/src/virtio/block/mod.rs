@@ -7,8 +7,10 @@ pub mod request;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueState, QueueT};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::memory::GuestMemoryMmap;
 
@@ -17,11 +19,12 @@ use self::request::{
     handle, handle_merged, plain_request, Completion, Plain, RequestContext, MAX_REQUEST_BYTES, MERGE_BYTES,
     VIRTIO_BLK_ID_BYTES,
 };
-use super::VIRTIO_MMIO_INT_VRING;
+use super::poll::{PollMode, PollWindow};
 use super::{
     read_config_bytes, Activation, Interrupt, QueueHandler, Queues, Stopping, VirtioDevice, Worker, WorkerError,
     VIRTIO_F_VERSION_1,
 };
+use super::{VIRTIO_MMIO_INT_VRING, VIRTIO_RING_F_EVENT_IDX};
 
 /// Virtio device id of a block device.
 pub const VIRTIO_ID_BLOCK: u32 = 2;
@@ -36,6 +39,8 @@ pub const QUEUE_SIZE: u16 = 256;
 /// Batches a worker round drains before yielding.
 const DRAINS_PER_ROUND: usize = 4;
 const SEG_MAX: u32 = 128;
+/// The driver's hint that it wants no used-buffer interrupts (avail ring flags).
+const VIRTQ_AVAIL_F_NO_INTERRUPT: u16 = 1;
 
 /// The disk a block device works on; replaced while the VM runs by
 /// `PATCH /drives/{id}` (the worker picks the new one up at its next
@@ -61,6 +66,15 @@ pub struct BlockCounters {
     pub errors: AtomicU64,
     /// Backing files swapped in while running.
     pub swaps: AtomicU64,
+    /// Notifications (queue kicks) the worker read from its eventfd.
+    pub kicks: AtomicU64,
+    /// Used-buffer interrupts raised.
+    pub interrupts: AtomicU64,
+    /// Requests the worker found while polling (no kick needed).
+    pub polled: AtomicU64,
+    /// CPU time of the worker thread, in microseconds (counted each time it
+    /// goes to sleep).
+    pub worker_cpu_us: AtomicU64,
 }
 
 /// A virtio-blk device.
@@ -71,6 +85,7 @@ pub struct Block {
     worker: Option<Worker<Queues<BlockHandler>>>,
     name: String,
     counters: Arc<BlockCounters>,
+    poll: PollMode,
 }
 
 impl Block {
@@ -90,7 +105,20 @@ impl Block {
             worker: None,
             name: format!("virtio-blk-{id}"),
             counters: Arc::new(BlockCounters::default()),
+            poll: PollMode::Off,
         }
+    }
+
+    /// The device with polling mode `poll` (`--disk ...,poll=`), taken up
+    /// at the next activation.
+    pub fn with_poll(mut self, poll: PollMode) -> Self {
+        self.poll = poll;
+        self
+    }
+
+    /// The polling mode.
+    pub fn poll_mode(&self) -> PollMode {
+        self.poll
     }
 
     /// Whether the device is read-only (fixed for its life: the driver
@@ -126,6 +154,25 @@ impl Block {
     }
 }
 
+impl Drop for Block {
+    fn drop(&mut self) {
+        // Stop the worker first, so its last counts are in.
+        self.worker = None;
+        let c = &self.counters;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        tracing::debug!(
+            "{} ends: {} requests, {} kicks, {} interrupts, {} polled, {} us worker CPU (poll={})",
+            self.name,
+            n(&c.requests),
+            n(&c.kicks),
+            n(&c.interrupts),
+            n(&c.polled),
+            n(&c.worker_cpu_us),
+            self.poll
+        );
+    }
+}
+
 /// The virtio_blk_config layout: capacity, seg_max, blk_size, discard and
 /// write-zeroes limits.
 fn config_space(size: u64) -> [u8; 60] {
@@ -153,7 +200,11 @@ impl VirtioDevice for Block {
     }
 
     fn features(&self) -> u64 {
-        let mut f = VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_BLK_SIZE | VIRTIO_BLK_F_FLUSH;
+        let mut f = VIRTIO_F_VERSION_1
+            | VIRTIO_RING_F_EVENT_IDX
+            | VIRTIO_BLK_F_SEG_MAX
+            | VIRTIO_BLK_F_BLK_SIZE
+            | VIRTIO_BLK_F_FLUSH;
         if self.read_only() {
             f |= VIRTIO_BLK_F_RO;
         } else {
@@ -166,9 +217,11 @@ impl VirtioDevice for Block {
         read_config_bytes(&self.config, offset, data);
     }
 
-    fn activate(&mut self, _acked: u64, mut a: Activation) -> Result<(), String> {
-        let queue = a.queues.pop().ok_or("no queue")?;
+    fn activate(&mut self, acked: u64, mut a: Activation) -> Result<(), String> {
+        let mut queue = a.queues.pop().ok_or("no queue")?;
+        queue.set_event_idx(acked & VIRTIO_RING_F_EVENT_IDX != 0);
         let mut handler = BlockHandler::new(a.memory, queue, a.interrupt, self.slot.current(), self.id);
+        handler.set_poll(self.poll);
         handler.slot = Some((self.slot.clone(), self.slot.generation.load(Ordering::SeqCst)));
         handler.counters = Some(self.counters.clone());
         self.worker =
@@ -190,6 +243,10 @@ impl VirtioDevice for Block {
             ("requests", c.requests.load(Ordering::Relaxed)),
             ("errors", c.errors.load(Ordering::Relaxed)),
             ("swaps", c.swaps.load(Ordering::Relaxed)),
+            ("kicks", c.kicks.load(Ordering::Relaxed)),
+            ("interrupts", c.interrupts.load(Ordering::Relaxed)),
+            ("polled", c.polled.load(Ordering::Relaxed)),
+            ("worker_cpu_us", c.worker_cpu_us.load(Ordering::Relaxed)),
             ("host_io_errors", self.slot.current().host_errors()),
         ]
     }
@@ -235,6 +292,13 @@ pub struct BlockHandler {
     scratch: AlignedBuffer,
     slot: Option<(Arc<DiskSlot>, u64)>,
     counters: Option<Arc<BlockCounters>>,
+    poll: PollWindow,
+    /// Whether the worker suppressed the driver's notifications (polling).
+    notify_off: bool,
+    /// The worker thread's CPU time when last counted, in nanoseconds.
+    cpu_ns: Option<u64>,
+    /// When the current polling stretch began, and the thread's CPU time then.
+    stretch: Option<(Instant, u64)>,
 }
 
 impl BlockHandler {
@@ -258,6 +322,59 @@ impl BlockHandler {
             scratch: AlignedBuffer::new(MERGE_BYTES),
             slot: None,
             counters: None,
+            poll: PollWindow::new(PollMode::Off),
+            notify_off: false,
+            cpu_ns: None,
+            stretch: None,
+        }
+    }
+
+    /// Sets how the worker polls the queue after a request.
+    pub fn set_poll(&mut self, mode: PollMode) {
+        self.poll = PollWindow::new(mode);
+    }
+
+    /// The queue (its state, for tests and snapshots).
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    /// Raises the used-buffer interrupt unless the driver asked not to get
+    /// one: used_event with EVENT_IDX, else VIRTQ_AVAIL_F_NO_INTERRUPT (a
+    /// hint; kvmkit's guest sets it and polls the used ring).
+    fn notify_driver(&mut self) {
+        if !self.queue.needs_notification(&self.memory).unwrap_or(true) {
+            return;
+        }
+        if !self.queue.event_idx_enabled() {
+            let flags: Result<u16, _> = self.memory.load(
+                GuestAddress(self.queue.avail_ring()),
+                std::sync::atomic::Ordering::Acquire,
+            );
+            if flags.is_ok_and(|f| u16::from_le(f) & VIRTQ_AVAIL_F_NO_INTERRUPT != 0) {
+                return;
+            }
+        }
+        if let Some(c) = &self.counters {
+            c.interrupts.fetch_add(1, Ordering::Relaxed);
+        }
+        self.interrupt.signal(VIRTIO_MMIO_INT_VRING);
+    }
+
+    /// Adds the worker thread's CPU time since the last call to the counters.
+    fn count_cpu(&mut self) {
+        let Some(c) = &self.counters else {
+            return;
+        };
+        let Some(now) = thread_cpu_ns() else {
+            return;
+        };
+        if let Some(before) = self.cpu_ns.filter(|&b| b <= now) {
+            c.worker_cpu_us.fetch_add((now - before) / 1000, Ordering::Relaxed);
+            // Keep the remainder below a microsecond for the next time.
+            self.cpu_ns = Some(now - (now - before) % 1000);
+        } else {
+            self.cpu_ns = Some(now);
         }
     }
 
@@ -344,6 +461,16 @@ impl BlockHandler {
     }
 }
 
+/// The calling thread's CPU time in nanoseconds.
+fn thread_cpu_ns() -> Option<u64> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec to write to.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return None;
+    }
+    Some((ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64)
+}
+
 /// Executes a run of mergeable requests: alone through [`handle`], together through
 /// [`handle_merged`]; appends `(head, completion)` to `done` in order.
 fn execute_run(
@@ -381,17 +508,78 @@ impl QueueHandler for BlockHandler {
                 self.disk = slot.current();
             }
         }
+        let started = Instant::now();
+        let was_polling = self.poll.polling();
         // Re-check after completing a batch: the driver may add more
         // meanwhile. A few batches per round, then other work gets a turn.
-        for _ in 0..DRAINS_PER_ROUND {
-            if self.drain() == 0 {
-                return false;
+        let mut completed = 0;
+        let mut batches = 0;
+        while batches < DRAINS_PER_ROUND {
+            let n = self.drain();
+            if n == 0 {
+                break;
             }
-            if self.queue.needs_notification(&self.memory).unwrap_or(true) {
-                self.interrupt.signal(VIRTIO_MMIO_INT_VRING);
+            completed += n;
+            batches += 1;
+            self.notify_driver();
+        }
+        if self.interrupt.is_broken() {
+            return false;
+        }
+        if was_polling && completed > 0 {
+            if let Some(c) = &self.counters {
+                c.polled.fetch_add(completed as u64, Ordering::Relaxed);
             }
         }
-        true
+        let now = if self.poll.mode() == PollMode::Off {
+            started
+        } else {
+            Instant::now()
+        };
+        if self.poll.after_round(completed, started, now) {
+            // Inside the window: the driver need not notify; the worker
+            // comes back without sleeping.
+            if !self.notify_off {
+                let _ = self.queue.disable_notification(&self.memory);
+                self.notify_off = true;
+                self.stretch = thread_cpu_ns().map(|cpu| (started, cpu));
+            }
+            if completed == 0 {
+                // Give the core away between looks: on a host with fewer
+                // cores than busy threads the vCPU that is to submit the
+                // next request may be waiting for this one.
+                std::thread::yield_now();
+            }
+            return true;
+        }
+        if batches == DRAINS_PER_ROUND {
+            return true;
+        }
+        if let Some((began, cpu0)) = self.stretch.take() {
+            if let Some(cpu1) = thread_cpu_ns() {
+                let cpu = std::time::Duration::from_nanos(cpu1.saturating_sub(cpu0));
+                self.poll.stretch_ended(cpu, now.saturating_duration_since(began), now);
+            }
+        }
+        // About to sleep: re-arm notifications (NO_NOTIFY cleared, or
+        // avail_event set to where the worker stopped), then look once
+        // more, or a request added meanwhile would wait for a kick that
+        // never comes.
+        self.notify_off = false;
+        self.count_cpu();
+        match self.queue.enable_notification(&self.memory) {
+            Ok(true) => {
+                self.poll.rearmed();
+                true
+            }
+            Ok(false) | Err(_) => false,
+        }
+    }
+
+    fn kicked(&mut self, _index: usize, count: u64) {
+        if let Some(c) = &self.counters {
+            c.kicks.fetch_add(count, Ordering::Relaxed);
+        }
     }
 }
 

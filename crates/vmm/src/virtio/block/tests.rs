@@ -342,3 +342,109 @@ fn config_space_reports_capacity_in_sectors() {
     assert_eq!(dev.features() & VIRTIO_BLK_F_DISCARD, 0);
     let _ = std::fs::remove_file(path);
 }
+
+/// Publishes a FLUSH request (header at `at`, status byte at `at + 0x20`).
+fn push_flush(r: &mut Rig, at: u64) {
+    let h = r.header(at, VIRTIO_BLK_T_FLUSH, 0);
+    r.push(&[h, (at + 0x20, 1, F_WRITE)]);
+}
+
+fn used_flags(r: &Rig) -> u16 {
+    r.mem
+        .read_obj(GuestAddress(r.handler.queue.used_ring()))
+        .expect("used flags")
+}
+
+fn avail_event(r: &Rig) -> u16 {
+    let at = r.handler.queue.used_ring() + 4 + 8 * u64::from(QSIZE);
+    r.mem.read_obj(GuestAddress(at)).expect("avail_event")
+}
+
+#[test]
+fn polling_suppresses_notifications_until_the_window_ends_then_rearms() {
+    let mut r = Rig::new("poll", 64 * 1024, false);
+    r.handler.set_poll(PollMode::Fixed(10_000));
+    push_flush(&mut r, 0x8000);
+    assert!(r.handler.process_queue(0), "a busy round opens the window");
+    assert_eq!(r.used_idx(), 1);
+    assert_eq!(used_flags(&r), 1, "VIRTQ_USED_F_NO_NOTIFY while polling");
+    push_flush(&mut r, 0x8100);
+    assert!(r.handler.process_queue(0), "found by polling, still polling");
+    assert_eq!(r.used_idx(), 2);
+    assert_eq!(used_flags(&r), 1);
+
+    // A window that has ended: the worker re-arms and sleeps.
+    r.handler.set_poll(PollMode::Fixed(1));
+    push_flush(&mut r, 0x8200);
+    assert!(r.handler.process_queue(0));
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    assert!(
+        !r.handler.process_queue(0),
+        "an idle queue is not polled past its window"
+    );
+    assert_eq!(used_flags(&r), 0, "notifications re-armed before sleeping");
+    assert_eq!(r.used_idx(), 3);
+}
+
+#[test]
+fn without_polling_notifications_stay_on() {
+    let mut r = Rig::new("nopoll", 64 * 1024, false);
+    // A snapshot taken while polling leaves NO_NOTIFY in guest memory: the
+    // restored worker clears it before it sleeps.
+    let used = r.handler.queue.used_ring();
+    r.mem.write_obj(1u16, GuestAddress(used)).expect("flags");
+    push_flush(&mut r, 0x8000);
+    assert!(!r.handler.process_queue(0));
+    assert_eq!(r.used_idx(), 1);
+    assert_eq!(used_flags(&r), 0);
+}
+
+#[test]
+fn event_idx_sets_avail_event_before_sleeping() {
+    let mut r = Rig::new("eventidx", 64 * 1024, false);
+    r.handler.queue.set_event_idx(true);
+    for k in 0..3 {
+        push_flush(&mut r, 0x8000 + k * 0x100);
+    }
+    assert!(!r.handler.process_queue(0));
+    assert_eq!(r.used_idx(), 3);
+    assert_eq!(avail_event(&r), 3, "the driver kicks for the next request");
+    assert_eq!(used_flags(&r), 0, "EVENT_IDX does not use the flags");
+    // Polling with EVENT_IDX: avail_event is left behind (the driver does
+    // not kick again) until the window ends.
+    r.handler.set_poll(PollMode::Fixed(10_000));
+    push_flush(&mut r, 0x8400);
+    assert!(r.handler.process_queue(0));
+    push_flush(&mut r, 0x8500);
+    assert!(r.handler.process_queue(0));
+    assert_eq!(r.used_idx(), 5);
+    assert_eq!(avail_event(&r), 3, "no kick asked for while polling");
+}
+
+#[test]
+fn interrupts_honour_used_event_and_no_interrupt() {
+    let mut r = Rig::new("noint", 64 * 1024, false);
+    let vring = crate::virtio::VIRTIO_MMIO_INT_VRING;
+    // VIRTQ_AVAIL_F_NO_INTERRUPT: kvmkit's guest polls the used ring.
+    r.mem.write_obj(1u16, GuestAddress(r.q.avail())).expect("flags");
+    push_flush(&mut r, 0x8000);
+    assert!(!r.handler.process_queue(0));
+    assert_eq!(r.handler.interrupt.status() & vring, 0, "no interrupt asked for");
+    r.mem.write_obj(0u16, GuestAddress(r.q.avail())).expect("flags");
+    push_flush(&mut r, 0x8100);
+    assert!(!r.handler.process_queue(0));
+    assert_ne!(r.handler.interrupt.status() & vring, 0);
+    r.handler.interrupt.ack(vring);
+    // EVENT_IDX: used_event (after the avail ring) says when to interrupt.
+    r.handler.queue.set_event_idx(true);
+    let used_event = r.q.avail() + 4 + 2 * u64::from(QSIZE);
+    r.mem.write_obj(5u16, GuestAddress(used_event)).expect("used_event");
+    push_flush(&mut r, 0x8200);
+    assert!(!r.handler.process_queue(0));
+    assert_eq!(r.handler.interrupt.status() & vring, 0, "used_event 5 not reached");
+    for k in 0..3 {
+        push_flush(&mut r, 0x8300 + k * 0x100);
+    }
+    assert!(!r.handler.process_queue(0));
+    assert_ne!(r.handler.interrupt.status() & vring, 0, "used_event 5 passed");
+}
