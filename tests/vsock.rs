@@ -286,3 +286,128 @@ fn put_vsock_before_boot_shows_in_the_config_and_is_refused_after() {
     assert!(!uds.exists(), "the vsock socket is removed at exit");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A snapshot of a VM with a vsock device (Firecracker's semantics): the
+/// host connection open at snapshot time is closed, the guest gets a
+/// transport reset (it drops that connection and keeps listening); a new
+/// process restores the VM over the stale socket file, and a new client
+/// reaches the restored echo server through `CONNECT 5000`. A second
+/// restore while the first listens at the same path is refused.
+#[test]
+fn a_vm_with_vsock_is_snapshotted_and_restored_in_a_new_process() {
+    let dir = std::env::temp_dir().join(format!("kvmkit-it-vsock-snap-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (api, uds, state, mem) = (
+        dir.join("api.sock"),
+        dir.join("v.sock"),
+        dir.join("state"),
+        dir.join("mem"),
+    );
+    let spec = format!("cid=3,uds={}", uds.display());
+    let path = |p: &Path| p.to_str().expect("utf8").to_owned();
+    let (child, out) = common::spawn_collecting(
+        Path::new(common::kvmkit()),
+        &[
+            "run",
+            "--guest",
+            "--no-stdin",
+            "--timeout",
+            "120",
+            "--api-sock",
+            &path(&api),
+            "--vsock",
+            &spec,
+            "--workload",
+            "vsock-echo:5000:2",
+        ],
+    );
+    let mut vm = Vm {
+        child,
+        out,
+        uds: uds.clone(),
+    };
+    vm.wait_for("listening on port 5000");
+    // A connection open at snapshot time.
+    let (s, ok) = vm.connect(5000);
+    assert!(ok.starts_with("OK "), "{ok:?}");
+    assert_eq!(echo(s.try_clone().expect("clone"), b"before".to_vec()), b"before");
+    let (code, text) = common::api_request(&api, "PATCH", "/vm", r#"{"state":"Paused"}"#);
+    assert_eq!(code, 204, "{text}");
+    let body = serde_json::json!({
+        "snapshot_type": "Full",
+        "snapshot_path": path(&state),
+        "mem_file_path": path(&mem),
+    });
+    let (code, text) = common::api_request(&api, "PUT", "/snapshot/create", &body.to_string());
+    assert_eq!(code, 204, "a VM with vsock is snapshotted: {text}");
+    // Host connections are not saved: the snapshot closed this one.
+    let mut b = [0u8; 16];
+    assert_eq!(
+        (&s).read(&mut b).expect("end of file"),
+        0,
+        "the open connection is closed"
+    );
+    // SIGKILL: the socket file stays behind, stale.
+    let _ = vm.child.kill();
+    let _ = vm.child.wait();
+    assert!(uds.exists(), "a killed VMM leaves its socket file");
+
+    let restore = [
+        "run",
+        "--no-stdin",
+        "--landlock",
+        "--restore-state",
+        &path(&state),
+        "--restore-mem",
+        &path(&mem),
+    ];
+    let (child, out) = common::spawn_collecting(Path::new(common::kvmkit()), &restore);
+    let restored = Vm {
+        child,
+        out,
+        uds: uds.clone(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (s, ok) = loop {
+        let r = UnixStream::connect(&uds).is_ok().then(|| restored.connect(5000));
+        match r {
+            Some((s, ok)) if ok.starts_with("OK ") => break (s, ok),
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no OK from the restored guest ({:?}): {}",
+                    other.map(|o| o.1),
+                    restored.out.lock().expect("out")
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    assert!(ok.starts_with("OK "), "{ok:?}");
+    let data = random_bytes(64 << 10, 7);
+    assert_eq!(
+        echo(s.try_clone().expect("clone"), data.clone()),
+        data,
+        "the restored guest echoes"
+    );
+
+    // The path is taken by a live listener: a second restore is refused.
+    let second = common::run(&restore, Duration::from_secs(30));
+    assert_eq!(second.code, Some(2), "{}\n{}", second.stdout, second.stderr);
+    let lines: Vec<_> = second.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {}", second.stderr);
+    assert!(lines[0].contains("is in use"), "{}", lines[0]);
+    assert!(uds.exists(), "the refused restore left the live socket alone");
+
+    // The guest counted the reset connection as served (closed by the
+    // host side) and ends after the second one.
+    drop(s);
+    restored.wait_for("transport_resets=1");
+    let out = restored.out.lock().expect("out").clone();
+    assert!(
+        out.contains("conn=1 port=5000") && out.contains("conn=2 port=5000"),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

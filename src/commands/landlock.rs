@@ -81,7 +81,7 @@ fn parent(p: &Path) -> PathBuf {
 
 /// The rules for this run.
 pub fn rules(args: &RunArgs, res: &VmResources) -> Rules {
-    // A restored VM's disks and NICs are those its state file names (an
+    // A restored VM's disks, NICs and vsock socket are those its state file names (an
     // unreadable file is refused by the restore itself, with its reason).
     let restored = args
         .restore_state
@@ -127,7 +127,8 @@ pub fn rules(args: &RunArgs, res: &VmResources) -> Rules {
     if let Some(s) = &args.api_sock {
         r.socket(s);
     }
-    if let Some(v) = &res.vsock {
+    // A restored VM binds its vsock socket again, at the path its state file names.
+    for v in res.vsock.iter().chain(&restored.vsock) {
         r.socket(&v.uds_path);
     }
     // The serial console is set up after the ruleset (its socket thread must be restricted too).

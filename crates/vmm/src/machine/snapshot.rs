@@ -11,11 +11,12 @@ use crate::lifecycle::VmState;
 use crate::snapshot::devices::{DevicesState, SerialSnapshot};
 use crate::snapshot::memory::{map_memory_file, write_diff_memory_file, write_memory_file};
 use crate::snapshot::params::{NetworkOverride, SnapshotType};
-use crate::snapshot::virtio::{BlockSnapshot, NetSnapshot, VirtioDeviceState, VirtioKindState};
+use crate::snapshot::virtio::{BlockSnapshot, NetSnapshot, VirtioDeviceState, VirtioKindState, VsockSnapshot};
 use crate::snapshot::{dirty, file, vm, SnapshotError, SnapshotInfo, SnapshotState};
 use crate::vcpu::handle::{VcpuEvent, VcpuHandleError, VcpuResponse};
 use crate::virtio::block::Block;
 use crate::virtio::net::Net;
+use crate::virtio::vsock::Vsock;
 
 /// Where a snapshot's files are and how to load its memory.
 #[derive(Debug, Clone)]
@@ -54,9 +55,9 @@ fn snapshot_kind(kind: DeviceKind) -> Option<bool> {
         | DeviceKind::AcpiPm
         | DeviceKind::GuestPort
         | DeviceKind::NullMmio => Some(false),
-        DeviceKind::VirtioBlock | DeviceKind::VirtioNet | DeviceKind::VirtioRng => Some(true),
-        // Its connections live in host sockets that a snapshot cannot hold.
-        DeviceKind::VirtioVsock => None,
+        // vsock: its host connections are not saved (a snapshot closes them
+        // and sends the driver a transport reset).
+        DeviceKind::VirtioBlock | DeviceKind::VirtioNet | DeviceKind::VirtioRng | DeviceKind::VirtioVsock => Some(true),
         // Kinds added later are refused until they are saved.
         #[allow(unreachable_patterns)]
         _ => None,
@@ -164,6 +165,8 @@ impl Machine {
             }
         }
         let t0 = Instant::now();
+        // Before the vCPUs' state is read, so the event's interrupt is in it.
+        self.reset_vsock();
         let mut vcpus = Vec::with_capacity(self.vcpus.len());
         for h in &self.vcpus {
             h.send(VcpuEvent::SaveState)?;
@@ -278,6 +281,25 @@ impl Machine {
 }
 
 impl Machine {
+    /// Sends every started vsock device's driver a transport reset and
+    /// closes its host connections (Firecracker's `prepare_save`): the event
+    /// and its interrupt are in the snapshot, so a restored guest drops the
+    /// connections the new process does not have. A driver that left no
+    /// event buffer is logged; the snapshot goes on, as in Firecracker.
+    fn reset_vsock(&self) {
+        for info in self.devices.devices().filter(|i| i.kind == DeviceKind::VirtioVsock) {
+            let Some((_, DeviceHandle::Virtio(t))) = self.devices.handle(&info.id) else {
+                continue;
+            };
+            let mut t = lock(t);
+            if let Some(v) = t.device_mut().as_any_mut().downcast_mut::<Vsock>() {
+                if let Err(e) = v.reset_transport() {
+                    tracing::warn!("vsock '{}': no transport reset sent to the guest: {e}", info.id);
+                }
+            }
+        }
+    }
+
     /// Saves every virtio device (the VM and the device workers paused):
     /// block devices are flushed first, then each transport and its queues
     /// are read (from the worker, between rounds: no request is half-done).
@@ -324,6 +346,15 @@ impl Machine {
                     VirtioKindState::Net(NetSnapshot {
                         host_dev_name: tap,
                         mac: n.mac(),
+                    })
+                }
+                DeviceKind::VirtioVsock => {
+                    let v = any
+                        .downcast_mut::<Vsock>()
+                        .ok_or_else(|| fail("not a vsock device".into()))?;
+                    VirtioKindState::Vsock(VsockSnapshot {
+                        guest_cid: v.cid(),
+                        uds_path: v.uds_path().display().to_string(),
                     })
                 }
                 _ => VirtioKindState::Rng,
@@ -411,10 +442,26 @@ impl Machine {
                     }
                 }
                 (VirtioKindState::Rng, DeviceKind::VirtioRng) => {}
+                (VirtioKindState::Vsock(v), DeviceKind::VirtioVsock) => {
+                    let dev = any
+                        .downcast_mut::<Vsock>()
+                        .ok_or_else(|| bad(format!("'{}' is not a vsock device", s.id)))?;
+                    if dev.cid() != v.guest_cid || dev.uds_path().as_os_str() != v.uds_path.as_str() {
+                        return Err(bad(format!(
+                            "vsock device '{}' was rebuilt with another CID or path",
+                            s.id
+                        )));
+                    }
+                }
                 _ => return Err(bad(format!("device '{}' is saved as another kind", s.id))),
             }
             t.restore_state(&s.transport)
                 .map_err(|e| bad(format!("device '{}': {e}", s.id)))?;
+            if s.transport.interrupt_status != 0 {
+                if let Some(v) = t.device_mut().as_any_mut().downcast_mut::<Vsock>() {
+                    v.signal_used().map_err(|e| bad(format!("device '{}': {e}", s.id)))?;
+                }
+            }
         }
         // Parked until the VM runs (Machine::start or resume lets them go):
         // a restored Paused VM touches no guest memory.

@@ -1,7 +1,7 @@
 //! kvmkit's own devices in a snapshot. The serial port's registers and
 //! FIFO, and the i8042's controller and keyboard registers, are saved.
 //! The debug port, guest ports, ACPI PM block and null MMIO page hold no
-//! state. Virtio block, net and rng devices are saved with their
+//! state. Virtio block, net, rng and vsock devices are saved with their
 //! transports ([`super::virtio`]); any other device kind is refused at
 //! snapshot time ("cannot be snapshotted yet"), never half-saved.
 
@@ -86,16 +86,14 @@ pub struct DevicesState {
 }
 
 /// Checks that the saved virtio devices are exactly the resources' drives,
-/// NICs and rng, each with a unique id (a state file that passed its CRC
-/// can still be hand-made).
+/// NICs, rng and vsock device, each with a unique id (a state file that
+/// passed its CRC can still be hand-made).
 pub fn check_virtio(resources: &VmResources, virtio: &[VirtioDeviceState]) -> Result<(), SnapshotError> {
     let bad = |m: String| Err(SnapshotError::Invalid(m));
-    if resources.vsock.is_some() {
-        return Err(SnapshotError::Unsupported(
-            "the snapshot names a vsock device, which cannot be snapshotted yet".into(),
-        ));
-    }
-    let want = resources.drives.len() + resources.network_interfaces.len() + usize::from(resources.entropy.is_some());
+    let want = resources.drives.len()
+        + resources.network_interfaces.len()
+        + usize::from(resources.entropy.is_some())
+        + usize::from(resources.vsock.is_some());
     if virtio.len() != want {
         return bad(format!(
             "the state has {} virtio devices, its resources {want}",
@@ -116,6 +114,11 @@ pub fn check_virtio(resources: &VmResources, virtio: &[VirtioDeviceState]) -> Re
                 .iter()
                 .any(|r| r.iface_id == d.id && r.host_dev_name == n.host_dev_name && r.mac() == n.mac),
             VirtioKindState::Rng => resources.entropy.is_some() && d.id == "rng0",
+            VirtioKindState::Vsock(v) => resources.vsock.as_ref().is_some_and(|r| {
+                d.id == "vsock0"
+                    && u64::from(r.guest_cid) == v.guest_cid
+                    && r.uds_path.as_os_str() == v.uds_path.as_str()
+            }),
         };
         if !known {
             return bad(format!(
@@ -132,7 +135,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::snapshot::virtio::{BlockSnapshot, TransportState};
+    use crate::snapshot::virtio::{BlockSnapshot, TransportState, VsockSnapshot};
     use crate::vmm_config::BlockDeviceConfig;
 
     #[test]
@@ -159,9 +162,35 @@ mod tests {
         assert!(check_virtio(&r, &[]).is_err(), "a drive without state");
         assert!(check_virtio(&r, &[dev("/y.img")]).is_err(), "another path");
         assert!(check_virtio(&r, &[dev("/x.img"), dev("/x.img")]).is_err(), "twice");
+        // A vsock device: saved with its CID and socket path, which must be
+        // the resources' (a state without it, or with another, is refused).
         r.vsock = Some(serde_json::from_str(r#"{"guest_cid":3,"uds_path":"/tmp/v.sock"}"#).expect("vsock"));
+        let vsock = |cid: u64, path: &str| VirtioDeviceState {
+            id: "vsock0".into(),
+            mmio_base: 0xd000_2000,
+            gsi: 6,
+            transport: TransportState::default(),
+            device: VirtioKindState::Vsock(VsockSnapshot {
+                guest_cid: cid,
+                uds_path: path.into(),
+            }),
+        };
         let e = check_virtio(&r, &[dev("/x.img")]).unwrap_err().to_string();
-        assert!(e.contains("cannot be snapshotted yet"), "{e}");
+        assert!(e.contains("the state has 1 virtio devices, its resources 2"), "{e}");
+        assert!(check_virtio(&r, &[dev("/x.img"), vsock(3, "/tmp/v.sock")]).is_ok());
+        assert!(
+            check_virtio(&r, &[dev("/x.img"), vsock(4, "/tmp/v.sock")]).is_err(),
+            "another CID"
+        );
+        assert!(
+            check_virtio(&r, &[dev("/x.img"), vsock(3, "/tmp/w.sock")]).is_err(),
+            "another path"
+        );
+        r.vsock = None;
+        assert!(
+            check_virtio(&r, &[dev("/x.img"), vsock(3, "/tmp/v.sock")]).is_err(),
+            "no vsock resource"
+        );
     }
     use crate::bus::BusDevice;
     use crate::control::VmControl;

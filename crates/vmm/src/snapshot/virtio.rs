@@ -1,7 +1,8 @@
 //! Virtio devices in a snapshot: each virtio-mmio transport (registers,
 //! negotiated features, every queue's addresses and ring positions, the
 //! interrupt status) and what the device itself needs to be rebuilt (a
-//! drive's file and settings, a NIC's tap and MAC, the rng's id).
+//! drive's file and settings, a NIC's tap and MAC, the rng's id, a vsock
+//! device's CID and socket path).
 
 use serde::{Deserialize, Serialize};
 use virtio_queue::QueueState;
@@ -110,6 +111,16 @@ pub struct NetSnapshot {
     pub mac: [u8; 6],
 }
 
+/// What a vsock device is rebuilt from. Its connections are not saved: a
+/// snapshot closes them and sends the driver a transport reset.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VsockSnapshot {
+    /// The guest's CID.
+    pub guest_cid: u64,
+    /// The host listener's path (bound again by the restoring process).
+    pub uds_path: String,
+}
+
 /// The device behind a transport.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -120,12 +131,14 @@ pub enum VirtioKindState {
     Net(NetSnapshot),
     /// virtio-rng (no state of its own; rate limiters are not supported).
     Rng,
+    /// virtio-vsock.
+    Vsock(VsockSnapshot),
 }
 
 /// One virtio device: where it sits, its transport, its device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VirtioDeviceState {
-    /// Drive id, iface id, or `rng0`.
+    /// Drive id, iface id, `rng0` or `vsock0`.
     pub id: String,
     /// MMIO window base (the rebuilt device must land at the same one).
     pub mmio_base: u64,
@@ -194,13 +207,31 @@ mod tests {
                 transport: TransportState::default(),
                 device: VirtioKindState::Rng,
             },
+            VirtioDeviceState {
+                id: "vsock0".into(),
+                mmio_base: 0xd000_4000,
+                gsi: 8,
+                transport: TransportState {
+                    device_type: 19,
+                    device_features: 1 << 32,
+                    acked_features: 1 << 32,
+                    status: 0xf,
+                    queues: vec![snap, snap, snap],
+                    ..Default::default()
+                },
+                device: VirtioKindState::Vsock(VsockSnapshot {
+                    guest_cid: 3,
+                    uds_path: "/tmp/v.sock".into(),
+                }),
+            },
         ];
         let json = serde_json::to_string(&devices).expect("encode");
         assert!(json.contains(r#""kind":"block""#), "{json}");
+        assert!(json.contains(r#""kind":"vsock","guest_cid":3"#), "{json}");
         let back: Vec<VirtioDeviceState> = serde_json::from_str(&json).expect("decode");
         assert_eq!(back, devices);
         // An unknown device kind is refused by the decoder.
-        let bad = json.replace(r#""kind":"rng""#, r#""kind":"vsock""#);
+        let bad = json.replace(r#""kind":"rng""#, r#""kind":"gpu""#);
         assert!(serde_json::from_str::<Vec<VirtioDeviceState>>(&bad).is_err());
     }
 }

@@ -128,8 +128,8 @@ impl<Q: QueueHandler> WorkerHandler for Queues<Q> {
     }
 }
 
-/// A look at the handler, run on the worker thread between rounds.
-type Inspection<H> = Box<dyn FnOnce(&H) + Send>;
+/// A look at (or a change to) the handler, run on the worker thread between rounds.
+type Inspection<H> = Box<dyn FnOnce(&mut H) + Send>;
 
 enum Command<H> {
     Pause,
@@ -213,8 +213,17 @@ impl<H: WorkerHandler> Worker<H> {
     /// while paused), and returns its result: how a snapshot reads the
     /// queues a running device owns.
     pub fn inspect<R: Send + 'static>(&self, f: impl FnOnce(&H) -> R + Send + 'static) -> Result<R, WorkerError> {
+        self.inspect_mut(move |h: &mut H| f(h))
+    }
+
+    /// Like [`Self::inspect`], with the handler mutable: how a snapshot
+    /// makes a paused device act (vsock's transport-reset event).
+    pub fn inspect_mut<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut H) -> R + Send + 'static,
+    ) -> Result<R, WorkerError> {
         let (tx, rx) = channel();
-        self.send(Command::Inspect(Box::new(move |h: &H| {
+        self.send(Command::Inspect(Box::new(move |h: &mut H| {
             let _ = tx.send(f(h));
         })))?;
         match rx.recv_timeout(PAUSE_TIMEOUT) {
@@ -323,7 +332,7 @@ fn pollfd(fd: RawFd, events: i16) -> libc::pollfd {
 }
 
 /// Waits while paused; returns false when told to stop (or orphaned).
-fn paused<H>(handler: &H, commands: &Receiver<Command<H>>, acks: &Sender<()>) -> bool {
+fn paused<H>(handler: &mut H, commands: &Receiver<Command<H>>, acks: &Sender<()>) -> bool {
     let _ = acks.send(());
     loop {
         match commands.recv() {
@@ -372,14 +381,14 @@ fn run<H: WorkerHandler>(
             while let Ok(c) = commands.try_recv() {
                 match c {
                     Command::Pause => {
-                        if !paused(&handler, commands, acks) {
+                        if !paused(&mut handler, commands, acks) {
                             stop = true;
                             break;
                         }
                         resumed = true;
                     }
                     Command::Resume => {}
-                    Command::Inspect(f) => f(&handler),
+                    Command::Inspect(f) => f(&mut handler),
                     Command::Stop => {
                         stop = true;
                         break;

@@ -12,13 +12,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueState, QueueT};
 
 use super::muxer::Muxer;
 use super::packet::{read_packet, write_packet, HDR_LEN, MAX_PKT_DATA};
 use super::{VsockCounters, EVENT_QUEUE, RX_QUEUE, TX_QUEUE};
 use crate::memory::GuestMemoryMmap;
 use crate::virtio::{Interrupt, WorkerHandler, VIRTIO_MMIO_INT_VRING};
+
+/// The event a transport reset puts on the event queue (`le32 id`).
+pub const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: u32 = 0;
 
 /// Most chains handled per queue per call.
 pub const BUDGET: usize = 256;
@@ -28,7 +31,7 @@ pub struct VsockHandler {
     memory: GuestMemoryMmap,
     rx: Queue,
     tx: Queue,
-    _event: Queue,
+    event: Queue,
     interrupt: Arc<Interrupt>,
     muxer: Muxer,
     counters: Arc<VsockCounters>,
@@ -61,7 +64,7 @@ impl VsockHandler {
             memory,
             rx,
             tx,
-            _event: event,
+            event,
             interrupt,
             muxer,
             counters,
@@ -80,6 +83,56 @@ impl VsockHandler {
     /// The device's interrupt.
     pub fn interrupt(&self) -> &Arc<Interrupt> {
         &self.interrupt
+    }
+
+    /// The rx, tx and event queues' state (a snapshot reads them here: the
+    /// transport's copy dates from activation).
+    pub fn queue_states(&self) -> Vec<QueueState> {
+        vec![self.rx.state(), self.tx.state(), self.event.state()]
+    }
+
+    /// A transport reset, as a snapshot makes one (Firecracker's
+    /// `send_transport_reset_event`): every connection is closed with the
+    /// old muxer (host clients read end of file; `fresh` takes its place,
+    /// over the same listener), and [`VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`]
+    /// is written to the driver's next event buffer and signalled, so the
+    /// driver drops its connections and reads the CID again, in this VM
+    /// and in any restored from the snapshot. An error when the driver
+    /// left no event buffer (the connections are closed all the same).
+    pub fn reset_transport(&mut self, fresh: Muxer) -> Result<(), String> {
+        self.muxer = fresh;
+        self.tx_more = false;
+        self.rx_more = false;
+        self.tx_stalled = false;
+        if self.interrupt.is_broken() {
+            return Err("the device is broken (DEVICE_NEEDS_RESET)".into());
+        }
+        if self.event.iter(&self.memory).is_err() {
+            self.interrupt
+                .mark_broken("virtio-vsock: the event avail index is more than the queue size ahead");
+            return Err("the event queue's avail index is bogus".into());
+        }
+        let chain = self
+            .event
+            .pop_descriptor_chain(&self.memory)
+            .ok_or("the driver left no buffer in the event queue")?;
+        let head = chain.head_index();
+        let event = VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.to_le_bytes();
+        let written = match chain.writer(&self.memory) {
+            Ok(mut w) if w.available_bytes() >= event.len() => {
+                std::io::Write::write_all(&mut w, &event).map_or(0, |()| event.len() as u32)
+            }
+            _ => 0,
+        };
+        self.event
+            .add_used(&self.memory, head, written)
+            .map_err(|e| format!("event queue: {e}"))?;
+        self.interrupt.signal(VIRTIO_MMIO_INT_VRING);
+        if written == 0 {
+            add(&self.counters.bad_chains, 1);
+            return Err("the driver's event buffer is not a writable 4-byte buffer".into());
+        }
+        Ok(())
     }
 
     fn notify(&mut self, rx: bool) {

@@ -2,8 +2,9 @@
 //! given by the user) and the host (CID 2), bridged to unix sockets the way
 //! Firecracker does it (`docs/vsock.md`).
 //!
-//! Queues: rx (0, host -> guest), tx (1, guest -> host), event (2, unused:
-//! kvmkit never migrates the guest). Config space: the guest CID (le64).
+//! Queues: rx (0, host -> guest), tx (1, guest -> host), event (2: the
+//! transport reset a snapshot sends, [`Vsock::reset_transport`]). Config
+//! space: the guest CID (le64).
 //! [`packet`] parses the 44-byte header, [`connection`] is one
 //! connection's state machine and credit, [`muxer`] the connection table
 //! and the unix sockets, [`handler`] the worker round.
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use virtio_queue::QueueState;
 use vmm_sys_util::epoll::Epoll;
 
 use super::{read_config_bytes, Activation, Stopping, VirtioDevice, Worker, WorkerError, VIRTIO_F_VERSION_1};
@@ -104,6 +106,43 @@ impl Vsock {
         })
     }
 
+    /// The guest's CID.
+    pub fn cid(&self) -> u64 {
+        self.cid
+    }
+
+    /// The host listener's path.
+    pub fn uds_path(&self) -> &Path {
+        &self.uds_path
+    }
+
+    /// Resets the transport for a snapshot (the VM and the worker paused):
+    /// every host connection is closed and the driver is sent
+    /// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET ([`VsockHandler::reset_transport`]),
+    /// so the event is in the saved guest memory. Does nothing before the
+    /// driver has started the device. The worker stays paused.
+    pub fn reset_transport(&mut self) -> Result<(), String> {
+        let Some(w) = &self.worker else {
+            return Ok(());
+        };
+        let fresh = self.muxer();
+        w.inspect_mut(move |h: &mut VsockHandler| h.reset_transport(fresh))
+            .map_err(|e| e.to_string())?
+    }
+
+    /// Raises the device's interrupt again (a restored VM whose snapshot
+    /// holds the transport reset: KVM injects an irqfd's interrupt
+    /// asynchronously, so the saved irqchip may have missed it; a driver
+    /// reads the interrupt status and finds the event). Nothing before the
+    /// driver started the device.
+    pub fn signal_used(&self) -> Result<(), String> {
+        let Some(w) = &self.worker else {
+            return Ok(());
+        };
+        w.inspect(|h: &VsockHandler| h.interrupt().signal(super::VIRTIO_MMIO_INT_VRING))
+            .map_err(|e| e.to_string())
+    }
+
     /// The device's counters (shared with its worker).
     pub fn vsock_counters(&self) -> Arc<VsockCounters> {
         self.counters.clone()
@@ -176,6 +215,13 @@ impl VirtioDevice for Vsock {
 
     fn resume(&mut self) -> Result<(), WorkerError> {
         self.worker.as_ref().map_or(Ok(()), Worker::resume)
+    }
+
+    fn queue_states(&self) -> Result<Option<Vec<QueueState>>, WorkerError> {
+        match &self.worker {
+            Some(w) => w.inspect(|h: &VsockHandler| h.queue_states()).map(Some),
+            None => Ok(None),
+        }
     }
 
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any {

@@ -15,7 +15,7 @@ use super::packet::{Header, Op, HDR_LEN, TYPE_STREAM};
 use super::*;
 use crate::memory::GuestMemoryMmap;
 use crate::virtio::test_rig::{TestQueue, F_WRITE};
-use crate::virtio::{Interrupt, WorkerHandler};
+use crate::virtio::{Interrupt, WorkerHandler, VIRTIO_MMIO_INT_VRING};
 
 const CID: u64 = 3;
 const QSIZE: u16 = 16;
@@ -25,6 +25,7 @@ struct Rig {
     mem: GuestMemoryMmap,
     rx: TestQueue,
     tx: TestQueue,
+    ev: TestQueue,
     dev: Vsock,
     path: PathBuf,
     next_buf: u64,
@@ -53,6 +54,7 @@ impl Rig {
             mem,
             rx: TestQueue::new(0x1000, QSIZE),
             tx: TestQueue::new(0x2000, QSIZE),
+            ev: TestQueue::new(0x3000, QSIZE),
             dev: Vsock::new(CID, &path).expect("vsock"),
             path,
             next_buf: DATA,
@@ -60,7 +62,7 @@ impl Rig {
     }
 
     fn handler(&self) -> VsockHandler {
-        let queues = vec![self.rx.queue(), self.tx.queue(), TestQueue::new(0x3000, QSIZE).queue()];
+        let queues = vec![self.rx.queue(), self.tx.queue(), self.ev.queue()];
         let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
         let mut muxer = self.dev.muxer();
         muxer.start();
@@ -314,4 +316,69 @@ fn a_guest_that_never_reads_rx_leaves_the_worker_idle() {
     h.work(&[true, false, false], &[0]);
     let (p, d) = r.rx_packet(rx1, r.rx.used_entry(&r.mem, 1).1);
     assert_eq!((p.op, d.len()), (Op::Rw.code(), 4096 - HDR_LEN));
+}
+
+#[test]
+fn a_snapshot_resets_the_transport() {
+    let mut r = Rig::new("reset");
+    for _ in 0..4 {
+        r.rx_buffer(4096);
+    }
+    let events: Vec<EventFd> = (0..3)
+        .map(|_| EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"))
+        .collect();
+    let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd")));
+    let activation = Activation {
+        memory: r.mem.clone(),
+        queues: vec![r.rx.queue(), r.tx.queue(), r.ev.queue()],
+        queue_events: events,
+        interrupt: irq.clone(),
+    };
+    r.dev.activate(VIRTIO_F_VERSION_1, activation).expect("activate");
+    // A host client in its handshake: the worker sends the guest a REQUEST.
+    let mut c = UnixStream::connect(&r.path).expect("connect");
+    c.write_all(b"CONNECT 5000\n").expect("write");
+    for _ in 0..5000 {
+        if r.rx.used_idx(&r.mem) >= 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(r.rx.used_idx(&r.mem), 1, "REQUEST delivered");
+    r.dev.pause().expect("pause");
+    // No event buffer: nothing to tell the driver, an error; the
+    // connections are closed all the same.
+    let e = r.dev.reset_transport().unwrap_err();
+    assert!(e.contains("no buffer"), "{e}");
+    c.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut b = [0u8; 8];
+    assert_eq!(c.read(&mut b).expect("eof"), 0, "the host client is closed");
+    // With a buffer: VIRTIO_VSOCK_EVENT_TRANSPORT_RESET (id 0) and an interrupt.
+    let ev = r.buf(8);
+    r.mem.write_slice(&[0xff; 8], GuestAddress(ev)).expect("w");
+    r.ev.push(&r.mem, &[(ev, 8, F_WRITE)]);
+    irq.ack(VIRTIO_MMIO_INT_VRING);
+    r.dev.reset_transport().expect("reset");
+    assert_eq!(r.ev.used_idx(&r.mem), 1);
+    assert_eq!(r.ev.used_entry(&r.mem, 0).1, 4, "4 bytes written");
+    let mut got = [0u8; 8];
+    r.mem.read_slice(&mut got, GuestAddress(ev)).expect("r");
+    assert_eq!(got, [0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+    assert_ne!(irq.status() & VIRTIO_MMIO_INT_VRING, 0, "the driver is interrupted");
+    // The queues' state comes from the worker: the event queue moved on.
+    let q = r.dev.queue_states().expect("inspect").expect("a worker");
+    assert_eq!(q.len(), 3);
+    assert_eq!((q[0].next_used, q[2].next_avail, q[2].next_used), (1, 1, 1));
+    // The listener stays: a new client reaches the new muxer once resumed.
+    r.dev.resume().expect("resume");
+    let mut c = UnixStream::connect(&r.path).expect("connect again");
+    c.write_all(b"CONNECT 5000\n").expect("write");
+    for _ in 0..5000 {
+        if r.rx.used_idx(&r.mem) >= 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(r.rx.used_idx(&r.mem), 2, "a second REQUEST after the reset");
+    r.dev.reset();
 }
