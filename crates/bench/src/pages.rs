@@ -50,7 +50,8 @@ pub(crate) fn env_policy(e: Env, linux: bool, thp: Option<&str>) -> String {
         ),
         (Env::Kvmkit, false) => format!(
             "guest RAM: an anonymous mapping, MADV_HUGEPAGE above its first 8 MiB (kvmkit_vmm::memory), \
-             first touched by the guest; the test guest maps it with 2 MiB pages; {thp}"
+             first touched by the guest; the test guest maps it with 2 MiB pages; its memtest region \
+             starts at 4 MiB, so up to 4 MiB of it (all of a 4 MiB memtest) lie in host small pages; {thp}"
         ),
         (Env::Qemu, false) => format!(
             "guest RAM: QEMU's anonymous RAM block, which QEMU advises MADV_HUGEPAGE; the test guest maps \
