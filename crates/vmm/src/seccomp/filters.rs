@@ -14,8 +14,8 @@
 use std::collections::BTreeMap;
 
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition as Cond, SeccompFilter,
-    SeccompRule, TargetArch,
+    sock_filter, BpfProgram, SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition as Cond,
+    SeccompFilter, SeccompRule, TargetArch,
 };
 
 /// A thread's role, which picks its filter.
@@ -318,6 +318,17 @@ pub fn rules(role: Role) -> BTreeMap<i64, Vec<SeccompRule>> {
 
 /// `role`'s default filter, compiled: anything else traps (SIGSYS).
 pub fn program(role: Role) -> Result<BpfProgram, String> {
+    let p = linear_program(role)?;
+    if role == Role::Vcpu {
+        kvm_run_first(p)
+    } else {
+        Ok(p)
+    }
+}
+
+/// `role`'s list as seccompiler compiles it: the calls matched one after
+/// another in syscall-number order.
+pub fn linear_program(role: Role) -> Result<BpfProgram, String> {
     let f = SeccompFilter::new(
         rules(role),
         SeccompAction::Trap,
@@ -326,4 +337,46 @@ pub fn program(role: Role) -> Result<BpfProgram, String> {
     )
     .map_err(|e| e.to_string())?;
     f.try_into().map_err(|e: seccompiler::BackendError| e.to_string())
+}
+
+/// A vCPU's one hot call is `ioctl(KVM_RUN)`, once per exit; in
+/// seccompiler's order it first passes the chains of the ten calls numbered
+/// below `ioctl` (~25 instructions, ~100 ns per exit on this lab's host).
+/// This puts one check for it right after the architecture check, ahead of
+/// seccompiler's program, which is otherwise unchanged: an `ioctl` whose
+/// request (low 32 bits, as seccompiler's `Dword` compares) is `KVM_RUN`
+/// is allowed there, as the list allows it anyway; anything else goes on
+/// to the program's own `LD nr`. A unit test runs both programs over every
+/// syscall number and the argument values the rules name and compares.
+pub fn kvm_run_first(mut p: BpfProgram) -> Result<BpfProgram, String> {
+    const LD_W_ABS: u16 = 0x20;
+    const JEQ_K: u16 = 0x15;
+    const RET_K: u16 = 0x06;
+    // offsetof(struct seccomp_data, nr) and args[1]'s low half (x86_64).
+    const NR: u32 = 0;
+    const ARG1_LOW: u32 = 24;
+    let at = |code, jt, jf, k| sock_filter { code, jt, jf, k };
+    // seccompiler's start: LD arch; JEQ AUDIT_ARCH_X86_64 (skip 1); RET kill; LD nr.
+    let start_ok = p.len() > 4
+        && p[0].code == LD_W_ABS
+        && p[1].code == JEQ_K
+        && (p[1].jt, p[1].jf) == (1, 0)
+        && p[2].code == RET_K
+        && p[3] == at(LD_W_ABS, 0, 0, NR);
+    if !start_ok || !ioctls(Role::Vcpu).contains(&KVM_RUN) {
+        return Err("the vCPU program does not start as expected: no KVM_RUN fast path".into());
+    }
+    let ioctl = u32::try_from(nr("ioctl")).map_err(|e| e.to_string())?;
+    let run = u32::try_from(KVM_RUN).map_err(|e| e.to_string())?;
+    let fast = [
+        at(LD_W_ABS, 0, 0, NR),
+        at(JEQ_K, 0, 3, ioctl),
+        at(LD_W_ABS, 0, 0, ARG1_LOW),
+        at(JEQ_K, 0, 1, run),
+        at(RET_K, 0, 0, u32::from(SeccompAction::Allow)),
+    ];
+    let rest = p.split_off(3);
+    p.extend(fast);
+    p.extend(rest);
+    Ok(p)
 }

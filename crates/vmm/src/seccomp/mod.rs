@@ -452,6 +452,84 @@ mod tests {
         assert_ne!(default_program(Role::Vcpu), default_program(Role::Vmm));
     }
 
+    /// Runs a classic BPF seccomp program (the instructions seccompiler
+    /// and `kvm_run_first` emit) on one x86_64 call; returns the action.
+    fn run_bpf(p: &[sock_filter], nr: u32, args: [u64; 6]) -> u32 {
+        let word = |off: u32| match off {
+            0 => nr,
+            4 => 0xc000_003e, // AUDIT_ARCH_X86_64
+            16..=63 => {
+                let a = args[((off - 16) / 8) as usize];
+                if (off - 16).is_multiple_of(8) {
+                    a as u32
+                } else {
+                    (a >> 32) as u32
+                }
+            }
+            _ => panic!("load at {off}"),
+        };
+        let (mut pc, mut acc) = (0usize, 0u32);
+        loop {
+            let i = &p[pc];
+            pc += 1;
+            let jump = |t: bool| usize::from(if t { i.jt } else { i.jf });
+            match i.code {
+                0x20 => acc = word(i.k),
+                0x54 => acc &= i.k,
+                0x05 => pc += i.k as usize,
+                0x15 => pc += jump(acc == i.k),
+                0x25 => pc += jump(acc > i.k),
+                0x35 => pc += jump(acc >= i.k),
+                0x45 => pc += jump(acc & i.k != 0),
+                0x06 => return i.k,
+                c => panic!("opcode {c:#x}"),
+            }
+        }
+    }
+
+    /// The vCPU program with its KVM_RUN check first decides every call as
+    /// seccompiler's program does: every syscall number, with each value
+    /// the rules compare (and the same with high bits set) in each
+    /// argument.
+    #[test]
+    fn kvm_run_first_changes_no_decision() {
+        let linear = filters::linear_program(Role::Vcpu).expect("compile");
+        let fast = default_program(Role::Vcpu);
+        assert_eq!(fast.len(), linear.len() + 5);
+        let mut values: Vec<u64> = vec![0, 0xffff_ffff, 0xdead_beef];
+        for i in &linear {
+            if matches!(i.code, 0x15 | 0x25 | 0x35 | 0x45 | 0x54) {
+                values.extend([u64::from(i.k), u64::from(i.k) | 1 << 32, u64::from(i.k).wrapping_add(1)]);
+            }
+        }
+        values.sort_unstable();
+        values.dedup();
+        let allow = u32::from(seccompiler::SeccompAction::Allow);
+        let trap = u32::from(seccompiler::SeccompAction::Trap);
+        let (mut allowed, mut trapped) = (0, 0);
+        for nr in 0..512u32 {
+            for &v in &values {
+                for arg in 0..6 {
+                    let mut args = [0u64; 6];
+                    args[arg] = v;
+                    let want = run_bpf(&linear, nr, args);
+                    assert_eq!(run_bpf(fast, nr, args), want, "nr {nr} args {args:x?}");
+                    if want == allow {
+                        allowed += 1;
+                    } else if want == trap {
+                        trapped += 1;
+                    }
+                }
+            }
+        }
+        assert!(allowed > 0 && trapped > 0);
+        // The interpreter agrees with the lists: KVM_RUN allowed, getppid not.
+        let ioctl = names::number("ioctl").expect("ioctl") as u32;
+        assert_eq!(run_bpf(fast, ioctl, [0, 0xae80, 0, 0, 0, 0]), allow);
+        assert_eq!(run_bpf(fast, ioctl, [0, 0xae81, 0, 0, 0, 0]), trap);
+        assert_eq!(run_bpf(fast, libc::SYS_getppid as u32, [0; 6]), trap);
+    }
+
     /// filters.rs writes Linux's argument values itself (build.rs has no
     /// libc); they must be libc's.
     #[test]
