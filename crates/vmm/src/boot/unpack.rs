@@ -61,7 +61,15 @@ fn unpack_at<R: Read + Seek>(file: &mut R, file_len: u64, cap: usize) -> std::io
     let Some(header) = bzimage::setup_header(&head) else {
         return fallback("its setup header is cut short".into());
     };
-    // `payload` checked that the payload lies inside the file.
+    // `payload` checked that the payload lies inside the file; a compressed
+    // payload larger than the cap on its output is not read at all.
+    if location.length > cap as u64 {
+        return fallback(format!(
+            "its payload is {} MiB, more than the {} MiB a kernel may decompress to here",
+            location.length >> 20,
+            cap >> 20
+        ));
+    }
     let mut payload = vec![0u8; usize::try_from(location.length).unwrap_or(0)];
     file.seek(SeekFrom::Start(location.offset))?;
     file.read_exact(&mut payload)?;
@@ -150,6 +158,10 @@ mod tests {
         let img = synthetic(&gzip(&elf), 2, 0);
         let why = fallback_reason(run(&img, 2 << 20));
         assert!(why.contains("more than 2 MiB"), "{why}");
+        // A payload larger than the cap is not even read.
+        let big = synthetic(&vec![0x1f; 3 << 20], 2, 0);
+        let why = fallback_reason(run(&big, 2 << 20));
+        assert!(why.contains("payload is 3 MiB, more than the 2 MiB"), "{why}");
         assert!(matches!(run(&img, 4 << 20), Outcome::Unpacked(_)));
         assert_eq!(cap(1 << 40), MAX_UNPACKED as usize);
     }
