@@ -27,22 +27,50 @@ pub fn linux_version(path: &std::path::Path) -> Option<String> {
     if head.get(..4) != Some(b"\x7fELF") {
         return None;
     }
-    let mut rest = Vec::new();
-    file.take(64 << 20).read_to_end(&mut rest).ok()?;
-    head.extend_from_slice(&rest);
-    // "Linux version " and a digit: the kernel's banner, not some other
-    // program's string (kvmkit's own binary holds this one).
-    let needle = b"Linux version ";
-    let at = head
-        .windows(needle.len() + 1)
-        .position(|w| &w[..needle.len()] == needle && w[needle.len()].is_ascii_digit())?;
-    let bytes = &head[at..];
-    let end = bytes
-        .iter()
-        .position(|&b| b == 0 || b == b'\n')
-        .unwrap_or(bytes.len())
-        .min(200);
-    Some(String::from_utf8_lossy(&bytes[..end]).into_owned())
+    elf_banner(head, &mut file.take(SCAN))
+}
+
+/// Bytes of an ELF searched for the banner after its first read.
+const SCAN: u64 = 64 << 20;
+/// The longest banner kept (bytes from "Linux version ").
+const BANNER_MAX: usize = 200;
+/// "Linux version " and a digit: the kernel's banner, not some other
+/// program's string (kvmkit's own binary holds this one).
+const NEEDLE: &[u8] = b"Linux version ";
+
+/// The first banner in `buf` followed by `rest`, read 64 KiB at a time: the
+/// whole file is never in memory (a vmlinux is 30-60 MB, and reading it
+/// whole made it part of kvmkit's peak RSS).
+fn elf_banner(mut buf: Vec<u8>, rest: &mut impl std::io::Read) -> Option<String> {
+    let mut eof = false;
+    loop {
+        let at = buf
+            .windows(NEEDLE.len() + 1)
+            .position(|w| &w[..NEEDLE.len()] == NEEDLE && w[NEEDLE.len()].is_ascii_digit());
+        match at {
+            Some(at) => {
+                let bytes = &buf[at..];
+                let end = bytes.iter().position(|&b| b == 0 || b == b'\n');
+                if eof || end.is_some_and(|e| e <= BANNER_MAX) || bytes.len() >= BANNER_MAX {
+                    let end = end.unwrap_or(bytes.len()).min(BANNER_MAX);
+                    return Some(String::from_utf8_lossy(&bytes[..end]).into_owned());
+                }
+                // Its end is in the next read.
+                buf.drain(..at);
+            }
+            None if eof => return None,
+            // Keep what could be the start of a banner cut by the read.
+            None => {
+                let keep = buf.len().min(NEEDLE.len());
+                buf.drain(..buf.len() - keep);
+            }
+        }
+        let old = buf.len();
+        buf.resize(old + (64 << 10), 0);
+        let n = rest.read(&mut buf[old..]).ok()?;
+        buf.truncate(old + n);
+        eof = n == 0;
+    }
 }
 
 #[cfg(test)]
@@ -72,6 +100,20 @@ mod tests {
             linux_version(&q).as_deref(),
             Some("Linux version 6.1.0-57-cloud-amd64 (gcc)")
         );
+        // Far into the file, and cut by the 64 KiB reads (first, the banner's
+        // start; then its end).
+        for at in [300 << 10, (64 << 10) - 5, (128 << 10) - 20] {
+            let mut far = b"\x7fELF".to_vec();
+            far.resize(at, 7);
+            far.extend_from_slice(b"Linux version 6.12.1 (far)\0tail");
+            let f = temp("far", &far);
+            assert_eq!(
+                linux_version(&f).as_deref(),
+                Some("Linux version 6.12.1 (far)"),
+                "banner at {at}"
+            );
+            let _ = std::fs::remove_file(f);
+        }
         let r = temp("other", b"#!/bin/sh\n");
         assert_eq!(linux_version(&r), None);
         assert_eq!(
