@@ -405,9 +405,15 @@ fn a_vm_with_vsock_is_snapshotted_and_restored_in_a_new_process() {
     drop(s);
     restored.wait_for("transport_resets=1");
     let out = restored.out.lock().expect("out").clone();
+    let line = |n: u32| {
+        out.lines()
+            .find(|l| l.contains(&format!("conn={n} port=5000")))
+            .unwrap_or_else(|| panic!("no line for connection {n}: {out}"))
+    };
     assert!(
-        out.contains("conn=1 port=5000") && out.contains("conn=2 port=5000"),
+        line(1).contains("bytes=6 echoed=6") && line(1).ends_with("closed_by=host"),
         "{out}"
     );
+    assert!(line(2).contains("bytes=65536 echoed=65536"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -459,6 +459,26 @@ impl Vsock {
     /// connections. Returns whether anything happened.
     pub fn poll(&mut self, sink: &mut impl FnMut(usize, &[u8])) -> Result<bool, &'static str> {
         let mut progress = self.reclaim()?;
+        while let Some((id, _)) = self.ev.poll() {
+            progress = true;
+            // The only event is VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: every
+            // connection is gone and the CID may have changed. Handled before
+            // rx: packets used after it (a restored VM's new connections)
+            // must not be dropped with the old ones.
+            self.resets += 1;
+            for conn in self.conns.iter_mut().filter(|c| c.state != State::Free) {
+                conn.state = State::Closed;
+                conn.owe = 0;
+                conn.reset_by_peer = true;
+            }
+            self.cid = self.t.config64(0);
+            if id < u32::from(EVENT_BUFS.min(self.ev.size())) {
+                self.ev.push(id as u16);
+                self.ev.kick();
+            } else {
+                self.device_errors += 1;
+            }
+        }
         let mut reposted = false;
         while let Some((id, used)) = self.rx.poll() {
             progress = true;
@@ -484,24 +504,6 @@ impl Vsock {
         }
         if reposted {
             self.rx.kick();
-        }
-        while let Some((id, _)) = self.ev.poll() {
-            progress = true;
-            // The only event is VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: every
-            // connection is gone and the CID may have changed.
-            self.resets += 1;
-            for conn in self.conns.iter_mut().filter(|c| c.state != State::Free) {
-                conn.state = State::Closed;
-                conn.owe = 0;
-                conn.reset_by_peer = true;
-            }
-            self.cid = self.t.config64(0);
-            if id < u32::from(EVENT_BUFS.min(self.ev.size())) {
-                self.ev.push(id as u16);
-                self.ev.kick();
-            } else {
-                self.device_errors += 1;
-            }
         }
         self.flush();
         if self.tx_pushed {

@@ -355,6 +355,7 @@ impl Machine {
                     VirtioKindState::Vsock(VsockSnapshot {
                         guest_cid: v.cid(),
                         uds_path: v.uds_path().display().to_string(),
+                        next_local_port: v.next_local_port().map_err(fail)?,
                     })
                 }
                 _ => VirtioKindState::Rng,
@@ -452,6 +453,7 @@ impl Machine {
                             s.id
                         )));
                     }
+                    dev.set_next_local_port(v.next_local_port);
                 }
                 _ => return Err(bad(format!("device '{}' is saved as another kind", s.id))),
             }

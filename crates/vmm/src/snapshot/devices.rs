@@ -173,6 +173,7 @@ mod tests {
             device: VirtioKindState::Vsock(VsockSnapshot {
                 guest_cid: cid,
                 uds_path: path.into(),
+                next_local_port: 1 << 30,
             }),
         };
         let e = check_virtio(&r, &[dev("/x.img")]).unwrap_err().to_string();

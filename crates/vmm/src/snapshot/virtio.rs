@@ -119,6 +119,11 @@ pub struct VsockSnapshot {
     pub guest_cid: u64,
     /// The host listener's path (bound again by the restoring process).
     pub uds_path: String,
+    /// The host port the next host-initiated connection tries first, so a
+    /// restored guest never sees a new connection on an old one's ports
+    /// (Firecracker's `local_port_last`).
+    #[serde(default)]
+    pub next_local_port: u32,
 }
 
 /// The device behind a transport.
@@ -222,6 +227,7 @@ mod tests {
                 device: VirtioKindState::Vsock(VsockSnapshot {
                     guest_cid: 3,
                     uds_path: "/tmp/v.sock".into(),
+                    next_local_port: (1 << 30) + 2,
                 }),
             },
         ];

@@ -85,6 +85,11 @@ impl VsockHandler {
         &self.interrupt
     }
 
+    /// The host port the next host-initiated connection tries first.
+    pub fn next_local_port(&self) -> u32 {
+        self.muxer.next_local_port()
+    }
+
     /// The rx, tx and event queues' state (a snapshot reads them here: the
     /// transport's copy dates from activation).
     pub fn queue_states(&self) -> Vec<QueueState> {
@@ -99,7 +104,10 @@ impl VsockHandler {
     /// driver drops its connections and reads the CID again, in this VM
     /// and in any restored from the snapshot. An error when the driver
     /// left no event buffer (the connections are closed all the same).
-    pub fn reset_transport(&mut self, fresh: Muxer) -> Result<(), String> {
+    pub fn reset_transport(&mut self, mut fresh: Muxer) -> Result<(), String> {
+        // New host connections take new ports: the guest may see them
+        // before it has handled the event.
+        fresh.set_next_local_port(self.muxer.next_local_port());
         self.muxer = fresh;
         self.tx_more = false;
         self.rx_more = false;

@@ -83,6 +83,7 @@ pub struct Vsock {
     listener: Arc<Listener>,
     epoll: Arc<Epoll>,
     counters: Arc<VsockCounters>,
+    first_local_port: u32,
     worker: Option<Worker<VsockHandler>>,
 }
 
@@ -102,6 +103,7 @@ impl Vsock {
             listener: Arc::new(listener),
             epoll: Arc::new(epoll),
             counters: Arc::new(VsockCounters::default()),
+            first_local_port: muxer::FIRST_LOCAL_PORT,
             worker: None,
         })
     }
@@ -150,13 +152,32 @@ impl Vsock {
 
     /// A muxer over this device's sockets (what activation gives the worker).
     pub fn muxer(&self) -> Muxer {
-        Muxer::new(
+        let mut m = Muxer::new(
             self.cid,
             &self.uds_path,
             self.epoll.clone(),
             self.listener.clone(),
             self.counters.clone(),
-        )
+        );
+        m.set_next_local_port(self.first_local_port);
+        m
+    }
+
+    /// The host port the next host-initiated connection tries first (saved
+    /// in a snapshot).
+    pub fn next_local_port(&self) -> Result<u32, String> {
+        match &self.worker {
+            Some(w) => w
+                .inspect(|h: &VsockHandler| h.next_local_port())
+                .map_err(|e| e.to_string()),
+            None => Ok(self.first_local_port),
+        }
+    }
+
+    /// Where host ports go on from once the device is activated (a
+    /// restore, before the transport activates it).
+    pub fn set_next_local_port(&mut self, port: u32) {
+        self.first_local_port = port.max(muxer::FIRST_LOCAL_PORT);
     }
 }
 

@@ -283,6 +283,18 @@ impl Muxer {
         self.sync(token);
     }
 
+    /// The host port the next host-initiated connection tries first.
+    pub fn next_local_port(&self) -> u32 {
+        self.next_local_port
+    }
+
+    /// Where host ports go on from (a snapshot's: a restored guest must not
+    /// see a new connection on the ports of one it had before the transport
+    /// reset; Firecracker's `local_port_last`). Below 2^30 starts at 2^30.
+    pub fn set_next_local_port(&mut self, port: u32) {
+        self.next_local_port = port.max(FIRST_LOCAL_PORT);
+    }
+
     fn free_local_port(&mut self, peer_port: u32) -> u32 {
         loop {
             let p = self.next_local_port;

@@ -346,6 +346,7 @@ fn a_snapshot_resets_the_transport() {
     }
     assert_eq!(r.rx.used_idx(&r.mem), 1, "REQUEST delivered");
     r.dev.pause().expect("pause");
+    assert_eq!(r.dev.next_local_port(), Ok(muxer::FIRST_LOCAL_PORT + 1));
     // No event buffer: nothing to tell the driver, an error; the
     // connections are closed all the same.
     let e = r.dev.reset_transport().unwrap_err();
@@ -380,5 +381,11 @@ fn a_snapshot_resets_the_transport() {
         std::thread::sleep(Duration::from_millis(1));
     }
     assert_eq!(r.rx.used_idx(&r.mem), 2, "a second REQUEST after the reset");
+    let (req, _) = r.rx_packet(DATA + 0x1000, r.rx.used_entry(&r.mem, 1).1);
+    assert_eq!(
+        req.src_port,
+        muxer::FIRST_LOCAL_PORT + 1,
+        "a new host port: the guest may see the REQUEST before the event"
+    );
     r.dev.reset();
 }
