@@ -10,7 +10,8 @@ under gdb and /proc/PID/smaps is summed by mapping (binary text, read-only data,
 libc, heap, stacks and other anonymous memory): where the peak goes.
 
 Usage (after `cargo build --release`):
-    scripts/measure-rss.py [--rounds N] [--sizes 256,2048] [--breakdown] [--kvmkit PATH]
+    scripts/measure-rss.py [--rounds N] [--sizes 256,2048] [--breakdown] [--pad MIB]
+                           [--kvmkit [NAME=]PATH ...]
 Peers: $PEERS/bin/firecracker (default ~/.cache/kvmkit-peers, see shared/peers/README.md);
 the floor is compiled from shared/tools/bootfloor.c when gcc is there. A missing peer is
 skipped, not faked.
@@ -30,6 +31,9 @@ def parse():
     ap.add_argument("--kvmkit", action="append", metavar="[NAME=]PATH",
                     help="kvmkit build(s) to measure side by side (repeatable; default target/release/kvmkit)")
     ap.add_argument("--guest", default=os.path.join(SHARED, "peers/tinyguest/tiny.elf"))
+    ap.add_argument("--pad", type=int, default=0, metavar="MIB",
+                    help="boot a copy of the guest ELF with MIB MiB appended (vmlinux-sized, same PT_LOADs): "
+                         "catches costs that grow with the kernel file")
     ap.add_argument("--peers", default=os.environ.get("PEERS", os.path.expanduser("~/.cache/kvmkit-peers")))
     return ap.parse_args()
 
@@ -117,6 +121,12 @@ def main():
         src = os.path.join(SHARED, "tools/bootfloor.c")
         if shutil.which("gcc") and os.path.exists(src):
             subprocess.run(["gcc", "-O2", "-o", os.path.join(tmp, "bootfloor"), src], check=False)
+        if a.pad:
+            padded = os.path.join(tmp, "padded.elf")
+            shutil.copyfile(a.guest, padded)
+            with open(padded, "ab") as f:
+                f.truncate(os.path.getsize(padded) + (a.pad << 20))
+            a.guest = padded
         res = {}
         for _ in range(a.rounds):
             for mib in sizes:
@@ -124,7 +134,7 @@ def main():
                     res.setdefault((name, mib), []).append(once(cmd, tmp))
         with open("/proc/loadavg") as f:
             load = " ".join(f.read().split()[:3])
-        print(f"rounds={a.rounds} load={load}")
+        print(f"rounds={a.rounds} load={load} guest={os.path.basename(a.guest)} (+{a.pad} MiB)")
         med = {}
         for (name, mib), s in sorted(res.items()):
             t = [x[0] for x in s if x[0] is not None]

@@ -42,11 +42,13 @@ const NEEDLE: &[u8] = b"Linux version ";
 /// whole file is never in memory (a vmlinux is 30-60 MB, and reading it
 /// whole made it part of kvmkit's peak RSS).
 fn elf_banner(mut buf: Vec<u8>, rest: &mut impl std::io::Read) -> Option<String> {
+    let finder = memchr::memmem::Finder::new(NEEDLE);
     let mut eof = false;
     loop {
-        let at = buf
-            .windows(NEEDLE.len() + 1)
-            .position(|w| &w[..NEEDLE.len()] == NEEDLE && w[NEEDLE.len()].is_ascii_digit());
+        // memmem, not a byte-by-byte window: a vmlinux's banner is tens of MB in.
+        let at = finder
+            .find_iter(&buf)
+            .find(|&i| buf.get(i + NEEDLE.len()).is_some_and(u8::is_ascii_digit));
         match at {
             Some(at) => {
                 let bytes = &buf[at..];
@@ -102,7 +104,7 @@ mod tests {
         );
         // Far into the file, and cut by the 64 KiB reads (first, the banner's
         // start; then its end).
-        for at in [300 << 10, (64 << 10) - 5, (128 << 10) - 20] {
+        for at in [300 << 10, (64 << 10) - 5, (64 << 10) - NEEDLE.len(), (128 << 10) - 20] {
             let mut far = b"\x7fELF".to_vec();
             far.resize(at, 7);
             far.extend_from_slice(b"Linux version 6.12.1 (far)\0tail");
