@@ -11,9 +11,8 @@ pub fn linux_version(path: &std::path::Path) -> Option<String> {
         return None;
     }
     let mut file = std::fs::File::open(path).ok()?;
-    let mut head = vec![0u8; 64 << 10];
-    let n = file.read(&mut head).ok()?;
-    head.truncate(n);
+    let mut head = Vec::new();
+    file.by_ref().take(64 << 10).read_to_end(&mut head).ok()?;
     if head.get(0x202..0x206) == Some(b"HdrS") {
         let ptr = u16::from_le_bytes([*head.get(0x20e)?, *head.get(0x20f)?]) as usize + 0x200;
         let bytes = head.get(ptr..)?;
@@ -42,6 +41,7 @@ const NEEDLE: &[u8] = b"Linux version ";
 /// whole file is never in memory (a vmlinux is 30-60 MB, and reading it
 /// whole made it part of kvmkit's peak RSS).
 fn elf_banner(mut buf: Vec<u8>, rest: &mut impl std::io::Read) -> Option<String> {
+    use std::io::Read;
     let finder = memchr::memmem::Finder::new(NEEDLE);
     let mut eof = false;
     loop {
@@ -67,10 +67,9 @@ fn elf_banner(mut buf: Vec<u8>, rest: &mut impl std::io::Read) -> Option<String>
                 buf.drain(..buf.len() - keep);
             }
         }
-        let old = buf.len();
-        buf.resize(old + (64 << 10), 0);
-        let n = rest.read(&mut buf[old..]).ok()?;
-        buf.truncate(old + n);
+        // read_to_end writes only what it reads (a zero-filled 64 KiB would
+        // be touched, and resident, even for a 5 KiB file).
+        let n = rest.by_ref().take(64 << 10).read_to_end(&mut buf).ok()?;
         eof = n == 0;
     }
 }
