@@ -702,7 +702,7 @@ sc_vsock_big() {
 }
 
 # snapshot-linux: a stock Debian guest booted to its console shell (`run --linux --exec-via
-# console --api-sock`, no vsock: vsock cannot be snapshotted) writes a random line into a
+# console --api-sock`, no vsock device) writes a random line into a
 # tmpfs file; `ctl pause` + `ctl snapshot`; the VMM is SIGKILLed; a new process restores the
 # snapshot (`run --restore-state F --restore-mem M --api-sock S2`), `ctl resume`, and a command
 # typed into the restored console prints the file. Also reports what Linux's vmgenid driver
@@ -737,10 +737,31 @@ snap_before() {
   echo 'echo lab-vmgenid-$((6 * 7)) driver: $(ls -d /sys/bus/*/drivers/vmgenid 2>/dev/null) devices: $(ls /sys/bus/acpi/devices 2>/dev/null | grep -i -e VMGENCTR -e ACPI0013 | tr "\n" " ")' >&3
   wait_for /tmp/snap1 "^lab-written-42 $SECRET" || return 1
   wait_for /tmp/snap1 '^lab-vmgenid-42' || return 1
+  if [ -n "$SNAPV" ]; then
+    # snapshot-vsock: the agent answers, and one exec is left open across the snapshot.
+    kvmkit exec --api-sock "$SNAP1" --timeout 60 -- sh -c 'echo lab-vsock-before-$((6 * 7))' >/tmp/snapx1 2>&1
+    xrc=$?
+    sed 's/^/  | exec before the snapshot: /' /tmp/snapx1
+    [ $xrc = 0 ] && grep -qx lab-vsock-before-42 /tmp/snapx1 || { fail "kvmkit exec before the snapshot exited $xrc"; return 1; }
+    kvmkit exec --api-sock "$SNAP1" -- sh -c 'echo lab-vsock-open; sleep 600' >/tmp/snapx2.raw 2>&1 &
+    xpid=$!
+    wait_for /tmp/snapx2 '^lab-vsock-open' || return 1
+  fi
   snap_ctl "$SNAP1" pause pause || return 1
   t1=$(now)
   snap_ctl "$SNAP1" snapshot snapshot --state /tmp/snap.state --mem /tmp/snap.mem || return 1
   info "snapshot-linux: ctl snapshot took $(since "$t1") s; state $(wc -c </tmp/snap.state) bytes, memory file $(ls -l /tmp/snap.mem | awk '{print $5}') bytes apparent, $(du -k /tmp/snap.mem | cut -f1) KiB used"
+  if [ -n "$SNAPV" ]; then
+    n=0
+    while kill -0 "$xpid" 2>/dev/null && [ $n -lt 50 ]; do sleep 0.2; n=$((n + 1)); done
+    if kill -0 "$xpid" 2>/dev/null; then
+      kill "$xpid"
+      fail "the exec open at snapshot time was not closed by the snapshot"
+      return 1
+    fi
+    wait "$xpid"
+    info "snapshot-vsock: the exec open at snapshot time ended with status $? when the snapshot closed its connection"
+  fi
 }
 snap_after() {
   wait_sock "$SNAP2" || return 1
@@ -752,9 +773,32 @@ snap_after() {
   echo 'echo lab-restored-$((6 * 7)) $(cat /tmp/lab-state); dmesg | grep -i -e "virtual machine fork" -e vmgenid -e VMGENCTR | sed "s/^/lab-dmesg: /"; echo lab-dmesg-done-$((6 * 7))' >&4
   wait_for /tmp/snap2 '^lab-dmesg-done-42' || return 1
   info "snapshot-linux: restore process start to the restored guest's answer in $(since "$t2") s"
+  if [ -n "$SNAPV" ]; then
+    # The agent's listening socket survived the transport reset; a new connection reaches it.
+    t3=$(now)
+    kvmkit exec --api-sock "$SNAP2" --timeout 60 -- sh -c 'echo lab-vsock-restored-$((6 * 7)) $(cat /tmp/lab-state)' >/tmp/snapx3 2>&1
+    xrc=$?
+    sed 's/^/  | exec after the restore: /' /tmp/snapx3
+    [ $xrc = 0 ] && grep -qx "lab-vsock-restored-42 $SECRET" /tmp/snapx3 || { fail "kvmkit exec into the restored VM exited $xrc"; return 1; }
+    info "snapshot-vsock: kvmkit exec into the restored guest answered in $(since "$t3") s"
+  fi
   echo 'poweroff -f' >&4
 }
 sc_snapshot_linux() { snapshot_linux kvmkit run --linux --exec-via console --api-sock "$SNAP1"; }
+# snapshot-vsock: the same with the guest agent on a vsock device (`run --linux --api-sock --vsock`):
+# `kvmkit exec` works before the snapshot, an exec left open is closed by it, and after the
+# restore (over the killed VMM's stale socket) `kvmkit exec` reaches the agent again.
+SNAPV=""
+sc_snapshot_vsock() {
+  need_vsock || return
+  SNAPV=/tmp/snapv.sock
+  rm -f "$SNAPV"
+  snapshot_linux kvmkit run --linux --api-sock "$SNAP1" --vsock "cid=3,uds=$SNAPV"
+  SNAPV=""
+  # The SIGKILLed first VMM leaves its private directory (initramfs); the restored one had none.
+  rm -rf /tmp/kvmkit-agent-*
+  rm -f /tmp/snapv.sock
+}
 # snapshot-vmgenid: the same with Debian's generic kernel (CONFIG_VMGENID=y) and the L2
 # initramfs (its cloud-kernel modules do not load there; the console shell needs none). Passes
 # only if Linux's vmgenid driver reacted to the restore.

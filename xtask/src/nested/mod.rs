@@ -84,6 +84,13 @@ pub const SCENARIOS: &[(&str, &str)] = &[
          the line; poweroff exits 0. Reports the guest's vmgenid driver and its dmesg after the restore",
     ),
     (
+        "snapshot-vsock",
+        "snapshot-linux with the guest agent on a vsock device (`run --linux --api-sock --vsock`): `kvmkit exec` \
+         answers before the snapshot, an exec left open is closed by the snapshot (transport reset), and after \
+         the restore in a new process over the stale socket `kvmkit exec` into the restored guest prints the \
+         tmpfs line",
+    ),
+    (
         "snapshot-vmgenid",
         "the same with Debian's generic kernel (CONFIG_VMGENID=y; the cloud kernel has no vmgenid driver) \
          booted with --kernel/--initrd: after the restore the guest's dmesg says \
@@ -351,7 +358,9 @@ pub fn run(options: &Options) -> Result<bool> {
         .scenarios
         .iter()
         .map(|s| match s.as_str() {
-            "api" | "vsock-exec-api" | "snapshot-linux" | "snapshot-vmgenid" => options.scenario_timeout,
+            "api" | "vsock-exec-api" | "snapshot-linux" | "snapshot-vmgenid" | "snapshot-vsock" => {
+                options.scenario_timeout
+            }
             "vsock-many" => 3 * options.scenario_timeout,
             "vsock-big" => vsock_big_timeout(options.vsock_big_mib),
             _ => 0,
