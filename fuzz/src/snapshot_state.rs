@@ -3,7 +3,8 @@
 //!
 //! Input: the first byte picks the mode. Even: the rest is a state file
 //! as it is. Odd: a valid state file (1 or 2 vCPUs by bit 1; with bit 2, a
-//! drive, a NIC and an rng with their virtio transport and queue state)
+//! drive, a NIC, an rng and a vsock device with their virtio transport and
+//! queue state)
 //! is built, then the
 //! rest is a sequence of 4-byte steps `[op, i0, i1, v]` that flip
 //! (`op % 4 == 0`), overwrite (1), insert (2) or cut the file at (3) byte
@@ -16,10 +17,12 @@
 
 use kvmkit_vmm::snapshot::file::{crc32, decode, encode, HEADER_LEN};
 use kvmkit_vmm::snapshot::virtio::{
-    BlockSnapshot, NetSnapshot, QueueSnapshot, TransportState, VirtioDeviceState, VirtioKindState,
+    BlockSnapshot, NetSnapshot, QueueSnapshot, TransportState, VirtioDeviceState, VirtioKindState, VsockSnapshot,
 };
 use kvmkit_vmm::snapshot::{DevicesState, MemoryRegionState, SnapshotState, VcpuState, VmState};
-use kvmkit_vmm::vmm_config::{BlockDeviceConfig, EntropyDeviceConfig, NetworkInterfaceConfig, VmResources};
+use kvmkit_vmm::vmm_config::{
+    BlockDeviceConfig, EntropyDeviceConfig, NetworkInterfaceConfig, VmResources, VsockDeviceConfig,
+};
 
 use crate::Input;
 
@@ -72,7 +75,7 @@ pub fn sample_state(cpus: u8) -> SnapshotState {
     }
 }
 
-/// A valid state with a drive, a NIC and an rng, each with a transport
+/// A valid state with a drive, a NIC, an rng and a vsock device, each with a transport
 /// (the drive's active, with one queue mid-ring).
 pub fn sample_state_with_devices(cpus: u8) -> SnapshotState {
     let mut state = sample_state(cpus);
@@ -88,6 +91,11 @@ pub fn sample_state_with_devices(cpus: u8) -> SnapshotState {
         ..Default::default()
     });
     r.entropy = Some(EntropyDeviceConfig::default());
+    r.vsock = Some(VsockDeviceConfig {
+        vsock_id: None,
+        guest_cid: 3,
+        uds_path: "/nonexistent/v.sock".into(),
+    });
     let mac = r.network_interfaces[0].mac();
     let queue = QueueSnapshot {
         max_size: 256,
@@ -136,6 +144,17 @@ pub fn sample_state_with_devices(cpus: u8) -> SnapshotState {
             device: VirtioKindState::Net(NetSnapshot {
                 host_dev_name: "tap0".into(),
                 mac,
+            }),
+        },
+        VirtioDeviceState {
+            id: "vsock0".into(),
+            mmio_base: 0xd000_4000,
+            gsi: 8,
+            transport: transport(19, 3),
+            device: VirtioKindState::Vsock(VsockSnapshot {
+                guest_cid: 3,
+                uds_path: "/nonexistent/v.sock".into(),
+                next_local_port: (1 << 30) + 5,
             }),
         },
     ];
