@@ -128,7 +128,8 @@ const WRITABLE: [u64; 15] = [
 /// Block feature bits, written out independently of kvmkit.
 fn block_features(read_only: bool) -> u64 {
     let (seg_max, ro, blk_size, flush, discard, write_zeroes) = (1 << 2, 1 << 5, 1 << 6, 1 << 9, 1 << 13, 1 << 14);
-    VIRTIO_F_VERSION_1 | seg_max | blk_size | flush | if read_only { ro } else { discard | write_zeroes }
+    let event_idx = 1 << 29;
+    VIRTIO_F_VERSION_1 | event_idx | seg_max | blk_size | flush | if read_only { ro } else { discard | write_zeroes }
 }
 
 /// Whether `[addr, addr + len)` lies in guest RAM (adjacent regions count
