@@ -264,11 +264,15 @@ pub fn parse_disks(specs: &[String]) -> anyhow::Result<Vec<BlockDeviceConfig>> {
                 Some(("cache", "none")) => disk.direct = true,
                 Some(("cache", "writeback")) => disk.direct = false,
                 Some(("poll", mode)) => {
-                    disk.poll = mode.parse().map_err(|e: String| anyhow::anyhow!("--disk {spec}: {e}"))?
+                    disk.poll = mode
+                        .parse()
+                        .map_err(|e: String| anyhow::anyhow!("--disk {spec}: {e}"))?
                 }
                 Some(("id", id)) if !id.is_empty() && id.len() <= 20 => disk.drive_id = id.to_owned(),
                 Some(("id", id)) => bail!("--disk {spec}: id '{id}' must be 1 to 20 characters"),
-                Some((k, v)) => bail!("--disk {spec}: unknown option {k}={v} (use path=IMG,ro=on,id=NAME,cache=none,poll=off|auto|N)"),
+                Some((k, v)) => bail!(
+                    "--disk {spec}: unknown option {k}={v} (use path=IMG,ro=on,id=NAME,cache=none,poll=off|auto|N)"
+                ),
                 None if disk.path_on_host.is_empty() => disk.path_on_host = part.to_owned(),
                 None => bail!("--disk {spec}: '{part}' is not key=value"),
             }

@@ -16,7 +16,7 @@ mod elf_check;
 mod image;
 mod linux;
 mod pvh;
-mod unpack;
+pub mod unpack;
 
 use std::fs::File;
 use std::path::PathBuf;

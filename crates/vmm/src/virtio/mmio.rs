@@ -184,7 +184,7 @@ impl MmioTransport {
     }
 
     /// Stops the device's worker at the VM's end (the guest sees nothing).
-    /// A worker still ending from a driver reset gets [`SHUTDOWN_WAIT`],
+    /// A worker still ending from a driver reset gets 2 s,
     /// then is left to end on its own.
     pub fn shutdown(&mut self) {
         self.device.reset();

@@ -252,7 +252,9 @@ impl<H: WorkerHandler> Worker<H> {
             return Stopping::done();
         };
         let _ = self.send(Command::Stop);
-        Stopping { thread: Some(Box::new(t)) }
+        Stopping {
+            thread: Some(Box::new(t)),
+        }
     }
 
     fn finish(&mut self) -> Option<H> {

@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::PollMode;
 use super::{invalid, ConfigError};
-use crate::virtio::poll::PollMode;
 
 /// Longest drive id accepted.
 pub const MAX_DRIVE_ID: usize = 64;

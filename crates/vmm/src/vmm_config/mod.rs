@@ -10,6 +10,7 @@ mod logger;
 mod machine_config;
 mod metrics;
 mod net;
+mod poll_mode;
 mod vsock;
 
 pub use boot_source::BootSourceConfig;
@@ -19,6 +20,7 @@ pub use logger::{LogLevel, LoggerConfig};
 pub use machine_config::{HugePages, MachineConfig, MachineConfigUpdate, DEFAULT_MEM_SIZE_MIB, MAX_VCPUS};
 pub use metrics::MetricsConfig;
 pub use net::{format_mac, parse_mac, NetworkInterfaceConfig};
+pub use poll_mode::{PollMode, FIXED_MAX_US};
 pub use vsock::{VsockDeviceConfig, MAX_UDS_PATH};
 
 use serde::{Deserialize, Serialize};
