@@ -149,6 +149,9 @@ const WORKER: &[&str] = &[
     "lseek",
     "fdatasync",
     "fsync",
+    // virtio-blk DISCARD (punch a hole) and WRITE_ZEROES (zero a range):
+    // Linux's ext4 issues them from its lazy inode-table init.
+    "fallocate",
     "recvfrom",
     "sendto",
     // virtio-vsock: its unix sockets (accept4 on the listener made at
