@@ -296,7 +296,9 @@ fn a_diff_of_an_rng_workload_holds_the_pages_the_device_wrote() {
         return;
     }
     let dir = temp_dir("rng");
-    let bytes = "200000000";
+    // Enough that the guest is still reading when the second Diff is taken,
+    // ~1.2 s of running later, on a quiet host too (200 MB was done by then).
+    let bytes = "1000000000";
     let workload = format!("rng:{bytes}");
     let vmm = Vmm::spawn(
         &dir,
