@@ -542,3 +542,5 @@ impl BusDevice for MmioTransport {
 mod reset_tests;
 #[cfg(test)]
 mod snapshot_tests;
+#[cfg(test)]
+mod test_util;

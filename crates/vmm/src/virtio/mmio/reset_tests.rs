@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::test_util::{handshake, read, write};
 use super::*;
 
 /// A device whose worker blocks until the test releases it.
@@ -66,32 +67,6 @@ fn transport(memory: &GuestMemoryMmap) -> (MmioTransport, Sender<()>) {
     (t, tx)
 }
 
-fn write(t: &mut MmioTransport, reg: u64, v: u32) {
-    t.write(reg, &v.to_le_bytes());
-}
-
-fn read(t: &mut MmioTransport, reg: u64) -> u32 {
-    let mut b = [0u8; 4];
-    t.read(reg, &mut b);
-    u32::from_le_bytes(b)
-}
-
-fn handshake(t: &mut MmioTransport) {
-    use status::*;
-    write(t, REG_STATUS, ACKNOWLEDGE);
-    write(t, REG_STATUS, ACKNOWLEDGE | DRIVER);
-    write(t, REG_DRIVER_FEATURES_SEL, 1);
-    write(t, REG_DRIVER_FEATURES, 1);
-    write(t, REG_STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
-    write(t, REG_QUEUE_SEL, 0);
-    write(t, REG_QUEUE_NUM, 64);
-    write(t, REG_QUEUE_DESC_LOW, 0x1000);
-    write(t, REG_QUEUE_DRIVER_LOW, 0x2000);
-    write(t, REG_QUEUE_DEVICE_LOW, 0x3000);
-    write(t, REG_QUEUE_READY, 1);
-    write(t, REG_STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
-}
-
 fn activations(t: &mut MmioTransport) -> u32 {
     t.device_mut()
         .as_any_mut()
@@ -104,7 +79,7 @@ fn activations(t: &mut MmioTransport) -> u32 {
 fn a_reset_does_not_wait_for_a_stuck_worker_and_completes_when_it_ends() {
     let memory: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("memory");
     let (mut t, release) = transport(&memory);
-    handshake(&mut t);
+    handshake_at(&mut t);
     assert_eq!(read(&mut t, REG_STATUS), 0xf);
     assert_eq!(activations(&mut t), 1);
 
@@ -123,9 +98,13 @@ fn a_reset_does_not_wait_for_a_stuck_worker_and_completes_when_it_ends() {
         assert!(Instant::now() < deadline, "the reset never completed");
     }
     assert_eq!(read(&mut t, REG_QUEUE_READY), 0, "queues reset");
-    handshake(&mut t);
+    handshake_at(&mut t);
     assert_eq!(read(&mut t, REG_STATUS), 0xf);
     assert_eq!(activations(&mut t), 2);
     release.send(()).expect("release the second worker");
     t.shutdown();
+}
+
+fn handshake_at(t: &mut MmioTransport) {
+    handshake(t, 0x1000, 0x2000, 0x3000);
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::test_util::{handshake, read, write};
 use super::*;
 use crate::memory::GuestMemoryMmap;
 use crate::virtio::rng::Rng;
@@ -21,33 +22,6 @@ fn transport(memory: &GuestMemoryMmap) -> MmioTransport {
     let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd")));
     let events = vec![EventFd::new(libc::EFD_NONBLOCK).expect("eventfd")];
     MmioTransport::new(Box::new(Rng::default()), memory.clone(), irq, events).expect("transport")
-}
-
-fn write(t: &mut MmioTransport, reg: u64, v: u32) {
-    t.write(reg, &v.to_le_bytes());
-}
-
-fn read(t: &mut MmioTransport, reg: u64) -> u32 {
-    let mut b = [0u8; 4];
-    t.read(reg, &mut b);
-    u32::from_le_bytes(b)
-}
-
-/// The driver's handshake up to DRIVER_OK, one queue of 64.
-fn handshake(t: &mut MmioTransport) {
-    use status::*;
-    write(t, REG_STATUS, ACKNOWLEDGE);
-    write(t, REG_STATUS, ACKNOWLEDGE | DRIVER);
-    write(t, REG_DRIVER_FEATURES_SEL, 1);
-    write(t, REG_DRIVER_FEATURES, 1); // VIRTIO_F_VERSION_1
-    write(t, REG_STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
-    write(t, REG_QUEUE_SEL, 0);
-    write(t, REG_QUEUE_NUM, 64);
-    write(t, REG_QUEUE_DESC_LOW, DESC as u32);
-    write(t, REG_QUEUE_DRIVER_LOW, AVAIL as u32);
-    write(t, REG_QUEUE_DEVICE_LOW, USED as u32);
-    write(t, REG_QUEUE_READY, 1);
-    write(t, REG_STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
 }
 
 /// Publishes request number `n` (descriptor 0: 16 writable bytes) and notifies.
@@ -76,7 +50,7 @@ fn wait_used(memory: &GuestMemoryMmap, want: u16) {
 fn a_running_device_is_saved_from_its_worker_and_goes_on_after_restore() {
     let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("memory");
     let mut a = transport(&memory);
-    handshake(&mut a);
+    handshake_at(&mut a);
     request(&mut a, &memory, 0);
     wait_used(&memory, 1);
     a.device_mut().pause().expect("pause");
@@ -129,4 +103,8 @@ fn a_running_device_is_saved_from_its_worker_and_goes_on_after_restore() {
     t.restore_state(&s).expect("restore a broken device");
     assert_ne!(read(&mut t, REG_STATUS) & status::DEVICE_NEEDS_RESET, 0);
     assert!(t.device().queue_states().expect("no worker").is_none());
+}
+
+fn handshake_at(t: &mut MmioTransport) {
+    handshake(t, DESC, AVAIL, USED);
 }
