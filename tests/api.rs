@@ -5,19 +5,12 @@
 
 mod common;
 
+use common::vmm::Vmm;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-struct Vmm {
-    child: Child,
-    sock: PathBuf,
-    out: Arc<Mutex<String>>,
-    dir: PathBuf,
-}
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("kvmkit-api-{name}-{}", std::process::id()));
@@ -36,33 +29,22 @@ fn guest_elf(dir: &Path) -> PathBuf {
     p
 }
 
+/// `kvmkit run --no-stdin --api-sock DIR/api.sock EXTRA...` in a fresh
+/// temporary folder DIR, removed with the VMM.
+fn spawn(name: &str, extra: &[&str]) -> Vmm {
+    let dir = temp_dir(name);
+    Vmm::spawn(&dir, "api", extra).removing(dir)
+}
+
+/// What these tests ask of a VMM beyond the common requests.
 impl Vmm {
-    fn spawn_with(bin: &Path, args: &[&str], dir: PathBuf) -> Self {
-        let sock = dir.join("api.sock");
-        let (child, out) = common::spawn_collecting(bin, args);
-        let v = Self { child, sock, out, dir };
-        common::wait_for_socket(&v.sock);
-        v
+    /// The folder that holds the API socket.
+    fn dir(&self) -> &Path {
+        self.sock().parent().expect("the socket's folder")
     }
 
-    fn spawn(name: &str, extra: &[&str]) -> Self {
-        let dir = temp_dir(name);
-        let sock = dir.join("api.sock");
-        let mut args = vec!["run", "--api-sock", sock.to_str().expect("utf8"), "--no-stdin"];
-        args.extend_from_slice(extra);
-        Self::spawn_with(Path::new(common::kvmkit()), &args, dir)
-    }
-
-    fn req(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        request(&self.sock, method, path, body)
-    }
-
-    fn ok(&self, method: &str, path: &str, body: &str) {
-        let (status, text) = self.req(method, path, body);
-        assert_eq!(status, 204, "{method} {path} {body}: {text}");
-        assert_eq!(text, "", "a 204 has an empty body");
-    }
-
+    /// A request that must be refused `400` with a Firecracker fault
+    /// message; returns the message.
     fn fault(&self, method: &str, path: &str, body: &str) -> String {
         let (status, text) = self.req(method, path, body);
         assert_eq!(status, 400, "{method} {path} {body}: {text}");
@@ -72,51 +54,13 @@ impl Vmm {
         msg
     }
 
+    /// The `state` of `GET /`.
     fn state(&self) -> String {
         let (status, text) = self.req("GET", "/", "");
         assert_eq!(status, 200, "{text}");
         let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
         v["state"].as_str().expect("state").to_owned()
     }
-
-    fn stdout(&self) -> String {
-        self.out.lock().expect("out").clone()
-    }
-
-    fn wait_stdout(&self, what: &str, f: impl Fn(&str) -> bool, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while !f(&self.stdout()) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}:\n{}",
-                self.stdout()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                return s.code();
-            }
-            assert!(Instant::now() < deadline, "the VMM did not exit:\n{}", self.stdout());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn request(sock: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
-    common::api_request(sock, method, path, body)
 }
 
 fn ticks(text: &str) -> usize {
@@ -132,8 +76,8 @@ fn getting_started_session_boots_the_guest() {
     if !kvm() {
         return;
     }
-    let mut vmm = Vmm::spawn("start", &[]);
-    let elf = guest_elf(&vmm.dir);
+    let mut vmm = spawn("start", &[]);
+    let elf = guest_elf(vmm.dir());
     assert_eq!(vmm.state(), "Not started");
     let (s, mc) = vmm.req("GET", "/machine-config", "");
     assert_eq!(s, 200);
@@ -142,7 +86,7 @@ fn getting_started_session_boots_the_guest() {
         (mc["vcpu_count"].as_u64(), mc["mem_size_mib"].as_u64()),
         (Some(1), Some(128))
     );
-    let disk = vmm.dir.join("disk.img");
+    let disk = vmm.dir().join("disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).expect("disk");
     vmm.ok("PUT", "/machine-config", r#"{"vcpu_count": 2, "mem_size_mib": 256}"#);
     vmm.ok(
@@ -170,7 +114,7 @@ fn getting_started_session_boots_the_guest() {
     vmm.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
     vmm.wait_stdout("the prime count", |o| o.contains("count=9592"), Duration::from_secs(60));
     assert_eq!(vmm.wait_exit(Duration::from_secs(30)), Some(0), "the guest's status");
-    assert!(!vmm.sock.exists(), "the API socket is removed at exit");
+    assert!(!vmm.sock().exists(), "the API socket is removed at exit");
 }
 
 #[test]
@@ -178,7 +122,7 @@ fn pause_stops_the_guest_and_resume_continues() {
     if !kvm() {
         return;
     }
-    let mut vmm = Vmm::spawn("pause", &["--guest", "--workload", "ticks:20"]);
+    let mut vmm = spawn("pause", &["--guest", "--workload", "ticks:20"]);
     vmm.wait_stdout("ticks", |o| ticks(o) >= 3, Duration::from_secs(30));
     assert_eq!(vmm.state(), "Running");
     vmm.fault("PATCH", "/vm", r#"{"state": "Resumed"}"#);
@@ -196,7 +140,7 @@ fn pause_stops_the_guest_and_resume_continues() {
         Duration::from_secs(30),
     );
     let o = common::run(
-        &["ctl", "--api-sock", vmm.sock.to_str().expect("utf8"), "stop"],
+        &["ctl", "--api-sock", vmm.sock().to_str().expect("utf8"), "stop"],
         Duration::from_secs(30),
     );
     assert_eq!(o.code, Some(0), "{}", o.stderr);
@@ -208,9 +152,9 @@ fn bad_requests_get_400_and_the_vmm_keeps_serving() {
     if !kvm() {
         return;
     }
-    let vmm = Vmm::spawn("bad", &[]);
+    let vmm = spawn("bad", &[]);
     // A client that sends half a request and stalls must not block others.
-    let mut stalled = UnixStream::connect(&vmm.sock).expect("connect");
+    let mut stalled = UnixStream::connect(vmm.sock()).expect("connect");
     stalled
         .write_all(b"PUT /machine-config HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"vcpu")
         .expect("half");
@@ -251,11 +195,11 @@ fn bad_requests_get_400_and_the_vmm_keeps_serving() {
         r#"{"drive_id": "rootfs", "path_on_host": "/x"}"#,
     );
     // Many clients at once.
-    let sock = vmm.sock.clone();
+    let sock = vmm.sock().to_path_buf();
     let clients: Vec<_> = (0..32)
         .map(|_| {
             let sock = sock.clone();
-            std::thread::spawn(move || request(&sock, "GET", "/", "").0)
+            std::thread::spawn(move || common::api_request(&sock, "GET", "/", "").0)
         })
         .collect();
     for c in clients {
@@ -264,7 +208,7 @@ fn bad_requests_get_400_and_the_vmm_keeps_serving() {
     assert_eq!(vmm.state(), "Not started");
     drop(stalled);
     // Configuration after boot is refused.
-    let elf = guest_elf(&vmm.dir);
+    let elf = guest_elf(vmm.dir());
     vmm.ok(
         "PUT",
         "/boot-source",
@@ -290,7 +234,7 @@ fn drives_can_be_swapped_after_boot_and_metrics_flushed() {
     std::fs::write(&a, vec![0u8; 1 << 20]).expect("a");
     std::fs::write(&b, vec![0u8; 2 << 20]).expect("b");
     let disk = format!("path={},id=data", a.display());
-    let vmm = Vmm::spawn(
+    let vmm = spawn(
         "patch",
         &[
             "--guest",
@@ -368,8 +312,9 @@ fn a_firecracker_symlink_takes_firecrackers_command_line() {
     let vmm = Vmm::spawn_with(
         &fc,
         &["--api-sock", sock.to_str().expect("utf8"), "--id", "fc1"],
-        dir.clone(),
-    );
+        sock.clone(),
+    )
+    .removing(dir.clone());
     let (s, info) = vmm.req("GET", "/", "");
     assert_eq!(s, 200);
     assert!(info.contains("\"id\":\"fc1\""), "{info}");

@@ -10,9 +10,8 @@
 
 mod common;
 
+use common::vmm::Vmm;
 use std::path::{Path, PathBuf};
-use std::process::Child;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// primes:N with N = 5,000,000 runs for ~4 s here: long enough to be
@@ -31,72 +30,11 @@ fn temp_dir(name: &str) -> PathBuf {
     d
 }
 
-/// A kvmkit process with an API socket and its stdout collected.
-struct Vmm {
-    child: Child,
-    sock: PathBuf,
-    out: Arc<Mutex<String>>,
-}
-
-impl Vmm {
-    fn spawn(dir: &Path, name: &str, extra: &[&str]) -> Self {
-        let sock = dir.join(format!("{name}.sock"));
-        let mut args = vec!["run", "--no-stdin", "--api-sock", sock.to_str().expect("utf8")];
-        args.extend_from_slice(extra);
-        let (child, out) = common::spawn_collecting(std::path::Path::new(common::kvmkit()), &args);
-        common::wait_for_socket(&sock);
-        Self { child, sock, out }
-    }
-
-    fn stdout(&self) -> String {
-        self.out.lock().expect("out").clone()
-    }
-
-    fn wait_stdout(&self, what: &str, f: impl Fn(&str) -> bool, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while !f(&self.stdout()) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}:\n{}",
-                self.stdout()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn req(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        common::api_request(&self.sock, method, path, body)
-    }
-
-    fn ok(&self, method: &str, path: &str, body: &str) {
-        let (status, text) = self.req(method, path, body);
-        assert_eq!(status, 204, "{method} {path} {body}: {text}");
-    }
-
-    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                return s.code();
-            }
-            assert!(Instant::now() < deadline, "the VMM did not exit:\n{}", self.stdout());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Boots `cpus` vCPUs on primes, pauses in the middle, snapshots to
-/// `dir/state` + `dir/mem`, then kills the process (SIGKILL).
+/// `dir/primes.state` + `dir/primes.mem`, then kills the process (SIGKILL).
 fn snapshot_mid_primes(dir: &Path, cpus: usize) -> (PathBuf, PathBuf) {
     let cpus_arg = cpus.to_string();
-    let mut vmm = Vmm::spawn(dir, "orig", &["--guest", "--workload", WORKLOAD, "--cpus", &cpus_arg]);
+    let vmm = Vmm::spawn(dir, "orig", &["--guest", "--workload", WORKLOAD, "--cpus", &cpus_arg]);
     let last = format!("cpu {} online", cpus - 1);
     vmm.wait_stdout("the vCPUs online", |s| s.contains(&last), Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(700));
@@ -107,22 +45,13 @@ fn snapshot_mid_primes(dir: &Path, cpus: usize) -> (PathBuf, PathBuf) {
     );
     assert_eq!(status, 400, "a running VM is not snapshotted: {text}");
     assert!(text.contains("Paused"), "{text}");
-    vmm.ok("PATCH", "/vm", r#"{"state":"Paused"}"#);
-    let state = dir.join("state");
-    let mem = dir.join("mem");
-    let body = serde_json::json!({
-        "snapshot_type": "Full",
-        "snapshot_path": state.to_str().expect("utf8"),
-        "mem_file_path": mem.to_str().expect("utf8"),
-    });
-    vmm.ok("PUT", "/snapshot/create", &body.to_string());
+    let (state, mem) = pause_and_snapshot(&vmm, dir, "primes");
     assert!(
         !vmm.stdout().contains("count="),
         "the snapshot should be taken in the middle of the run:\n{}",
         vmm.stdout()
     );
-    let _ = vmm.child.kill();
-    let _ = vmm.wait_exit(Duration::from_secs(10));
+    vmm.kill();
     assert_eq!(std::fs::metadata(&mem).expect("memory file").len(), 256 << 20);
     (state, mem)
 }
@@ -281,7 +210,7 @@ fn a_restored_vm_can_be_snapshotted_again() {
     let dir = temp_dir("chain");
     let (state, mem) = snapshot_mid_primes(&dir, 1);
     let (s, m) = (state.to_str().expect("utf8"), mem.to_str().expect("utf8"));
-    let mut vmm = Vmm::spawn(&dir, "second", &["--restore-state", s, "--restore-mem", m]);
+    let vmm = Vmm::spawn(&dir, "second", &["--restore-state", s, "--restore-mem", m]);
     let (_, info) = vmm.req("GET", "/", "");
     assert!(
         info.contains("\"Paused\""),
@@ -296,8 +225,7 @@ fn a_restored_vm_can_be_snapshotted_again() {
         "mem_file_path": mem2.to_str().expect("utf8"),
     });
     vmm.ok("PUT", "/snapshot/create", &body.to_string());
-    let _ = vmm.child.kill();
-    let _ = vmm.wait_exit(Duration::from_secs(10));
+    vmm.kill();
     // The VM generation ID (16 bytes at 0xff000, low RAM: offset 0 of the
     // memory file) was set at boot and is new after the restore.
     let id = |m: &Path| {
@@ -342,17 +270,7 @@ impl Drop for Image {
 /// Pauses `vmm` and snapshots it to `dir/NAME.state` + `dir/NAME.mem`.
 fn pause_and_snapshot(vmm: &Vmm, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     vmm.ok("PATCH", "/vm", r#"{"state":"Paused"}"#);
-    let state = dir.join(format!("{name}.state"));
-    let mem = dir.join(format!("{name}.mem"));
-    let body = serde_json::json!({
-        "snapshot_type": "Full",
-        "snapshot_path": state.to_str().expect("utf8"),
-        "mem_file_path": mem.to_str().expect("utf8"),
-    });
-    let t = Instant::now();
-    vmm.ok("PUT", "/snapshot/create", &body.to_string());
-    eprintln!("snapshot {name}: {} ms", t.elapsed().as_millis());
-    (state, mem)
+    vmm.snapshot("Full", dir, name)
 }
 
 /// Every sector of `img` carries blk-pattern's pattern for `seed`.
@@ -406,7 +324,7 @@ fn disk_writes_survive_snapshot_kill_and_restore_with_two_vcpus() {
     // Polling on: the snapshot may catch the device mid-window, with
     // VIRTQ_USED_F_NO_NOTIFY in guest memory; the restored worker re-arms.
     let disk = format!("path={},poll=auto", img.path());
-    let mut vmm = Vmm::spawn(
+    let vmm = Vmm::spawn(
         &dir,
         "orig",
         &["--guest", "--workload", "blk-pattern", "--disk", &disk, "--cpus", "2"],
@@ -419,8 +337,7 @@ fn disk_writes_survive_snapshot_kill_and_restore_with_two_vcpus() {
         "the snapshot should be taken in the middle of the workload:\n{before}"
     );
     let seed = pattern_seed(&before);
-    let _ = vmm.child.kill();
-    let _ = vmm.wait_exit(Duration::from_secs(10));
+    vmm.kill();
 
     // A missing disk: one line, exit 2, nothing runs.
     let moved = dir.join("moved.img");
@@ -438,7 +355,7 @@ fn disk_writes_survive_snapshot_kill_and_restore_with_two_vcpus() {
     // Restored Paused (workers parked), snapshotted again at once: the
     // queues read back from the parked workers give a second good snapshot.
     let (s, m) = (state.to_str().expect("utf8"), mem.to_str().expect("utf8"));
-    let mut again = Vmm::spawn(&dir, "again", &["--restore-state", s, "--restore-mem", m]);
+    let again = Vmm::spawn(&dir, "again", &["--restore-state", s, "--restore-mem", m]);
     let (state2, mem2) = {
         let (_, info) = again.req("GET", "/", "");
         assert!(info.contains("\"Paused\""), "{info}");
@@ -451,8 +368,7 @@ fn disk_writes_survive_snapshot_kill_and_restore_with_two_vcpus() {
         again.ok("PUT", "/snapshot/create", &body.to_string());
         (state2, mem2)
     };
-    let _ = again.child.kill();
-    let _ = again.wait_exit(Duration::from_secs(10));
+    again.kill();
 
     let t = Instant::now();
     let out = restore_cli(&state2, &mem2, &[]);
@@ -491,7 +407,7 @@ fn rng_clones_with_a_read_only_disk_run_at_once() {
     // ~3 s of reading from virtio-rng here.
     let bytes = "250000000";
     let workload = format!("rng:{bytes}");
-    let mut vmm = Vmm::spawn(
+    let vmm = Vmm::spawn(
         &dir,
         "orig",
         &["--guest", "--workload", &workload, "--rng", "--disk", &disk],
@@ -504,8 +420,7 @@ fn rng_clones_with_a_read_only_disk_run_at_once() {
     std::thread::sleep(Duration::from_millis(300));
     let (state, mem) = pause_and_snapshot(&vmm, &dir, "r");
     assert!(!vmm.stdout().contains("sane="), "mid-workload:\n{}", vmm.stdout());
-    let _ = vmm.child.kill();
-    let _ = vmm.wait_exit(Duration::from_secs(10));
+    vmm.kill();
 
     // An unknown interface in network_overrides is refused over the API.
     let load = Vmm::spawn(&dir, "load", &[]);
@@ -564,7 +479,7 @@ fn a_vm_with_an_unstarted_vsock_device_is_snapshotted_and_restored() {
     let dir = temp_dir("vsock");
     let uds = dir.join("v.sock");
     let spec = format!("cid=3,uds={}", uds.display());
-    let mut vmm = Vmm::spawn(
+    let vmm = Vmm::spawn(
         &dir,
         "orig",
         &["--guest", "--workload", "ticks:100", "--vsock", &spec, "--rng"],
@@ -577,8 +492,7 @@ fn a_vm_with_an_unstarted_vsock_device_is_snapshotted_and_restored() {
         "mem_file_path": mem.to_str().expect("utf8"),
     });
     vmm.ok("PUT", "/snapshot/create", &body.to_string());
-    let _ = vmm.child.kill();
-    let _ = vmm.wait_exit(Duration::from_secs(10));
+    vmm.kill();
     let (s, m) = (state.to_str().expect("utf8"), mem.to_str().expect("utf8"));
     let restored = Vmm::spawn(&dir, "restored", &["--restore-state", s, "--restore-mem", m]);
     let (status, config) = restored.req("GET", "/vm/config", "");

@@ -11,9 +11,8 @@
 
 mod common;
 
+use common::vmm::Vmm;
 use std::path::{Path, PathBuf};
-use std::process::Child;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn kvm() -> bool {
@@ -29,76 +28,6 @@ fn temp_dir(name: &str) -> PathBuf {
 
 fn text(p: &Path) -> &str {
     p.to_str().expect("utf8 path")
-}
-
-/// A kvmkit process with an API socket and its stdout collected; killed
-/// when dropped.
-struct Vmm {
-    child: Child,
-    sock: PathBuf,
-    out: Arc<Mutex<String>>,
-}
-
-impl Vmm {
-    fn spawn(dir: &Path, name: &str, extra: &[&str]) -> Self {
-        let sock = dir.join(format!("{name}.sock"));
-        let mut args = vec!["run", "--no-stdin", "--api-sock", text(&sock)];
-        args.extend_from_slice(extra);
-        let (child, out) = common::spawn_collecting(Path::new(common::kvmkit()), &args);
-        common::wait_for_socket(&sock);
-        Self { child, sock, out }
-    }
-
-    fn stdout(&self) -> String {
-        self.out.lock().expect("out").clone()
-    }
-
-    fn wait_stdout(&self, what: &str, needle: &str, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while !self.stdout().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}:\n{}",
-                self.stdout()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn req(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        common::api_request(&self.sock, method, path, body)
-    }
-
-    fn ok(&self, method: &str, path: &str, body: &str) {
-        let (status, answer) = self.req(method, path, body);
-        assert_eq!(status, 204, "{method} {path} {body}: {answer}");
-    }
-
-    /// `PUT /snapshot/create` of `kind` to `dir/NAME.state` + `dir/NAME.mem`.
-    fn snapshot(&self, kind: &str, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-        let (state, mem) = (dir.join(format!("{name}.state")), dir.join(format!("{name}.mem")));
-        let body = serde_json::json!({
-            "snapshot_type": kind,
-            "snapshot_path": text(&state),
-            "mem_file_path": text(&mem),
-        });
-        let t = Instant::now();
-        self.ok("PUT", "/snapshot/create", &body.to_string());
-        eprintln!("{kind} snapshot {name}: {} ms", t.elapsed().as_millis());
-        (state, mem)
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Bytes of `path` that hold data (not holes).
@@ -168,7 +97,7 @@ fn diff_and_merge(vmm: Vmm, dir: &Path, base: &Path, run: Duration) -> (PathBuf,
             "ctl",
             "snapshot",
             "--api-sock",
-            text(&vmm.sock),
+            text(vmm.sock()),
             "--state",
             text(&diff_state),
             "--mem",
@@ -276,7 +205,7 @@ fn a_diff_of_a_disk_workload_merged_onto_its_base_restores_and_verifies() {
             "--track-dirty-pages",
         ],
     );
-    vmm.wait_stdout("the write phase", "capacity=", Duration::from_secs(30));
+    vmm.wait_stdout("the write phase", |s| s.contains("capacity="), Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(200));
     let (state, merged) = full_then_diff(vmm, &dir, Duration::from_millis(600));
     let out = restore(&state, &merged);
@@ -305,7 +234,11 @@ fn a_diff_of_an_rng_workload_holds_the_pages_the_device_wrote() {
         "orig",
         &["--guest", "--workload", &workload, "--rng", "--track-dirty-pages"],
     );
-    vmm.wait_stdout("the rng device", "entropy device", Duration::from_secs(30));
+    vmm.wait_stdout(
+        "the rng device",
+        |s| s.contains("entropy device"),
+        Duration::from_secs(30),
+    );
     std::thread::sleep(Duration::from_millis(300));
     let (state, merged) = full_then_diff(vmm, &dir, Duration::from_millis(500));
     // A restored VM tracks again when asked: a second Diff, taken after the
@@ -354,7 +287,7 @@ fn diff_snapshots_are_refused_without_tracking_or_while_running() {
     .to_string();
     // No tracking: refused even when Paused.
     let vmm = Vmm::spawn(&dir, "plain", &["--guest", "--workload", "ticks:50"]);
-    vmm.wait_stdout("the guest", "tick=", Duration::from_secs(30));
+    vmm.wait_stdout("the guest", |s| s.contains("tick="), Duration::from_secs(30));
     vmm.ok("PATCH", "/vm", r#"{"state":"Paused"}"#);
     let (status, answer) = vmm.req("PUT", "/snapshot/create", &body);
     assert_eq!(status, 400, "{answer}");
@@ -366,7 +299,7 @@ fn diff_snapshots_are_refused_without_tracking_or_while_running() {
         "tracked",
         &["--guest", "--workload", "ticks:50", "--track-dirty-pages"],
     );
-    vmm.wait_stdout("the guest", "tick=", Duration::from_secs(30));
+    vmm.wait_stdout("the guest", |s| s.contains("tick="), Duration::from_secs(30));
     let (status, answer) = vmm.req("PUT", "/snapshot/create", &body);
     assert_eq!(status, 400, "{answer}");
     assert!(answer.contains("Paused"), "{answer}");

@@ -5,16 +5,32 @@
 
 mod common;
 
+use common::vmm::Vmm;
 use std::io::{BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::Child;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// kvmkit's guest running `workload` (120 s at most) with a vsock device,
+/// CID 3, bridged at `uds`.
+fn start_guest(uds: &Path, workload: &str) -> Vmm {
+    let spec = format!("cid=3,uds={}", uds.display());
+    Vmm::start(&[
+        "run",
+        "--guest",
+        "--no-stdin",
+        "--timeout",
+        "120",
+        "--vsock",
+        &spec,
+        "--workload",
+        workload,
+    ])
+}
+
+/// A VM whose vsock device is bridged at `uds`.
 struct Vm {
-    child: Child,
-    out: Arc<Mutex<String>>,
+    vmm: Vmm,
     uds: PathBuf,
 }
 
@@ -22,36 +38,18 @@ impl Vm {
     fn start(tag: &str, workload: &str, marker: &str) -> Self {
         let uds = std::env::temp_dir().join(format!("kvmkit-it-vsock-{tag}-{}.sock", std::process::id()));
         let _ = std::fs::remove_file(&uds);
-        let spec = format!("cid=3,uds={}", uds.display());
-        let (child, out) = common::spawn_collecting(
-            Path::new(common::kvmkit()),
-            &[
-                "run",
-                "--guest",
-                "--no-stdin",
-                "--timeout",
-                "120",
-                "--vsock",
-                &spec,
-                "--workload",
-                workload,
-            ],
-        );
-        let vm = Self { child, out, uds };
+        let vm = Self {
+            vmm: start_guest(&uds, workload),
+            uds,
+        };
         vm.wait_for(marker);
         vm
     }
 
     fn wait_for(&self, marker: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !self.out.lock().expect("out").contains(marker) {
-            assert!(
-                Instant::now() < deadline,
-                "no '{marker}' from the guest: {}",
-                self.out.lock().expect("out")
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let what = format!("'{marker}' from the guest");
+        self.vmm
+            .wait_stdout(&what, |s| s.contains(marker), Duration::from_secs(60));
     }
 
     /// A connection to guest port `port` through the bridge, after its `OK` line.
@@ -72,18 +70,11 @@ impl Vm {
 
     fn stop(mut self) -> String {
         // SAFETY: plain kill(2) of the child we started.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-        let out = self.out.lock().expect("out").clone();
+        unsafe { libc::kill(self.vmm.child.id() as i32, libc::SIGTERM) };
+        let _ = self.vmm.child.wait();
+        let out = self.vmm.stdout();
         assert!(!self.uds.exists(), "the socket file is removed when the VM ends");
         out
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -165,21 +156,7 @@ fn guest_connections_reach_uds_port_listeners() {
     let lpath = PathBuf::from(format!("{}_5001", uds.display()));
     let _ = std::fs::remove_file(&lpath);
     let l = UnixListener::bind(&lpath).expect("listen on <uds>_5001");
-    let spec = format!("cid=3,uds={}", uds.display());
-    let (mut child, out) = common::spawn_collecting(
-        Path::new(common::kvmkit()),
-        &[
-            "run",
-            "--guest",
-            "--no-stdin",
-            "--timeout",
-            "120",
-            "--vsock",
-            &spec,
-            "--workload",
-            "vsock-tx:5001:4",
-        ],
-    );
+    let mut vmm = start_guest(&uds, "vsock-tx:5001:4");
     let (s, _) = l.accept().expect("the guest connects");
     s.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
     let mut got = Vec::new();
@@ -192,8 +169,8 @@ fn guest_connections_reach_uds_port_listeners() {
         let want = (((k ^ (k >> 8)) & 0xff) as u8).wrapping_add(1);
         assert_eq!(b, want, "byte {k}");
     }
-    let status = child.wait().expect("wait");
-    let text = out.lock().expect("out").clone();
+    let status = vmm.child.wait().expect("wait");
+    let text = vmm.stdout();
     assert!(status.success(), "{status:?}: {text}");
     assert!(text.lines().any(|l| l.starts_with("vsock-tx:")), "{text}");
     let _ = std::fs::remove_file(&lpath);
@@ -226,11 +203,6 @@ fn bad_vsock_flags_are_one_line_and_exit_2() {
     let _ = std::fs::remove_file(&f);
 }
 
-/// One HTTP request on the API socket: (status, body).
-fn api(sock: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
-    common::api_request(sock, method, path, body)
-}
-
 #[test]
 fn put_vsock_before_boot_shows_in_the_config_and_is_refused_after() {
     let dir = std::env::temp_dir().join(format!("kvmkit-it-vsock-api-{}", std::process::id()));
@@ -242,47 +214,41 @@ fn put_vsock_before_boot_shows_in_the_config_and_is_refused_after() {
         Duration::from_secs(30),
     );
     assert_eq!(o.code, Some(0), "{}", o.stderr);
-    let sock = dir.join("api.sock");
     let uds = dir.join("v.sock");
-    let (child, out) = common::spawn_collecting(
-        Path::new(common::kvmkit()),
-        &["run", "--api-sock", sock.to_str().expect("utf8"), "--no-stdin"],
-    );
     let mut vm = Vm {
-        child,
-        out,
+        vmm: Vmm::spawn(&dir, "api", &[]),
         uds: uds.clone(),
     };
-    common::wait_for_socket(&sock);
+    let api = |method: &str, path: &str, body: &str| vm.vmm.req(method, path, body);
     let boot = format!(
         r#"{{"kernel_image_path": "{}", "boot_args": "console=ttyS0 kvmkit.workload=vsock-echo:5000"}}"#,
         elf.display()
     );
-    assert_eq!(api(&sock, "PUT", "/boot-source", &boot).0, 204);
+    assert_eq!(api("PUT", "/boot-source", &boot).0, 204);
     let body = format!(
         r#"{{"vsock_id": "vsock0", "guest_cid": 3, "uds_path": "{}"}}"#,
         uds.display()
     );
-    let (s, text) = api(&sock, "PUT", "/vsock", &body);
+    let (s, text) = api("PUT", "/vsock", &body);
     assert_eq!(s, 204, "{text}");
-    let (s, text) = api(&sock, "PUT", "/vsock", r#"{"guest_cid": 1, "uds_path": "/v"}"#);
+    let (s, text) = api("PUT", "/vsock", r#"{"guest_cid": 1, "uds_path": "/v"}"#);
     assert!(s == 400 && text.contains("guest_cid"), "{s} {text}");
-    let (_, cfg) = api(&sock, "GET", "/vm/config", "");
+    let (_, cfg) = api("GET", "/vm/config", "");
     let cfg: serde_json::Value = serde_json::from_str(&cfg).expect("json");
     assert_eq!(cfg["vsock"]["guest_cid"], 3, "{cfg}");
     assert_eq!(cfg["vsock"]["uds_path"], uds.to_str().expect("utf8"));
-    let (s, text) = api(&sock, "PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    let (s, text) = api("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
     assert_eq!(s, 204, "{text}");
     vm.wait_for("listening on port 5000");
     let (c, ok) = vm.connect(5000);
     assert!(ok.starts_with("OK "), "{ok:?}");
     assert_eq!(echo(c, b"ping".to_vec()), b"ping");
-    let (s, text) = api(&sock, "PUT", "/vsock", &body);
+    let (s, text) = api("PUT", "/vsock", &body);
     assert!(s == 400 && text.contains("fault_message"), "{s} {text}");
-    let (_, metrics) = api(&sock, "GET", "/metrics", "");
+    let (_, metrics) = api("GET", "/metrics", "");
     assert!(metrics.contains("vsock0"), "{metrics}");
-    let _ = api(&sock, "PUT", "/kvmkit/stop", "");
-    let _ = vm.child.wait();
+    let _ = api("PUT", "/kvmkit/stop", "");
+    let _ = vm.vmm.child.wait();
     assert!(!uds.exists(), "the vsock socket is removed at exit");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -298,49 +264,31 @@ fn a_vm_with_vsock_is_snapshotted_and_restored_in_a_new_process() {
     let dir = std::env::temp_dir().join(format!("kvmkit-it-vsock-snap-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
-    let (api, uds, state, mem) = (
-        dir.join("api.sock"),
-        dir.join("v.sock"),
-        dir.join("state"),
-        dir.join("mem"),
-    );
+    let uds = dir.join("v.sock");
     let spec = format!("cid=3,uds={}", uds.display());
     let path = |p: &Path| p.to_str().expect("utf8").to_owned();
-    let (child, out) = common::spawn_collecting(
-        Path::new(common::kvmkit()),
+    let vmm = Vmm::spawn(
+        &dir,
+        "api",
         &[
-            "run",
             "--guest",
-            "--no-stdin",
             "--timeout",
             "120",
-            "--api-sock",
-            &path(&api),
             "--vsock",
             &spec,
             "--workload",
             "vsock-echo:5000:2",
         ],
     );
-    let mut vm = Vm {
-        child,
-        out,
-        uds: uds.clone(),
-    };
+    let vm = Vm { vmm, uds: uds.clone() };
     vm.wait_for("listening on port 5000");
     // A connection open at snapshot time.
     let (s, ok) = vm.connect(5000);
     assert!(ok.starts_with("OK "), "{ok:?}");
     assert_eq!(echo(s.try_clone().expect("clone"), b"before".to_vec()), b"before");
-    let (code, text) = common::api_request(&api, "PATCH", "/vm", r#"{"state":"Paused"}"#);
-    assert_eq!(code, 204, "{text}");
-    let body = serde_json::json!({
-        "snapshot_type": "Full",
-        "snapshot_path": path(&state),
-        "mem_file_path": path(&mem),
-    });
-    let (code, text) = common::api_request(&api, "PUT", "/snapshot/create", &body.to_string());
-    assert_eq!(code, 204, "a VM with vsock is snapshotted: {text}");
+    vm.vmm.ok("PATCH", "/vm", r#"{"state":"Paused"}"#);
+    // A VM with vsock is snapshotted.
+    let (state, mem) = vm.vmm.snapshot("Full", &dir, "snap");
     // Host connections are not saved: the snapshot closed this one.
     let mut b = [0u8; 16];
     assert_eq!(
@@ -349,8 +297,7 @@ fn a_vm_with_vsock_is_snapshotted_and_restored_in_a_new_process() {
         "the open connection is closed"
     );
     // SIGKILL: the socket file stays behind, stale.
-    let _ = vm.child.kill();
-    let _ = vm.child.wait();
+    vm.vmm.kill();
     assert!(uds.exists(), "a killed VMM leaves its socket file");
 
     let restore = [
@@ -362,10 +309,8 @@ fn a_vm_with_vsock_is_snapshotted_and_restored_in_a_new_process() {
         "--restore-mem",
         &path(&mem),
     ];
-    let (child, out) = common::spawn_collecting(Path::new(common::kvmkit()), &restore);
     let restored = Vm {
-        child,
-        out,
+        vmm: Vmm::start(&restore),
         uds: uds.clone(),
     };
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -378,7 +323,7 @@ fn a_vm_with_vsock_is_snapshotted_and_restored_in_a_new_process() {
                     Instant::now() < deadline,
                     "no OK from the restored guest ({:?}): {}",
                     other.map(|o| o.1),
-                    restored.out.lock().expect("out")
+                    restored.vmm.stdout()
                 );
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -404,7 +349,7 @@ fn a_vm_with_vsock_is_snapshotted_and_restored_in_a_new_process() {
     // host side) and ends after the second one.
     drop(s);
     restored.wait_for("transport_resets=1");
-    let out = restored.out.lock().expect("out").clone();
+    let out = restored.vmm.stdout();
     let line = |n: u32| {
         out.lines()
             .find(|l| l.contains(&format!("conn={n} port=5000")))

@@ -1,7 +1,10 @@
 //! Helpers shared by the integration tests: run the kvmkit binary with a
-//! time limit and capture what it printed.
+//! time limit and capture what it printed, or keep it running in the
+//! background and talk to its API ([`vmm::Vmm`]).
 
 #![allow(dead_code)]
+
+pub mod vmm;
 
 use std::io::Read;
 use std::process::{Command, Stdio};
