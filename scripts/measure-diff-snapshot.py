@@ -14,10 +14,10 @@ both over the same API, booting kvmkit's test guest as PVH with `kvmkit.workload
   pause, Diff snapshot (send -> 204, ms; MiB on disk); SIGKILL.
 Part 2 (kvmkit only): `kvmkit run --guest --workload memtest:MIB` with and without
   --track-dirty-pages, alternating, --memtest-rounds each; the guest's own reported seconds.
-Output: medians, min and max. Python 3 standard library only; reuses scripts/measure-api.py.
+Output: medians, min and max. Python 3 standard library only; the VMM handling and the boot are
+scripts/kvmkit_api.py's (with scripts/measure-api.py's HTTP client).
 """
 import argparse
-import importlib.util
 import os
 import re
 import statistics
@@ -25,11 +25,9 @@ import subprocess
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-_spec = importlib.util.spec_from_file_location("measure_api", os.path.join(HERE, "measure-api.py"))
-ma = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ma)
-now = ma.now
+import kvmkit_api
+
+ma = kvmkit_api.ma
 
 
 def disk_kib(path):
@@ -40,37 +38,22 @@ def snapshot(c, kind, state, mem):
     for p in (state, mem):
         if os.path.exists(p):
             os.unlink(p)
-    t = now()
-    ma.api(c, "PUT", "/snapshot/create", {"snapshot_type": kind, "snapshot_path": state, "mem_file_path": mem})
-    return (now() - t) * 1e3, disk_kib(mem)
+    return kvmkit_api.create_snapshot(c, kind, state, mem), disk_kib(mem)
 
 
 def one(name, argv, size, guest, args, tmp, idle_ms, timeout):
     sock = os.path.join(tmp, f"{name}.sock")
-    v = ma.Vmm(argv + ["--api-sock", sock], sock, os.path.join(tmp, f"{name}.err"))
+    machine = {"vcpu_count": 1, "mem_size_mib": size, "track_dirty_pages": True}
     s = {}
-    try:
-        v.wait_ready(timeout, 0.002)
-        c = ma.HttpConn(sock, timeout=timeout)
-        try:
-            ma.api(c, "PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": size, "track_dirty_pages": True})
-            ma.api(c, "PUT", "/boot-source", {"kernel_image_path": guest, "boot_args": args})
-            mark = v.out.offset()
-            ma.api(c, "PUT", "/actions", {"action_type": "InstanceStart"})
-            if v.out.wait_for(b"tick=3\n", mark, timeout) is None:
-                raise ma.Failure("no tick=3 after InstanceStart\n" + v.diag())
-            ma.api(c, "PATCH", "/vm", {"state": "Paused"})
-            s["full_ms"], s["full_disk_kib"] = snapshot(c, "Full", os.path.join(tmp, "f.state"),
-                                                        os.path.join(tmp, "f.mem"))
-            ma.api(c, "PATCH", "/vm", {"state": "Resumed"})
-            time.sleep(idle_ms / 1e3)
-            ma.api(c, "PATCH", "/vm", {"state": "Paused"})
-            s["diff_ms"], s["diff_disk_kib"] = snapshot(c, "Diff", os.path.join(tmp, "d.state"),
-                                                        os.path.join(tmp, "d.mem"))
-        finally:
-            c.close()
-    finally:
-        v.stop()
+    with kvmkit_api.paused_vm(argv + ["--api-sock", sock], sock, os.path.join(tmp, f"{name}.err"), machine, guest,
+                              args, timeout) as (_, c):
+        s["full_ms"], s["full_disk_kib"] = snapshot(c, "Full", os.path.join(tmp, "f.state"),
+                                                    os.path.join(tmp, "f.mem"))
+        ma.api(c, "PATCH", "/vm", {"state": "Resumed"})
+        time.sleep(idle_ms / 1e3)
+        ma.api(c, "PATCH", "/vm", {"state": "Paused"})
+        s["diff_ms"], s["diff_disk_kib"] = snapshot(c, "Diff", os.path.join(tmp, "d.state"),
+                                                    os.path.join(tmp, "d.mem"))
     for p in ("f.state", "f.mem", "d.state", "d.mem"):
         if os.path.exists(os.path.join(tmp, p)):
             os.unlink(os.path.join(tmp, p))
@@ -107,15 +90,11 @@ def main():
     cfg = ap.parse_args()
     kvmkit = os.path.abspath(os.path.expanduser(cfg.kvmkit))
     tmp = tempfile.mkdtemp(prefix="measure-diff-")
-    d = os.path.join(tmp, "kvmkit-bin")
-    os.mkdir(d)
-    os.symlink(os.path.realpath(kvmkit), os.path.join(d, "firecracker"))
-    vmms = [("kvmkit", [os.path.join(d, "firecracker")])]
+    vmms = [("kvmkit", [kvmkit_api.drop_in(kvmkit, tmp)])]
     if cfg.firecracker:
         vmms.append(("firecracker", [os.path.abspath(os.path.expanduser(cfg.firecracker))]))
-    guest = os.path.join(tmp, "guest.elf")
-    subprocess.run([kvmkit, "image", "guest", "--out", guest], check=True, capture_output=True)
-    args = "console=ttyS0 reboot=k panic=1 kvmkit.workload=ticks:1"
+    guest = kvmkit_api.test_guest(kvmkit, tmp)
+    args = kvmkit_api.TICKS_BOOT_ARGS
     print(f"load average at start: {os.getloadavg()}")
     sizes = [int(x) for x in cfg.sizes.split(",")]
     samples = {(n, s): [] for n, _ in vmms for s in sizes}

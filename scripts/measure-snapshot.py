@@ -23,10 +23,10 @@ Per round, guest size and VMM (the VMM order rotates from round to round):
      ready and the load request's own time (send -> 204).
 Output: median/min/max per VMM and size, and per-round paired ratios kvmkit/firecracker. The
 host may be loaded by other work: use several rounds and read the medians.
-Python 3 standard library only; reuses scripts/measure-api.py's HTTP client and process handling.
+Python 3 standard library only; the VMM handling and the boot are scripts/kvmkit_api.py's (with
+scripts/measure-api.py's HTTP client).
 """
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -34,12 +34,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-_spec = importlib.util.spec_from_file_location("measure_api", os.path.join(HERE, "measure-api.py"))
-ma = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ma)
+import kvmkit_api
+
+ma = kvmkit_api.ma
 now = ma.now
 
 METRICS = [
@@ -70,26 +68,10 @@ def one(vm, size, guest, args, tmp, rnd, timeout):
     for p in (state, mem):
         if os.path.exists(p):
             os.unlink(p)
-    v = ma.Vmm(vm["argv"](sock), sock, os.path.join(tmp, f"{vm['name']}-{rnd}-a.err"))
-    try:
-        v.wait_ready(timeout, 0.002)
-        c = ma.HttpConn(sock, timeout=timeout)
-        try:
-            ma.api(c, "PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": size})
-            ma.api(c, "PUT", "/boot-source", {"kernel_image_path": guest, "boot_args": args})
-            mark = v.out.offset()
-            ma.api(c, "PUT", "/actions", {"action_type": "InstanceStart"})
-            if v.out.wait_for(b"tick=3\n", mark, timeout) is None:
-                raise ma.Failure("no tick=3 after InstanceStart\n" + v.diag())
-            ma.api(c, "PATCH", "/vm", {"state": "Paused"})
-            t = now()
-            ma.api(c, "PUT", "/snapshot/create",
-                   {"snapshot_type": "Full", "snapshot_path": state, "mem_file_path": mem})
-            s["create_ms"] = (now() - t) * 1e3
-        finally:
-            c.close()
-    finally:
-        v.stop()
+    err = os.path.join(tmp, f"{vm['name']}-{rnd}-a.err")
+    with kvmkit_api.paused_vm(vm["argv"](sock), sock, err, {"vcpu_count": 1, "mem_size_mib": size}, guest, args,
+                              timeout) as (_, c):
+        s["create_ms"] = kvmkit_api.create_snapshot(c, "Full", state, mem)
     s["state_bytes"] = os.path.getsize(state)
     st = os.stat(mem)
     s["mem_apparent_mib"] = st.st_size / 2**20
@@ -160,20 +142,15 @@ def main():
         path = os.path.abspath(os.path.expanduser(path))
         if name == "kvmkit":
             kvmkit = path
-            d = os.path.join(tmp, "kvmkit-bin")
-            os.mkdir(d)
-            exe = os.path.join(d, "firecracker")
-            os.symlink(os.path.realpath(path), exe)
-            pre = [exe]
+            pre = [kvmkit_api.drop_in(path, tmp)]
         else:
             pre = [path]
         vms.append({"name": name, "path": path, "argv": (lambda pre: lambda s: pre + ["--api-sock", s])(pre)})
     if not kvmkit:
         raise SystemExit("give --vmm kvmkit=PATH")
-    guest = os.path.join(tmp, "guest.elf")
-    subprocess.run([kvmkit, "image", "guest", "--out", guest], check=True, capture_output=True)
+    guest = kvmkit_api.test_guest(kvmkit, tmp)
     khz = tsc_khz(kvmkit)
-    args = "console=ttyS0 reboot=k panic=1 kvmkit.workload=ticks:1" + (f" kvmkit.tsc_khz={khz}" if khz else "")
+    args = kvmkit_api.TICKS_BOOT_ARGS + (f" kvmkit.tsc_khz={khz}" if khz else "")
     print(f"guest {guest}, boot_args {args!r}; VMMs: " + ", ".join(f"{v['name']}={v['path']}" for v in vms))
     print(f"load average at start: {os.getloadavg()}")
     samples = {(v["name"], s): [] for v in vms for s in sizes}
