@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::vmm::Vmm;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -59,26 +60,22 @@ fn snapshot_outside_the_allowed_paths_is_refused() {
     let (ok, no) = (d.join("ok"), d.join("no"));
     std::fs::create_dir_all(&ok).expect("ok");
     std::fs::create_dir_all(&no).expect("no");
-    let sock = d.join("api.sock");
-    let s = sock.to_str().expect("utf-8");
-    let (mut child, _out) = common::spawn_collecting(
-        std::path::Path::new(common::kvmkit()),
+    let mut vmm = Vmm::spawn(
+        &d,
+        "api",
         &[
-            "run",
             "--guest",
-            "--no-stdin",
             "--timeout",
             "60",
             "--landlock",
             "--landlock-allow",
             ok.to_str().expect("utf-8"),
-            "--api-sock",
-            s,
             "--workload",
             "ticks:100",
         ],
     );
-    common::wait_for_socket(&sock);
+    let sock = vmm.sock().to_path_buf();
+    let s = sock.to_str().expect("utf-8");
     let ctl = |a: &[&str]| {
         let mut v = vec!["ctl", "--api-sock", s];
         v.extend_from_slice(a);
@@ -89,7 +86,7 @@ fn snapshot_outside_the_allowed_paths_is_refused() {
     let denied = ctl(&["snapshot", "--state", &p(&no, "s"), "--mem", &p(&no, "m")]);
     let allowed = ctl(&["snapshot", "--state", &p(&ok, "s"), "--mem", &p(&ok, "m")]);
     let stopped = ctl(&["stop"]);
-    let _ = child.wait();
+    let _ = vmm.child.wait();
     let left_no: Vec<_> = std::fs::read_dir(&no)
         .map(|r| r.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
