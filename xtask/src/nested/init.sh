@@ -279,7 +279,7 @@ wait_for() {
 # guest_has OUT ADDR: the guest's `ip addr` (in OUT.raw) shows ADDR.
 guest_has() {
   grep -q "inet $2/" "$1.raw" ||
-    fail "the guest's ip addr shows no $2 (its first NIC should get it from the kernel's ip= argument)"
+    fail "the guest's ip addr shows no $2 (its first NIC should get it from the kernel's ip= argument); its inet lines: $(grep -o 'inet [0-9./]*' "$1.raw" | tr '\n' ' '); its IP-Config/eth0 lines: $(grep -i -e 'ip-config' -e 'eth0' "$1.raw" | head -n 4 | tr '\n' ' ')"
 }
 # l1_ping ADDR: pings ADDR from L1 (output on the console).
 l1_ping() {
@@ -856,7 +856,46 @@ snapshot_linux() {
   [ -z "$why1" ] || fail "$why1"
 }
 
+# Heartbeat and watchdog. Every 30 s a @@LAB-TICK line, so the host tells a quiet scenario from
+# a hung L1 (no ticks: the host dumps QEMU's CPU state and sends an NMI). A scenario still
+# running at twice its budget (/lab/budgets, from the host) gets its processes, their states
+# and kernel stacks dumped once, as "  ! " lines; the host stops L1 90 s later.
+watchdog_dump() {
+  info "watchdog: $1 has run $2 s, twice its budget of $3 s; processes, states and kernel stacks:"
+  for d in /proc/[0-9]*; do
+    p=${d#/proc/}
+    [ "$p" -gt 2 ] 2>/dev/null || continue
+    grep -q '^PPid:[[:space:]]*2$' "$d/status" 2>/dev/null && continue # kernel threads
+    echo "  ! $p $(sed -n 's/^State:[[:space:]]*//p' "$d/status" 2>/dev/null) $(tr '\0' ' ' <"$d/cmdline" 2>/dev/null | cut -c1-160)"
+    for t in "$d"/task/*; do
+      echo "  !   task ${t##*/} $(cat "$t/comm" 2>/dev/null) $(sed -n 's/^State:[[:space:]]*//p' "$t/status" 2>/dev/null) wchan=$(cat "$t/wchan" 2>/dev/null)"
+      sed 's/^/  !     /' "$t/stack" 2>/dev/null | head -n 12
+    done
+  done
+}
+heartbeat() {
+  dumped=""
+  while sleep 30; do
+    set -- $(cat /tmp/lab.current 2>/dev/null)
+    if [ -n "$1" ]; then
+      ran=$(awk -v a="$2" -v b="$(now)" 'BEGIN { printf "%d", b - a }')
+      echo "@@LAB-TICK $(now) s, load $(cut -d' ' -f1-3 /proc/loadavg), $1 running for $ran s"
+      if [ "$dumped" != "$1" ] && [ "$ran" -ge $((2 * $3)) ]; then
+        dumped=$1
+        watchdog_dump "$1" "$ran" "$3"
+      fi
+    else
+      echo "@@LAB-TICK $(now) s, load $(cut -d' ' -f1-3 /proc/loadavg)"
+    fi
+  done
+}
+# Started from a subshell, so it is no job of this shell: the scenarios' plain `wait` does not
+# wait for it.
+(heartbeat </dev/null & echo $! >/tmp/heartbeat.pid)
+
 for name in $SCENARIOS; do
+  budget=$(awk -v n="$name" '$1 == n { print $2 }' /lab/budgets 2>/dev/null)
+  echo "$name $(now) ${budget:-$((T + 15))}" >/tmp/lab.current
   echo "@@LAB $name START"
   why=""
   fn="sc_$(echo "$name" | tr - _)"
@@ -870,7 +909,9 @@ for name in $SCENARIOS; do
   else
     echo "@@LAB $name FAIL $why"
   fi
+  rm -f /tmp/lab.current
 done
+kill "$(cat /tmp/heartbeat.pid)" 2>/dev/null
 echo "@@LAB DONE"
 sync
 poweroff -f

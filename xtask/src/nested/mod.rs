@@ -8,13 +8,10 @@
 
 mod assets;
 mod cpio;
+mod l1;
 
 use std::collections::HashMap;
-use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -258,7 +255,12 @@ struct ScenarioResult {
     took: Option<Duration>,
     /// The scenario's console output (the `  | ` lines), for failure reports.
     output: Vec<String>,
+    /// How many L1s hung while running it (the first hang earns it one more run).
+    hung_runs: u32,
 }
+
+/// How many times one lab run boots L1 (a fresh L1 only after one was stopped).
+const MAX_BOOTS: u32 = 4;
 
 /// Runs the lab; `Ok(true)` when every scenario passed.
 pub fn run(options: &Options) -> Result<bool> {
@@ -342,33 +344,22 @@ pub fn run(options: &Options) -> Result<bool> {
     }
 
     let cpio = out_dir.join("l1.cpio");
-    write_initramfs(&cpio, &l1, &busybox, &kvmkit, l2.as_ref(), &extra)?;
+    write_initramfs(
+        &cpio,
+        &l1,
+        &busybox,
+        &kvmkit,
+        l2.as_ref(),
+        &extra,
+        l1::budgets_file(options),
+    )?;
     let cpio_mib = std::fs::metadata(&cpio)?.len() as f64 / (1024.0 * 1024.0);
     eprintln!("nested: L1 initramfs {} ({cpio_mib:.1} MiB)", cpio.display());
 
     let n = options.scenarios.len() as u64;
-    let bench = if options.scenarios.iter().any(|s| s == "bench-linux") {
-        BENCH_TIMEOUT
-    } else {
-        0
-    };
-    // Scenarios that run longer than one timeout: api and vsock-exec-api twice, vsock-many 4x,
-    // vsock-big its own limit.
-    let longer: u64 = options
-        .scenarios
-        .iter()
-        .map(|s| match s.as_str() {
-            "api" | "vsock-exec-api" | "snapshot-linux" | "snapshot-vmgenid" | "snapshot-vsock" => {
-                options.scenario_timeout
-            }
-            "vsock-many" => 3 * options.scenario_timeout,
-            "vsock-big" => vsock_big_timeout(options.vsock_big_mib),
-            _ => 0,
-        })
-        .sum();
     let hard = options
         .timeout
-        .unwrap_or(120 + n * (options.scenario_timeout + 15) + bench + longer);
+        .unwrap_or(120 + options.scenarios.iter().map(|s| l1::budget(s, options)).sum::<u64>());
     let log = out_dir.join("l1-console.log");
     let prep = start.elapsed();
     eprintln!(
@@ -379,10 +370,7 @@ pub fn run(options: &Options) -> Result<bool> {
         log.display()
     );
     let qemu_start = Instant::now();
-    let deadline = qemu_start + Duration::from_secs(hard);
-    // An emulated L1 under heavy I/O (bench-linux's dd and 7z runs) has gone more than 75 s
-    // without a console line and been taken for hung; give it 3 minutes before giving up on it.
-    let stall = Duration::from_secs((options.scenario_timeout + 30).max(180));
+    let mut deadline = qemu_start + Duration::from_secs(hard);
     let mut results: HashMap<String, ScenarioResult> = options
         .scenarios
         .iter()
@@ -390,25 +378,43 @@ pub fn run(options: &Options) -> Result<bool> {
         .collect();
     let mut pending = options.scenarios.clone();
     let (mut done, mut timed_out, mut first_start) = (false, false, None);
+    let mut hangs: Vec<String> = Vec::new();
     for attempt in 1..=MAX_BOOTS {
-        let end = boot(
-            &pending,
+        let end = l1::Boot {
+            scenarios: &pending,
             options,
-            &l1.bzimage,
-            &cpio,
-            rootfs.as_ref().map(|(image, _)| image.as_path()),
-            &log,
+            bzimage: &l1.bzimage,
+            cpio: &cpio,
+            rootfs: rootfs.as_ref().map(|(image, _)| image.as_path()),
+            log: &log,
             attempt,
             deadline,
-            stall,
-            &mut results,
-        )?;
-        first_start = first_start.or(end.first_start);
-        (done, timed_out) = (end.done, end.timed_out);
-        if !end.hung {
-            break;
         }
-        // L1 itself stopped (no console output at all): boot a fresh L1 for the scenarios not run yet.
+        .run(&mut results)?;
+        first_start = first_start.or(end.first_start);
+        done = end.done;
+        timed_out = matches!(end.stop, Some(l1::Stop::TimedOut));
+        match end.stop {
+            None | Some(l1::Stop::TimedOut) => break,
+            Some(l1::Stop::Hung(during, at)) => {
+                // The time the hang cost does not come out of the scenarios' budgets.
+                deadline += l1::HANG_COST;
+                hangs.push(format!("{} ({at})", during.as_deref().unwrap_or("L1 boot")));
+                // A hung L1 says nothing about the scenario it was running: that one runs
+                // again, once, first on the fresh L1 (and is reported as retried).
+                if let Some(r) = during.as_ref().and_then(|n| results.get_mut(n)) {
+                    if r.hung_runs == 0 {
+                        *r = ScenarioResult {
+                            hung_runs: 1,
+                            ..ScenarioResult::default()
+                        };
+                    } else {
+                        r.hung_runs += 1;
+                    }
+                }
+            }
+            Some(l1::Stop::Overran) => {}
+        }
         pending.retain(|n| results[n].started.is_none());
         if pending.is_empty() || attempt == MAX_BOOTS {
             break;
@@ -427,7 +433,15 @@ pub fn run(options: &Options) -> Result<bool> {
         match &r.outcome {
             Some(Outcome::Pass) => {
                 passed += 1;
-                println!("PASS {name} ({:.1} s)", r.took.unwrap_or_default().as_secs_f64());
+                let retried = if r.hung_runs > 0 {
+                    " on a fresh L1, after the first L1 hung during it"
+                } else {
+                    ""
+                };
+                println!(
+                    "PASS {name} ({:.1} s{retried})",
+                    r.took.unwrap_or_default().as_secs_f64()
+                );
             }
             Some(Outcome::Fail(why)) => {
                 failed += 1;
@@ -452,6 +466,13 @@ pub fn run(options: &Options) -> Result<bool> {
         );
     }
     println!("{passed} passed, {failed} failed");
+    if !hangs.is_empty() {
+        println!(
+            "L1 hung {} time(s), during: {} (QEMU's CPU state and L1's whole NMI report are in the console log)",
+            hangs.len(),
+            hangs.join(", ")
+        );
+    }
     let boot = first_start.map(|t| format!(", L1 boot to first scenario {:.1} s", (t - qemu_start).as_secs_f64()));
     println!(
         "lab wall time: {:.1} s (preparation {:.1} s, QEMU {:.1} s{}); console log: {}",
@@ -467,7 +488,8 @@ pub fn run(options: &Options) -> Result<bool> {
 /// Writes the L1 initramfs: busybox and its applet links, the static kvmkit, the kvm modules,
 /// the L2 assets under `/lab/cache/linux`, `extra` host files `(path, mode, source)` (the ext4
 /// image, debugfs and iproute2's ip with their libraries; an extra file takes the place of a
-/// busybox applet link of the same path), `/lab/hello.txt`, and `/init`.
+/// busybox applet link of the same path), `/lab/hello.txt`, `/lab/budgets` (`name seconds`
+/// lines for L1's watchdog), and `/init`.
 fn write_initramfs(
     out: &Path,
     l1: &assets::L1Kernel,
@@ -475,6 +497,7 @@ fn write_initramfs(
     kvmkit: &Path,
     l2: Option<&assets::L2Assets>,
     extra: &[(String, u32, PathBuf)],
+    budgets: String,
 ) -> Result<()> {
     let mut a = cpio::Archive::default();
     for dir in [
@@ -521,6 +544,7 @@ fn write_initramfs(
         a.host_file(path, *mode, source);
     }
     a.bytes("lab/hello.txt", 0o644, format!("{}\n", assets::EXT4_HELLO));
+    a.bytes("lab/budgets", 0o644, budgets);
     a.bytes("init", 0o755, INIT);
     a.write(out)
 }
@@ -535,185 +559,4 @@ const BENCH_TIMEOUT: u64 = 1500;
 /// 10 s): the agent's boot, then about 1 s per MiB each way measured under TCG, doubled.
 fn vsock_big_timeout(mib: u64) -> u64 {
     120 + 4 * mib
-}
-
-/// How many times one lab run boots L1 (a fresh L1 only after one stopped responding).
-const MAX_BOOTS: u32 = 3;
-
-/// How one L1 boot ended.
-struct BootEnd {
-    /// L1 printed `@@LAB DONE`.
-    done: bool,
-    /// QEMU was killed at the hard limit.
-    timed_out: bool,
-    /// QEMU was killed because L1 printed nothing for too long.
-    hung: bool,
-    /// When the first scenario started (L1 boot time).
-    first_start: Option<Instant>,
-}
-
-/// Boots L1 for `scenarios` and follows its console until `@@LAB DONE`, QEMU's exit, the hard
-/// `deadline`, or `stall` without any console output (L1 hung); records results in `results`.
-#[allow(clippy::too_many_arguments)]
-fn boot(
-    scenarios: &[String],
-    options: &Options,
-    bzimage: &Path,
-    cpio: &Path,
-    rootfs: Option<&Path>,
-    log: &Path,
-    attempt: u32,
-    deadline: Instant,
-    stall: Duration,
-    results: &mut HashMap<String, ScenarioResult>,
-) -> Result<BootEnd> {
-    let (scenario_timeout, l1_cpus) = (options.scenario_timeout, options.l1_cpus);
-    let append = format!(
-        "console=ttyS0 reboot=k panic=-1 tsc_early_khz=2445426 quiet lab.scenarios={} lab.timeout={scenario_timeout} \
-         lab.bench_timeout={BENCH_TIMEOUT} lab.vsock_big_timeout={} lab.vsock_big_mib={} \
-         lab.vsock_many={} lab.vsock_big_dirs={}",
-        scenarios.join(","),
-        vsock_big_timeout(options.vsock_big_mib),
-        options.vsock_big_mib,
-        options.vsock_many,
-        options.vsock_big_dirs
-    );
-    let mut log_file = OpenOptions::new().create(true).append(true).truncate(false).open(log)?;
-    if attempt == 1 {
-        log_file.set_len(0)?;
-    } else {
-        writeln!(
-            log_file,
-            "\n===== nested lab: L1 boot {attempt} (the previous L1 stopped responding) ====="
-        )?;
-    }
-    drop(log_file);
-    let append_log = || OpenOptions::new().append(true).open(log);
-    let mut qemu = Command::new("qemu-system-x86_64");
-    if let Some(image) = rootfs {
-        qemu.arg("-drive")
-            .arg(format!(
-                "file={},format=raw,if=none,id=rootfs,readonly=on",
-                image.display()
-            ))
-            .args(["-device", "virtio-blk-device,drive=rootfs"]);
-    }
-    let mut child = qemu
-        .args(["-accel", "tcg", "-cpu", "max", "-M", "microvm", "-m", "2G", "-smp"])
-        .arg(l1_cpus.to_string())
-        .args(["-nographic", "-no-reboot", "-kernel"])
-        .arg(bzimage)
-        .arg("-initrd")
-        .arg(cpio)
-        .arg("-append")
-        .arg(&append)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(append_log()?)
-        .spawn()
-        .context("starting qemu-system-x86_64")?;
-    let stdout = child.stdout.take().context("no QEMU stdout")?;
-    let mut log_w = append_log()?;
-    let (tx, rx) = mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        let mut r = BufReader::new(stdout);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match r.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let _ = log_w.write_all(&buf);
-                    let line = String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']).to_string();
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-
-    let (mut done, mut timed_out, mut hung, mut current, mut first_start) = (false, false, false, None::<String>, None);
-    let mut last_output = Instant::now();
-    loop {
-        let until = deadline.min(last_output + stall);
-        match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-            Ok(line) => {
-                last_output = Instant::now();
-                if let Some(i) = line.find("  | ") {
-                    if let Some(r) = current.as_ref().and_then(|c| results.get_mut(c)) {
-                        r.output.push(line[i + 4..].to_string());
-                    }
-                    continue;
-                }
-                let Some(i) = line.find("@@LAB ") else { continue };
-                let mut words = line[i + 6..].splitn(3, ' ');
-                let (name, verb, rest) = (words.next().unwrap_or(""), words.next().unwrap_or(""), words.next());
-                if name == "DONE" {
-                    done = true;
-                    continue;
-                }
-                let Some(r) = results.get_mut(name) else { continue };
-                match verb {
-                    "START" => {
-                        r.started = Some(Instant::now());
-                        first_start.get_or_insert(Instant::now());
-                        current = Some(name.to_string());
-                        eprintln!("nested: {name} ...");
-                    }
-                    "PASS" | "FAIL" => {
-                        r.took = r.started.map(|t| t.elapsed());
-                        let secs = r.took.unwrap_or_default().as_secs_f64();
-                        if verb == "PASS" {
-                            r.outcome = Some(Outcome::Pass);
-                            eprintln!("nested: {name} passed ({secs:.1} s)");
-                        } else {
-                            let why = rest.unwrap_or("(no reason given)").trim().to_string();
-                            eprintln!("nested: {name} FAILED ({secs:.1} s): {why}");
-                            let tail = r.output.len().saturating_sub(8);
-                            for l in &r.output[tail..] {
-                                eprintln!("nested:   | {l}");
-                            }
-                            r.outcome = Some(Outcome::Fail(why));
-                        }
-                        current = None;
-                    }
-                    _ => {}
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() >= deadline => {
-                timed_out = true;
-                eprintln!("nested: the lab's hard limit was reached; killing QEMU");
-                let _ = child.kill();
-                break;
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                hung = true;
-                let why = format!("L1 hung: no console output for {}s (QEMU killed)", stall.as_secs());
-                eprintln!("nested: {why} during {}", current.as_deref().unwrap_or("L1 boot"));
-                if let Some(r) = current.as_ref().and_then(|c| results.get_mut(c)) {
-                    r.took = r.started.map(|t| t.elapsed());
-                    r.outcome = Some(Outcome::Fail(why));
-                }
-                let _ = child.kill();
-                break;
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    // After DONE, L1 powers off; give QEMU a moment, then make sure it is gone.
-    let grace = Instant::now() + Duration::from_secs(10);
-    while child.try_wait()?.is_none() {
-        if Instant::now() > grace {
-            let _ = child.kill();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = reader.join();
-    Ok(BootEnd {
-        done,
-        timed_out,
-        hung,
-        first_start,
-    })
 }

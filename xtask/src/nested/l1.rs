@@ -1,0 +1,435 @@
+//! One L1 boot: QEMU TCG running L1's `/init` over some scenarios, its serial console followed
+//! line by line, and what is done when L1 stops answering.
+//!
+//! L1's `/init` prints a `@@LAB-TICK` line every 30 s, so silence means L1 itself stopped (its
+//! only CPU no longer runs L1 code), not that a scenario is quiet. Before QEMU is killed for
+//! that, its monitor is asked for the CPU registers and L1 gets an NMI: L1 boots with
+//! `unknown_nmi_panic` and `sysctl.kernel.panic_on_unrecovered_nmi=1` (on microvm the NMI
+//! reason port reads 0xff, which Linux takes for a PCI SERR), so a kernel that still takes
+//! NMIs panics with a stack trace of wherever it was stuck (in L1's kernel, or in `kvm_amd`
+//! running L2) and the console log shows it.
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::{Options, Outcome, ScenarioResult, BENCH_TIMEOUT};
+
+/// How long the console may stay silent before L1 counts as hung: five missed ticks.
+pub(super) const STALL: Duration = Duration::from_secs(150);
+
+/// How long after the NMI the console is followed for L1's panic report.
+const NMI_WAIT: Duration = Duration::from_secs(30);
+
+/// What one hung L1 costs the lab's clock: the silence, the diagnosis and a fresh L1's boot.
+pub(super) const HANG_COST: Duration = Duration::from_secs(STALL.as_secs() + NMI_WAIT.as_secs() + 60);
+
+/// Why a boot was cut short.
+pub(super) enum Stop {
+    /// L1 printed nothing for [`STALL`] (no tick either): QEMU was killed. The scenario then
+    /// running, if any, and where L1's NMI report found its CPU.
+    Hung(Option<String>, String),
+    /// L1 was alive but this scenario ran far past its budget: QEMU was killed.
+    Overran,
+    /// The lab's hard limit was reached: QEMU was killed.
+    TimedOut,
+}
+
+/// How one L1 boot ended.
+pub(super) struct BootEnd {
+    /// L1 printed `@@LAB DONE`.
+    pub done: bool,
+    /// Why QEMU was killed, if it was.
+    pub stop: Option<Stop>,
+    /// When the first scenario started (L1 boot time).
+    pub first_start: Option<Instant>,
+}
+
+/// What one L1 boot runs and where its files go.
+pub(super) struct Boot<'a> {
+    /// The scenarios for this boot, in order.
+    pub scenarios: &'a [String],
+    /// The lab's options (timeouts, sizes, L1 CPUs).
+    pub options: &'a Options,
+    /// L1's kernel.
+    pub bzimage: &'a Path,
+    /// L1's initramfs.
+    pub cpio: &'a Path,
+    /// bench-linux's rootfs image, L1's read-only virtio disk.
+    pub rootfs: Option<&'a Path>,
+    /// L1's console log (appended to after the first boot).
+    pub log: &'a Path,
+    /// 1 for the lab's first boot.
+    pub attempt: u32,
+    /// The lab's hard limit.
+    pub deadline: Instant,
+}
+
+impl Boot<'_> {
+    /// Boots L1 and follows its console until `@@LAB DONE`, QEMU's exit, the hard deadline, a
+    /// silent L1 or an overrunning scenario; records scenario results in `results`.
+    pub(super) fn run(&self, results: &mut HashMap<String, ScenarioResult>) -> Result<BootEnd> {
+        self.start_log()?;
+        let monitor = self.log.with_file_name("l1-monitor.sock");
+        let _ = std::fs::remove_file(&monitor);
+        let mut child = self.spawn(&monitor)?;
+        let stdout = child.stdout.take().context("no QEMU stdout")?;
+        let mut log_w = self.append_log()?;
+        let (tx, rx) = mpsc::channel::<String>();
+        let reader = std::thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match r.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let _ = log_w.write_all(&buf);
+                        let line = String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']).to_string();
+                        if tx.send(line).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+
+        let (mut done, mut stop, mut current, mut first_start) = (false, None, None::<String>, None);
+        let mut last_output = Instant::now();
+        loop {
+            let overrun_at = current
+                .as_ref()
+                .and_then(|c| Some(results.get(c)?.started? + overrun_after(c, self.options)));
+            let mut until = self.deadline.min(last_output + STALL);
+            if let Some(t) = overrun_at {
+                until = until.min(t);
+            }
+            match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                Ok(line) => {
+                    last_output = Instant::now();
+                    follow(&line, results, &mut current, &mut done, &mut first_start);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let now = Instant::now();
+                    let why = if now >= self.deadline {
+                        eprintln!("nested: the lab's hard limit was reached; killing QEMU");
+                        stop = Some(Stop::TimedOut);
+                        None
+                    } else if now >= last_output + STALL {
+                        let why = format!(
+                            "L1 hung: no console output, not even its 30 s tick, for {}s (QEMU killed)",
+                            STALL.as_secs()
+                        );
+                        eprintln!("nested: {why} during {}", current.as_deref().unwrap_or("L1 boot"));
+                        let at = self.diagnose_hang(&monitor, &rx);
+                        stop = Some(Stop::Hung(current.clone(), at));
+                        Some(why)
+                    } else {
+                        let name = current.clone().unwrap_or_default();
+                        let why = format!(
+                            "ran {}s, far past its {}s budget, with L1 alive (QEMU killed; L1's watchdog dump is in the console log)",
+                            overrun_after(&name, self.options).as_secs(),
+                            budget(&name, self.options)
+                        );
+                        eprintln!("nested: {name} {why}");
+                        stop = Some(Stop::Overran);
+                        Some(why)
+                    };
+                    if let (Some(why), Some(r)) = (why, current.as_ref().and_then(|c| results.get_mut(c))) {
+                        r.took = r.started.map(|t| t.elapsed());
+                        r.outcome = Some(Outcome::Fail(why));
+                    }
+                    let _ = child.kill();
+                    break;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        // After DONE, L1 powers off; give QEMU a moment, then make sure it is gone.
+        let grace = Instant::now() + Duration::from_secs(10);
+        while child.try_wait()?.is_none() {
+            if Instant::now() > grace {
+                let _ = child.kill();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = reader.join();
+        let _ = std::fs::remove_file(&monitor);
+        Ok(BootEnd {
+            done,
+            stop,
+            first_start,
+        })
+    }
+
+    /// Starts (first boot) or continues the console log with a separator line.
+    fn start_log(&self) -> Result<()> {
+        let mut log_file = OpenOptions::new().create(true).append(true).open(self.log)?;
+        if self.attempt == 1 {
+            log_file.set_len(0)?;
+        } else {
+            writeln!(
+                log_file,
+                "\n===== nested lab: L1 boot {} (the previous L1 was stopped) =====",
+                self.attempt
+            )?;
+        }
+        Ok(())
+    }
+
+    fn append_log(&self) -> std::io::Result<std::fs::File> {
+        OpenOptions::new().append(true).open(self.log)
+    }
+
+    /// Starts QEMU with L1, its HMP monitor on the unix socket `monitor`.
+    fn spawn(&self, monitor: &Path) -> Result<Child> {
+        let o = self.options;
+        let append = format!(
+            "console=ttyS0 reboot=k panic=-1 tsc_early_khz=2445426 quiet nokaslr unknown_nmi_panic sysctl.kernel.panic_on_unrecovered_nmi=1 \
+             lab.scenarios={} lab.timeout={} lab.bench_timeout={BENCH_TIMEOUT} lab.vsock_big_timeout={} \
+             lab.vsock_big_mib={} lab.vsock_many={} lab.vsock_big_dirs={}",
+            self.scenarios.join(","),
+            o.scenario_timeout,
+            super::vsock_big_timeout(o.vsock_big_mib),
+            o.vsock_big_mib,
+            o.vsock_many,
+            o.vsock_big_dirs
+        );
+        let mut qemu = Command::new("qemu-system-x86_64");
+        if let Some(image) = self.rootfs {
+            qemu.arg("-drive")
+                .arg(format!(
+                    "file={},format=raw,if=none,id=rootfs,readonly=on",
+                    image.display()
+                ))
+                .args(["-device", "virtio-blk-device,drive=rootfs"]);
+        }
+        qemu.args(["-accel", "tcg", "-cpu", "max", "-M", "microvm", "-m", "2G", "-smp"])
+            .arg(o.l1_cpus.to_string())
+            .args(["-nographic", "-no-reboot", "-monitor"])
+            .arg(format!("unix:{},server=on,wait=off", monitor.display()))
+            .arg("-kernel")
+            .arg(self.bzimage)
+            .arg("-initrd")
+            .arg(self.cpio)
+            .arg("-append")
+            .arg(&append)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(self.append_log()?)
+            .spawn()
+            .context("starting qemu-system-x86_64")
+    }
+
+    /// L1 stopped printing: logs QEMU's view of the CPU, then sends an NMI and shows what L1
+    /// prints for it (its panic report, when L1 still takes NMIs). Returns where the report
+    /// found L1's kernel (its `RIP: 0010:` function), or why it cannot say.
+    fn diagnose_hang(&self, monitor: &Path, rx: &mpsc::Receiver<String>) -> String {
+        let regs = hmp(monitor, "info registers -a");
+        let mut log = self.append_log().ok();
+        if let Some(f) = log.as_mut() {
+            let _ = writeln!(
+                f,
+                "\n===== nested lab: L1 silent for {}s; QEMU's CPU state =====",
+                STALL.as_secs()
+            );
+            let _ = writeln!(f, "{regs}");
+        }
+        for line in regs
+            .lines()
+            .filter(|l| l.starts_with("RIP=") || l.starts_with("CS ") || l.contains("EFER="))
+        {
+            eprintln!("nested:   qemu: {line}");
+        }
+        let nmi = hmp(monitor, "nmi");
+        if let Some(f) = log.as_mut() {
+            let said = if nmi.trim().is_empty() { "ok" } else { nmi.trim() };
+            let _ = writeln!(f, "===== nested lab: NMI sent to L1 (QEMU: {said}) =====");
+        }
+        let until = Instant::now() + NMI_WAIT;
+        let (mut shown, mut at) = (0, None);
+        while let Ok(line) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            if let Some(i) = line.find("RIP: 0010:") {
+                at.get_or_insert_with(|| format!("the NMI found L1's kernel at {}", line[i + 10..].trim()));
+            }
+            if shown < 60 {
+                eprintln!("nested:   L1 after NMI: {line}");
+                shown += 1;
+            }
+        }
+        if shown == 0 {
+            eprintln!("nested:   L1 printed nothing in {}s after an NMI", NMI_WAIT.as_secs());
+        }
+        at.unwrap_or_else(|| {
+            let rip = regs.lines().find(|l| l.starts_with("RIP=")).unwrap_or("RIP unknown");
+            format!("no NMI report from L1; QEMU: {rip}")
+        })
+    }
+}
+
+/// Applies one console line to the results: `@@LAB` verbs, and `  | ` output lines.
+fn follow(
+    line: &str,
+    results: &mut HashMap<String, ScenarioResult>,
+    current: &mut Option<String>,
+    done: &mut bool,
+    first_start: &mut Option<Instant>,
+) {
+    if let Some(i) = line.find("  | ") {
+        if let Some(r) = current.as_ref().and_then(|c| results.get_mut(c)) {
+            r.output.push(line[i + 4..].to_string());
+        }
+        return;
+    }
+    let Some(i) = line.find("@@LAB ") else { return };
+    let mut words = line[i + 6..].splitn(3, ' ');
+    let (name, verb, rest) = (words.next().unwrap_or(""), words.next().unwrap_or(""), words.next());
+    if name == "DONE" {
+        *done = true;
+        return;
+    }
+    let Some(r) = results.get_mut(name) else { return };
+    match verb {
+        "START" => {
+            r.started = Some(Instant::now());
+            first_start.get_or_insert(Instant::now());
+            *current = Some(name.to_string());
+            eprintln!("nested: {name} ...");
+        }
+        "PASS" | "FAIL" => {
+            r.took = r.started.map(|t| t.elapsed());
+            let secs = r.took.unwrap_or_default().as_secs_f64();
+            if verb == "PASS" {
+                r.outcome = Some(Outcome::Pass);
+                eprintln!("nested: {name} passed ({secs:.1} s)");
+            } else {
+                let why = rest.unwrap_or("(no reason given)").trim().to_string();
+                eprintln!("nested: {name} FAILED ({secs:.1} s): {why}");
+                let tail = r.output.len().saturating_sub(8);
+                for l in &r.output[tail..] {
+                    eprintln!("nested:   | {l}");
+                }
+                r.outcome = Some(Outcome::Fail(why));
+            }
+            *current = None;
+        }
+        _ => {}
+    }
+}
+
+/// Seconds a scenario may take in L1: its VMs' timeouts and the lab's bookkeeping. L1's
+/// watchdog dumps its processes at twice this; the host stops L1 90 s later.
+pub(super) fn budget(name: &str, options: &Options) -> u64 {
+    let t = options.scenario_timeout;
+    let extra = match name {
+        "api" | "vsock-exec-api" | "snapshot-linux" | "snapshot-vmgenid" | "snapshot-vsock" => t,
+        "vsock-many" => 3 * t,
+        "vsock-big" => super::vsock_big_timeout(options.vsock_big_mib),
+        "bench-linux" => BENCH_TIMEOUT,
+        _ => 0,
+    };
+    t + 15 + extra
+}
+
+/// How long after its start a scenario counts as stuck.
+fn overrun_after(name: &str, options: &Options) -> Duration {
+    Duration::from_secs(2 * budget(name, options) + 90)
+}
+
+/// `name secs` lines for L1's watchdog (`/lab/budgets`).
+pub(super) fn budgets_file(options: &Options) -> String {
+    options
+        .scenarios
+        .iter()
+        .map(|n| format!("{n} {}\n", budget(n, options)))
+        .collect()
+}
+
+/// Runs one HMP command on QEMU's monitor socket; its output without the banner, prompts and
+/// terminal escapes, or why there is none.
+fn hmp(socket: &Path, command: &str) -> String {
+    let mut s = match UnixStream::connect(socket) {
+        Ok(s) => s,
+        Err(e) => return format!("(QEMU monitor {}: {e})", socket.display()),
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let _ = s.write_all(format!("{command}\n").as_bytes());
+    let (mut out, mut buf) = (Vec::new(), [0u8; 8192]);
+    let until = Instant::now() + Duration::from_secs(10);
+    // The banner's prompt, then the command's output and a second prompt.
+    while Instant::now() < until && out.windows(7).filter(|w| w == b"(qemu) ").count() < 2 {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break,
+        }
+    }
+    clean_hmp(&String::from_utf8_lossy(&out))
+}
+
+/// HMP's output without its banner, the prompt line (which echoes the command as typed, with
+/// cursor movements) and terminal escapes.
+fn clean_hmp(raw: &str) -> String {
+    let mut text = String::new();
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters, then a final byte in @..~.
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        if c == '\n' || !c.is_control() {
+            text.push(c);
+        }
+    }
+    text.lines()
+        .filter(|l| !l.starts_with("(qemu)") && !l.starts_with("QEMU ") && !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmp_output_loses_banner_echo_prompts_and_escapes() {
+        // As QEMU 7.2 writes it: the prompt line echoes each typed prefix with cursor moves.
+        let raw = "QEMU 7.2.22 monitor - type 'help' for more information\r\n(qemu) i\x1b[K\x1b[Din\x1b[K\x1b[D\x1b[Dinfo registers\x1b[K\r\nRIP=ffffffff81000000 RFL=00000002 [-------] CPL=0 II=0 A20=1 SMM=0 HLT=1\r\nEFER=0000000000000d01\r\n(qemu) ";
+        assert_eq!(
+            clean_hmp(raw),
+            "RIP=ffffffff81000000 RFL=00000002 [-------] CPL=0 II=0 A20=1 SMM=0 HLT=1\nEFER=0000000000000d01"
+        );
+        let nmi = "QEMU 7.2.22 monitor - type 'help' for more information\r\n(qemu) n\x1b[K\x1b[Dnm\x1b[K\x1b[D\x1b[Dnmi\x1b[K\r\n(qemu) ";
+        assert_eq!(clean_hmp(nmi), "");
+    }
+
+    #[test]
+    fn the_bench_scenario_gets_the_bench_timeout_in_its_budget() {
+        let options = Options::parse(&["bench-linux".to_string(), "linux-cmd".to_string()])
+            .ok()
+            .flatten()
+            .expect("options");
+        assert_eq!(budget("linux-cmd", &options), 60);
+        assert_eq!(budget("bench-linux", &options), 60 + BENCH_TIMEOUT);
+        assert_eq!(
+            budgets_file(&options),
+            format!("bench-linux {}\nlinux-cmd 60\n", 60 + BENCH_TIMEOUT)
+        );
+    }
+}
