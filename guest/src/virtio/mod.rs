@@ -472,7 +472,19 @@ impl Ring {
     /// Publishes the pushed chains and notifies the device unless it asked
     /// not to be.
     pub fn kick(&self) {
+        self.publish();
+        self.notify();
+    }
+
+    /// Publishes the pushed chains (avail idx) without notifying: a device
+    /// that is polling sees them, one that sleeps waits for [`Ring::notify`].
+    pub fn publish(&self) {
         self.u16_at(AVAIL_OFF + 2).store(self.avail_idx, Ordering::Release);
+    }
+
+    /// Notifies the device of the published chains unless it asked not to
+    /// be (VIRTQ_USED_F_NO_NOTIFY). Each notification is a VM exit.
+    pub fn notify(&self) {
         fence(Ordering::SeqCst);
         if self.u16_at(USED_OFF).load(Ordering::Relaxed) & USED_F_NO_NOTIFY == 0 {
             mmio_write32(self.base + REG_QUEUE_NOTIFY, self.index);
