@@ -166,6 +166,7 @@ impl NetHandler {
     fn notify(&self, q: &Queue) {
         let flags: u16 = self.memory.read_obj(GuestAddress(q.avail_ring())).unwrap_or(0);
         if u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT == 0 {
+            NetCounters::add(&self.counters.interrupts, 1);
             self.interrupt.signal(VIRTIO_MMIO_INT_VRING);
         }
     }
@@ -368,6 +369,7 @@ impl NetHandler {
                     NetCounters::add(&self.counters.rx_dropped, 1);
                 }
                 None => {
+                    NetCounters::add(&self.counters.rx_no_buffers, 1);
                     state = RxState::NoBuffers;
                     break;
                 }

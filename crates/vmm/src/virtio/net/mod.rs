@@ -65,6 +65,15 @@ pub struct NetCounters {
     pub tx_dropped: AtomicU64,
     /// Malformed descriptor chains (either queue), completed without data.
     pub bad_chains: AtomicU64,
+    /// Rx queue notifications (kicks) read from its eventfd: each one a VM exit.
+    pub rx_kicks: AtomicU64,
+    /// Tx queue notifications (kicks) read from its eventfd.
+    pub tx_kicks: AtomicU64,
+    /// Used-buffer interrupts raised (either queue).
+    pub interrupts: AtomicU64,
+    /// Times a frame had to wait for the driver to add rx buffers (rx
+    /// notifications were then turned on).
+    pub rx_no_buffers: AtomicU64,
 }
 
 impl NetCounters {
@@ -76,14 +85,19 @@ impl NetCounters {
     pub fn summary(&self) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "rx {} frames {} bytes {} dropped, tx {} frames {} bytes {} dropped, {} bad chains",
+            "rx {} frames {} bytes {} dropped, tx {} frames {} bytes {} dropped, {} bad chains, \
+             {} rx kicks, {} tx kicks, {} interrupts, {} rx waits for buffers",
             g(&self.rx_frames),
             g(&self.rx_bytes),
             g(&self.rx_dropped),
             g(&self.tx_frames),
             g(&self.tx_bytes),
             g(&self.tx_dropped),
-            g(&self.bad_chains)
+            g(&self.bad_chains),
+            g(&self.rx_kicks),
+            g(&self.tx_kicks),
+            g(&self.interrupts),
+            g(&self.rx_no_buffers)
         )
     }
 }
@@ -144,6 +158,14 @@ impl Net {
     /// The device's counters (shared with its worker).
     pub fn counters(&self) -> Arc<NetCounters> {
         self.counters.clone()
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        // Stop the worker first, so its last counts are in.
+        self.worker = None;
+        tracing::debug!("virtio-net ({}) ends: {}", self.backend.name(), self.counters.summary());
     }
 }
 
@@ -219,6 +241,10 @@ impl VirtioDevice for Net {
             ("tx_bytes", g(&c.tx_bytes)),
             ("tx_dropped", g(&c.tx_dropped)),
             ("bad_chains", g(&c.bad_chains)),
+            ("rx_kicks", g(&c.rx_kicks)),
+            ("tx_kicks", g(&c.tx_kicks)),
+            ("interrupts", g(&c.interrupts)),
+            ("rx_no_buffers", g(&c.rx_no_buffers)),
         ]
     }
 

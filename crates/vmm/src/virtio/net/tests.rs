@@ -243,6 +243,9 @@ fn rx_frames_land_in_guest_buffers() {
     assert_eq!(&got[VNET_HDR_LEN..], &f[VNET_HDR_LEN..]);
     assert_eq!(&got[10..12], &1u16.to_le_bytes(), "num_buffers = 1");
     assert_eq!(r.counters()[..2], [1, 1000]);
+    let c = r.h.counters();
+    assert_eq!(c.rx_no_buffers.load(Ordering::Relaxed), 1, "one wait for buffers");
+    assert_eq!(c.interrupts.load(Ordering::Relaxed), 1, "the driver did not set NO_INTERRUPT");
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::handler::{NetHandler, RxState};
-use super::{RX_QUEUE, TX_QUEUE};
+use super::{NetCounters, RX_QUEUE, TX_QUEUE};
 use crate::virtio::{Interrupt, Stopping, Worker, WorkerError, WorkerHandler};
 
 /// A NIC's handler with the rx/tx state carried between rounds.
@@ -64,6 +64,12 @@ impl WorkerHandler for NetLoop {
 
     fn is_done(&self) -> bool {
         self.h.is_dead()
+    }
+
+    fn kicked(&mut self, index: usize, count: u64) {
+        let c = self.h.counters();
+        let counter = if index == RX_QUEUE { &c.rx_kicks } else { &c.tx_kicks };
+        NetCounters::add(counter, count);
     }
 }
 
