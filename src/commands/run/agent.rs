@@ -39,6 +39,9 @@ pub struct AgentPlan {
     pub stdin: bool,
     /// The private directory (socket and initramfs), removed when the plan is dropped.
     dir: Option<PathBuf>,
+    /// The directory opened with an exclusive `flock` held for kvmkit's lifetime: a directory
+    /// nobody holds locked belongs to a kvmkit that ended without removing it.
+    _lock: Option<std::fs::File>,
 }
 
 impl Drop for AgentPlan {
@@ -77,7 +80,7 @@ pub fn plan(args: &RunArgs, assets: &LinuxAssets) -> anyhow::Result<Option<Agent
         );
         return Ok(None);
     }
-    let dir = private_dir()?;
+    let (dir, lock) = private_dir()?;
     let mut plan = AgentPlan {
         vsock: VsockDeviceConfig {
             vsock_id: None,
@@ -92,6 +95,7 @@ pub fn plan(args: &RunArgs, assets: &LinuxAssets) -> anyhow::Result<Option<Agent
         command,
         stdin: !args.no_stdin,
         dir: Some(dir),
+        _lock: Some(lock),
     };
     if let Some(spec) = &args.vsock {
         plan.vsock = super::config::parse_vsock(spec)?;
@@ -100,30 +104,100 @@ pub fn plan(args: &RunArgs, assets: &LinuxAssets) -> anyhow::Result<Option<Agent
     Ok(Some(plan))
 }
 
-/// A new directory only this user can enter, for the socket and the initramfs.
-fn private_dir() -> anyhow::Result<PathBuf> {
+/// The prefix of the private directories' names.
+const DIR_PREFIX: &str = "kvmkit-agent-";
+
+/// A new directory only this user can enter, for the socket and the initramfs, locked (see
+/// [`AgentPlan`]); first removes the directories of kvmkit processes that were killed before
+/// they could remove theirs (SIGKILL, a seccomp kill).
+fn private_dir() -> anyhow::Result<(PathBuf, std::fs::File)> {
     use std::os::unix::fs::DirBuilderExt;
     let mut base = std::env::temp_dir();
     // The socket path must fit in sun_path with `_<port>` appended.
     if base.as_os_str().len() > 60 {
         base = PathBuf::from("/tmp");
     }
+    sweep_stale(&base);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     for i in 0..100u32 {
         let dir = base.join(format!(
-            "kvmkit-agent-{}-{:x}",
+            "{DIR_PREFIX}{}-{:x}",
             std::process::id(),
             nanos.wrapping_add(i)
         ));
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => return Ok(dir),
+            Ok(()) => {
+                let lock = lock_dir(&dir)
+                    .with_context(|| format!("cannot lock {}", dir.display()))?
+                    .with_context(|| format!("{} is locked by another process", dir.display()))?;
+                return Ok((dir, lock));
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
         }
     }
     anyhow::bail!("cannot create a private directory in {}", base.display())
+}
+
+/// Opens `dir` and takes an exclusive `flock` on it without waiting: `Ok(None)` when another
+/// process holds it.
+fn lock_dir(dir: &Path) -> std::io::Result<Option<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir)?;
+    // SAFETY: flock(2) on an fd this function owns; failure is reported in the result.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(Some(f));
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(None)
+    } else {
+        Err(e)
+    }
+}
+
+/// How old an unlocked private directory must be to be taken for stale: a starting kvmkit
+/// creates its directory and locks it a moment later.
+const STALE_AFTER: Duration = Duration::from_secs(10);
+
+/// Removes this user's private directories in `base` that no live kvmkit holds locked and
+/// that are older than [`STALE_AFTER`]. Best effort: what cannot be read or removed stays.
+fn sweep_stale(base: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(base) else { return };
+    // SAFETY: geteuid(2) cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    // A bound on the work in a /tmp with very many entries.
+    for entry in entries.take(100_000).flatten() {
+        if !entry.file_name().as_encoded_bytes().starts_with(DIR_PREFIX.as_bytes()) {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let old = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age >= STALE_AFTER);
+        if !meta.is_dir() || meta.uid() != uid || !old {
+            continue;
+        }
+        // Holding the lock while removing keeps a second sweeper out.
+        if let Ok(Some(_lock)) = lock_dir(&path) {
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => tracing::info!("removed {}, left by a kvmkit that was killed", path.display()),
+                Err(e) => tracing::debug!("cannot remove the stale {}: {e}", path.display()),
+            }
+        }
+    }
 }
 
 /// `out` = the cached initramfs, zero-padded to 4 bytes, then a second cpio archive holding
@@ -193,5 +267,46 @@ impl Client {
             Ok(r) => r,
             Err(_) => anyhow::bail!("the guest agent never reported the command's exit status"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Makes `base/name` with an mtime `age` ago.
+    fn dir_aged(base: &Path, name: &str, age: Duration) -> PathBuf {
+        let dir = base.join(name);
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::write(dir.join("initramfs.cpio"), b"x").expect("write");
+        let when = std::time::SystemTime::now() - age;
+        std::fs::File::open(&dir)
+            .expect("open")
+            .set_modified(when)
+            .expect("set mtime");
+        dir
+    }
+
+    #[test]
+    fn the_sweep_removes_only_unlocked_old_private_directories() {
+        let base = std::env::temp_dir().join(format!("kvmkit-sweep-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir(&base).expect("mkdir base");
+        let hour = Duration::from_secs(3600);
+        let stale = dir_aged(&base, "kvmkit-agent-1-a", hour);
+        let live = dir_aged(&base, "kvmkit-agent-2-b", hour);
+        let young = dir_aged(&base, "kvmkit-agent-3-c", Duration::ZERO);
+        let other = dir_aged(&base, "something-else", hour);
+        let held = lock_dir(&live).expect("lock").expect("not locked yet");
+        // A second lock on a held directory is refused without waiting.
+        assert!(lock_dir(&live).expect("lock attempt").is_none());
+
+        sweep_stale(&base);
+        assert!(!stale.exists(), "an old unlocked directory is removed");
+        assert!(live.exists(), "a directory a live kvmkit holds locked stays");
+        assert!(young.exists(), "a directory younger than {STALE_AFTER:?} stays");
+        assert!(other.exists(), "other names stay");
+        drop(held);
+        let _ = std::fs::remove_dir_all(&base);
     }
 }
