@@ -6,11 +6,16 @@
 //! start). It needs GNU ld >= 2.38 and glibc >= 2.36; older linkers warn
 //! and ignore it, so it is only passed when `ld -v` says it is new enough.
 //! Measured in docs/architecture.md ("Where the peak RSS goes").
+//!
+//! A release link also gets `link/run-path.ld` (written by
+//! `scripts/layout-run-path.py`): the functions `kvmkit run` executes,
+//! gathered into one output section so that a run touches few text pages.
 
 use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed={RUN_PATH}");
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux")
         || std::env::var("CARGO_CFG_TARGET_ENV").as_deref() != Ok("gnu")
     {
@@ -19,7 +24,20 @@ fn main() {
     if gnu_ld_at_least(2, 38) && glibc_at_least(2, 36) {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
+    // Only where the symbol names were traced: an optimized build (debug
+    // builds mangle and inline differently, and their size does not matter).
+    if std::env::var("PROFILE").as_deref() == Ok("release") {
+        let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
+        let script = std::path::Path::new(&dir).join(RUN_PATH);
+        if script.is_file() {
+            println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", script.display());
+        }
+    }
 }
+
+/// The linker script that places `kvmkit run`'s functions together (an
+/// `INSERT BEFORE .text` fragment: the default layout stays).
+const RUN_PATH: &str = "link/run-path.ld";
 
 /// Whether the build host's glibc (`getconf GNU_LIBC_VERSION`, which the
 /// binary is linked against) is `major.minor` or newer: older ones cannot

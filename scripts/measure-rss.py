@@ -108,6 +108,21 @@ def breakdown(cmd, tmp):
     return sums
 
 
+def run_path_check(path):
+    """Warn when the binary's `.text.run` (link/run-path.ld, build.rs) is much smaller than
+    when the script was generated: its symbol hashes went stale (scripts/layout-run-path.py)."""
+    try:
+        with open(os.path.join(ROOT, "link/run-path.ld")) as f:
+            want = int(f.read().split("run-path-bytes:")[1].split()[0])
+        out = subprocess.run(["readelf", "-SW", path], capture_output=True, text=True).stdout
+    except (OSError, IndexError, ValueError):
+        return
+    have = next((int(l.split()[-6], 16) for l in out.splitlines() if " .text.run " in l), 0)
+    if have < 0.9 * want:
+        print(f"warning: {path}: .text.run is {have} bytes, link/run-path.ld recorded {want}: "
+              "rerun scripts/layout-run-path.py", file=sys.stderr)
+
+
 def main():
     a = parse()
     sizes = [int(s) for s in a.sizes.split(",")]
@@ -117,6 +132,8 @@ def main():
         a.builds.append((name or ("kvmkit" if i == 0 else f"kvmkit{i + 1}"), path))
     if not all(os.access(p, os.X_OK) for _, p in a.builds) or not os.path.exists("/usr/bin/time"):
         sys.exit("needs target/release/kvmkit (cargo build --release) and GNU time")
+    for _, p in a.builds:
+        run_path_check(p)
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(SHARED, "tools/bootfloor.c")
         if shutil.which("gcc") and os.path.exists(src):
