@@ -2,13 +2,14 @@
 //! output by the caller's cap, the xz dictionary and the zstd window by the
 //! decoders' memory limits, LZ4 blocks by the legacy format's 8 MiB.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 
 use super::bzimage::Compression;
 
 /// Largest LZ4 legacy block (`lz4 -l`, what the kernel's `unlz4` reads).
-const LZ4_LEGACY_BLOCK: usize = 8 << 20;
-const LZ4_LEGACY_MAGIC: [u8; 4] = [0x02, 0x21, 0x4c, 0x18];
+pub const LZ4_LEGACY_BLOCK: usize = 8 << 20;
+/// The LZ4 legacy frame's magic.
+pub const LZ4_LEGACY_MAGIC: [u8; 4] = [0x02, 0x21, 0x4c, 0x18];
 /// Most memory liblzma may take for an xz dictionary (kernels use 32 MiB or less).
 const XZ_MEMLIMIT: u64 = 128 << 20;
 /// Largest zstd window (2^27 = 128 MiB, what `zstd -22 --ultra` uses for kernels).
@@ -29,9 +30,46 @@ pub enum DecodeError {
     Corrupt(&'static str, String),
 }
 
-/// Decompresses `payload` (of format `c`) into at most `cap` bytes.
-pub fn decompress(payload: &[u8], c: Compression, cap: usize) -> Result<Vec<u8>, DecodeError> {
+/// Bytes the gzip, xz and zstd readers hand out at a time.
+const OUT_BUF: usize = 256 << 10;
+/// Most bytes an LZ4 block of [`LZ4_LEGACY_BLOCK`] bytes compresses to
+/// (`LZ4_compressBound`).
+const LZ4_LEGACY_BLOCK_BOUND: usize = LZ4_LEGACY_BLOCK + LZ4_LEGACY_BLOCK / 255 + 16;
+
+/// A reader of what the `payload_len`-byte payload `input` (of format `c`)
+/// decompresses to. Decoding errors come out of its reads as `io::Error`s.
+pub fn reader<'a>(
+    input: impl BufRead + 'a,
+    c: Compression,
+    payload_len: u64,
+) -> Result<Box<dyn BufRead + 'a>, DecodeError> {
     let corrupt = |e: std::io::Error| DecodeError::Corrupt(c.name(), e.to_string());
+    Ok(match c {
+        Compression::Gzip => Box::new(BufReader::with_capacity(
+            OUT_BUF,
+            flate2::bufread::GzDecoder::new(input),
+        )),
+        Compression::Xz => {
+            let stream = liblzma::stream::Stream::new_stream_decoder(XZ_MEMLIMIT, 0).map_err(|e| corrupt(e.into()))?;
+            Box::new(BufReader::with_capacity(
+                OUT_BUF,
+                liblzma::bufread::XzDecoder::new_stream(input, stream),
+            ))
+        }
+        Compression::Zstd => {
+            let mut decoder = zstd::stream::read::Decoder::with_buffer(input).map_err(corrupt)?;
+            decoder.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(corrupt)?;
+            Box::new(BufReader::with_capacity(OUT_BUF, decoder.single_frame()))
+        }
+        Compression::Lz4Legacy => Box::new(Lz4Legacy::new(input, payload_len)),
+        other => return Err(DecodeError::Unsupported(other.name())),
+    })
+}
+
+/// Decompresses `payload` (of format `c`) into at most `cap` bytes (the
+/// tests' way in to the readers; kvmkit reads them through `unpack.rs`).
+#[cfg(test)]
+pub fn decompress(payload: &[u8], c: Compression, cap: usize) -> Result<Vec<u8>, DecodeError> {
     // The kernel build appends the uncompressed size (LE32) to every payload: a
     // capacity hint only, never trusted past the cap.
     let hint = payload
@@ -40,24 +78,11 @@ pub fn decompress(payload: &[u8], c: Compression, cap: usize) -> Result<Vec<u8>,
         .and_then(|at| payload.get(at..))
         .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
         .min(cap);
-    match c {
-        Compression::Gzip => read_bounded(flate2::read::GzDecoder::new(payload), c, cap, hint),
-        Compression::Xz => {
-            let stream = liblzma::stream::Stream::new_stream_decoder(XZ_MEMLIMIT, 0).map_err(|e| corrupt(e.into()))?;
-            read_bounded(liblzma::read::XzDecoder::new_stream(payload, stream), c, cap, hint)
-        }
-        Compression::Zstd => {
-            let mut decoder = zstd::stream::read::Decoder::with_buffer(payload).map_err(corrupt)?;
-            decoder.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(corrupt)?;
-            read_bounded(decoder.single_frame(), c, cap, hint)
-        }
-        Compression::Lz4Legacy => lz4_legacy(payload, cap, hint),
-        other => Err(DecodeError::Unsupported(other.name())),
-    }
+    read_bounded(reader(payload, c, payload.len() as u64)?, c, cap, hint)
 }
 
 /// Reads `reader` to its end, failing once it passes `cap` bytes.
-fn read_bounded(reader: impl Read, c: Compression, cap: usize, hint: usize) -> Result<Vec<u8>, DecodeError> {
+pub fn read_bounded(reader: impl Read, c: Compression, cap: usize, hint: usize) -> Result<Vec<u8>, DecodeError> {
     let mut out = Vec::with_capacity(hint);
     reader
         .take(cap as u64 + 1)
@@ -69,45 +94,132 @@ fn read_bounded(reader: impl Read, c: Compression, cap: usize, hint: usize) -> R
     Ok(out)
 }
 
-fn too_big(cap: usize) -> DecodeError {
+/// The error for output past `cap` bytes.
+pub fn too_big(cap: usize) -> DecodeError {
     DecodeError::TooBig((cap as u64).div_ceil(1 << 20))
 }
 
-/// An LZ4 legacy frame: the magic, then blocks each prefixed with its LE32
-/// compressed size, each decompressing to at most 8 MiB. A size larger than
-/// what is left (the appended uncompressed size) ends the stream, as in the
-/// kernel's `unlz4`; a repeated magic starts a concatenated frame.
-fn lz4_legacy(payload: &[u8], cap: usize, hint: usize) -> Result<Vec<u8>, DecodeError> {
-    let corrupt = |why: String| DecodeError::Corrupt(Compression::Lz4Legacy.name(), why);
-    let mut out = Vec::with_capacity(hint);
-    let mut block = vec![0u8; LZ4_LEGACY_BLOCK];
-    let mut pos = LZ4_LEGACY_MAGIC.len();
-    while let Some(size) = payload.get(pos..pos + 4) {
-        let size_bytes = [size[0], size[1], size[2], size[3]];
-        pos += 4;
-        if size_bytes == LZ4_LEGACY_MAGIC {
-            continue;
+/// An LZ4 legacy frame, decoded a block at a time: the magic, then blocks
+/// each prefixed with its LE32 compressed size, each decompressing to at
+/// most 8 MiB. A size larger than what is left (the appended uncompressed
+/// size) ends the stream, as in the kernel's `unlz4`; a repeated magic starts
+/// a concatenated frame. Holds one compressed and one decompressed block.
+struct Lz4Legacy<R> {
+    input: R,
+    /// Payload bytes not read yet.
+    left: u64,
+    /// Payload offset of the next byte (for messages).
+    pos: u64,
+    /// The compressed block.
+    block: Vec<u8>,
+    /// The decompressed block (allocated with the first block).
+    out: Vec<u8>,
+    /// Its bytes not handed out yet: `out[at..len]`.
+    at: usize,
+    len: usize,
+    /// Bytes decompressed so far.
+    total: u64,
+    /// The end was reached.
+    done: bool,
+}
+
+impl<R: Read> Lz4Legacy<R> {
+    fn new(input: R, payload_len: u64) -> Self {
+        Lz4Legacy {
+            input,
+            left: payload_len,
+            pos: 0,
+            block: Vec::new(),
+            out: Vec::new(),
+            at: 0,
+            len: 0,
+            total: 0,
+            done: false,
         }
-        let size = u32::from_le_bytes(size_bytes) as usize;
-        let Some(data) = payload
-            .get(pos..)
-            .and_then(|rest| rest.get(..size))
-            .filter(|d| !d.is_empty())
-        else {
-            break;
+    }
+
+    fn corrupt(why: String) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, why)
+    }
+
+    fn read_payload(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
+        self.input.read_exact(buf)?;
+        self.left -= buf.len() as u64;
+        self.pos += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Decodes the next block (or handles a magic, or the end).
+    fn next_block(&mut self) -> std::io::Result<()> {
+        if self.pos == 0 && self.left >= 4 {
+            return self.read_payload(&mut [0u8; 4]);
+        }
+        if self.left < 4 {
+            return self.end();
+        }
+        let mut size = [0u8; 4];
+        self.read_payload(&mut size)?;
+        if size == LZ4_LEGACY_MAGIC {
+            return Ok(());
+        }
+        let size = u64::from(u32::from_le_bytes(size));
+        if size == 0 || size > self.left {
+            return self.end();
+        }
+        let at = self.pos - 4;
+        if size > LZ4_LEGACY_BLOCK_BOUND as u64 {
+            return Err(Self::corrupt(format!(
+                "block at {at:#x}: {size} bytes, more than an 8 MiB block compresses to"
+            )));
+        }
+        let mut block = std::mem::take(&mut self.block);
+        block.resize(size as usize, 0);
+        let read = self.read_payload(&mut block);
+        self.block = block;
+        read?;
+        if self.out.is_empty() {
+            self.out = vec![0u8; LZ4_LEGACY_BLOCK];
+        }
+        let n = lz4_flex::block::decompress_into(&self.block, &mut self.out)
+            .map_err(|e| Self::corrupt(format!("block at {at:#x}: {e}")))?;
+        (self.at, self.len) = (0, n);
+        self.total += n as u64;
+        Ok(())
+    }
+
+    fn end(&mut self) -> std::io::Result<()> {
+        self.done = true;
+        if self.total == 0 {
+            return Err(Self::corrupt("no blocks".into()));
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> BufRead for Lz4Legacy<R> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        while self.at == self.len && !self.done {
+            self.next_block()?;
+        }
+        Ok(&self.out[self.at..self.len])
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.at = (self.at + amt).min(self.len);
+    }
+}
+
+impl<R: Read> Read for Lz4Legacy<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = {
+            let have = self.fill_buf()?;
+            let n = have.len().min(buf.len());
+            buf[..n].copy_from_slice(&have[..n]);
+            n
         };
-        let n = lz4_flex::block::decompress_into(data, &mut block)
-            .map_err(|e| corrupt(format!("block at {:#x}: {e}", pos - 4)))?;
-        if out.len() + n > cap {
-            return Err(too_big(cap));
-        }
-        out.extend_from_slice(&block[..n]);
-        pos += size;
+        self.consume(n);
+        Ok(n)
     }
-    if out.is_empty() {
-        return Err(corrupt("no blocks".into()));
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

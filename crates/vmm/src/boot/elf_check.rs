@@ -3,6 +3,8 @@
 //! 32-bit ELF as ELF64, loads segments over kvmkit's boot structures (page 0,
 //! the GDT, the zero page, the page tables below 1 MiB) without a word, and
 //! reports a truncated file the same way as guest memory that is too small.
+//! The same checks serve the streaming loader (`elf_stream.rs`, the vmlinux
+//! of a bzImage decompressed on the host), on the header bytes it reads ahead.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -58,21 +60,34 @@ pub enum ElfFault {
         /// End of low RAM for this VM.
         ram: u64,
     },
+    /// The program header table lies past what the streaming loader reads
+    /// ahead (a vmlinux decompressed from a bzImage straight into guest RAM).
+    #[error(
+        "has its program header table at offset {0:#x}, past the first {ahead} KiB that kvmkit reads ahead when it \
+         decompresses a bzImage into guest memory; boot it with --no-host-decompress",
+        ahead = crate::boot::elf_stream::READ_AHEAD >> 10
+    )]
+    TableTooFar(u64),
 }
 
-const PT_LOAD: u32 = 1;
-const EHDR_LEN: usize = 64;
-const PHDR_LEN: usize = 56;
+/// `p_type` of a loadable segment.
+pub const PT_LOAD: u32 = 1;
+/// `p_type` of a note segment.
+pub const PT_NOTE: u32 = 4;
+/// Bytes of an ELF64 header.
+pub const EHDR_LEN: usize = 64;
+/// Bytes of an ELF64 program header.
+pub const PHDR_LEN: usize = 56;
 /// Most program headers read (Linux has a handful; the limit bounds work on hostile files).
 const MAX_PHDRS: u16 = 256;
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
+pub(super) fn u16_at(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
-fn u32_at(b: &[u8], at: usize) -> u32 {
+pub(super) fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
-fn u64_at(b: &[u8], at: usize) -> u64 {
+pub(super) fn u64_at(b: &[u8], at: usize) -> u64 {
     let mut v = [0u8; 8];
     v.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(v)
@@ -87,32 +102,54 @@ pub fn check(file: &mut File, mem_size: u64) -> Result<(), ElfFault> {
     result
 }
 
-/// [`check`] for an image in memory (the vmlinux of a bzImage unpacked on
-/// the host) of `len` bytes; rewound afterwards.
-pub fn check_image<R: Read + Seek>(image: &mut R, len: u64, mem_size: u64) -> Result<(), ElfFault> {
-    let result = check_headers(image, len, mem_size);
-    let _ = image.seek(SeekFrom::Start(0));
-    result
+pub(super) fn check_headers<R: Read + Seek>(file: &mut R, len: u64, mem_size: u64) -> Result<(), ElfFault> {
+    let mut ehdr = [0u8; EHDR_LEN];
+    let mut have = 0;
+    if file.seek(SeekFrom::Start(0)).is_ok() {
+        while have < EHDR_LEN {
+            match file.read(&mut ehdr[have..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => have += n,
+            }
+        }
+    }
+    let table = program_headers(&ehdr[..have], len)?;
+    let mut bytes = vec![0u8; table.len];
+    file.seek(SeekFrom::Start(table.offset))
+        .and_then(|_| file.read_exact(&mut bytes))
+        .map_err(|_| ElfFault::Header("program header table cannot be read"))?;
+    check_segments(&bytes, len, mem_size)
 }
 
-fn check_headers<R: Read + Seek>(file: &mut R, len: u64, mem_size: u64) -> Result<(), ElfFault> {
-    let mut ehdr = [0u8; EHDR_LEN];
-    file.seek(SeekFrom::Start(0))
-        .and_then(|_| file.read_exact(&mut ehdr[..6]))
-        .map_err(|_| ElfFault::Header("shorter than the ELF identification"))?;
-    match ehdr[4] {
+/// Where an ELF image's program header table lies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableAt {
+    /// Its file offset.
+    pub offset: u64,
+    /// Its length in bytes (`PHDR_LEN` per entry).
+    pub len: usize,
+}
+
+/// Checks the ELF header in `head` (the image's first bytes; the first 64
+/// are used) of an image of `len` bytes, and locates its program headers.
+pub fn program_headers(head: &[u8], len: u64) -> Result<TableAt, ElfFault> {
+    if head.len() < 6 {
+        return Err(ElfFault::Header("shorter than the ELF identification"));
+    }
+    match head[4] {
         2 => {}
         1 => return Err(ElfFault::Class(32)),
         _ => return Err(ElfFault::Header("unknown ELF class")),
     }
-    if ehdr[5] == 2 {
+    if head[5] == 2 {
         return Err(ElfFault::BigEndian);
     }
-    file.read_exact(&mut ehdr[6..])
-        .map_err(|_| ElfFault::Header("shorter than an ELF64 header"))?;
-    let phoff = u64_at(&ehdr, 32);
-    let phentsize = u16_at(&ehdr, 54);
-    let phnum = u16_at(&ehdr, 56);
+    if head.len() < EHDR_LEN {
+        return Err(ElfFault::Header("shorter than an ELF64 header"));
+    }
+    let phoff = u64_at(head, 32);
+    let phentsize = u16_at(head, 54);
+    let phnum = u16_at(head, 56);
     if usize::from(phentsize) != PHDR_LEN {
         return Err(ElfFault::Header("program header size is not 56"));
     }
@@ -123,30 +160,64 @@ fn check_headers<R: Read + Seek>(file: &mut R, len: u64, mem_size: u64) -> Resul
     if phoff < EHDR_LEN as u64 || table_end.is_none_or(|e| e > len) {
         return Err(ElfFault::Header("program header table outside the file"));
     }
-    let mut table = vec![0u8; usize::from(phnum) * PHDR_LEN];
-    file.seek(SeekFrom::Start(phoff))
-        .and_then(|_| file.read_exact(&mut table))
-        .map_err(|_| ElfFault::Header("program header table cannot be read"))?;
+    Ok(TableAt {
+        offset: phoff,
+        len: usize::from(phnum) * PHDR_LEN,
+    })
+}
+
+/// One program header's fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProgramHeader {
+    /// `p_type`.
+    pub kind: u32,
+    /// `p_offset`: where its bytes start in the file.
+    pub offset: u64,
+    /// `p_paddr`: where they go in guest memory.
+    pub paddr: u64,
+    /// `p_filesz`.
+    pub filesz: u64,
+    /// `p_memsz`.
+    pub memsz: u64,
+}
+
+impl ProgramHeader {
+    /// Whether linux-loader copies bytes for it (a PT_LOAD with file bytes).
+    pub fn loads(&self) -> bool {
+        self.kind == PT_LOAD && self.filesz != 0
+    }
+}
+
+/// The entries of a program header table (whole entries only).
+pub fn parse_table(table: &[u8]) -> impl Iterator<Item = ProgramHeader> + '_ {
+    table.chunks_exact(PHDR_LEN).map(|ph| ProgramHeader {
+        kind: u32_at(ph, 0),
+        offset: u64_at(ph, 8),
+        paddr: u64_at(ph, 24),
+        filesz: u64_at(ph, 32),
+        memsz: u64_at(ph, 40),
+    })
+}
+
+/// Checks the loadable segments of `table` (an image of `len` bytes) against
+/// a VM of `mem_size` bytes: in the file, at or above 1 MiB, inside low RAM.
+pub fn check_segments(table: &[u8], len: u64, mem_size: u64) -> Result<(), ElfFault> {
     let ram = low_ram_end(mem_size);
-    for (segment, ph) in table.chunks_exact(PHDR_LEN).enumerate() {
-        let (kind, offset, paddr, filesz, memsz) = (
-            u32_at(ph, 0),
-            u64_at(ph, 8),
-            u64_at(ph, 24),
-            u64_at(ph, 32),
-            u64_at(ph, 40),
-        );
-        if kind != PT_LOAD || filesz == 0 {
+    for (segment, ph) in parse_table(table).enumerate() {
+        if !ph.loads() {
             continue;
         }
-        let end = offset.saturating_add(filesz);
+        let end = ph.offset.saturating_add(ph.filesz);
         if end > len {
             return Err(ElfFault::Truncated { segment, end, len });
         }
-        if paddr < HIMEM_START {
-            return Err(ElfFault::Low { segment, addr: paddr });
+        if ph.paddr < HIMEM_START {
+            return Err(ElfFault::Low {
+                segment,
+                addr: ph.paddr,
+            });
         }
-        let mem_end = paddr.saturating_add(memsz.max(filesz));
+        let mem_end = ph.paddr.saturating_add(ph.memsz.max(ph.filesz));
         if mem_end > ram {
             return Err(ElfFault::TooHigh {
                 segment,

@@ -7,18 +7,22 @@
 //! written, and the returned [`EntryPoint`] tells the vCPU where to start.
 //!
 //! A bzImage whose payload kvmkit can decompress (gzip, xz, zstd, LZ4) is
-//! unpacked on the host first (`unpack.rs`) and its vmlinux boots like an
+//! unpacked on the host (`unpack.rs`), its vmlinux streamed straight into
+//! guest memory (`elf_stream.rs`, never held whole), and it boots like an
 //! ELF kernel, with the bzImage's setup header in the zero page.
 
 mod bzimage;
 mod decompress;
 mod elf_check;
+mod elf_note;
+mod elf_stream;
 mod image;
 mod linux;
 mod pvh;
 pub mod unpack;
 
 use std::fs::File;
+use std::io::Seek;
 use std::path::PathBuf;
 
 use linux_loader::cmdline::Cmdline;
@@ -135,7 +139,7 @@ pub fn boot(mem: &GuestMemoryMmap, mem_size: u64, source: &mut BootSource) -> Re
                 return Err(BootError::BzImageTruncated(name, want, have));
             }
             if source.host_decompress {
-                host_unpack(&mut source.kernel, &name, mem_size)?
+                host_unpack(mem, &mut source.kernel, &name, mem_size)?
             } else {
                 None
             }
@@ -143,14 +147,7 @@ pub fn boot(mem: &GuestMemoryMmap, mem_size: u64, source: &mut BootSource) -> Re
     };
     // The unpacked vmlinux boots as an ELF kernel with the bzImage's setup header.
     let (loaded, format, header) = match unpacked {
-        Some(u) => {
-            let elf_name = format!("{name} (its decompressed {} payload)", u.compression.name());
-            let len = u.elf.len() as u64;
-            let mut elf = std::io::Cursor::new(u.elf);
-            elf_check::check_image(&mut elf, len, mem_size).map_err(|f| BootError::Elf(elf_name.clone(), f))?;
-            let loaded = image::load(mem, &mut elf, KernelFormat::Elf).map_err(load_error(&elf_name, mem_size))?;
-            (loaded, KernelFormat::Elf, Some(u.header))
-        }
+        Some((loaded, header)) => (loaded, KernelFormat::Elf, Some(header)),
         None => {
             let loaded = image::load(mem, &mut source.kernel, format).map_err(load_error(&name, mem_size))?;
             let header = loaded.setup_header;
@@ -200,27 +197,57 @@ pub fn boot(mem: &GuestMemoryMmap, mem_size: u64, source: &mut BootSource) -> Re
     }
 }
 
-/// Decompresses a bzImage's payload on the host; `None` (after one log line
-/// with the reason) when the bzImage must boot as it is.
-fn host_unpack(kernel: &mut File, name: &str, mem_size: u64) -> Result<Option<unpack::Unpacked>, BootError> {
+/// Decompresses a bzImage's payload on the host straight into guest memory
+/// (the vmlinux it holds, loaded as an ELF kernel); `None` (after one log
+/// line with the reason) when the bzImage must boot as it is.
+fn host_unpack(
+    mem: &GuestMemoryMmap,
+    kernel: &mut File,
+    name: &str,
+    mem_size: u64,
+) -> Result<Option<(LoadedKernel, linux_loader::loader::bootparam::setup_header)>, BootError> {
     let read_error = |e| BootError::Read(name.to_owned(), e);
     let len = kernel.metadata().map_err(read_error)?.len();
     let started = std::time::Instant::now();
-    match unpack::unpack(kernel, len, mem_size).map_err(read_error)? {
-        unpack::Outcome::Unpacked(u) => {
+    let cap = unpack::cap(mem_size);
+    // The payload's reader borrows the file until the kernel is loaded.
+    let streamed = match unpack::open_payload(kernel, len, cap).map_err(read_error)? {
+        unpack::Opened::Payload(p) => Ok((
+            elf_stream::load(mem, mem_size, p.decoded, p.compression, cap),
+            p.header,
+            p.compression,
+        )),
+        unpack::Opened::Fallback(why) => Err(why),
+    };
+    let (streamed, header, compression) = match streamed {
+        Ok(s) => s,
+        Err(why) => return fallback(kernel, name, &why),
+    };
+    let elf_name = format!("{name} (its decompressed {} payload)", compression.name());
+    match streamed {
+        elf_stream::Streamed::Loaded { result, len } => {
             tracing::info!(
                 "{name}: {} payload decompressed on the host, {} KiB in {} ms",
-                u.compression.name(),
-                u.elf.len() >> 10,
+                compression.name(),
+                len >> 10,
                 started.elapsed().as_millis()
             );
-            Ok(Some(u))
+            Ok(Some((result, header)))
         }
-        unpack::Outcome::Fallback(why) => {
-            tracing::warn!("kernel {name}: {why}; the bzImage boots with its own decompressor (slower)");
-            Ok(None)
-        }
+        elf_stream::Streamed::Undecodable(e) => fallback(kernel, name, &unpack::undecodable(compression, &e)),
+        elf_stream::Streamed::NotElf => fallback(kernel, name, &unpack::not_elf(compression)),
+        elf_stream::Streamed::Fault(f) => Err(BootError::Elf(elf_name, f)),
+        elf_stream::Streamed::Load(e) => Err(load_error(&elf_name, mem_size)(e)),
     }
+}
+
+/// Logs why the bzImage boots as it is, and rewinds it for that.
+fn fallback<T>(kernel: &mut File, name: &str, why: &str) -> Result<Option<T>, BootError> {
+    tracing::warn!("kernel {name}: {why}; the bzImage boots with its own decompressor (slower)");
+    kernel
+        .seek(std::io::SeekFrom::Start(0))
+        .map_err(|e| BootError::Read(name.to_owned(), e))?;
+    Ok(None)
 }
 
 /// Maps linux-loader's errors: a short read means the image does not fit in RAM.

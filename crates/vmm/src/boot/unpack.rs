@@ -5,12 +5,15 @@
 //! cannot do ends in [`Outcome::Fallback`] with the reason, and the caller
 //! boots the bzImage as it is.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 
 use linux_loader::loader::bootparam::setup_header;
 
 use super::bzimage::{self, Compression, HEAD_LEN};
-use super::decompress::decompress;
+use super::decompress::{read_bounded, reader, DecodeError};
+
+/// Bytes of the compressed payload read from the file at a time.
+const IN_BUF: usize = 64 << 10;
 
 /// Most bytes a payload may decompress to (less when guest RAM is smaller:
 /// a kernel larger than the guest's RAM could not run in it anyway).
@@ -44,13 +47,63 @@ pub fn cap(mem_size: u64) -> usize {
 /// Decompresses the payload of the bzImage in `file` (`file_len` bytes) for a
 /// guest of `mem_size` bytes; `file` is rewound. Only I/O errors are errors.
 pub fn unpack<R: Read + Seek>(file: &mut R, file_len: u64, mem_size: u64) -> std::io::Result<Outcome> {
-    let outcome = unpack_at(file, file_len, cap(mem_size));
+    let cap = cap(mem_size);
+    let outcome = match open_payload(file, file_len, cap)? {
+        Opened::Payload(p) => match read_bounded(p.decoded, p.compression, cap, p.size_hint) {
+            Ok(elf) if elf.starts_with(b"\x7fELF") => Outcome::Unpacked(Unpacked {
+                elf,
+                header: p.header,
+                compression: p.compression,
+            }),
+            Ok(_) => Outcome::Fallback(not_elf(p.compression)),
+            Err(e) => Outcome::Fallback(undecodable(p.compression, &e)),
+        },
+        Opened::Fallback(why) => Outcome::Fallback(why),
+    };
     file.seek(SeekFrom::Start(0))?;
-    outcome
+    Ok(outcome)
 }
 
-fn unpack_at<R: Read + Seek>(file: &mut R, file_len: u64, cap: usize) -> std::io::Result<Outcome> {
-    let fallback = |why: String| Ok(Outcome::Fallback(why));
+/// The fallback reason for a payload that decoded to something other than an ELF file.
+pub fn not_elf(c: Compression) -> String {
+    format!(
+        "its {} payload decompressed to something other than an ELF kernel",
+        c.name()
+    )
+}
+
+/// The fallback reason for a payload that did not decode.
+pub fn undecodable(c: Compression, e: &DecodeError) -> String {
+    format!("its {} payload did not decompress: {e}", c.name())
+}
+
+/// A bzImage's payload, found and recognised, with a reader of what it
+/// decompresses to.
+pub struct Payload<'a> {
+    /// The decompressed bytes (decoding errors come out of its reads).
+    pub decoded: Box<dyn BufRead + 'a>,
+    /// The bzImage's setup header, for the zero page.
+    pub header: setup_header,
+    /// The payload's format.
+    pub compression: Compression,
+    /// The uncompressed size the kernel build appends to the payload (LE32),
+    /// at most the cap: a capacity hint, never trusted.
+    pub size_hint: usize,
+}
+
+/// What [`open_payload`] found.
+pub enum Opened<'a> {
+    /// A payload kvmkit decodes.
+    Payload(Payload<'a>),
+    /// None (the reason, one line): boot the bzImage as it is.
+    Fallback(String),
+}
+
+/// Finds the payload of the bzImage in `file` (`file_len` bytes) and opens a
+/// decoder on it, for output of at most `cap` bytes (the caller enforces it;
+/// see [`cap`]). The caller rewinds `file` once done with the payload.
+pub fn open_payload<R: Read + Seek>(file: &mut R, file_len: u64, cap: usize) -> std::io::Result<Opened<'_>> {
+    let fallback = |why: String| Ok(Opened::Fallback(why));
     let mut head = vec![0u8; HEAD_LEN.min(usize::try_from(file_len).unwrap_or(HEAD_LEN))];
     file.seek(SeekFrom::Start(0))?;
     file.read_exact(&mut head)?;
@@ -70,33 +123,39 @@ fn unpack_at<R: Read + Seek>(file: &mut R, file_len: u64, cap: usize) -> std::io
             cap >> 20
         ));
     }
-    let mut payload = vec![0u8; usize::try_from(location.length).unwrap_or(0)];
+    let mut magic = [0u8; 6];
+    let magic = &mut magic[..usize::try_from(location.length).unwrap_or(6).min(6)];
     file.seek(SeekFrom::Start(location.offset))?;
-    file.read_exact(&mut payload)?;
-    let compression = Compression::from_magic(&payload);
+    file.read_exact(magic)?;
+    let compression = Compression::from_magic(magic);
     if !compression.host_decodable() {
-        let magic: Vec<String> = payload.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        let magic: Vec<String> = magic.iter().map(|b| format!("{b:02x}")).collect();
         return fallback(format!(
             "its payload is {} (magic {}), which kvmkit does not decompress on the host",
             compression.name(),
             magic.join(" ")
         ));
     }
-    let elf = match decompress(&payload, compression, cap) {
-        Ok(elf) => elf,
-        Err(e) => return fallback(format!("its {} payload did not decompress: {e}", compression.name())),
+    let mut size = [0u8; 4];
+    let size_hint = match location.length.checked_sub(4) {
+        Some(at) => {
+            file.seek(SeekFrom::Start(location.offset + at))?;
+            file.read_exact(&mut size)?;
+            (u32::from_le_bytes(size) as usize).min(cap)
+        }
+        None => 0,
     };
-    if !elf.starts_with(b"\x7fELF") {
-        return fallback(format!(
-            "its {} payload decompressed to something other than an ELF kernel",
-            compression.name()
-        ));
+    file.seek(SeekFrom::Start(location.offset))?;
+    let input = BufReader::with_capacity(IN_BUF, file.take(location.length));
+    match reader(input, compression, location.length) {
+        Ok(decoded) => Ok(Opened::Payload(Payload {
+            decoded,
+            header,
+            compression,
+            size_hint,
+        })),
+        Err(e) => fallback(undecodable(compression, &e)),
     }
-    Ok(Outcome::Unpacked(Unpacked {
-        elf,
-        header,
-        compression,
-    }))
 }
 
 #[cfg(test)]
