@@ -13,7 +13,7 @@ use crate::environment::Env;
 use crate::kind::Kind;
 use crate::measured::{Measured, PerCpu, NO_DIRECT_IO};
 use crate::process::{last_lines, run_with_timeout};
-use crate::record::RunRecord;
+use crate::record::{IoCost, RunRecord};
 use crate::rows::Workload;
 use crate::table::Unit;
 
@@ -34,10 +34,15 @@ pub struct Sample {
     /// How it was measured, where that needs saying (the host's cold read: O_DIRECT or not).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// kvmkit with a disk: notifications and interrupts per block request over the whole run
+    /// (for `blk-seq`, its write and read halves together).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub io: Option<IoCost>,
 }
 
-/// Results of a run kept for its sibling rows: (env, run, spec, kind) -> (per CPU, wall s, note).
-type Cache = BTreeMap<(Env, usize, String, &'static str), (PerCpu, f64, Option<String>)>;
+/// Results of a run kept for its sibling rows: (env, run, spec, kind) -> (per CPU, wall s, note,
+/// block notification cost).
+type Cache = BTreeMap<(Env, usize, String, &'static str), (PerCpu, f64, Option<String>, Option<IoCost>)>;
 
 /// Paths and sizes shared by every run.
 pub struct Runner {
@@ -69,7 +74,7 @@ impl Runner {
             .lock()
             .map_err(|_| anyhow::anyhow!("cache poisoned"))?
             .remove(&key(w.kind));
-        let (per_cpu, wall_s, note) = match cached {
+        let (per_cpu, wall_s, note, io) = match cached {
             Some(c) => c,
             None => {
                 let t0 = Instant::now();
@@ -99,11 +104,11 @@ impl Runner {
                     if k == w.kind {
                         mine = Some(v);
                     } else {
-                        cache.insert(key(k), (v, wall_s, measured.note.clone()));
+                        cache.insert(key(k), (v, wall_s, measured.note.clone(), measured.io));
                     }
                 }
                 let mine = mine.with_context(|| format!("{} was not measured", w.id))?;
-                (mine, wall_s, measured.note)
+                (mine, wall_s, measured.note, measured.io)
             }
         };
         let (ns_per_cpu, result) = combine(w.kind, per_cpu);
@@ -135,6 +140,7 @@ impl Runner {
             result,
             wall_s,
             note,
+            io,
         })
     }
 
@@ -196,6 +202,7 @@ impl Runner {
                             (Kind::BlkRead, vec![(t.read_ns, w.arg)]),
                         ],
                         note: Some(note.into()),
+                        io: None,
                     })
                 }
                 _ => {
@@ -203,6 +210,7 @@ impl Runner {
                     Ok(Measured {
                         kinds: vec![(w.kind, vec![(ns, w.arg)])],
                         note: None,
+                        io: None,
                     })
                 }
             };
@@ -220,6 +228,7 @@ impl Runner {
         Ok(Measured {
             kinds: vec![(w.kind, results)],
             note: None,
+            io: None,
         })
     }
 
@@ -257,7 +266,11 @@ impl Runner {
                 .collect();
             kinds.push((k, per_cpu.into_values().collect()));
         }
-        Ok(Measured { kinds, note: None })
+        Ok(Measured {
+            kinds,
+            note: None,
+            io: record.io_cost(),
+        })
     }
 
     fn qemu(&self, w: &Workload, timeout: Duration, disk: Option<&Path>) -> anyhow::Result<Measured> {
@@ -306,7 +319,11 @@ impl Runner {
         for k in w.kind.siblings().into_iter().filter(|&k| k != w.kind) {
             kinds.push((k, parse_serial(&out.stdout, k).per_cpu.into_values().collect()));
         }
-        Ok(Measured { kinds, note: None })
+        Ok(Measured {
+            kinds,
+            note: None,
+            io: None,
+        })
     }
 }
 

@@ -164,7 +164,7 @@ impl LinuxGuest {
                 .find(|l| l.contains("kvmkit-linux: dd-read") && l.contains("direct=0"))
                 .map(|_| "the file system refused O_DIRECT: the read followed a page-cache drop".to_owned())
         };
-        Ok(Measured { kinds, note })
+        Ok(Measured { kinds, note, io: None })
     }
 
     /// The harness in a chroot of the rootfs tree, in a private mount namespace.

@@ -1,6 +1,7 @@
 //! What one run measured, before it becomes a [`crate::results`] sample.
 
 use crate::kind::Kind;
+use crate::record::IoCost;
 
 /// The note of a Table 3 guest run whose image could not be `cache=none`.
 pub const NO_DIRECT_IO: &str =
@@ -16,4 +17,6 @@ pub struct Measured {
     pub kinds: Vec<(Kind, PerCpu)>,
     /// How it was measured, where that needs saying.
     pub note: Option<String>,
+    /// What its block requests cost in notifications (kvmkit runs with a disk).
+    pub io: Option<IoCost>,
 }

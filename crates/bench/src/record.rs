@@ -2,6 +2,8 @@
 //! runner reads it back. One serde type on both sides, so a renamed field breaks the
 //! build instead of silently reading zeros.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// How the VM ended.
@@ -76,9 +78,49 @@ pub struct RunRecord {
     pub unclaimed_mmio_total: u64,
     /// Unclaimed MMIO accesses not in `unclaimed_mmio`.
     pub unclaimed_mmio_more: u64,
+    /// Every device's counters at the end: device id -> counter -> value.
+    pub devices: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Exits to user space by kind (`exit_io_out`, `exit_mmio_write`, ...), all vCPUs.
+    pub exits: BTreeMap<String, u64>,
+}
+
+/// What the guest's block requests cost in notifications, over one run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct IoCost {
+    /// Block requests completed.
+    pub requests: u64,
+    /// Queue notifications (kicks) per request: each is a guest MMIO write that KVM turns
+    /// into an eventfd signal, a VM exit to the host kernel but not to kvmkit.
+    pub kicks_per_request: f64,
+    /// Used-buffer interrupts per request.
+    pub interrupts_per_request: f64,
+    /// Requests the device found by polling, per request.
+    pub polled_per_request: f64,
 }
 
 impl RunRecord {
+    /// The block devices' notification cost (all devices with a `requests` and a `kicks`
+    /// counter together); None without block requests.
+    pub fn io_cost(&self) -> Option<IoCost> {
+        let (mut requests, mut kicks, mut interrupts, mut polled) = (0u64, 0u64, 0u64, 0u64);
+        for c in self.devices.values() {
+            let (Some(r), Some(k)) = (c.get("requests"), c.get("kicks")) else {
+                continue;
+            };
+            requests += r;
+            kicks += k;
+            interrupts += c.get("interrupts").copied().unwrap_or(0);
+            polled += c.get("polled").copied().unwrap_or(0);
+        }
+        let per = |n: u64| n as f64 / requests as f64;
+        (requests > 0).then(|| IoCost {
+            requests,
+            kicks_per_request: per(kicks),
+            interrupts_per_request: per(interrupts),
+            polled_per_request: per(polled),
+        })
+    }
+
     /// The `result` reports of workload `name`: (cpu, ns, value).
     pub fn results<'a>(&'a self, name: &'a str) -> impl Iterator<Item = (u32, u64, u64)> + 'a {
         self.reports
@@ -91,6 +133,30 @@ impl RunRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn io_cost_sums_block_devices_and_ignores_others() {
+        let mut rec = RunRecord::default();
+        assert_eq!(rec.io_cost(), None);
+        let counters = |pairs: &[(&str, u64)]| pairs.iter().map(|&(k, v)| (k.to_owned(), v)).collect();
+        rec.devices.insert("rng".into(), counters(&[("bytes", 4096)]));
+        rec.devices.insert(
+            "disk0".into(),
+            counters(&[("requests", 300), ("kicks", 150), ("interrupts", 300)]),
+        );
+        rec.devices.insert(
+            "disk1".into(),
+            counters(&[("requests", 100), ("kicks", 50), ("polled", 40)]),
+        );
+        let cost = rec.io_cost().expect("block requests");
+        assert_eq!(cost.requests, 400);
+        assert!((cost.kicks_per_request - 0.5).abs() < 1e-12);
+        assert!((cost.interrupts_per_request - 0.75).abs() < 1e-12);
+        assert!((cost.polled_per_request - 0.1).abs() < 1e-12);
+        // Round trip through JSON, as `run --results` and the bench do.
+        let back: RunRecord = serde_json::from_str(&serde_json::to_string(&rec).expect("json")).expect("parse");
+        assert_eq!(back, rec);
+    }
 
     #[test]
     fn records_round_trip_and_select_results() {

@@ -270,6 +270,9 @@ pub fn terminal(results: &BenchResults) -> String {
                 let _ = writeln!(out, "  {}: {v}", w.label);
             }
         }
+        for line in io_cost_lines(results, table) {
+            let _ = writeln!(out, "  {line}");
+        }
         if table == Table::Exits && envs.contains(&Env::Host) {
             out += "(host: no VM exit on the bare host; the guest figures stand alone)\n";
         }
@@ -286,6 +289,56 @@ pub fn terminal(results: &BenchResults) -> String {
         }
     }
     out
+}
+
+/// Per row of `table` whose kvmkit runs used a disk: what a block request cost in
+/// notifications (medians over the runs), then one line on what a kick costs on this host.
+fn io_cost_lines(results: &BenchResults, table: Table) -> Vec<String> {
+    let med = |v: Vec<f64>| stats::median(&v).unwrap_or(0.0);
+    let mut lines: Vec<String> = rows_of(results, table)
+        .into_iter()
+        .filter_map(|w| {
+            let io: Vec<_> = w.kvmkit.samples.iter().filter_map(|s| s.io).collect();
+            if io.is_empty() {
+                return None;
+            }
+            let polled = med(io.iter().map(|c| c.polled_per_request).collect());
+            Some(format!(
+                "{}: kvmkit {:.2} kicks and {:.2} interrupts per block request{} (medians of {} runs, {} requests \
+                 in the median run)",
+                w.label,
+                med(io.iter().map(|c| c.kicks_per_request).collect()),
+                med(io.iter().map(|c| c.interrupts_per_request).collect()),
+                if polled > 0.0 {
+                    format!(", {polled:.2} found by polling")
+                } else {
+                    String::new()
+                },
+                io.len(),
+                med(io.iter().map(|c| c.requests as f64).collect()) as u64
+            ))
+        })
+        .collect();
+    if lines.is_empty() {
+        return lines;
+    }
+    let mmio = rows_of(results, Table::Exits)
+        .into_iter()
+        .find(|w| w.label.starts_with("MMIO"))
+        .and_then(|w| w.kvmkit.stats.map(|s| s.median));
+    lines.push(match mmio {
+        Some(ns) => format!(
+            "a kick is the guest's write to the queue's notify register, which KVM turns into an eventfd \
+             signal: a VM exit to the host kernel, not to kvmkit, so it costs less than this run's MMIO exit \
+             to kvmkit ({:.1} us, the exit table), and an interrupt costs the guest an entry and an EOI",
+            ns / 1000.0
+        ),
+        None => "a kick is the guest's write to the queue's notify register, which KVM turns into an eventfd \
+                 signal: a VM exit to the host kernel, not to kvmkit (the exit table, not run here, gives the \
+                 cost of an MMIO exit to kvmkit); an interrupt costs the guest an entry and an EOI"
+            .to_owned(),
+    });
+    lines
 }
 
 /// What a table's rows mean, where the figures need it (`linux`: `--guest linux`).
@@ -531,6 +584,13 @@ pub fn markdown(results: &BenchResults, charts: &[String]) -> String {
         if !lines.is_empty() {
             let _ = writeln!(out, "\nVerdicts:\n\n{}", lines.join("\n"));
         }
+        let io = io_cost_lines(results, table);
+        if !io.is_empty() {
+            let _ = writeln!(out, "\nWhat a block request costs in notifications:\n");
+            for line in io {
+                let _ = writeln!(out, "- {line}");
+            }
+        }
         if let Some(note) = table_note(table, results.linux.is_some()) {
             let _ = writeln!(out, "\n{}", note.trim_start_matches('(').trim_end_matches(')'));
         }
@@ -589,6 +649,30 @@ mod tests {
         );
         let md = markdown(&results, &[]);
         assert!(md.contains("Verdicts:") && md.contains("Mann-Whitney"), "{md}");
+    }
+
+    #[test]
+    fn io_rows_say_what_a_request_cost_in_kicks_and_interrupts() {
+        let mut results = crate::results::fixtures::synthetic_results(3);
+        assert!(!terminal(&results).contains("kicks"), "no disk, no kick line");
+        let cost = |k: f64| crate::record::IoCost {
+            requests: 130,
+            kicks_per_request: k,
+            interrupts_per_request: 0.5,
+            polled_per_request: 0.0,
+        };
+        for w in results.workloads.values_mut() {
+            for (s, k) in w.kvmkit.samples.iter_mut().zip([1.0, 0.25, 0.5]) {
+                s.io = Some(cost(k));
+            }
+        }
+        let text = terminal(&results);
+        assert!(
+            text.contains("kvmkit 0.50 kicks and 0.50 interrupts per block request (medians of 3 runs, 130 requests"),
+            "{text}"
+        );
+        assert!(text.contains("the exit table, not run here"), "{text}");
+        assert!(markdown(&results, &[]).contains("What a block request costs in notifications"));
     }
 
     #[test]

@@ -413,6 +413,7 @@ pub(crate) mod fixtures {
                     result: 9592,
                     wall_s: 0.1,
                     note: None,
+                    io: None,
                 })
                 .collect();
         }

@@ -1,5 +1,7 @@
 //! What `kvmkit run` prints and writes once the VM has ended.
 
+use std::collections::BTreeMap;
+
 use kvmkit_bench::record::{BootTimes, ExitRecord, ReportRecord, RunRecord};
 use kvmkit_guest_abi::ReportKind;
 use kvmkit_vmm::RunOutcome;
@@ -93,5 +95,13 @@ pub fn summary(outcome: &RunOutcome) -> RunRecord {
         unclaimed_mmio: outcome.unclaimed_mmio.top.clone(),
         unclaimed_mmio_total: outcome.unclaimed_mmio.total,
         unclaimed_mmio_more: outcome.unclaimed_mmio.more,
+        devices: outcome.device_counters.iter().fold(
+            BTreeMap::new(),
+            |mut m: BTreeMap<String, BTreeMap<String, u64>>, (id, name, v)| {
+                m.entry(id.clone()).or_default().insert((*name).to_owned(), *v);
+                m
+            },
+        ),
+        exits: outcome.exits.iter().map(|&(k, v)| (k.to_owned(), v)).collect(),
     }
 }

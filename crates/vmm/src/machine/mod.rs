@@ -116,6 +116,10 @@ pub struct RunOutcome {
     pub unclaimed_pio: UnclaimedSummary,
     /// MMIO addresses no device claimed, with access counts (bounded).
     pub unclaimed_mmio: UnclaimedSummary,
+    /// Every device's counters at the end: `(device id, counter, value)`.
+    pub device_counters: Vec<(String, &'static str, u64)>,
+    /// Exits to user space by kind, summed over the vCPUs.
+    pub exits: Vec<(&'static str, u64)>,
 }
 
 impl RunOutcome {
@@ -131,6 +135,8 @@ impl RunOutcome {
             end_us: None,
             unclaimed_pio: UnclaimedSummary::default(),
             unclaimed_mmio: UnclaimedSummary::default(),
+            device_counters: Vec::new(),
+            exits: Vec::new(),
         }
     }
 }
@@ -344,7 +350,23 @@ impl Machine {
             end_us: t.micros(&t.end),
             unclaimed_pio: self.buses.pio.unclaimed_summary(),
             unclaimed_mmio: self.buses.mmio.unclaimed_summary(),
+            device_counters: self.devices.counters(),
+            exits: self.exit_totals(),
         }
+    }
+
+    /// Exits by kind, summed over the vCPUs.
+    fn exit_totals(&self) -> Vec<(&'static str, u64)> {
+        let mut totals: Vec<(&'static str, u64)> = Vec::new();
+        for m in &self.vcpu_metrics {
+            for (name, v) in m.snapshot() {
+                match totals.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, t)) => *t += v,
+                    None => totals.push((name, v)),
+                }
+            }
+        }
+        totals
     }
 }
 
