@@ -815,7 +815,7 @@ pub fn run(data: &[u8]) -> Outcome {
         left += 1;
     }
     let c = rig.count();
-    let pending = u64::from(rig.handler.rx_blocked());
+    let pending = rig.handler.rx_waiting() as u64;
     assert_eq!(
         rig.injected,
         c[0] + c[2] + pending + left,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
+use super::backlog::Backlog;
 use super::{Backend, NetCounters, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_MRG_RXBUF};
 use crate::memory::GuestMemoryMmap;
 use crate::net::tap::{is_fatal, VNET_HDR_LEN};
@@ -25,6 +26,12 @@ pub const MAX_BUFFER_BYTES: usize = VNET_HDR_LEN + MAX_FRAME_BYTES;
 pub const TX_BURST: usize = 256;
 /// Rx frames delivered before the tx side gets a turn.
 pub const RX_BURST: usize = 256;
+/// Most frames read from the backend ahead of the guest's rx buffers.
+pub const RX_BACKLOG_FRAMES: usize = 256;
+/// Bytes of frames read ahead (plus room for one more read).
+pub const RX_BACKLOG_BYTES: usize = 512 << 10;
+/// Room one read gets: the largest buffer plus slack, so oversized frames show.
+const READ_ROOM: usize = MAX_BUFFER_BYTES + 64;
 const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
 const GSO_NONE: u8 = 0;
 const MAX_WARNINGS: u32 = 10;
@@ -50,9 +57,10 @@ impl FrameIo for crate::net::tap::Tap {
 /// What the rx side did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RxState {
-    /// The backend has no more frames.
+    /// The backend has no more frames and none waits.
     Drained,
-    /// A frame waits for the driver to add rx buffers.
+    /// Frames wait for the driver to add rx buffers (the backend is drained
+    /// or the backlog is full).
     NoBuffers,
     /// The burst ended with frames possibly left.
     More,
@@ -73,11 +81,14 @@ pub struct NetHandler {
     counters: Arc<NetCounters>,
     mrg_rxbuf: bool,
     host_tso: bool,
-    frame: Vec<u8>,
-    /// Length of the frame in `frame` waiting for rx buffers.
-    pending: Option<usize>,
+    /// Frames read from the backend that wait for rx buffers.
+    backlog: Backlog,
+    /// Rx notifications may be on (the driver kicks for each refill batch).
+    rx_notifications: bool,
     txbuf: Vec<u8>,
     segs: Vec<Seg>,
+    /// Descriptors of the chains one rx frame goes into.
+    rx_segs: Vec<Seg>,
     chains: Vec<(u16, usize, usize)>,
     warnings: u32,
     dead: bool,
@@ -103,10 +114,17 @@ impl NetHandler {
             counters,
             mrg_rxbuf: acked & VIRTIO_NET_F_MRG_RXBUF != 0,
             host_tso: acked & VIRTIO_NET_F_HOST_TSO4 != 0,
-            frame: vec![0; MAX_BUFFER_BYTES + 64],
-            pending: None,
+            backlog: Backlog::new(
+                RX_BACKLOG_BYTES + READ_ROOM,
+                READ_ROOM,
+                RX_BACKLOG_FRAMES,
+                VNET_HDR_LEN..=MAX_BUFFER_BYTES,
+            ),
+            // A fresh queue has notifications on; the first round turns them off.
+            rx_notifications: true,
             txbuf: vec![0; MAX_BUFFER_BYTES],
             segs: Vec::with_capacity(64),
+            rx_segs: Vec::with_capacity(64),
             chains: Vec::with_capacity(64),
             warnings: 0,
             dead: false,
@@ -123,13 +141,20 @@ impl NetHandler {
         self.dead
     }
 
-    /// Whether a frame waits for rx buffers.
+    /// Whether the backend is not to be read now: the backlog of frames
+    /// waiting for rx buffers is full.
     pub fn rx_blocked(&self) -> bool {
-        self.pending.is_some()
+        !self.backlog.has_room()
     }
 
-    /// The rx and tx queues' state (a frame read from the tap and still
-    /// waiting for rx buffers is not part of it).
+    /// Frames read from the backend that wait for rx buffers.
+    pub fn rx_waiting(&self) -> usize {
+        self.backlog.len()
+    }
+
+    /// The rx and tx queues' state (frames read from the tap and still
+    /// waiting for rx buffers are not part of it: a snapshot loses them, as
+    /// a network may).
     pub fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
         vec![self.rx.state(), self.tx.state()]
     }
@@ -206,13 +231,16 @@ impl NetHandler {
     /// backend are read and dropped (counted), a burst at a time, so the
     /// backend is not polled in a loop.
     fn drop_rx(&mut self) -> RxState {
-        // A frame that was waiting for buffers is dropped too, and counted.
-        if self.pending.take().is_some() {
-            NetCounters::add(&self.counters.rx_dropped, 1);
-        }
+        // Frames that were waiting for buffers are dropped too, and counted.
+        let waiting = self.backlog.clear();
+        NetCounters::add(&self.counters.rx_dropped, waiting as u64);
+        let backend = &self.backend;
         for _ in 0..RX_BURST {
-            match self.backend.read_frame(&mut self.frame) {
-                Ok(_) => NetCounters::add(&self.counters.rx_dropped, 1),
+            match self.backlog.read_with(|buf| backend.read_frame(buf)) {
+                Ok(_) => {
+                    self.backlog.clear();
+                    NetCounters::add(&self.counters.rx_dropped, 1);
+                }
                 Err(e) if is_fatal(&e) => {
                     self.backend_gone(&e);
                     return RxState::Dead;
@@ -326,69 +354,103 @@ impl NetHandler {
         }
     }
 
-    /// Moves frames from the backend into rx buffers, at most [`RX_BURST`].
+    /// Moves frames from the backend into rx buffers, at most [`RX_BURST`]
+    /// deliveries and as many reads. While the driver has no buffers, frames
+    /// are read ahead into the backlog (up to its bounds), so that the reads
+    /// (most of the cost of a frame) overlap with the guest's turn-around
+    /// and buffers that come are filled at copy speed.
     pub fn process_rx(&mut self) -> RxState {
         if self.interrupt.is_broken() {
             return self.drop_rx();
         }
         let mut delivered = 0;
-        let mut state = RxState::More;
-        while delivered < RX_BURST {
-            let len = match self.pending {
-                Some(len) => len,
-                None => match self.backend.read_frame(&mut self.frame) {
-                    Ok(n) if !(VNET_HDR_LEN..=MAX_BUFFER_BYTES).contains(&n) => {
+        let mut steps = 0;
+        let mut no_buffers = false;
+        let mut drained = false;
+        let state = loop {
+            if steps >= 2 * RX_BURST {
+                break RxState::More;
+            }
+            if !no_buffers && !self.backlog.is_empty() {
+                steps += 1;
+                match self.deliver() {
+                    Some(true) => {
+                        self.backlog.pop();
+                        delivered += 1;
+                        // Buffers came: no more kicks while they last (as
+                        // soon as here, not after the burst: a polling
+                        // driver would otherwise kick for every frame it
+                        // takes meanwhile).
+                        self.rx_notifications_off();
+                    }
+                    Some(false) => {
+                        self.backlog.pop();
                         NetCounters::add(&self.counters.rx_dropped, 1);
-                        continue;
                     }
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        state = RxState::Drained;
-                        break;
+                    None => {
+                        NetCounters::add(&self.counters.rx_no_buffers, 1);
+                        no_buffers = true;
                     }
-                    Err(e) if is_fatal(&e) => {
-                        self.backend_gone(&e);
-                        state = RxState::Dead;
-                        break;
-                    }
-                    Err(e) => {
-                        self.warn(&format!("read: {e}"));
-                        state = RxState::Drained;
-                        break;
-                    }
-                },
-            };
-            self.pending = Some(len);
-            match self.deliver(len) {
-                Some(true) => {
-                    self.pending = None;
-                    delivered += 1;
                 }
-                Some(false) => {
-                    self.pending = None;
-                    NetCounters::add(&self.counters.rx_dropped, 1);
+                continue;
+            }
+            // The backlog is empty, or the driver has no buffers: read (ahead).
+            if drained {
+                break if self.backlog.is_empty() {
+                    RxState::Drained
+                } else {
+                    RxState::NoBuffers
+                };
+            }
+            steps += 1;
+            let backend = &self.backend;
+            match self.backlog.read_with(|buf| backend.read_frame(buf)) {
+                // Full (only while there are no buffers: else it is emptied first).
+                Ok(None) => break RxState::NoBuffers,
+                Ok(Some(n)) if !self.backlog.is_valid(n) => NetCounters::add(&self.counters.rx_dropped, 1),
+                Ok(Some(_)) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => drained = true,
+                Err(e) if is_fatal(&e) => {
+                    self.backend_gone(&e);
+                    break RxState::Dead;
                 }
-                None => {
-                    NetCounters::add(&self.counters.rx_no_buffers, 1);
-                    state = RxState::NoBuffers;
-                    break;
+                Err(e) => {
+                    self.warn(&format!("read: {e}"));
+                    drained = true;
                 }
             }
-        }
+        };
         if delivered > 0 {
             self.notify(&self.rx);
         }
         state
     }
 
-    /// Puts the frame of `len` bytes (header included) into rx chains.
-    /// `Some(true)` when delivered, `Some(false)` when it can never fit (drop
-    /// it), `None` when the driver must add buffers first.
-    fn deliver(&mut self, len: usize) -> Option<bool> {
+    /// Puts the oldest frame of the backlog (header included) into rx
+    /// chains. `Some(true)` when delivered, `Some(false)` when it can never
+    /// fit (drop it), `None` when the driver must add buffers first.
+    fn deliver(&mut self) -> Option<bool> {
+        // The frame and the chains' descriptors (in a buffer kept across
+        // frames) are taken out for the call and put back.
+        let mut backlog = std::mem::take(&mut self.backlog);
+        let mut all_segs = std::mem::take(&mut self.rx_segs);
+        all_segs.clear();
+        let r = match backlog.front_mut() {
+            Some(frame) => self.deliver_into(frame, &mut all_segs),
+            None => Some(false),
+        };
+        // A hostile driver's long chains do not stay allocated.
+        all_segs.shrink_to(256);
+        self.rx_segs = all_segs;
+        self.backlog = backlog;
+        r
+    }
+
+    fn deliver_into(&mut self, frame: &mut [u8], all_segs: &mut Vec<Seg>) -> Option<bool> {
+        let len = frame.len();
         // Collect chains until their room holds the frame (one chain unless
         // mergeable rx buffers were negotiated).
         self.chains.clear();
-        let mut all_segs: Vec<Seg> = Vec::new();
         let mut room = 0usize;
         while room < len {
             if !self.mrg_rxbuf && !self.chains.is_empty() {
@@ -436,7 +498,7 @@ impl NetHandler {
             return Some(false);
         }
         let nbuf = self.chains.len() as u16;
-        self.frame[10..12].copy_from_slice(&nbuf.to_le_bytes());
+        frame[10..12].copy_from_slice(&nbuf.to_le_bytes());
         let mut off = 0usize;
         let chains = std::mem::take(&mut self.chains);
         let mut ok = true;
@@ -447,7 +509,7 @@ impl NetHandler {
                     break;
                 }
                 let n = (seg_len as usize).min(len - off);
-                if self.memory.write_slice(&self.frame[off..off + n], addr).is_err() {
+                if self.memory.write_slice(&frame[off..off + n], addr).is_err() {
                     ok = false;
                     NetCounters::add(&self.counters.bad_chains, 1);
                     break;
@@ -487,15 +549,24 @@ impl NetHandler {
         bogus
     }
 
-    /// Rx notifications: on while a frame waits for buffers (so the driver
+    /// Rx notifications: on while frames wait for buffers (so the driver
     /// tells us when it adds some), off otherwise. Returns true when buffers
     /// arrived meanwhile (retry at once).
     pub fn arm_rx_notification(&mut self) -> bool {
-        if self.pending.is_some() {
+        if !self.backlog.is_empty() {
+            self.rx_notifications = true;
             self.rx.enable_notification(&self.memory).unwrap_or(false) && !self.avail_index_bogus(false)
         } else {
-            let _ = self.rx.disable_notification(&self.memory);
+            self.rx_notifications_off();
             false
+        }
+    }
+
+    /// Turns rx notifications off (VIRTQ_USED_F_NO_NOTIFY) unless they are already.
+    fn rx_notifications_off(&mut self) {
+        if self.rx_notifications {
+            self.rx_notifications = false;
+            let _ = self.rx.disable_notification(&self.memory);
         }
     }
 

@@ -6,6 +6,7 @@
 //! tap accepted TUNSETOFFLOAD. The device runs on its own worker thread
 //! (`worker.rs`), which polls the queues' ioeventfds and the tap.
 
+mod backlog;
 pub mod handler;
 mod worker;
 
@@ -71,8 +72,8 @@ pub struct NetCounters {
     pub tx_kicks: AtomicU64,
     /// Used-buffer interrupts raised (either queue).
     pub interrupts: AtomicU64,
-    /// Times a frame had to wait for the driver to add rx buffers (rx
-    /// notifications were then turned on).
+    /// Rx rounds that ended with frames waiting for the driver to add rx
+    /// buffers (rx notifications go on, frames are read ahead meanwhile).
     pub rx_no_buffers: AtomicU64,
 }
 

@@ -1,9 +1,9 @@
 //! The NIC's worker: the shared [`Worker`] helper driving a [`NetLoop`],
-//! which polls the tap as an extra descriptor. The tap is polled only while
-//! the guest has rx buffers for its frames; with a frame waiting and no
-//! buffers, the worker sleeps until the driver notifies the rx queue. Tx
-//! floods are worked in bursts, alternating with rx, so neither side
-//! starves the other. No busy loops.
+//! which polls the tap as an extra descriptor. The tap is polled while the
+//! rx backlog (frames read ahead of the guest's buffers) has room; with it
+//! full and no buffers, the worker sleeps until the driver notifies the rx
+//! queue. Tx floods are worked in bursts, alternating with rx, so neither
+//! side starves the other. No busy loops.
 
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -28,6 +28,29 @@ impl NetLoop {
     }
 }
 
+impl NetLoop {
+    /// A loop around `h` with no work pending (tests drive it by hand).
+    #[cfg(test)]
+    pub(crate) fn new(h: NetHandler) -> Self {
+        Self {
+            h,
+            tx_more: false,
+            rx_more: false,
+        }
+    }
+
+    /// One rx round, then rx notifications on only while frames wait for
+    /// buffers (so the driver tells us when it adds some). Buffers added
+    /// before they went on make another round due at once: the worker must
+    /// not sleep then (the driver, having seen no request, will not kick).
+    fn rx_round(&mut self) {
+        self.rx_more = match self.h.process_rx() {
+            RxState::More => true,
+            RxState::NoBuffers | RxState::Drained | RxState::Dead => self.h.arm_rx_notification(),
+        };
+    }
+}
+
 impl WorkerHandler for NetLoop {
     fn interrupt(&self) -> Option<Arc<Interrupt>> {
         Some(self.h.interrupt().clone())
@@ -35,15 +58,11 @@ impl WorkerHandler for NetLoop {
 
     fn start(&mut self) -> bool {
         self.tx_more = self.h.process_tx();
-        self.rx_more = matches!(self.h.process_rx(), RxState::More);
+        self.rx_round();
         self.tx_more || self.rx_more
     }
 
     fn extra_fds(&mut self) -> Vec<(RawFd, i16)> {
-        // Rx notifications on only while a frame waits for buffers.
-        if self.h.arm_rx_notification() {
-            self.rx_more = true;
-        }
         let tap_events = if self.h.rx_blocked() { 0 } else { libc::POLLIN };
         vec![(self.h.backend_fd(), tap_events)]
     }
@@ -57,7 +76,7 @@ impl WorkerHandler for NetLoop {
             self.tx_more = self.h.process_tx();
         }
         if do_rx {
-            self.rx_more = matches!(self.h.process_rx(), RxState::More);
+            self.rx_round();
         }
         self.tx_more || self.rx_more
     }
