@@ -16,6 +16,10 @@ any address of the host's own namespace.
   read in time) are printed too.
 
 Sizes are Ethernet frame lengths without FCS (64 and 1500 by default).
+With perf(1) installed, the VM process's MMIO and port I/O exits
+(kvm:kvm_mmio, kvm:kvm_pio: the guest's queue notifications among them; a
+kvm_pvm host fires no kvm:kvm_exit/kvm_entry) are counted over the same
+window as the frames and printed per frame (`--no-exits` to skip).
 Runs are interleaved (kvmkit, QEMU, kvmkit, ...); the table shows medians and
 kvmkit/QEMU ratios. Needs root, /dev/kvm, /dev/net/tun, qemu-system-x86_64,
 iproute2; gcc for the fast sender (else a slower Python one). Usage:
@@ -81,7 +85,9 @@ def sh(*cmd, check=True):
     return subprocess.run(cmd, check=check, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def guest_elf():
+def guest_elf(path=None):
+    if path:
+        return path
     elfs = sorted(glob.glob(os.path.join(ROOT, "target/release/build/kvmkit-guest-image-*/out/kvmkit-guest")),
                   key=os.path.getmtime)
     if not elfs or not os.path.exists(KVMKIT):
@@ -198,22 +204,69 @@ class Vm:
         return "\n".join(l for l in self.lines if l is not None) + "\n" + "".join(self.err)
 
 
-def tx_run(vmm, elf, frames, size):
+class Exits:
+    """perf stat of the VM process's MMIO and PIO exits over a window."""
+
+    EVENTS = "kvm:kvm_mmio,kvm:kvm_pio"
+
+    def __init__(self, pid, enabled):
+        self.p = None
+        if not enabled:
+            return
+        self.out = tempfile.NamedTemporaryFile(prefix="kvmkit-net-perf-", suffix=".txt", delete=False).name
+        self.p = subprocess.Popen(["perf", "stat", "-x,", "-e", self.EVENTS, "-p", str(pid), "-o", self.out],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.05)
+
+    def stop(self):
+        """{'exits': MMIO + PIO, 'mmio': N} counted since the start (None without perf)."""
+        if self.p is None:
+            return None
+        self.p.send_signal(signal.SIGINT)
+        try:
+            self.p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+        counts = {}
+        with open(self.out) as f:
+            for line in f:
+                parts = line.strip().split(",")
+                if len(parts) >= 3 and parts[0].isdigit():
+                    counts[parts[2].split(":")[-1]] = int(parts[0])
+        os.unlink(self.out)
+        if "kvm_mmio" not in counts:
+            return None
+        return {"exits": counts["kvm_mmio"] + counts.get("kvm_pio", 0), "mmio": counts["kvm_mmio"]}
+
+
+def per_frame(x):
+    """'; exits/frame E (MMIO M)' when counted."""
+    if x.get("exits") is None or not x.get("window_frames"):
+        return ""
+    n = x["window_frames"]
+    return f"; MMIO+PIO exits/frame {x['exits']['exits'] / n:.3f}"
+
+
+def tx_run(vmm, elf, frames, size, exits=False):
     base_p, base_b = stat("rx_packets"), stat("rx_bytes")
     lo, hi = base_p + frames // 10, base_p + frames * 9 // 10
     t_lo = t_hi = p_lo = p_hi = None
+    perf = None
     vm = Vm(vmm, f"net-tx:{frames}:{size}", elf)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         p, t = stat("rx_packets"), time.perf_counter()
         if t_lo is None and p >= lo:
             t_lo, p_lo = t, p
+            perf = Exits(vm.p.pid, exits)
         if p >= hi:
             t_hi, p_hi = t, p
             break
         if vm.p.poll() is not None and stat("rx_packets") < hi:
             break
         time.sleep(0.0005)
+    counted_exits = perf.stop() if perf else None
     done = vm.wait_for(r"net-tx: frames=(\d+) .*frames_per_s=(\d+)", 30)
     vm.stop()
     counted = stat("rx_packets") - base_p
@@ -221,16 +274,17 @@ def tx_run(vmm, elf, frames, size):
         raise RuntimeError(f"{vmm} net-tx:{frames}:{size}: host counted {counted} frames\n{vm.console()}")
     fps = (p_hi - p_lo) / (t_hi - t_lo)
     return {"fps": fps, "mbit": fps * size * 8 / 1e6, "guest_fps": int(done.group(2)), "counted": counted,
-            "guest_frames": int(done.group(1))}
+            "guest_frames": int(done.group(1)), "exits": counted_exits, "window_frames": p_hi - p_lo}
 
 
-def rx_run(vmm, elf, seconds, size, flood):
+def rx_run(vmm, elf, seconds, size, flood, exits=False):
     vm = Vm(vmm, f"net-rx:{seconds + 4}", elf)
     if vm.wait_for(r"net-rx: guest ", 30) is None:
         vm.stop(1)
         raise RuntimeError(f"{vmm}: guest did not come up\n{vm.console()}")
     time.sleep(0.2)
     drop0 = stat("tx_dropped")
+    perf = Exits(vm.p.pid, exits)
     if flood:
         out = sh(flood, TAP, GUEST_MAC, str(size), str(seconds), HOST_IP, GUEST_IP).stdout
         m = re.search(r"sent=(\d+) errors=\d+ seconds=([\d.]+)", out)
@@ -238,6 +292,7 @@ def rx_run(vmm, elf, seconds, size, flood):
     else:
         sent, secs = py_flood(size, seconds)
     dropped = stat("tx_dropped") - drop0
+    counted_exits = perf.stop()
     m = vm.wait_for(r"net-rx: frames=(\d+) bytes=(\d+)", seconds + 40)
     vm.stop()
     if m is None:
@@ -245,47 +300,57 @@ def rx_run(vmm, elf, seconds, size, flood):
     frames = int(m.group(1))
     fps = frames / secs
     # The tap takes what fits its queue (sent) and drops the rest (tx_dropped).
+    # Exits are counted while the sender runs; nearly all frames come then.
     return {"fps": fps, "mbit": fps * size * 8 / 1e6, "offered": (sent + dropped) / secs, "tap_dropped": dropped,
-            "guest_frames": frames}
+            "guest_frames": frames, "exits": counted_exits, "window_frames": frames}
 
 
 def inner(args):
     if str(os.stat("/proc/self/ns/net").st_ino) == os.environ.get(ENV_OUTER_NS):
         sys.exit("refusing to run in the caller's network namespace")
-    elf = guest_elf()
+    global KVMKIT
+    KVMKIT = args.kvmkit or KVMKIT
+    elf = guest_elf(args.guest_elf)
     sh("ip", "link", "set", "lo", "up")
     sh("ip", "tuntap", "add", "dev", TAP, "mode", "tap", "vnet_hdr")
     sh("ip", "addr", "add", f"{HOST_IP}/{PREFIX}", "dev", TAP)
     sh("ip", "link", "set", TAP, "up")
     flood = build_flood()
+    exits = not args.no_exits and shutil.which("perf") is not None
     print(f"guest ELF {os.path.relpath(elf, ROOT)}; sender: {'C sendmmsg' if flood else 'Python'}; "
-          f"{args.rounds} interleaved rounds; CPUs: {os.cpu_count()}", flush=True)
+          f"{args.rounds} interleaved rounds; CPUs: {os.cpu_count()}; exits counted: {'yes' if exits else 'no'}",
+          flush=True)
     tx_frames = dict((int(k), int(v)) for k, v in (kv.split("=") for kv in args.tx_frames.split(",")))
     sizes = sorted(tx_frames)
     res = {}
     for r in range(args.rounds):
         order = ["kvmkit", "qemu"] if r % 2 == 0 else ["qemu", "kvmkit"]
         for size in sizes:
-            for vmm in order:
-                x = tx_run(vmm, elf, tx_frames[size], size)
+            for vmm in order if not args.rx_only else []:
+                x = tx_run(vmm, elf, tx_frames[size], size, exits)
                 res.setdefault(("guest->host", size, vmm), []).append(x)
                 print(f"round {r} {vmm:6s} tx {size:4d} B: {x['fps']:>10.0f} frames/s {x['mbit']:8.1f} Mbit/s "
-                      f"(guest's clock {x['guest_fps']} frames/s, tap counted {x['counted']})", flush=True)
+                      f"(guest's clock {x['guest_fps']} frames/s, tap counted {x['counted']}{per_frame(x)})", flush=True)
             for vmm in order:
-                x = rx_run(vmm, elf, args.rx_seconds, size, flood)
+                x = rx_run(vmm, elf, args.rx_seconds, size, flood, exits)
                 res.setdefault(("host->guest", size, vmm), []).append(x)
                 print(f"round {r} {vmm:6s} rx {size:4d} B: {x['fps']:>10.0f} frames/s {x['mbit']:8.1f} Mbit/s "
-                      f"(offered {x['offered']:.0f}/s, tap tx_dropped {x['tap_dropped']})", flush=True)
+                      f"(offered {x['offered']:.0f}/s, tap tx_dropped {x['tap_dropped']}{per_frame(x)})", flush=True)
     med = lambda v, k: statistics.median(x[k] for x in v)
     print()
-    print(f"| direction   | frame | kvmkit frames/s | QEMU frames/s | kvmkit Mbit/s | QEMU Mbit/s | ratio kvmkit/QEMU |")
-    print(f"|-------------|-------|-----------------|---------------|---------------|-------------|-------------------|")
-    for d in ["guest->host", "host->guest"]:
+    def epf(v):
+        xs = [x["exits"]["exits"] / x["window_frames"] for x in v if x.get("exits") and x.get("window_frames")]
+        return f"{statistics.median(xs):.3f}" if xs else "-"
+    print(f"| direction   | frame | kvmkit frames/s | QEMU frames/s | kvmkit Mbit/s | QEMU Mbit/s | ratio kvmkit/QEMU "
+          f"| kvmkit exits/frame | QEMU exits/frame |")
+    print(f"|-------------|-------|-----------------|---------------|---------------|-------------|-------------------"
+          f"|--------------------|------------------|")
+    for d in ["host->guest"] if args.rx_only else ["guest->host", "host->guest"]:
         for size in sizes:
             k, q = res[(d, size, "kvmkit")], res[(d, size, "qemu")]
             kf, qf = med(k, "fps"), med(q, "fps")
             print(f"| {d} | {size:4d} B | {kf:15.0f} | {qf:13.0f} | {med(k, 'mbit'):13.1f} | "
-                  f"{med(q, 'mbit'):11.1f} | {kf / qf:17.2f} |")
+                  f"{med(q, 'mbit'):11.1f} | {kf / qf:17.2f} | {epf(k):>18} | {epf(q):>16} |")
     print(f"\nmedians of {args.rounds}; host->guest offered (sender) rate, median: " + ", ".join(
         f"{size} B {statistics.median(x['offered'] for x in res[('host->guest', size, 'kvmkit')] + res[('host->guest', size, 'qemu')]):.0f}/s"
         for size in sizes))
@@ -296,6 +361,10 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tx-frames", default="64=1000000,1500=500000", help="SIZE=FRAMES,... for net-tx")
     ap.add_argument("--rx-seconds", type=int, default=3, help="flood time per host->guest run")
+    ap.add_argument("--kvmkit", help="kvmkit binary (default target/release/kvmkit)")
+    ap.add_argument("--guest-elf", help="test-guest ELF (default: the newest release build's)")
+    ap.add_argument("--rx-only", action="store_true", help="host->guest only")
+    ap.add_argument("--no-exits", action="store_true", help="do not count VM exits with perf")
     ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.inner:
@@ -309,7 +378,8 @@ def main():
             sys.exit(f"needs {need}")
     if not shutil.which("qemu-system-x86_64") or not shutil.which("ip"):
         sys.exit("needs qemu-system-x86_64 and iproute2")
-    guest_elf()
+    if not args.kvmkit or not args.guest_elf:
+        guest_elf()
     ns = f"kvmkit-measure-net-{os.getpid()}"
     sh("ip", "netns", "add", ns)
     try:
