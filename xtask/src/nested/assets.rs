@@ -389,7 +389,6 @@ pub fn ext4_image(out_dir: &Path) -> Result<PathBuf> {
 /// loader, so it runs in L1 as on the host.
 pub fn program_with_libs(tool: &str, package: &str, l1_path: &str) -> Result<Vec<(String, PathBuf)>> {
     ensure_tool(tool, package)?;
-    ensure_tool("ldd", "libc-bin")?;
     let host = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default()
@@ -398,8 +397,18 @@ pub fn program_with_libs(tool: &str, package: &str, l1_path: &str) -> Result<Vec
         .map(|d| d.join(tool))
         .find(|p| p.is_file())
         .with_context(|| format!("{tool} not found on the host"))?;
-    let mut files = vec![(l1_path.trim_start_matches('/').to_string(), host.clone())];
-    let out = run(Command::new("ldd").arg(&host))?;
+    binary_with_libs(&host, l1_path)
+}
+
+/// The host binary `host` at `l1_path` in L1, and, when it is dynamically linked, each library
+/// `ldd` names (at its host path) and the dynamic loader; a static binary comes alone.
+pub fn binary_with_libs(host: &Path, l1_path: &str) -> Result<Vec<(String, PathBuf)>> {
+    let mut files = vec![(l1_path.trim_start_matches('/').to_string(), host.to_path_buf())];
+    if !has_interpreter(host)? {
+        return Ok(files);
+    }
+    ensure_tool("ldd", "libc-bin")?;
+    let out = run(Command::new("ldd").arg(host))?;
     for line in out.lines() {
         // "libx.so.1 => /lib/x86_64-linux-gnu/libx.so.1 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)";
         // linux-vdso has no file.

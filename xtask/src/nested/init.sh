@@ -856,6 +856,163 @@ snapshot_linux() {
   [ -z "$why1" ] || fail "$why1"
 }
 
+# boot-peers (opt-in): the same L2 kernel (the ELF vmlinux), busybox initramfs, command line,
+# 1 vCPU and 256 MiB booted by kvmkit and by the peer VMMs in /lab/peers (copied in by the host
+# when it had them), in interleaved rounds (lab.boot_rounds=, default 3; the order rotates each
+# round) after a warm-up round that is not counted. Each boot is timed from the line the launching shell prints just before it execs the
+# VMM to the userspace marker on the VMM's console, both stamped by busybox `ts` (gettimeofday,
+# microseconds) as it reads them (ts buffers its output, not its clock); awk in between passes
+# lines on unbuffered and ends the boot (SIGKILL) once the marker is through. One more boot per
+# VMM runs `dmesg` for the guest's printk timeline: the same command line plus a kvmkit.cmd=
+# word, which the initramfs's /init runs instead of the console shell (Cloud Hypervisor's
+# `--serial tty` reads no input from a FIFO, so nothing is typed). A measurement: it fails only when a VMM it ran missed
+# the marker (or the timeline) in some round.
+PEER_CMDLINE="console=ttyS0 reboot=k panic=-1 pci=off quiet printk.time=1"
+L2K=/lab/cache/linux/vmlinux
+L2I=/lab/cache/linux/initramfs.cpio
+PEER_MARK=KVMKIT-USERSPACE-READY
+# peer_boot NAME OUT [WORDS]: boots VMM NAME with $PEER_CMDLINE (plus WORDS); its console, each
+# line prefixed with the time of day in seconds, goes to OUT. Without WORDS the boot ends at the
+# marker; with them, at lab-dmesg-done-42.
+peer_boot() {
+  pb_name=$1
+  o=$2
+  pb_args=$PEER_CMDLINE
+  end=$PEER_MARK
+  [ -z "$3" ] || { pb_args="$PEER_CMDLINE $3"; end=lab-dmesg-done-42; }
+  cat >/tmp/fc.json <<FCJSON
+{"boot-source": {"kernel_image_path": "$L2K", "initrd_path": "$L2I", "boot_args": "$pb_args"},
+ "machine-config": {"vcpu_count": 1, "mem_size_mib": 256}, "drives": []}
+FCJSON
+  case $pb_name in
+    kvmkit) set -- kvmkit run --kernel "$L2K" --initrd "$L2I" --cmdline "$pb_args" --cpus 1 --memory 256 ;;
+    firecracker) set -- /lab/peers/firecracker --no-api --config-file /tmp/fc.json $FC_EXTRA ;;
+    cloud-hypervisor) set -- /lab/peers/cloud-hypervisor --kernel "$L2K" --initramfs "$L2I" --cmdline "$pb_args" --cpus boot=1 --memory size=256M --serial tty --console off ;;
+  esac
+  rm -f "$o" "$o.in" "$o.raw"
+  mkfifo "$o.in"
+  # sh's $$ becomes timeout's and then the VMM's PID (busybox timeout execs the command).
+  sh -c 'echo "lab-exec $$"; exec "$@"' sh timeout -s KILL $((2 * T)) "$@" <"$o.in" 2>&1 |
+    awk -v end="$end" '
+      { print; fflush() }
+      pid == "" && $1 == "lab-exec" { pid = $2 }
+      index($0, end) {
+        # The line is through to ts; then the VM ends.
+        system("sleep 0.3; kill -KILL " pid " 2>/dev/null")
+        exit
+      }' |
+    ts '%.s' >"$o.raw" &
+  exec 3>"$o.in"
+  wait $!
+  exec 3>&-
+  wait
+  tr -d '\r' <"$o.raw" >"$o"
+  rm -f "$o.in" "$o.raw"
+}
+# peer_took OUT: seconds from the exec line to the marker, or nothing.
+peer_took() {
+  awk -v mark="$PEER_MARK" '$2 == "lab-exec" && a == "" { a = $1 } index($0, mark) && a != "" { printf "%.3f", $1 - a; exit }' "$1"
+}
+median() { tr ' ' '\n' | grep . | sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print ""; else if (NR % 2) printf "%.3f", v[(NR + 1) / 2]; else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+sc_boot_peers() {
+  [ -s "$L2K" ] && [ -s "$L2I" ] || { fail "no L2 vmlinux/initramfs in /lab/cache/linux"; return; }
+  R=$(arg lab.boot_rounds)
+  [ -n "$R" ] || R=3
+  vmms=kvmkit
+  for p in firecracker cloud-hypervisor; do
+    if [ -x "/lab/peers/$p" ]; then
+      vmms="$vmms $p"
+    else
+      info "boot-peers: $p missing: not at $(awk -v p="$p" '$1 == p { print $2 }' /lab/peers-missing 2>/dev/null) on the host; measuring the others"
+    fi
+  done
+  if [ "$vmms" = kvmkit ]; then
+    fail "no peer VMM to compare with: neither firecracker nor cloud-hypervisor was found on the host ($(cut -d' ' -f2 /lab/peers-missing 2>/dev/null | tr '\n' ' '); shared/peers/build-peers.sh builds them)"
+    return
+  fi
+  info "boot-peers: VMMs: $vmms; $R interleaved rounds; kernel $L2K ($(cat /lab/l2-version)), initramfs $L2I, 1 vCPU, 256 MiB, serial console"
+  info "boot-peers: command line for all: $PEER_CMDLINE (kvmkit --cmdline, Firecracker boot_args, Cloud Hypervisor --cmdline; the timeline boots add kvmkit.cmd=b64:... for /init and print each guest's /proc/cmdline)"
+  info "boot-peers: kvmkit run --kernel --initrd --cmdline --cpus 1 --memory 256 | firecracker --no-api --config-file (boot-source, machine-config 1/256) | cloud-hypervisor --kernel --initramfs --cmdline --cpus boot=1 --memory size=256M --serial tty --console off"
+  FC_EXTRA=""
+  times_kvmkit="" times_firecracker="" times_cloud_hypervisor=""
+  med_kvmkit="" med_firecracker="" med_cloud_hypervisor=""
+  DMESG_WORD="kvmkit.cmd=b64:$(printf '%s' 'dmesg | sed "s/^/lab-dmesg: /"; sed "s/^/lab-cmdline: /" /proc/cmdline; echo lab-dmesg-done-42' | base64 | tr -d '\n')"
+  set -- $vmms
+  n=$#
+  # Round 0 warms up and is not counted: the first L2 boot in a fresh L1 took half the time of
+  # every later one (5.5-5.8 s against 10-15 s, whichever VMM came next) in the first lab runs.
+  r=0
+  while [ $r -le "$R" ]; do
+    # Interleaved, and the order rotates each round.
+    k=0
+    order=""
+    while [ $k -lt $n ]; do
+      i=$(( (k + r + n - 1) % n + 1 ))
+      eval "order=\"\$order \${$i}\""
+      k=$((k + 1))
+    done
+    for v in $order; do
+      peer_boot "$v" "/tmp/peer.$v.$r"
+      s=$(peer_took "/tmp/peer.$v.$r")
+      # Firecracker killed by its own seccomp filter in L1 (no error of its own): once more
+      # without the filters, for all its rounds.
+      if [ -z "$s" ] && [ "$v" = firecracker ] && [ -z "$FC_EXTRA" ] && ! grep -q 'exiting with error' "/tmp/peer.$v.$r"; then
+        sed "s/^/  | $v r$r: /" "/tmp/peer.$v.$r" | tail -n 8
+        info "boot-peers: firecracker reached no marker with its seccomp filters; again with --no-seccomp (for all its rounds)"
+        FC_EXTRA=--no-seccomp
+        peer_boot "$v" "/tmp/peer.$v.$r"
+        s=$(peer_took "/tmp/peer.$v.$r")
+      fi
+      sed "s/^/  | $v r$r: /" "/tmp/peer.$v.$r" | tail -n 12
+      if [ -n "$s" ] && [ $r = 0 ]; then
+        info "boot-peers: warm-up $v ${s} s (not counted)"
+      elif [ -n "$s" ]; then
+        eval "times_$(echo $v | tr - _)=\"\$times_$(echo $v | tr - _) $s\""
+        info "boot-peers: round $r $v ${s} s"
+      else
+        info "boot-peers: round $r $v: no $PEER_MARK"
+        fail "$v reached no $PEER_MARK in round $r; its last line: $(grep . "/tmp/peer.$v.$r" | tail -n 1 | cut -d' ' -f2-)"
+      fi
+    done
+    r=$((r + 1))
+  done
+  for v in $vmms; do
+    eval "t=\$times_$(echo $v | tr - _)"
+    m=$(echo $t | median)
+    eval "med_$(echo $v | tr - _)=$m"
+    info "boot-peers: $v rounds:$t s; median ${m:-?} s"
+  done
+  for p in firecracker cloud-hypervisor; do
+    eval "pm=\$med_$(echo $p | tr - _)"
+    [ -n "$pm" ] && [ -n "$med_kvmkit" ] || continue
+    info "boot-peers: ratio kvmkit/$p $(awk -v a="$med_kvmkit" -v b="$pm" 'BEGIN { printf "%.2f", a / b }') (medians ${med_kvmkit} s / ${pm} s)"
+  done
+  # The printk timelines: one more boot per VMM, dmesg typed at its console shell.
+  for v in $vmms; do
+    peer_boot "$v" "/tmp/peer.$v.dmesg" "$DMESG_WORD"
+    grep '^[0-9.]* lab-dmesg: ' "/tmp/peer.$v.dmesg" | sed 's/^[0-9.]* lab-dmesg: //' >"/tmp/peer.$v.log"
+    sed "s/^/  | $v dmesg: /" "/tmp/peer.$v.log"
+    if [ ! -s "/tmp/peer.$v.log" ]; then
+      sed "s/^/  | $v timeline boot: /" "/tmp/peer.$v.dmesg" | tail -n 12
+      fail "no dmesg from $v's timeline boot; its last line: $(grep . "/tmp/peer.$v.dmesg" | tail -n 1 | cut -d' ' -f2-)"
+      continue
+    fi
+    info "boot-peers: $v guest /proc/cmdline: $(sed -n 's/^[0-9.]* lab-cmdline: //p' "/tmp/peer.$v.dmesg" | head -n 1 | sed 's/kvmkit\.cmd=b64:[^ ]*/kvmkit.cmd=(the dmesg command)/')"
+    info "boot-peers: $v timeline: Run /init at $(sed -n 's/^\[ *\([0-9.]*\)\] Run \/init.*/\1/p' "/tmp/peer.$v.log" | head -n 1) s, last printk at $(tail -n 1 "/tmp/peer.$v.log" | sed -n 's/^\[ *\([0-9.]*\)\].*/\1/p') s"
+    awk '/^\[ *[0-9]+\.[0-9]+\]/ { t = $0; sub(/^\[ */, "", t); sub(/\].*/, "", t); if (n++) printf "%.1f ms before: %s\n", (t - p) * 1000, $0; p = t }' "/tmp/peer.$v.log" |
+      sort -rn | head -n 5 | sed "s/^/@@LAB-INFO boot-peers: $v gap /"
+  done
+  # Milestones side by side (first matching printk line's time per VMM).
+  for pat in 'Linux version' 'tsc: Detected' 'ACPI: ' 'Memory: ' 'clocksource: Switched to' 'Trying to unpack rootfs' 'Freeing initrd memory' 'Serial: 8250' 'i8042' 'Freeing unused kernel image' 'Run /init'; do
+    line=""
+    for v in $vmms; do
+      t=$(grep -m 1 -F -- "$pat" "/tmp/peer.$v.log" 2>/dev/null | sed -n 's/^\[ *\([0-9.]*\)\].*/\1/p')
+      line="$line $v ${t:--}"
+    done
+    info "boot-peers: timeline '$pat':$line"
+  done
+}
+
 # Heartbeat and watchdog. Every 30 s a @@LAB-TICK line, so the host tells a quiet scenario from
 # a hung L1 (no ticks: the host dumps QEMU's CPU state and sends an NMI). A scenario still
 # running at twice its budget (/lab/budgets, from the host) gets its processes, their states

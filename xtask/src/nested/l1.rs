@@ -194,13 +194,14 @@ impl Boot<'_> {
         let append = format!(
             "console=ttyS0 reboot=k panic=-1 tsc_early_khz=2445426 quiet nokaslr unknown_nmi_panic sysctl.kernel.panic_on_unrecovered_nmi=1 \
              lab.scenarios={} lab.timeout={} lab.bench_timeout={BENCH_TIMEOUT} lab.vsock_big_timeout={} \
-             lab.vsock_big_mib={} lab.vsock_many={} lab.vsock_big_dirs={}",
+             lab.vsock_big_mib={} lab.vsock_many={} lab.vsock_big_dirs={} lab.boot_rounds={}",
             self.scenarios.join(","),
             o.scenario_timeout,
             super::vsock_big_timeout(o.vsock_big_mib),
             o.vsock_big_mib,
             o.vsock_many,
-            o.vsock_big_dirs
+            o.vsock_big_dirs,
+            o.boot_rounds
         );
         let mut qemu = Command::new("qemu-system-x86_64");
         if let Some(image) = self.rootfs {
@@ -333,6 +334,9 @@ pub(super) fn budget(name: &str, options: &Options) -> u64 {
         "vsock-many" => 3 * t,
         "vsock-big" => super::vsock_big_timeout(options.vsock_big_mib),
         "bench-linux" => BENCH_TIMEOUT,
+        // Each round boots the three VMMs to their marker (5-17 s each under TCG, up to 2x the
+        // scenario timeout when one hangs), plus a warm-up round and the printk timelines' round.
+        "boot-peers" => (options.boot_rounds + 2) * 3 * 30,
         _ => 0,
     };
     t + 15 + extra
@@ -417,6 +421,19 @@ mod tests {
         );
         let nmi = "QEMU 7.2.22 monitor - type 'help' for more information\r\n(qemu) n\x1b[K\x1b[Dnm\x1b[K\x1b[D\x1b[Dnmi\x1b[K\r\n(qemu) ";
         assert_eq!(clean_hmp(nmi), "");
+    }
+
+    #[test]
+    fn boot_peers_is_opt_in_and_its_rounds_are_in_its_budget() {
+        let all = Options::parse(&[]).ok().flatten().expect("options");
+        assert_eq!(all.scenarios.len(), super::super::SCENARIOS.len());
+        assert!(!all.scenarios.iter().any(|s| s == "boot-peers"));
+        let args: Vec<String> = ["boot-peers", "--boot-rounds", "5"].map(String::from).to_vec();
+        let options = Options::parse(&args).ok().flatten().expect("options");
+        assert_eq!(options.scenarios, ["boot-peers"]);
+        assert_eq!(options.boot_rounds, 5);
+        assert_eq!(budget("boot-peers", &options), 60 + 7 * 3 * 30);
+        assert!(Options::parse(&["--boot-rounds".to_string(), "0".to_string()]).is_err());
     }
 
     #[test]

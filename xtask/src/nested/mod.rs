@@ -158,6 +158,37 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Scenarios run only when named (`cargo xtask nested boot-peers`), never in the default list
+/// CI runs: they need files CI does not have. `--list` shows them after the default ones.
+pub const OPT_IN_SCENARIOS: &[(&str, &str)] = &[(
+    "boot-peers",
+    "(opt-in; needs the peer VMMs in ~/.cache/kvmkit-peers/bin) the same L2 vmlinux, busybox initramfs, \
+     command line, 1 vCPU and 256 MiB booted by kvmkit, Firecracker and Cloud Hypervisor in interleaved \
+     rounds (lab.boot_rounds, default 3): VMM process start to KVMKIT-USERSPACE-READY per round, medians and \
+     the kvmkit/peer ratios, and one printk timeline per VMM (Run /init); a measurement, passes when every VMM \
+     it ran reached the marker in every round",
+)];
+
+/// Where the peer VMMs' binaries are looked for: `$KVMKIT_PEERS/bin`, by default
+/// `~/.cache/kvmkit-peers/bin` (shared/peers/build-peers.sh builds them there).
+pub fn peers_bin_dir() -> Result<PathBuf> {
+    match std::env::var_os("KVMKIT_PEERS") {
+        Some(dir) if !dir.is_empty() => Ok(PathBuf::from(dir).join("bin")),
+        _ => {
+            let home = std::env::var_os("HOME")
+                .filter(|h| !h.is_empty())
+                .context("neither KVMKIT_PEERS nor HOME is set")?;
+            Ok(PathBuf::from(home).join(".cache/kvmkit-peers/bin"))
+        }
+    }
+}
+
+/// The peer VMMs boot-peers compares kvmkit with, by binary name.
+const PEERS: &[&str] = &["firecracker", "cloud-hypervisor"];
+
+/// Rounds of boot-peers (each boots every VMM once, in turn).
+const DEFAULT_BOOT_ROUNDS: u64 = 3;
+
 /// vsock-big's size unless `--vsock-big-mib` says otherwise: 1 GiB each way takes about 35 min
 /// under TCG (about 1 MiB/s, measured), too long for a lab run; see docs/nested-lab.md.
 const DEFAULT_VSOCK_BIG_MIB: u64 = 64;
@@ -179,6 +210,8 @@ pub struct Options {
     vsock_many: u64,
     /// vsock-big: which directions (`both`, `to-guest`, `to-host`).
     vsock_big_dirs: String,
+    /// boot-peers: interleaved rounds.
+    boot_rounds: u64,
 }
 
 impl Options {
@@ -193,6 +226,7 @@ impl Options {
             vsock_big_mib: DEFAULT_VSOCK_BIG_MIB,
             vsock_many: 100,
             vsock_big_dirs: "both".into(),
+            boot_rounds: DEFAULT_BOOT_ROUNDS,
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -205,7 +239,7 @@ impl Options {
             };
             match arg.as_str() {
                 "--list" => {
-                    for (name, what) in SCENARIOS {
+                    for (name, what) in SCENARIOS.iter().chain(OPT_IN_SCENARIOS) {
                         println!("{name:16} {what}");
                     }
                     return Ok(None);
@@ -216,6 +250,7 @@ impl Options {
                 "--l1-cpus" => options.l1_cpus = number(arg)?,
                 "--vsock-big-mib" => options.vsock_big_mib = number(arg)?,
                 "--vsock-many" => options.vsock_many = number(arg)?,
+                "--boot-rounds" => options.boot_rounds = number(arg)?,
                 "--vsock-big-dirs" => {
                     let v = it.next().context("--vsock-big-dirs needs a value")?;
                     if !["both", "to-guest", "to-host"].contains(&v.as_str()) {
@@ -225,8 +260,8 @@ impl Options {
                 }
                 flag if flag.starts_with('-') => bail!("unknown option {flag}"),
                 name => {
-                    if !SCENARIOS.iter().any(|(n, _)| *n == name) {
-                        let names: Vec<&str> = SCENARIOS.iter().map(|(n, _)| *n).collect();
+                    if !SCENARIOS.iter().chain(OPT_IN_SCENARIOS).any(|(n, _)| *n == name) {
+                        let names: Vec<&str> = SCENARIOS.iter().chain(OPT_IN_SCENARIOS).map(|(n, _)| *n).collect();
                         bail!("unknown scenario {name:?} (known: {})", names.join(", "));
                     }
                     if !options.scenarios.iter().any(|n| n == name) {
@@ -341,6 +376,32 @@ pub fn run(options: &Options) -> Result<bool> {
         if !extra.iter().any(|(p, _, _)| *p == path) {
             extra.push((path, 0o755, host));
         }
+    }
+
+    // boot-peers: the peer VMMs at /lab/peers/NAME (their libraries at their host paths when
+    // they are dynamic), and `/lab/peers-missing` naming each one not found on the host.
+    if options.scenarios.iter().any(|s| s == "boot-peers") {
+        let dir = peers_bin_dir()?;
+        let mut missing = String::new();
+        for peer in PEERS {
+            let host = dir.join(peer);
+            if !host.is_file() {
+                eprintln!(
+                    "nested: boot-peers: no {} (the scenario measures the VMMs it has)",
+                    host.display()
+                );
+                missing.push_str(&format!("{peer} {}\n", host.display()));
+                continue;
+            }
+            for (path, file) in assets::binary_with_libs(&host, &format!("lab/peers/{peer}"))? {
+                if !extra.iter().any(|(p, _, _)| *p == path) {
+                    extra.push((path, 0o755, file));
+                }
+            }
+        }
+        let list = out_dir.join("peers-missing");
+        std::fs::write(&list, missing).with_context(|| format!("writing {}", list.display()))?;
+        extra.push(("lab/peers-missing".to_string(), 0o644, list));
     }
 
     let cpio = out_dir.join("l1.cpio");
