@@ -27,7 +27,7 @@ pub const TX_BURST: usize = 256;
 /// Rx frames delivered before the tx side gets a turn.
 pub const RX_BURST: usize = 256;
 /// Most frames read from the backend ahead of the guest's rx buffers.
-pub const RX_BACKLOG_FRAMES: usize = 256;
+pub const RX_BACKLOG_FRAMES: usize = 1024;
 /// Bytes of frames read ahead (plus room for one more read).
 pub const RX_BACKLOG_BYTES: usize = 512 << 10;
 /// Room one read gets: the largest buffer plus slack, so oversized frames show.
