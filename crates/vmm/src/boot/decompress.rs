@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader, Read};
 
 use super::bzimage::Compression;
+use super::lz4_legacy::Lz4Legacy;
 
 /// Largest LZ4 legacy block (`lz4 -l`, what the kernel's `unlz4` reads).
 pub const LZ4_LEGACY_BLOCK: usize = 8 << 20;
@@ -32,9 +33,6 @@ pub enum DecodeError {
 
 /// Bytes the gzip, xz and zstd readers hand out at a time.
 const OUT_BUF: usize = 256 << 10;
-/// Most bytes an LZ4 block of [`LZ4_LEGACY_BLOCK`] bytes compresses to
-/// (`LZ4_compressBound`).
-const LZ4_LEGACY_BLOCK_BOUND: usize = LZ4_LEGACY_BLOCK + LZ4_LEGACY_BLOCK / 255 + 16;
 
 /// A reader of what the `payload_len`-byte payload `input` (of format `c`)
 /// decompresses to. Decoding errors come out of its reads as `io::Error`s.
@@ -98,130 +96,6 @@ pub fn read_bounded(reader: impl Read, c: Compression, cap: usize, hint: usize) 
 pub fn too_big(cap: usize) -> DecodeError {
     DecodeError::TooBig((cap as u64).div_ceil(1 << 20))
 }
-
-/// An LZ4 legacy frame, decoded a block at a time: the magic, then blocks
-/// each prefixed with its LE32 compressed size, each decompressing to at
-/// most 8 MiB. A size larger than what is left (the appended uncompressed
-/// size) ends the stream, as in the kernel's `unlz4`; a repeated magic starts
-/// a concatenated frame. Holds one compressed and one decompressed block.
-struct Lz4Legacy<R> {
-    input: R,
-    /// Payload bytes not read yet.
-    left: u64,
-    /// Payload offset of the next byte (for messages).
-    pos: u64,
-    /// The compressed block.
-    block: Vec<u8>,
-    /// The decompressed block (allocated with the first block).
-    out: Vec<u8>,
-    /// Its bytes not handed out yet: `out[at..len]`.
-    at: usize,
-    len: usize,
-    /// Bytes decompressed so far.
-    total: u64,
-    /// The end was reached.
-    done: bool,
-}
-
-impl<R: Read> Lz4Legacy<R> {
-    fn new(input: R, payload_len: u64) -> Self {
-        Lz4Legacy {
-            input,
-            left: payload_len,
-            pos: 0,
-            block: Vec::new(),
-            out: Vec::new(),
-            at: 0,
-            len: 0,
-            total: 0,
-            done: false,
-        }
-    }
-
-    fn corrupt(why: String) -> std::io::Error {
-        std::io::Error::new(std::io::ErrorKind::InvalidData, why)
-    }
-
-    fn read_payload(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
-        self.input.read_exact(buf)?;
-        self.left -= buf.len() as u64;
-        self.pos += buf.len() as u64;
-        Ok(())
-    }
-
-    /// Decodes the next block (or handles a magic, or the end).
-    fn next_block(&mut self) -> std::io::Result<()> {
-        if self.pos == 0 && self.left >= 4 {
-            return self.read_payload(&mut [0u8; 4]);
-        }
-        if self.left < 4 {
-            return self.end();
-        }
-        let mut size = [0u8; 4];
-        self.read_payload(&mut size)?;
-        if size == LZ4_LEGACY_MAGIC {
-            return Ok(());
-        }
-        let size = u64::from(u32::from_le_bytes(size));
-        if size == 0 || size > self.left {
-            return self.end();
-        }
-        let at = self.pos - 4;
-        if size > LZ4_LEGACY_BLOCK_BOUND as u64 {
-            return Err(Self::corrupt(format!(
-                "block at {at:#x}: {size} bytes, more than an 8 MiB block compresses to"
-            )));
-        }
-        let mut block = std::mem::take(&mut self.block);
-        block.resize(size as usize, 0);
-        let read = self.read_payload(&mut block);
-        self.block = block;
-        read?;
-        if self.out.is_empty() {
-            self.out = vec![0u8; LZ4_LEGACY_BLOCK];
-        }
-        let n = lz4_flex::block::decompress_into(&self.block, &mut self.out)
-            .map_err(|e| Self::corrupt(format!("block at {at:#x}: {e}")))?;
-        (self.at, self.len) = (0, n);
-        self.total += n as u64;
-        Ok(())
-    }
-
-    fn end(&mut self) -> std::io::Result<()> {
-        self.done = true;
-        if self.total == 0 {
-            return Err(Self::corrupt("no blocks".into()));
-        }
-        Ok(())
-    }
-}
-
-impl<R: Read> BufRead for Lz4Legacy<R> {
-    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
-        while self.at == self.len && !self.done {
-            self.next_block()?;
-        }
-        Ok(&self.out[self.at..self.len])
-    }
-
-    fn consume(&mut self, amt: usize) {
-        self.at = (self.at + amt).min(self.len);
-    }
-}
-
-impl<R: Read> Read for Lz4Legacy<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = {
-            let have = self.fill_buf()?;
-            let n = have.len().min(buf.len());
-            buf[..n].copy_from_slice(&have[..n]);
-            n
-        };
-        self.consume(n);
-        Ok(n)
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

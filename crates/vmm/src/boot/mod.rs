@@ -354,3 +354,4 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+mod lz4_legacy;
