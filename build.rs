@@ -9,13 +9,17 @@
 //!
 //! A release link also gets `link/run-path.ld` (written by
 //! `scripts/layout-run-path.py`): the functions `kvmkit run` executes,
-//! gathered into one output section so that a run touches few text pages.
+//! gathered into one output section so that a run touches few text pages,
+//! and `link/cold-data.ld`, which moves read-only data a run never reads
+//! (embedded guest images, exception tables) after the data it does read.
 
 use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-changed={RUN_PATH}");
+    for script in LAYOUT {
+        println!("cargo:rerun-if-changed={script}");
+    }
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux")
         || std::env::var("CARGO_CFG_TARGET_ENV").as_deref() != Ok("gnu")
     {
@@ -28,16 +32,19 @@ fn main() {
     // builds mangle and inline differently, and their size does not matter).
     if std::env::var("PROFILE").as_deref() == Ok("release") {
         let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
-        let script = std::path::Path::new(&dir).join(RUN_PATH);
-        if script.is_file() {
-            println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", script.display());
+        for script in LAYOUT {
+            let path = std::path::Path::new(&dir).join(script);
+            if path.is_file() {
+                println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", path.display());
+            }
         }
     }
 }
 
-/// The linker script that places `kvmkit run`'s functions together (an
-/// `INSERT BEFORE .text` fragment: the default layout stays).
-const RUN_PATH: &str = "link/run-path.ld";
+/// The linker script fragments of the release binary's layout (`INSERT`
+/// commands: the default layout stays, these sections move): `kvmkit run`'s
+/// functions together, and read-only data a run never reads out of the way.
+const LAYOUT: [&str; 2] = ["link/run-path.ld", "link/cold-data.ld"];
 
 /// Whether the build host's glibc (`getconf GNU_LIBC_VERSION`, which the
 /// binary is linked against) is `major.minor` or newer: older ones cannot

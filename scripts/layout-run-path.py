@@ -12,7 +12,7 @@ This script finds them exactly: it builds the release binary with symbols and a 
 map, runs the commands below with every thread single-stepped (scripts/steptrace.c,
 seccomp filters on, about a minute each on kvm_pvm), maps each executed address to its
 input section and writes one pattern per function. Names are matched as mangled, with
-LTO's `.llvm.<hash>` suffix as a wildcard (it changes with every edit of the module);
+or without LTO's `.llvm.<hash>` suffix (it comes and goes with every edit of the module);
 the legacy `17h<hash>E` suffix is kept, so an instance of a generic function is not
 confused with its siblings. Those hashes change with a dependency or toolchain update:
 then the run path falls apart again (measure-rss.py warns when `.text.run` is much
@@ -20,7 +20,8 @@ smaller than recorded here) and this script is rerun. A function renamed or newl
 inlined just falls back to the ordinary layout.
 
 Usage (x86_64, rust-lld, gcc):
-    scripts/layout-run-path.py [--guest ELF] [--sizes 256,2048] [--keep DIR]
+    scripts/layout-run-path.py [--guest ELF] [--sizes 256,2048] [--keep DIR] [--merge]
+                               [--map MAP --rips FILE ...]
 It leaves target/release/kvmkit unstripped: `cargo build --release` afterwards.
 """
 import argparse, bisect, os, re, subprocess, sys, tempfile, time
@@ -67,13 +68,31 @@ def executed(secs, rip_files):
     return [text[i] for i in sorted(hit)]
 
 
-def pattern(section):
-    """The name pattern of a function's input section, or None for a section of a
-    whole object (crt files: `.text`)."""
+def function_name(section):
+    """The function an input section holds, without LTO's `.llvm.<hash>` suffix (it comes
+    and goes with every edit of the module), or None for a whole object's `.text` (crt)."""
     name = next((section[len(p):] for p in PREFIXES if section.startswith(p)), None)
-    if not name:
-        return None
-    return re.sub(r"\.llvm\.\d+$", ".llvm.*", name)
+    return re.sub(r"\.llvm\.\d+$", "", name) if name else None
+
+
+def patterns(name):
+    """Input-section patterns for a function, with and without a `.llvm.*` suffix. A legacy
+    name ends in its hash (`17h<16 hex>E`), so `NAME*` cannot reach another function."""
+    if name.startswith("_ZN") and name.endswith("E"):
+        forms = [name + "*"]
+    else:
+        forms = [name, name + ".llvm.*"]
+    return " ".join(f"{p}{n}" for p in (".text.", ".text.unlikely.") for n in forms)
+
+
+def recorded(path):
+    """The function names an existing run-path.ld lists (for --merge)."""
+    try:
+        with open(path) as f:
+            found = re.finditer(r"\*\(\.text\.(\S+?)\*? ", f.read())
+            return [re.sub(r"\.llvm\.$", "", m.group(1)) for m in found]
+    except OSError:
+        return []
 
 
 def main():
@@ -81,43 +100,47 @@ def main():
     ap.add_argument("--guest", default=os.path.join(SHARED, "peers/tinyguest/tiny.elf"))
     ap.add_argument("--sizes", default="256,2048", help="guest RAM sizes in MiB to trace")
     ap.add_argument("--keep", help="keep the map, binary and traces in this folder")
+    ap.add_argument("--map", help="use this linker map and --rips instead of building and tracing")
+    ap.add_argument("--rips", action="append", default=[], help="a steptrace output of the --map binary")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the functions link/run-path.ld lists already (a function that one build "
+                         "inlines and the next does not stays covered)")
     a = ap.parse_args()
-    tmp = a.keep or tempfile.mkdtemp(prefix="run-path-")
-    os.makedirs(tmp, exist_ok=True)
-    mapfile = os.path.join(tmp, "kvmkit.map")
-    subprocess.run(["cargo", "rustc", "--release", "--bin", "kvmkit", "--", "-C", "strip=none",
-                    "-C", f"link-arg=-Wl,-Map={mapfile}"], cwd=ROOT, check=True)
-    binary = os.path.join(tmp, "kvmkit")
-    subprocess.run(["cp", os.path.join(ROOT, "target/release/kvmkit"), binary], check=True)
-    tracer = os.path.join(tmp, "steptrace")
-    subprocess.run(["gcc", "-O2", "-o", tracer, os.path.join(ROOT, "scripts/steptrace.c")], check=True)
-    rips = []
-    for mib in a.sizes.split(","):
-        out = os.path.join(tmp, f"rips-{mib}.txt")
-        t0 = time.monotonic()
-        subprocess.run([tracer, out, binary, "run", "--kernel", a.guest, "--no-stdin", "--memory", mib],
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True)
-        print(f"traced {mib} MiB in {time.monotonic() - t0:.0f} s", file=sys.stderr)
-        rips.append(out)
+    mapfile, rips = a.map, a.rips
+    if not mapfile:
+        tmp = a.keep or tempfile.mkdtemp(prefix="run-path-")
+        os.makedirs(tmp, exist_ok=True)
+        mapfile = os.path.join(tmp, "kvmkit.map")
+        subprocess.run(["cargo", "rustc", "--release", "--bin", "kvmkit", "--", "-C", "strip=none",
+                        "-C", f"link-arg=-Wl,-Map={mapfile}"], cwd=ROOT, check=True)
+        binary = os.path.join(tmp, "kvmkit")
+        subprocess.run(["cp", os.path.join(ROOT, "target/release/kvmkit"), binary], check=True)
+        tracer = os.path.join(tmp, "steptrace")
+        subprocess.run(["gcc", "-O2", "-o", tracer, os.path.join(ROOT, "scripts/steptrace.c")], check=True)
+        for mib in a.sizes.split(","):
+            out = os.path.join(tmp, f"rips-{mib}.txt")
+            t0 = time.monotonic()
+            subprocess.run([tracer, out, binary, "run", "--kernel", a.guest, "--no-stdin", "--memory", mib],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True)
+            print(f"traced {mib} MiB in {time.monotonic() - t0:.0f} s", file=sys.stderr)
+            rips.append(out)
     hot = executed(parse_map(mapfile), rips)
-    pats, seen = [], set()
-    for s in hot:
-        p = pattern(s[3])
-        if p and p not in seen:
-            seen.add(p)
-            pats.append(p)
+    names = [n for n in (function_name(s[3]) for s in hot) if n]
+    if a.merge:
+        names = recorded(OUT) + names
+    names = list(dict.fromkeys(names))
     size = sum(s[1] for s in hot)
     rustc = subprocess.run(["rustc", "-V"], capture_output=True, text=True).stdout.strip()
     with open(OUT, "w") as f:
-        f.write(f"/* Generated by scripts/layout-run-path.py ({time.strftime('%Y-%m-%d')}, {rustc}): the {len(pats)}\n"
-                f" * functions `kvmkit run` executed for the tiny PVH guest (at {a.sizes} MiB), placed together\n"
-                f" * so that the pages a run touches are few (docs/architecture.md, 'Where the peak RSS goes').\n"
+        f.write(f"/* Generated by scripts/layout-run-path.py ({time.strftime('%Y-%m-%d')}, {rustc}): the {len(names)}\n"
+                f" * functions `kvmkit run` executed for the tiny PVH guest, placed together so that the pages\n"
+                f" * a run touches are few (docs/architecture.md, 'Where the peak RSS goes').\n"
                 f" * Passed to the release link by build.rs. run-path-bytes: {size}\n */\n")
         f.write("SECTIONS\n{\n  .text.run : {\n")
-        for p in pats:
-            f.write(f"    *(.text.{p} .text.unlikely.{p})\n")
+        for n in names:
+            f.write(f"    *({patterns(n)})\n")
         f.write("  }\n}\nINSERT BEFORE .text;\n")
-    print(f"{OUT}: {len(pats)} functions, {size} bytes of {len(hot)} executed sections", file=sys.stderr)
+    print(f"{OUT}: {len(names)} functions, {size} bytes of {len(hot)} executed sections", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
 mod cli;
 mod commands;
 mod firecracker;
+mod libm_shim;
 mod logging;
 
 use std::process::ExitCode;
