@@ -18,6 +18,7 @@ mod elf_note;
 mod elf_stream;
 mod image;
 mod linux;
+mod lz4_legacy;
 mod pvh;
 pub mod unpack;
 
@@ -354,4 +355,3 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
-mod lz4_legacy;
