@@ -513,6 +513,10 @@ sc_bench_linux() {
   T=$BT
   settle /tmp/bench
   T=$T0
+  # A failed run makes the exit status 1: say which run and why (results.json keeps it) first.
+  if grep -q '"failures": \[$' /tmp/bench-out/results.json 2>/dev/null; then
+    fail "results.json records failed runs: $(grep -A 1 '"failures": \[$' /tmp/bench-out/results.json | grep -v -e '"failures"' -e '^--$' | head -n 3 | tr -s ' \n' ' ' | cut -c1-600)"
+  fi
   expect_rc 0
   for f in results.json report.md ratios.svg; do
     [ -s "/tmp/bench-out/$f" ] || fail "no $f in the output directory"
@@ -522,7 +526,6 @@ sc_bench_linux() {
   for w in py-primes:100000 memtester:4 dd-read:1 dd-write:1 povray:160 openssl:1 7z:1 postmark:500; do
     grep -q "\"$w\"" /tmp/bench-out/results.json || fail "results.json has no $w"
   done
-  grep -q '"failures": \[$' /tmp/bench-out/results.json && fail "results.json records failed runs"
   grep -q '"available": false' /tmp/bench-out/results.json && fail "an environment was not available"
   expect_line /tmp/bench '^Table 4'
   expect_line /tmp/bench 'POV-Ray 3.7'
