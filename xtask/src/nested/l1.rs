@@ -192,7 +192,7 @@ impl Boot<'_> {
     fn spawn(&self, monitor: &Path) -> Result<Child> {
         let o = self.options;
         let append = format!(
-            "console=ttyS0 reboot=k panic=-1 tsc_early_khz=2445426 quiet nokaslr unknown_nmi_panic sysctl.kernel.panic_on_unrecovered_nmi=1 \
+            "console=ttyS0 reboot=k panic=-1 tsc_early_khz=2445426 quiet nokaslr idle=halt unknown_nmi_panic sysctl.kernel.panic_on_unrecovered_nmi=1 \
              lab.scenarios={} lab.timeout={} lab.bench_timeout={BENCH_TIMEOUT} lab.vsock_big_timeout={} \
              lab.vsock_big_mib={} lab.vsock_many={} lab.vsock_big_dirs={} lab.boot_rounds={}",
             self.scenarios.join(","),
