@@ -6,15 +6,17 @@
 
 use std::io;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::backlog::Backlog;
+use super::tx_batch::TxBatch;
 use super::{Backend, NetCounters, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_MRG_RXBUF};
 use crate::memory::GuestMemoryMmap;
 use crate::net::tap::{is_fatal, VNET_HDR_LEN};
+use crate::net::tx_ring::TxRing;
 use crate::virtio::{Interrupt, VIRTIO_MMIO_INT_VRING};
 
 /// Largest frame (without the virtio header) either way: 64 KiB of TSO
@@ -85,7 +87,8 @@ pub struct NetHandler {
     backlog: Backlog,
     /// Rx notifications may be on (the driver kicks for each refill batch).
     rx_notifications: bool,
-    txbuf: Vec<u8>,
+    /// Frames taken from tx chains, not yet written.
+    txq: TxBatch,
     segs: Vec<Seg>,
     /// Descriptors of the chains one rx frame goes into.
     rx_segs: Vec<Seg>,
@@ -122,13 +125,20 @@ impl NetHandler {
             ),
             // A fresh queue has notifications on; the first round turns them off.
             rx_notifications: true,
-            txbuf: vec![0; MAX_BUFFER_BYTES],
+            txq: TxBatch::new(None),
             segs: Vec::with_capacity(64),
             rx_segs: Vec::with_capacity(64),
             chains: Vec::with_capacity(64),
             warnings: 0,
             dead: false,
         }
+    }
+
+    /// Writes transmitted frames through `ring` (a burst per syscall)
+    /// instead of one `write` each.
+    pub fn with_tx_ring(mut self, ring: Option<Arc<Mutex<TxRing>>>) -> Self {
+        self.txq = TxBatch::new(ring);
+        self
     }
 
     /// The backend's fd, polled for incoming frames.
@@ -275,7 +285,7 @@ impl NetHandler {
                 if !ok {
                     NetCounters::add(&self.counters.bad_chains, 1);
                 } else {
-                    self.send_chain();
+                    self.queue_chain();
                 }
                 done += 1;
                 if !self.complete(true, head, 0) {
@@ -285,6 +295,9 @@ impl NetHandler {
                     break;
                 }
             }
+            // Out before the guest hears of the completions (and before
+            // notifications go back on).
+            self.flush_tx();
             if done >= TX_BURST || self.dead {
                 more = !self.dead;
                 break;
@@ -307,50 +320,74 @@ impl NetHandler {
         more
     }
 
-    /// Gathers the chain in `self.segs` and writes it to the backend.
-    fn send_chain(&mut self) {
+    /// Copies the chain in `self.segs` into the tx batch (writing the batch
+    /// first when it has no room).
+    fn queue_chain(&mut self) {
         let mut len = 0usize;
-        for &(addr, seg_len, writable) in &self.segs {
-            let seg_len = seg_len as usize;
+        for &(_, seg_len, writable) in &self.segs {
             if writable {
                 NetCounters::add(&self.counters.bad_chains, 1);
                 return;
             }
-            if len + seg_len > MAX_BUFFER_BYTES {
+            len += seg_len as usize;
+            if len > MAX_BUFFER_BYTES {
                 NetCounters::add(&self.counters.tx_dropped, 1);
                 return;
             }
-            if self
-                .memory
-                .read_slice(&mut self.txbuf[len..len + seg_len], addr)
-                .is_err()
-            {
-                NetCounters::add(&self.counters.bad_chains, 1);
-                return;
-            }
-            len += seg_len;
         }
         if len < VNET_HDR_LEN {
             NetCounters::add(&self.counters.bad_chains, 1);
             return;
         }
+        if self.txq.room(len).is_none() {
+            self.flush_tx();
+        }
+        let Some(frame) = self.txq.room(len) else {
+            // Cannot happen (an empty batch holds the largest frame); dropped, counted.
+            NetCounters::add(&self.counters.tx_dropped, 1);
+            return;
+        };
+        let mut at = 0usize;
+        for &(addr, seg_len, _) in &self.segs {
+            let seg_len = seg_len as usize;
+            if self.memory.read_slice(&mut frame[at..at + seg_len], addr).is_err() {
+                NetCounters::add(&self.counters.bad_chains, 1);
+                return;
+            }
+            at += seg_len;
+        }
         // virtio_net_hdr_v1: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers.
-        if self.txbuf[1] != GSO_NONE && !self.host_tso {
+        if frame[1] != GSO_NONE && !self.host_tso {
             NetCounters::add(&self.counters.tx_dropped, 1);
             return;
         }
-        self.txbuf[10] = 0;
-        self.txbuf[11] = 0;
-        match self.backend.write_frame(&self.txbuf[..len]) {
+        frame[10] = 0;
+        frame[11] = 0;
+        self.txq.push(len);
+    }
+
+    /// Writes the frames waiting in the tx batch, counting each.
+    fn flush_tx(&mut self) {
+        if self.txq.is_empty() {
+            return;
+        }
+        let counters = &self.counters;
+        let mut fatal = None;
+        let syscalls = self.txq.flush(&*self.backend, |r, len| match r {
             Ok(_) => {
-                NetCounters::add(&self.counters.tx_frames, 1);
-                NetCounters::add(&self.counters.tx_bytes, (len - VNET_HDR_LEN) as u64);
+                NetCounters::add(&counters.tx_frames, 1);
+                NetCounters::add(&counters.tx_bytes, len.saturating_sub(VNET_HDR_LEN) as u64);
             }
-            Err(e) if is_fatal(&e) => {
-                NetCounters::add(&self.counters.tx_dropped, 1);
-                self.backend_gone(&e);
+            Err(e) => {
+                NetCounters::add(&counters.tx_dropped, 1);
+                if fatal.is_none() && is_fatal(&e) {
+                    fatal = Some(e);
+                }
             }
-            Err(_) => NetCounters::add(&self.counters.tx_dropped, 1),
+        });
+        NetCounters::add(&self.counters.tx_writes, syscalls as u64);
+        if let Some(e) = fatal {
+            self.backend_gone(&e);
         }
     }
 

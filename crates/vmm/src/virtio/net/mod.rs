@@ -4,18 +4,22 @@
 //! (IFF_VNET_HDR, TUNSETVNETHDRSZ 12), so headers pass through unchanged.
 //! Checksum/TSOv4 offloads and mergeable rx buffers are offered only when the
 //! tap accepted TUNSETOFFLOAD. The device runs on its own worker thread
-//! (`worker.rs`), which polls the queues' ioeventfds and the tap.
+//! (`worker.rs`), which polls the queues' ioeventfds and the tap, and
+//! writes transmitted frames a burst per syscall (`tx_batch.rs`, through
+//! [`crate::net::tx_ring`]) where the host has io_uring.
 
 mod backlog;
 pub mod handler;
+mod tx_batch;
 mod worker;
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::{read_config_bytes, Activation, Stopping, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::net::tap::{Tap, TUN_F_CSUM, TUN_F_TSO4};
+use crate::net::tx_ring::TxRing;
 
 pub use handler::{FrameIo, NetHandler, MAX_FRAME_BYTES};
 pub use worker::NetWorker;
@@ -62,6 +66,9 @@ pub struct NetCounters {
     pub tx_frames: AtomicU64,
     /// Bytes (without the virtio header) sent to the tap.
     pub tx_bytes: AtomicU64,
+    /// Syscalls that wrote tx frames to the tap: one per burst through the
+    /// tx ring, one per frame without it.
+    pub tx_writes: AtomicU64,
     /// Guest frames dropped: oversized, refused by the tap, or after the tap went away.
     pub tx_dropped: AtomicU64,
     /// Malformed descriptor chains (either queue), completed without data.
@@ -111,6 +118,12 @@ pub trait Backend: FrameIo + AsRawFd + Send + Sync + 'static {
     fn offloads_supported(&self) -> bool;
     /// A name for log lines.
     fn name(&self) -> String;
+    /// The fd transmitted frames may be written to through a [`TxRing`]
+    /// (one frame per write, as a tap takes them); `None` (the default):
+    /// only through [`FrameIo::write_frame`].
+    fn ring_fd(&self) -> Option<RawFd> {
+        None
+    }
 }
 
 impl Backend for Tap {
@@ -125,6 +138,10 @@ impl Backend for Tap {
     fn name(&self) -> String {
         format!("tap {}", Tap::name(self))
     }
+
+    fn ring_fd(&self) -> Option<RawFd> {
+        Some(self.as_raw_fd())
+    }
 }
 
 /// A virtio-net device.
@@ -133,20 +150,41 @@ pub struct Net {
     config: [u8; 8],
     counters: Arc<NetCounters>,
     worker: Option<NetWorker>,
+    /// The ring transmitted frames are written through (shared by the
+    /// workers of successive activations), if the host has io_uring.
+    tx_ring: Option<Arc<Mutex<TxRing>>>,
 }
 
 impl Net {
-    /// A NIC with MAC `mac` whose frames go to and come from `backend` (normally a [`Tap`]).
+    /// A NIC with MAC `mac` whose frames go to and come from `backend`
+    /// (normally a [`Tap`]). Call it before the thread's seccomp filter is
+    /// on: it makes the tx ring (io_uring_setup, io_uring_register).
     pub fn new(backend: Arc<dyn Backend>, mac: [u8; 6]) -> Self {
         let mut config = [0u8; 8];
         config[..6].copy_from_slice(&mac);
         config[6] = 1; // VIRTIO_NET_S_LINK_UP
+        let tx_ring = backend.ring_fd().and_then(|fd| match TxRing::new(fd) {
+            Ok(r) => Some(Arc::new(Mutex::new(r))),
+            Err(e) => {
+                tracing::info!(
+                    "virtio-net ({}): no io_uring here ({e}); one write per transmitted frame",
+                    backend.name()
+                );
+                None
+            }
+        });
         Self {
             backend,
             config,
             counters: Arc::new(NetCounters::default()),
             worker: None,
+            tx_ring,
         }
+    }
+
+    /// Whether transmitted frames are written a burst per syscall.
+    pub fn tx_batched(&self) -> bool {
+        self.tx_ring.is_some()
     }
 
     /// The guest's MAC address.
@@ -217,7 +255,8 @@ impl VirtioDevice for Net {
             self.backend.clone(),
             self.counters.clone(),
             acked,
-        );
+        )
+        .with_tx_ring(self.tx_ring.clone());
         let name = format!("virtio-net-{}", self.backend.name().replace(' ', "-"));
         self.worker = Some(NetWorker::spawn(name, a.queue_events, handler).map_err(|e| e.to_string())?);
         Ok(())
@@ -241,6 +280,7 @@ impl VirtioDevice for Net {
             ("tx_frames", g(&c.tx_frames)),
             ("tx_bytes", g(&c.tx_bytes)),
             ("tx_dropped", g(&c.tx_dropped)),
+            ("tx_writes", g(&c.tx_writes)),
             ("bad_chains", g(&c.bad_chains)),
             ("rx_kicks", g(&c.rx_kicks)),
             ("tx_kicks", g(&c.tx_kicks)),
