@@ -858,6 +858,156 @@ snapshot_linux() {
   [ -z "$why1" ] || fail "$why1"
 }
 
+# jail-cgroup2: `kvmkit jail --cgroup-version 2` with memory.max on a cgroup2 hierarchy that has
+# the memory controller (the lab host's memory controller is bound to cgroup v1, so only L1 can
+# show v2's memory.max at work). L1 mounts cgroup2 on /sys/fs/cgroup and leaves the controllers
+# off: enabling +memory down to the VM's cgroup is the jailer's job. L1's / is the initramfs
+# (rootfs), which pivot_root(2) cannot leave (EINVAL: it has no parent mount); the jailer runs
+# chrooted into a bind mount of / in a private mount namespace, as it would on a host with a
+# real root file system (what a jailer run straight from rootfs says is shown). Three jailed
+# VMs, one 64 MiB memory.max: a ticking guest whose process, threads, root and cgroup are
+# checked while it runs; memtest:16, which passes under the limit; memtest:128 (the guest
+# touches 128 MiB), which the limit's OOM kill ends.
+JCG=/sys/fs/cgroup
+JBASE=/srv/jailer
+JROOT=/lab-jroot
+JUID=1000
+JLIMIT=67108864
+# jail_vm ID WORKLOAD: starts a jailed kvmkit guest in the background (bg: $bgpid, which becomes
+# the VMM: timeout, unshare, sh and chroot all exec).
+jail_vm() {
+  mkdir -p "$JROOT"
+  bg "/tmp/$1" unshare -m sh -c 'mount --rbind / "$0" && exec chroot "$0" "$@"' "$JROOT" \
+    kvmkit jail --id "$1" --exec-file /bin/kvmkit --uid $JUID --gid $JUID --chroot-base-dir "$JBASE" \
+    --cgroup-version 2 --cgroup "memory.max=$JLIMIT" -- run --guest --no-stdin --workload "$2"
+}
+# jail_done ID: removes the VM's cgroup and jail once it has ended (both are the caller's, as
+# with Firecracker's jailer).
+jail_done() {
+  rmdir "$JCG/kvmkit/$1" 2>/dev/null || info "jail-cgroup2: could not remove cgroup $JCG/kvmkit/$1"
+  rm -rf "${JBASE:?}/kvmkit/$1"
+}
+# stfield FILE KEY: the value of KEY: in a /proc status file, fields joined by one space.
+stfield() { awk -v k="$2:" '$1 == k { $1 = ""; sub(/^ +/, ""); print; exit }' "$1" 2>/dev/null; }
+memev() { awk -v k="$2" '$1 == k { print $2 }' "$JCG/kvmkit/$1/memory.events" 2>/dev/null; }
+# jail_problems PID ID: what is not (yet) as it must be for the running jailed VM PID; empty
+# when all is.
+jail_problems() {
+  [ -d "/proc/$1" ] || { echo "the VM process $1 is gone"; return; }
+  cg="$JCG/kvmkit/$2"
+  p=""
+  n=0
+  for t in /proc/$1/task/*; do
+    n=$((n + 1))
+    s=$t/status
+    for k in Uid Gid; do
+      v=$(stfield "$s" $k)
+      [ "$v" = "$JUID $JUID $JUID $JUID" ] || p="$p task ${t##*/} $k '$v';"
+    done
+    for k in CapInh CapPrm CapEff CapBnd CapAmb; do
+      v=$(stfield "$s" $k)
+      [ "$v" = 0000000000000000 ] || p="$p task ${t##*/} $k '$v';"
+    done
+    v=$(stfield "$s" Seccomp)
+    [ "$v" = 2 ] || p="$p task ${t##*/} Seccomp '$v';"
+    v=$(stfield "$s" NoNewPrivs)
+    [ "$v" = 1 ] || p="$p task ${t##*/} NoNewPrivs '$v';"
+  done
+  # The VMM, a vCPU and at least one more thread (kvmkit's guest runs its devices apart).
+  [ $n -ge 2 ] || p="$p $n thread(s);"
+  # The VMM and nothing else of user space; KVM's per-VM kernel thread (kvm-nx-lpage-recovery,
+  # PPid 2) joins the cgroup of the process that made the VM, by design.
+  v=$(cat "$cg/cgroup.procs" 2>/dev/null)
+  case " $(echo $v) " in *" $1 "*) ;; *) p="$p $1 not in $cg/cgroup.procs ('$(echo $v)');" ;; esac
+  for q in $v; do
+    [ "$q" != "$1" ] || continue
+    c=$(cat "/proc/$q/comm" 2>/dev/null)
+    [ "$(stfield "/proc/$q/status" PPid)" = 2 ] && case $c in kvm-*) true ;; *) false ;; esac ||
+      p="$p $q ($c, PPid $(stfield "/proc/$q/status" PPid), '$(tr '\0' ' ' <"/proc/$q/cmdline" 2>/dev/null)') is in $cg too;"
+  done
+  v=$(cat "/proc/$1/cgroup" 2>/dev/null)
+  [ "$v" = "0::/kvmkit/$2" ] || p="$p /proc/$1/cgroup '$v';"
+  v=$(cat "$cg/memory.max" 2>/dev/null)
+  [ "$v" = "$JLIMIT" ] || p="$p memory.max '$v';"
+  v=$(cat "$cg/memory.current" 2>/dev/null)
+  [ "${v:-0}" -gt 0 ] 2>/dev/null || p="$p memory.current '$v' (nothing charged to the VM's cgroup);"
+  v=$(ls -A "/proc/$1/root/" 2>/dev/null | tr '\n' ' ')
+  [ "$v" = "dev kvmkit " ] || p="$p its root holds '$v', not just dev and kvmkit;"
+  [ -c "/proc/$1/root/dev/kvm" ] || p="$p no dev/kvm in its root;"
+  v=$(stat -L -c '%d:%i' "/proc/$1/root/" 2>/dev/null)
+  [ "$v" = "$(stat -c '%d:%i' "$JBASE/kvmkit/$2/root")" ] || p="$p its root is not $JBASE/kvmkit/$2/root;"
+  echo "$p"
+}
+sc_jail_cgroup2() {
+  jcg_mounted=""
+  if ! grep -q "^[^ ]* $JCG cgroup2 " /proc/mounts; then
+    mount -t cgroup2 none "$JCG" || { fail "mount -t cgroup2 none $JCG failed"; return; }
+    jcg_mounted=1
+  fi
+  grep -qw memory "$JCG/cgroup.controllers" || { fail "L1's cgroup2 offers no memory controller: $(cat "$JCG/cgroup.controllers")"; return; }
+  info "jail-cgroup2: $JCG controllers: $(cat "$JCG/cgroup.controllers"); subtree_control before the jailer: '$(cat "$JCG/cgroup.subtree_control")'"
+  # Straight from L1's initramfs root (informational: a jailer cannot pivot_root out of rootfs).
+  kvmkit jail --id jcg2-rootfs --exec-file /bin/kvmkit --uid $JUID --gid $JUID --chroot-base-dir "$JBASE" \
+    --cgroup-version 2 --cgroup "memory.max=$JLIMIT" -- run --guest --no-stdin --workload idle </dev/null >/tmp/jcg2-rootfs 2>&1
+  rc=$?
+  info "jail-cgroup2: a jailer run from the initramfs root exits $rc: $(tail -n 1 /tmp/jcg2-rootfs)"
+  if [ $rc = 0 ]; then
+    jail_done jcg2-rootfs
+  elif [ -e "$JCG/kvmkit/jcg2-rootfs" ] || [ -e "$JBASE/kvmkit/jcg2-rootfs" ]; then
+    fail "the failed jailer left $JCG/kvmkit/jcg2-rootfs or $JBASE/kvmkit/jcg2-rootfs behind"
+  fi
+
+  # 1. A running jailed VM: uid, capabilities, seccomp, root and cgroup (waited for, then held).
+  jail_vm jcg2-state ticks:200
+  if wait_for /tmp/jcg2-state tick=2; then
+    # Threads start and take their filters while the guest runs: wait (10 s at most) until all
+    # is as it must be; what is still wrong then (or when the VM ended) fails the scenario.
+    n=0
+    probs=$(jail_problems "$bgpid" jcg2-state)
+    [ -z "$probs" ] || info "jail-cgroup2: not yet at the first check:$probs"
+    while [ -n "$probs" ] && running && [ $n -lt 20 ]; do
+      sleep 0.5
+      n=$((n + 1))
+      probs=$(jail_problems "$bgpid" jcg2-state)
+    done
+    [ -z "$probs" ] || fail "jailed VM after $n re-checks:$probs"
+    for t in /proc/$bgpid/task/*; do
+      info "jail-cgroup2: task ${t##*/} $(cat "$t/comm" 2>/dev/null): Uid $(stfield "$t/status" Uid), CapEff $(stfield "$t/status" CapEff), CapBnd $(stfield "$t/status" CapBnd), Seccomp $(stfield "$t/status" Seccomp)"
+    done
+    info "jail-cgroup2: pid $bgpid in $JCG/kvmkit/jcg2-state: /proc/$bgpid/cgroup $(cat /proc/$bgpid/cgroup), memory.max $(cat $JCG/kvmkit/jcg2-state/memory.max), memory.current $(cat $JCG/kvmkit/jcg2-state/memory.current); root: $(cd /proc/$bgpid/root && find . | sort | tr '\n' ' ')"
+    info "jail-cgroup2: $JCG/kvmkit/jcg2-state/cgroup.procs: $(for q in $(cat $JCG/kvmkit/jcg2-state/cgroup.procs); do echo "$q $(cat /proc/$q/comm 2>/dev/null) (PPid $(stfield /proc/$q/status PPid));"; done | tr '\n' ' ')"
+    info "jail-cgroup2: subtree_control: $JCG '$(cat $JCG/cgroup.subtree_control)', $JCG/kvmkit '$(cat $JCG/kvmkit/cgroup.subtree_control)'"
+    stop_bg
+  fi
+  finish /tmp/jcg2-state
+  jail_done jcg2-state
+
+  # 2. Under the limit: memtest over 16 MiB passes, no OOM kill.
+  jail_vm jcg2-pass memtest:16
+  finish /tmp/jcg2-pass
+  expect_rc 0
+  expect_line /tmp/jcg2-pass 'failed=0 status=0'
+  info "jail-cgroup2: memtest:16 under memory.max $JLIMIT: exit $rc, memory.peak $(cat $JCG/kvmkit/jcg2-pass/memory.peak 2>/dev/null), memory.events $(tr '\n' ' ' <$JCG/kvmkit/jcg2-pass/memory.events)"
+  [ "$(memev jcg2-pass oom_kill)" = 0 ] || fail "memtest:16 under memory.max=$JLIMIT: memory.events oom_kill is '$(memev jcg2-pass oom_kill)', expected 0"
+  jail_done jcg2-pass
+
+  # 3. Over the limit: the guest touches 128 MiB; the cgroup's OOM killer ends the VM.
+  jail_vm jcg2-oom memtest:128
+  finish /tmp/jcg2-oom
+  info "jail-cgroup2: memtest:128 under memory.max $JLIMIT: exit $rc, memory.peak $(cat $JCG/kvmkit/jcg2-oom/memory.peak 2>/dev/null), memory.events $(tr '\n' ' ' <$JCG/kvmkit/jcg2-oom/memory.events)"
+  dmesg | grep -i -e 'memory cgroup out of memory' -e 'oom-kill:' | tail -n 2 | sed 's/^/@@LAB-INFO jail-cgroup2: dmesg: /'
+  ! grep -q 'failed=0 status=0' /tmp/jcg2-oom || fail "memtest:128 finished under memory.max=$JLIMIT"
+  expect_rc 137
+  [ "$(memev jcg2-oom oom_kill)" -ge 1 ] 2>/dev/null || fail "memtest:128 under memory.max=$JLIMIT: memory.events oom_kill is '$(memev jcg2-oom oom_kill)', expected 1 or more"
+  p=$(cat $JCG/kvmkit/jcg2-oom/memory.peak 2>/dev/null)
+  [ -z "$p" ] || [ "$p" -le "$JLIMIT" ] || fail "memory.peak $p is above memory.max $JLIMIT"
+  jail_done jcg2-oom
+  # L1 as it was for the scenarios after this one.
+  rmdir "$JCG/kvmkit" "$JROOT" 2>/dev/null
+  rm -rf "$JBASE"
+  [ -z "$jcg_mounted" ] || umount "$JCG" || info "jail-cgroup2: could not unmount $JCG"
+}
+
 # boot-peers (opt-in): the same L2 kernel (the ELF vmlinux), busybox initramfs, command line,
 # 1 vCPU and 256 MiB booted by kvmkit and by the peer VMMs in /lab/peers (copied in by the host
 # when it had them), in interleaved rounds (lab.boot_rounds=, default 3; the order rotates each

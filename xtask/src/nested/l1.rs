@@ -332,6 +332,8 @@ pub(super) fn budget(name: &str, options: &Options) -> u64 {
     let extra = match name {
         "api" | "vsock-exec-api" | "snapshot-linux" | "snapshot-vmgenid" | "snapshot-vsock" => t,
         "vsock-many" => 3 * t,
+        // Three jailed VMs in turn, each under the scenario timeout.
+        "jail-cgroup2" => 2 * t,
         "vsock-big" => super::vsock_big_timeout(options.vsock_big_mib),
         "bench-linux" => BENCH_TIMEOUT,
         // Each round boots the three VMMs to their marker (5-17 s each under TCG, up to 2x the
@@ -443,6 +445,8 @@ mod tests {
             .flatten()
             .expect("options");
         assert_eq!(budget("linux-cmd", &options), 60);
+        // jail-cgroup2 runs three VMs, one after the other.
+        assert_eq!(budget("jail-cgroup2", &options), 3 * 45 + 15);
         assert_eq!(budget("bench-linux", &options), 60 + BENCH_TIMEOUT);
         assert_eq!(
             budgets_file(&options),

@@ -156,6 +156,13 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "`--net auto --net auto`: two taps and two NICs; the guest sets eth1 up from its kvmkit.net= word; \
          L1 pings both guest addresses; no tap is left afterwards",
     ),
+    (
+        "jail-cgroup2",
+        "`kvmkit jail --cgroup-version 2 --cgroup memory.max=64M` on a cgroup2 /sys/fs/cgroup with the memory \
+         controller (the jailer enables it): a running jailed guest has uid/gid 1000 and no capabilities on every \
+         thread, Seccomp 2, a root of only kvmkit and dev/, and sits alone in kvmkit/<id> with memory.max set; \
+         memtest:16 passes under the limit (oom_kill 0), memtest:128 is OOM-killed (status 137, oom_kill >= 1)",
+    ),
 ];
 
 /// Scenarios run only when named (`cargo xtask nested boot-peers`), never in the default list
