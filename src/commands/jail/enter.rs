@@ -145,7 +145,17 @@ pub fn pivot_into(chroot: &Path, files: &[JailFile]) -> Result<(), String> {
             return Err(os_err("mkdir old_root"));
         }
         if libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), old.as_ptr()) != 0 {
-            return Err(os_err("pivot_root"));
+            let e = io::Error::last_os_error();
+            let hint = match e.raw_os_error() {
+                Some(libc::EINVAL) => std::fs::read_to_string("/proc/self/mountinfo")
+                    .ok()
+                    .and_then(|m| pivot_root_hint(&m)),
+                _ => None,
+            };
+            return Err(match hint {
+                Some(h) => format!("pivot_root: {e} ({h})"),
+                None => format!("pivot_root: {e}"),
+            });
         }
         if libc::chdir(slash.as_ptr()) != 0 {
             return Err(os_err("chdir /"));
@@ -161,6 +171,30 @@ pub fn pivot_into(chroot: &Path, files: &[JailFile]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Why pivot_root(2) refused (EINVAL) to move this process's root, read
+/// from its `/proc/self/mountinfo`, when the root is one it can never move:
+/// the mount namespace's top mount (the initramfs's rootfs, listed as its
+/// own parent), or no mount at all (the jailer runs in a plain chroot).
+fn pivot_root_hint(mountinfo: &str) -> Option<&'static str> {
+    // Fields: mount id, parent id, major:minor, root, mount point, ...
+    let at_root: Vec<(&str, &str)> = mountinfo
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').take(5).collect();
+            (f.len() == 5 && f[4] == "/").then(|| (f[0], f[1]))
+        })
+        .collect();
+    // The last mount on / is the one in use.
+    match at_root.last() {
+        Some((id, parent)) if id == parent => Some(
+            "/ is the initramfs (rootfs), which pivot_root cannot move: run the jailer from a mounted root \
+             file system, e.g. after switch_root, or chrooted into a bind mount of /",
+        ),
+        None => Some("/ is not a mount point (a chroot?): run the jailer where / is a mount"),
+        Some(_) => None,
+    }
 }
 
 /// --daemonize: a new session, stdio to /dev/null.
@@ -266,4 +300,25 @@ pub fn exec(argv: &[OsString]) -> String {
     // SAFETY: ptrs and env are NULL-terminated arrays of valid strings.
     unsafe { libc::execve(ptrs[0], ptrs.as_ptr(), env.as_ptr()) };
     os_err(&format!("exec {}", argv[0].to_string_lossy()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pivot_root_hint;
+
+    #[test]
+    fn pivot_root_hints() {
+        // An initramfs: rootfs is its own parent.
+        let rootfs = "1 1 0:2 / / rw - rootfs rootfs rw\n22 1 0:21 / /proc rw,relatime - proc proc rw\n";
+        assert!(pivot_root_hint(rootfs).is_some_and(|h| h.contains("initramfs")));
+        // A real root file system mounted over rootfs (the last mount on / counts).
+        let disk = "1 1 0:2 / / rw - rootfs rootfs rw\n29 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n";
+        assert_eq!(pivot_root_hint(disk), None);
+        // In a new mount namespace: a root whose parent is not shown.
+        assert_eq!(pivot_root_hint("612 590 8:1 / / rw - ext4 /dev/sda1 rw\n"), None);
+        // A chroot into a plain directory: no mount at /.
+        let chroot = "22 1 0:21 / /proc rw,relatime - proc proc rw\n";
+        assert!(pivot_root_hint(chroot).is_some_and(|h| h.contains("not a mount point")));
+        assert!(pivot_root_hint("").is_some());
+    }
 }

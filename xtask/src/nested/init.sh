@@ -864,7 +864,7 @@ snapshot_linux() {
 # off: enabling +memory down to the VM's cgroup is the jailer's job. L1's / is the initramfs
 # (rootfs), which pivot_root(2) cannot leave (EINVAL: it has no parent mount); the jailer runs
 # chrooted into a bind mount of / in a private mount namespace, as it would on a host with a
-# real root file system (what a jailer run straight from rootfs says is shown). Three jailed
+# real root file system (a jailer run straight from rootfs must fail saying so). Three jailed
 # VMs, one 64 MiB memory.max: a ticking guest whose process, threads, root and cgroup are
 # checked while it runs; memtest:16, which passes under the limit; memtest:128 (the guest
 # touches 128 MiB), which the limit's OOM kill ends.
@@ -946,15 +946,18 @@ sc_jail_cgroup2() {
   fi
   grep -qw memory "$JCG/cgroup.controllers" || { fail "L1's cgroup2 offers no memory controller: $(cat "$JCG/cgroup.controllers")"; return; }
   info "jail-cgroup2: $JCG controllers: $(cat "$JCG/cgroup.controllers"); subtree_control before the jailer: '$(cat "$JCG/cgroup.subtree_control")'"
-  # Straight from L1's initramfs root (informational: a jailer cannot pivot_root out of rootfs).
+  # Straight from L1's initramfs root: a jailer cannot pivot_root out of rootfs; it must say so
+  # and leave nothing behind.
   kvmkit jail --id jcg2-rootfs --exec-file /bin/kvmkit --uid $JUID --gid $JUID --chroot-base-dir "$JBASE" \
     --cgroup-version 2 --cgroup "memory.max=$JLIMIT" -- run --guest --no-stdin --workload idle </dev/null >/tmp/jcg2-rootfs 2>&1
   rc=$?
   info "jail-cgroup2: a jailer run from the initramfs root exits $rc: $(tail -n 1 /tmp/jcg2-rootfs)"
   if [ $rc = 0 ]; then
     jail_done jcg2-rootfs
-  elif [ -e "$JCG/kvmkit/jcg2-rootfs" ] || [ -e "$JBASE/kvmkit/jcg2-rootfs" ]; then
-    fail "the failed jailer left $JCG/kvmkit/jcg2-rootfs or $JBASE/kvmkit/jcg2-rootfs behind"
+  else
+    grep -q 'pivot_root: .*(/ is the initramfs' /tmp/jcg2-rootfs || fail "a jailer run from the initramfs root did not say why it failed: $(tail -n 1 /tmp/jcg2-rootfs)"
+    [ ! -e "$JCG/kvmkit/jcg2-rootfs" ] && [ ! -e "$JBASE/kvmkit/jcg2-rootfs" ] ||
+      fail "the failed jailer left $JCG/kvmkit/jcg2-rootfs or $JBASE/kvmkit/jcg2-rootfs behind"
   fi
 
   # 1. A running jailed VM: uid, capabilities, seccomp, root and cgroup (waited for, then held).
