@@ -9,6 +9,7 @@ mod commands;
 mod firecracker;
 mod libm_shim;
 mod logging;
+mod run_cli;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -63,7 +64,7 @@ fn main() -> ExitCode {
     let cli = if firecracker::invoked_as_firecracker() {
         let fc = firecracker::FirecrackerArgs::parse();
         match firecracker::translate(fc) {
-            Ok(argv) => Cli::parse_from(argv),
+            Ok(argv) => run_cli::parse_from(argv),
             Err(Ok(text)) => {
                 crate::logging::outln!("{text}");
                 return ExitCode::SUCCESS;
@@ -77,7 +78,7 @@ fn main() -> ExitCode {
         init_logging(0);
         return finish(commands::jail::main_as_jailer());
     } else {
-        Cli::parse()
+        run_cli::parse_from(std::env::args_os())
     };
     init_logging(cli.verbose);
     let result = match cli.command {
