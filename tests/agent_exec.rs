@@ -95,13 +95,24 @@ fn rig(name: &str, with_vsock: bool, agent_port: u32) -> Rig {
     std::fs::write(&bin, kvmkit_agent_image::AGENT).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let agent_sock = dir.join("agent.sock");
-    let agent = Command::new(&bin)
-        .arg("--unix")
-        .arg(&agent_sock)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // A concurrent test's fork may hold the just-written file open for
+    // writing until its exec (ETXTBSY): wait for that to pass.
+    let mut tries = 0;
+    let agent = loop {
+        match Command::new(&bin)
+            .arg("--unix")
+            .arg(&agent_sock)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Err(e) if e.raw_os_error() == Some(26) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => break r.unwrap(),
+        }
+    };
     wait_for(&agent_sock);
     let uds = dir.join("v.sock");
     fake_bridge(&uds, agent_sock, agent_port);

@@ -52,13 +52,24 @@ fn agent(name: &str) -> Agent {
     std::fs::write(&bin, AGENT).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let sock = dir.join("agent.sock");
-    let child = Command::new(&bin)
-        .arg("--unix")
-        .arg(&sock)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // Another test's fork may hold the just-written file open for writing
+    // until its exec (ETXTBSY, "Text file busy"): wait for that to pass.
+    let mut tries = 0;
+    let child = loop {
+        match Command::new(&bin)
+            .arg("--unix")
+            .arg(&sock)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Err(e) if e.raw_os_error() == Some(26) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => break r.unwrap(),
+        }
+    };
     let start = Instant::now();
     while !sock.exists() {
         assert!(start.elapsed() < Duration::from_secs(10), "the agent did not listen");
