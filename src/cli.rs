@@ -388,6 +388,11 @@ pub struct BenchArgs {
     /// Guest RAM in MiB (raised where a memory workload needs more).
     #[arg(long, default_value_t = 256, value_name = "MIB")]
     pub memory: u64,
+    /// kvmkit's disks in the disk rows: `off` (a notification per request once the
+    /// device worker sleeps), `auto` (the worker polls for the next request in an
+    /// adaptive window) or a window in microseconds; the report says which.
+    #[arg(long, default_value = "off", value_name = "off|auto|US")]
+    pub disk_poll: kvmkit_vmm::vmm_config::PollMode,
     /// Output directory (default bench-out/<timestamp>).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,

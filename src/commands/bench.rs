@@ -28,6 +28,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<u8> {
         pin: !args.no_pin,
         cpus: args.cpus,
         memory: args.memory,
+        disk_poll: args.disk_poll,
         out: args.out.clone(),
         guest: args.guest,
         kernel: args.kernel.clone(),

@@ -58,6 +58,8 @@ pub struct Runner {
     pub cpus: usize,
     /// Guest RAM (MiB) before per-workload minimums.
     pub memory_mib: u64,
+    /// kvmkit's disk polling mode (`--disk ...,poll=`).
+    pub disk_poll: kvmkit_vmm::vmm_config::PollMode,
     /// The other halves of multi-row runs (`blk-seq`'s read after its write row ran).
     pub cache: Mutex<Cache>,
     /// `--guest linux`: the kernel, initramfs and rootfs.
@@ -245,7 +247,7 @@ impl Runner {
             .arg("--results")
             .arg(&results)
             .args(["--timeout", &format!("{:.0}", timeout.as_secs_f64())])
-            .args(w.kind.kvmkit_args(disk));
+            .args(w.kind.kvmkit_args(disk, self.disk_poll));
         let out = run_with_timeout(cmd, timeout + Duration::from_secs(10))?;
         if out.code != Some(0) {
             bail!(

@@ -12,6 +12,8 @@
 
 use std::path::Path;
 
+use kvmkit_vmm::vmm_config::PollMode;
+
 /// The workload kinds the test guest (and the host runner) know.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -208,11 +210,17 @@ impl Kind {
         }
     }
 
-    /// Extra `kvmkit run` arguments (devices) for this workload, given its disk image.
-    pub fn kvmkit_args(self, disk: Option<&Path>) -> Vec<String> {
+    /// Extra `kvmkit run` arguments (devices) for this workload, given its disk image
+    /// and the disk polling mode (`poll=`, left out when off, the default).
+    pub fn kvmkit_args(self, disk: Option<&Path>, poll: PollMode) -> Vec<String> {
         let cache = self.cache_option(disk);
+        let poll = if poll == PollMode::Off {
+            String::new()
+        } else {
+            format!(",poll={poll}")
+        };
         match disk {
-            Some(img) => vec!["--disk".into(), format!("path={}{cache}", img.display())],
+            Some(img) => vec!["--disk".into(), format!("path={}{cache}{poll}", img.display())],
             None => Vec::new(),
         }
     }
@@ -257,4 +265,31 @@ pub fn supports_direct_io(path: &Path) -> bool {
         .custom_flags(libc::O_DIRECT)
         .open(path)
         .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kvmkit_disk_args_carry_the_poll_mode_only_when_on() {
+        let img = Path::new("/nonexistent/disk.img");
+        let args = |k: Kind, p: PollMode| k.kvmkit_args(Some(img), p);
+        assert_eq!(
+            args(Kind::SmallIo, PollMode::Off),
+            ["--disk", "path=/nonexistent/disk.img"]
+        );
+        assert_eq!(
+            args(Kind::SmallIo, PollMode::Auto),
+            ["--disk", "path=/nonexistent/disk.img,poll=auto"]
+        );
+        let fixed: PollMode = "100".parse().expect("a window");
+        assert_eq!(
+            args(Kind::BlkWrite, fixed),
+            ["--disk", format!("path=/nonexistent/disk.img,poll={fixed}").as_str()]
+        );
+        assert!(Kind::SmallIo.kvmkit_args(None, PollMode::Auto).is_empty());
+        // What the bench passes must parse as kvmkit's own --disk option does.
+        assert_eq!(fixed.to_string().parse::<PollMode>(), Ok(fixed));
+    }
 }

@@ -86,6 +86,8 @@ pub struct Options<'a> {
     pub cpus: usize,
     /// Guest RAM in MiB (raised where a memory workload needs more).
     pub memory: u64,
+    /// kvmkit's disk polling (`--disk ...,poll=`) in the disk rows.
+    pub disk_poll: kvmkit_vmm::vmm_config::PollMode,
     /// Output directory (None: `bench-out/<timestamp>`).
     pub out: Option<PathBuf>,
     /// The guest measured.
@@ -240,6 +242,7 @@ pub fn run(args: &Options) -> anyhow::Result<u8> {
         out: out.clone(),
         cpus: args.cpus,
         memory_mib: args.memory,
+        disk_poll: args.disk_poll,
         cache: std::sync::Mutex::default(),
         linux,
     };
@@ -500,6 +503,7 @@ pub fn run(args: &Options) -> anyhow::Result<u8> {
         affinity,
         cpus: args.cpus,
         memory_mib: args.memory,
+        kvmkit_disk_poll: args.disk_poll.to_string(),
         machine,
         environments,
         workloads: rows,

@@ -468,6 +468,16 @@ pub fn markdown(results: &BenchResults, charts: &[String]) -> String {
             let _ = writeln!(out, "- memory pages, {name}: {}", info.memory_pages);
         }
     }
+    let _ = writeln!(
+        out,
+        "- kvmkit's disks: poll={} ({}; `kvmkit bench --disk-poll`); QEMU's: notifications",
+        results.kvmkit_disk_poll,
+        if results.kvmkit_disk_poll == "off" {
+            "a notification per request once the device worker sleeps"
+        } else {
+            "the device worker polls for the next request before it sleeps"
+        }
+    );
     let _ = writeln!(out, "- CPU affinity: {}", results.affinity.note);
     let waited: f64 = results.rounds.iter().map(|r| r.waited_s).sum();
     let busy: Vec<String> = results

@@ -370,6 +370,8 @@ pub struct BenchResults {
     pub cpus: usize,
     /// Guest RAM (MiB) asked for (memory workloads raise it where needed).
     pub memory_mib: u64,
+    /// kvmkit's disk polling in the disk rows (`off`, `auto` or a window in us).
+    pub kvmkit_disk_poll: String,
     /// The machine and software.
     pub machine: Machine,
     /// Environments: host, kvmkit, qemu.
@@ -439,6 +441,7 @@ pub(crate) mod fixtures {
             },
             cpus: 1,
             memory_mib: 256,
+            kvmkit_disk_poll: "off".into(),
             machine: crate::machine::Machine::describe(None),
             environments: Env::ALL
                 .into_iter()
