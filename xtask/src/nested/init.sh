@@ -112,7 +112,9 @@ sc_linux_smp() {
 # command line that prints lab-shell-ok and powers off.
 shell() {
   need_linux || return
-  rm -f /tmp/in /tmp/shell.rc
+  # shell.raw too: the job below opens it only once its fifo has a writer, and the
+  # previous shell scenario's file says KVMKIT-USERSPACE-READY already.
+  rm -f /tmp/in /tmp/shell.rc /tmp/shell.raw
   mkfifo /tmp/in
   t0=$(now)
   (timeout -s TERM "$T" kvmkit run --linux "$@" </tmp/in >/tmp/shell.raw 2>&1; echo $? >/tmp/shell.rc) &
@@ -257,6 +259,10 @@ bg() {
   out=$1
   shift
   t0=$(now)
+  # Emptied here, not only by the redirection below: that one happens in the background
+  # job, after this function returns, so a wait_for right after could read the previous
+  # scenario's output (net-tcp once saw net-ping's lab-net-up, then an empty file).
+  : >"$out.raw"
   timeout -s TERM "$T" "$@" </dev/null >"$out.raw" 2>&1 &
   bgpid=$!
 }
@@ -815,7 +821,10 @@ sc_snapshot_vmgenid() {
 snapshot_linux() {
   need_linux || return
   kvmkit ctl --help 2>/dev/null | grep -q snapshot || { fail "kvmkit has no 'ctl snapshot' yet"; return; }
-  rm -f /tmp/snap.state /tmp/snap.mem /tmp/snapin1 /tmp/snapin2 "$SNAP1" "$SNAP2"
+  # The .raw files too: the jobs below open them only once their fifos have a writer, and
+  # the previous snapshot scenario's would match the waits at once.
+  rm -f /tmp/snap.state /tmp/snap.mem /tmp/snapin1 /tmp/snapin2 "$SNAP1" "$SNAP2" \
+    /tmp/snap1.raw /tmp/snap2.raw /tmp/snapx2.raw
   mkfifo /tmp/snapin1 /tmp/snapin2
   SECRET=lab-secret-$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')
   t0=$(now)
