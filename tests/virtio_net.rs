@@ -385,8 +385,9 @@ fn net_tx_frames_are_counted_on_the_host_tap() {
 
 /// Whether this kernel lets this process make an io_uring.
 fn host_has_io_uring() -> bool {
-    let mut params = [0u32; 30]; // struct io_uring_params: 120 bytes
-                                 // SAFETY: io_uring_setup writes at most sizeof(io_uring_params) into `params`.
+    // struct io_uring_params: 120 bytes.
+    let mut params = [0u32; 30];
+    // SAFETY: io_uring_setup writes at most sizeof(io_uring_params) into `params`.
     let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
     if fd < 0 {
         return false;

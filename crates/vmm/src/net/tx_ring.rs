@@ -126,16 +126,17 @@ mod tests {
         UnixDatagram::pair().expect("socketpair")
     }
 
+    /// A ring writing to `s`; None (the test says it is skipped) without io_uring.
+    fn ring_on(s: &UnixDatagram) -> Option<TxRing> {
+        TxRing::new(s.as_raw_fd())
+            .map_err(|e| eprintln!("skipped: io_uring is not available here ({e})"))
+            .ok()
+    }
+
     #[test]
     fn writes_every_frame_once_in_order() {
         let (a, b) = pair();
-        let mut ring = match TxRing::new(a.as_raw_fd()) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("skipped: io_uring is not available here ({e})");
-                return;
-            }
-        };
+        let Some(mut ring) = ring_on(&a) else { return };
         let frames: Vec<Vec<u8>> = (0..TX_RING_ENTRIES as usize)
             .map(|i| vec![i as u8; 14 + i * 7])
             .collect();
@@ -162,13 +163,7 @@ mod tests {
     #[test]
     fn a_failed_write_is_reported_for_that_frame_only() {
         let (a, b) = pair();
-        let mut ring = match TxRing::new(a.as_raw_fd()) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("skipped: io_uring is not available here ({e})");
-                return;
-            }
-        };
+        let Some(mut ring) = ring_on(&a) else { return };
         drop(b);
         let frame = [1u8; 20];
         let mut errors = 0;
@@ -180,9 +175,7 @@ mod tests {
     #[test]
     fn too_many_frames_are_refused() {
         let (a, _b) = pair();
-        let Ok(mut ring) = TxRing::new(a.as_raw_fd()) else {
-            return;
-        };
+        let Some(mut ring) = ring_on(&a) else { return };
         let f = [0u8; 1];
         let many = vec![&f[..]; TX_RING_ENTRIES as usize + 1];
         assert!(ring.write_all(&many, |_, _| panic!("nothing is written")).is_err());
@@ -191,9 +184,7 @@ mod tests {
     #[test]
     fn the_ring_refuses_other_operations() {
         let (a, _b) = pair();
-        let Ok(mut ring) = TxRing::new(a.as_raw_fd()) else {
-            return;
-        };
+        let Some(mut ring) = ring_on(&a) else { return };
         // A read, a write with a fixed file, a linked write: all refused (-EACCES).
         let mut buf = [0u8; 8];
         let read = opcode::Read::new(types::Fd(a.as_raw_fd()), buf.as_mut_ptr(), 8)

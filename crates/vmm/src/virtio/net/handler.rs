@@ -137,7 +137,7 @@ impl NetHandler {
     /// Writes transmitted frames through `ring` (a burst per syscall)
     /// instead of one `write` each.
     pub fn with_tx_ring(mut self, ring: Option<Arc<Mutex<TxRing>>>) -> Self {
-        self.txq = TxBatch::new(ring);
+        self.txq.set_ring(ring);
         self
     }
 

@@ -37,6 +37,11 @@ impl TxBatch {
         }
     }
 
+    /// Writes through `ring` from now on (None: one `write` per frame).
+    pub fn set_ring(&mut self, ring: Option<Arc<Mutex<TxRing>>>) {
+        self.ring = ring;
+    }
+
     fn tail(&self) -> usize {
         self.frames.last().map_or(0, |&(o, l)| o + l)
     }
