@@ -364,13 +364,14 @@ pub struct BenchArgs {
     /// Target of each cell's 95% interval of the median, in percent (+-PCT).
     #[arg(long, default_value_t = 3.0, value_name = "PCT")]
     pub ci_target: f64,
-    /// Runs every cell gets at least (adaptive).
-    #[arg(long, default_value_t = 5, value_name = "N")]
+    /// Runs every cell gets at least (adaptive; 2 or more). A cell may stop at 2 runs when
+    /// Student's t says its interval is already within --ci-target.
+    #[arg(long, default_value_t = 2, value_name = "N")]
     pub min_runs: usize,
     /// Runs no cell exceeds (adaptive).
     #[arg(long, default_value_t = 20, value_name = "N")]
     pub max_runs: usize,
-    /// Seconds of runs after which a cell stops once it has --min-runs (adaptive).
+    /// Seconds of runs after which a cell stops once it has --min-runs, and at least 5 (adaptive).
     #[arg(long, default_value_t = 60.0, value_name = "S")]
     pub max_cell_time: f64,
     /// Seed of the random round order and the bootstrap (same seed, same report for the same runs).

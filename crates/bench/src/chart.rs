@@ -2,7 +2,7 @@
 //!
 //! The ratio chart has a log-scale axis centred on 1.0 (native speed), so a 7x row does not
 //! flatten the rest and "2x slower" and "2x faster" are the same distance from the line;
-//! each bar carries a whisker: the 95% bootstrap interval of the ratio of medians. Rows are labelled as in the report's tables. Each series has a fixed colour:
+//! each bar carries a whisker: the 95% interval of the ratio (a bootstrap of the ratio of medians, or Welch's on the logs below 6 runs). Rows are labelled as in the report's tables. Each series has a fixed colour:
 //! the paper's bars are always named as the paper's and drawn in a colour no series of this
 //! run uses.
 
@@ -69,7 +69,7 @@ pub fn row_label(w: &WorkloadResult) -> String {
     }
 }
 
-/// The whisker of `env`'s ratio: its 95% bootstrap interval.
+/// The whisker of `env`'s ratio: its 95% interval.
 fn ratio_range(w: &WorkloadResult, env: Env) -> Option<(f64, f64)> {
     let v = w.cell(env).verdict.as_ref().filter(|v| v.against == "host")?;
     v.ratio_ci95.map(|[lo, hi]| (lo, hi))

@@ -22,6 +22,7 @@ mod results;
 mod rows;
 mod schedule;
 pub mod stats;
+mod student;
 mod table;
 
 use std::collections::BTreeMap;

@@ -8,12 +8,14 @@ use crate::stats;
 use crate::table::{Table, Unit};
 
 /// What a cell and a ratio of the report mean.
-const CELLS: &str = "Cells are the median of the runs with its 95% bootstrap interval, the number of runs (and \
-     why they stopped: `ci-target`, `max-runs`, `time-cap`, `fixed-runs`) and the runs' extremes; ratios are \
-     guest median / host median (> 1: the guest is slower), with as many digits as their 95% interval \
-     supports. Each guest row gets a verdict: \"slower/faster than host (significant)\" when a two-sided \
-     Mann-Whitney U test of its runs against the host's gives p < 0.05 and the ratio's interval leaves out \
-     1.0, else \"no difference detectable\" (too few runs, or too much noise, to tell).";
+const CELLS: &str = "Cells are the median of the runs with its 95% interval (a bootstrap of the median from 6 \
+     runs; below 6, Student's t on the logs of the runs, which assumes log-normal noise), the number of runs \
+     (and why they stopped: `ci-target`, `max-runs`, `time-cap`, `fixed-runs`) and the runs' extremes; ratios \
+     are guest median / host median (> 1: the guest is slower), with as many digits as their 95% interval \
+     supports. Each guest row gets a verdict: \"slower/faster than host (significant)\" when a two-sided test \
+     of its runs against the host's (Mann-Whitney U from 6 runs a side, Welch's t on the logs below) gives \
+     p < 0.05 and the ratio's interval leaves out 1.0, else \"no difference detectable\" (too few runs, or \
+     too much noise, to tell).";
 
 /// Label of the paper's columns.
 pub const PAPER: &str = "paper (KVM on 2017 hardware)";
@@ -118,7 +120,7 @@ fn verdicts(w: &WorkloadResult) -> Vec<String> {
                 format!("{} vs {}: {}", e.name(), v.against, v.text)
             };
             Some(format!(
-                "{text} ({}/{} {}, {ci}, n={}/{}, Mann-Whitney {})",
+                "{text} ({}/{} {}, {ci}, n={}/{}, {} {})",
                 e.name(),
                 v.against,
                 v.ratio_text(),
@@ -126,6 +128,11 @@ fn verdicts(w: &WorkloadResult) -> Vec<String> {
                 w.cell(if v.against == "host" { Env::Host } else { Env::Qemu })
                     .stats
                     .map_or(0, |s| s.runs),
+                if v.test == "welch-log" {
+                    "Welch t on logs"
+                } else {
+                    "Mann-Whitney"
+                },
                 p_text(v.p_value)
             ))
         })

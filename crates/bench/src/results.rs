@@ -12,6 +12,7 @@ use crate::paper::Pending;
 use crate::profile::Profile;
 use crate::rows::Workload;
 use crate::stats::{self, Rng};
+use crate::student;
 use crate::table::{Table, Unit};
 
 /// Median, its 95% interval, min and max of a cell's samples.
@@ -19,8 +20,11 @@ use crate::table::{Table, Unit};
 pub struct Stats {
     /// Median.
     pub median: f64,
-    /// The 95% bootstrap interval of the median (None with a single run).
+    /// The 95% interval of the median (None with a single run): Student's t on the logs
+    /// below `stats::FEW_RUNS` runs, else the bootstrap (`ci_method`).
     pub ci95: Option<[f64; 2]>,
+    /// How `ci95` was computed: `t-log` or `bootstrap`.
+    pub ci_method: &'static str,
     /// The interval's larger distance from the median, relative to it (0.03: +-3%).
     pub ci95_rel: Option<f64>,
     /// Successful runs behind these figures.
@@ -40,10 +44,13 @@ impl Stats {
         let min = values.iter().copied().fold(f64::INFINITY, f64::min);
         let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let spread = if median > 0.0 { (max - min) / median } else { 0.0 };
-        let ci = stats::median_ci(values, rng);
+        // Student's interval is centred on the geometric mean; widened (never narrowed) to
+        // hold the median in the rare skewed sample where it falls outside.
+        let ci = stats::interval(values, rng).map(|(lo, hi)| (lo.min(median), hi.max(median)));
         Some(Self {
             median,
             ci95: ci.map(|(lo, hi)| [lo, hi]),
+            ci_method: stats::method(values.len()),
             ci95_rel: ci.map(|c| stats::relative_half_width(median, c)),
             runs: values.len(),
             min,
@@ -54,8 +61,10 @@ impl Stats {
 }
 
 /// A guest cell against the host (or, in the exit table, kvmkit against QEMU): the ratio
-/// of medians with its interval and a two-sided Mann-Whitney U test; significant when
-/// p < 0.05 and the ratio's 95% interval leaves out 1.0.
+/// of medians with its interval and a two-sided test; significant when p < 0.05 and the
+/// ratio's 95% interval leaves out 1.0. With at least `stats::FEW_RUNS` runs on each side
+/// the test is Mann-Whitney U and the interval a bootstrap; with fewer, Welch's t test on
+/// the logs and its interval.
 #[derive(Clone, Debug, Serialize)]
 pub struct Verdict {
     /// In words: "kvmkit slower than host (significant)", "no difference detectable".
@@ -64,13 +73,16 @@ pub struct Verdict {
     pub against: String,
     /// This cell's median / the other's.
     pub ratio: f64,
-    /// The 95% bootstrap interval of the ratio (None with a single run on either side).
+    /// The 95% interval of the ratio (None with a single run on either side).
     pub ratio_ci95: Option<[f64; 2]>,
-    /// Mann-Whitney U of this cell's samples.
-    pub u: f64,
+    /// The test: `mann-whitney` or `welch-log`.
+    pub test: &'static str,
+    /// Mann-Whitney U of this cell's samples (Mann-Whitney only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub u: Option<f64>,
     /// Two-sided p-value.
     pub p_value: f64,
-    /// Whether p is exact (no ties) or the normal approximation.
+    /// Whether p is exact (Mann-Whitney without ties) or an approximation.
     pub p_exact: bool,
     /// p < 0.05 and the ratio's 95% interval leaves out 1.0.
     pub significant: bool,
@@ -87,12 +99,20 @@ impl Verdict {
         if m <= 0.0 || o <= 0.0 {
             return None;
         }
-        let test = stats::mann_whitney(mine, other)?;
-        let ratio_ci = stats::ratio_ci(mine, other, rng);
-        // Both must agree: the rank test rejects "same distribution" and the ratio's
-        // interval leaves out 1.0, so a "significant" line never sits beside an interval
-        // that says "maybe equal".
-        let significant = test.p < ALPHA && ratio_ci.is_some_and(|(lo, hi)| lo > 1.0 || hi < 1.0);
+        let few = mine.len().min(other.len()) < stats::FEW_RUNS;
+        let welch = few.then(|| student::welch_log(mine, other)).flatten();
+        let (test, u, p, p_exact, ratio_ci) = match welch {
+            Some(w) => ("welch-log", None, w.p, false, Some(w.ratio_ci)),
+            None => {
+                let mw = stats::mann_whitney(mine, other)?;
+                let ci = stats::ratio_ci(mine, other, rng);
+                ("mann-whitney", Some(mw.u), mw.p, mw.exact, ci)
+            }
+        };
+        // Both must agree: the test rejects "same distribution" and the ratio's interval
+        // leaves out 1.0, so a "significant" line never sits beside an interval that says
+        // "maybe equal".
+        let significant = p < ALPHA && ratio_ci.is_some_and(|(lo, hi)| lo > 1.0 || hi < 1.0);
         let text = match (significant, m > o) {
             (false, _) => "no difference detectable".to_owned(),
             (true, true) => format!("{name} slower than {against} (significant)"),
@@ -103,9 +123,10 @@ impl Verdict {
             against: against.to_owned(),
             ratio: m / o,
             ratio_ci95: ratio_ci.map(|(lo, hi)| [lo, hi]),
-            u: test.u,
-            p_value: test.p,
-            p_exact: test.exact,
+            test,
+            u,
+            p_value: p,
+            p_exact,
             significant,
         })
     }
@@ -476,7 +497,9 @@ mod tests {
         let s = Stats::of(&[3.0, 1.0, 2.0], rng).expect("stats");
         assert_eq!((s.median, s.min, s.max, s.runs), (2.0, 1.0, 3.0, 3));
         let [lo, hi] = s.ci95.expect("interval");
-        assert!((1.0..=2.0).contains(&lo) && (2.0..=3.0).contains(&hi), "{lo} {hi}");
+        // Three runs: Student's t on the logs (t(2) = 4.3), wider than the range.
+        assert_eq!(s.ci_method, "t-log");
+        assert!(lo < 1.0 && hi > 3.0, "{lo} {hi}");
         assert_eq!(Stats::of(&[1.0, 2.0], rng).expect("stats").median, 1.5);
         assert!(Stats::of(&[4.0], rng).expect("stats").ci95.is_none());
         assert!(Stats::of(&[], rng).is_none());
@@ -497,14 +520,20 @@ mod tests {
         let near = [1.01, 0.98, 1.03, 1.0, 0.995];
         let v = Verdict::of("kvmkit", &near, "host", &host, rng).expect("verdict");
         assert_eq!(v.text, "no difference detectable");
+        // Few runs: Welch on the logs, which calls a tight 20% gap with 3 runs each (where
+        // Mann-Whitney's smallest p would be 0.1) but not two scattered runs.
         let v = Verdict::of("kvmkit", &slow[..3], "host", &host[..3], rng).expect("verdict");
-        assert_eq!(v.text, "no difference detectable", "3 against 3: p >= 0.1");
+        assert_eq!((v.test, v.u), ("welch-log", None));
+        assert_eq!(v.text, "kvmkit slower than host (significant)", "{v:?}");
+        let v = Verdict::of("kvmkit", &[1.2, 0.9], "host", &[1.0, 1.1], rng).expect("verdict");
+        assert_eq!(v.text, "no difference detectable", "{v:?}");
         assert!(Verdict::of("kvmkit", &[], "host", &host, rng).is_none());
         // Ranks apart (p < 0.05) but the ratio's interval straddles 1.0 (one slow outlier
         // run on the host): not called significant.
         let host = [1.0, 1.0, 1.0, 1.0, 1.0, 3.0];
         let guest = [1.01, 1.01, 1.01, 1.01, 1.01, 1.01];
         let v = Verdict::of("kvmkit", &guest, "host", &host, rng).expect("verdict");
+        assert_eq!(v.test, "mann-whitney");
         assert!(v.p_value < ALPHA, "{v:?}");
         assert_eq!(v.text, "no difference detectable", "{v:?}");
     }

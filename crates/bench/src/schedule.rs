@@ -20,6 +20,11 @@ pub struct Plan {
     pub max_cell_s: f64,
 }
 
+/// Runs a cell gets before the time cap may stop it, however low `--min-runs` is: a slow,
+/// noisy cell still gets enough runs for a verdict (4 against 4 reaches Mann-Whitney's
+/// p < 0.05; Welch's test needs fewer only when the noise is small).
+pub const TIME_CAP_RUNS: usize = 5;
+
 /// Failed attempts after which a cell gives up.
 pub const MAX_FAILURES: usize = 3;
 
@@ -66,12 +71,12 @@ impl Plan {
         }
         if values.len() >= self.min_runs {
             let median = stats::median(values)?;
-            let narrow = stats::median_ci(values, rng)
-                .is_some_and(|ci| stats::relative_half_width(median, ci) <= self.ci_target);
+            let narrow =
+                stats::interval(values, rng).is_some_and(|ci| stats::relative_half_width(median, ci) <= self.ci_target);
             if narrow {
                 return Some("ci-target");
             }
-            if cell.spent_s >= self.max_cell_s {
+            if cell.spent_s >= self.max_cell_s && values.len() >= TIME_CAP_RUNS {
                 return Some("time-cap");
             }
         }
@@ -131,6 +136,25 @@ mod tests {
             "fixed: no adaptation"
         );
         assert_eq!(fixed.stop_reason(&cell(3, 1.0), &noisy, rng), Some("fixed-runs"));
+    }
+
+    #[test]
+    fn two_runs_suffice_only_when_they_agree_closely() {
+        let p = Plan { min_runs: 2, ..plan() };
+        let rng = &mut Rng::new(1);
+        // t(1) = 12.7: two runs 0.2% apart give +-1.3%, inside +-3%.
+        assert_eq!(p.stop_reason(&cell(2, 1.0), &[1.0, 1.002], rng), Some("ci-target"));
+        // 1% apart gives +-6.4%: another run.
+        assert_eq!(p.stop_reason(&cell(2, 1.0), &[1.0, 1.01], rng), None);
+        // Three runs 1% apart: t(2) = 4.3, +-2.9%.
+        assert_eq!(
+            p.stop_reason(&cell(3, 1.0), &[1.0, 1.01, 1.005], rng),
+            Some("ci-target")
+        );
+        // The time cap waits for TIME_CAP_RUNS runs even with --min-runs 2.
+        let noisy = [1.0, 1.3, 0.8, 1.2, 0.9];
+        assert_eq!(p.stop_reason(&cell(2, 99.0), &noisy[..2], rng), None);
+        assert_eq!(p.stop_reason(&cell(5, 99.0), &noisy, rng), Some("time-cap"));
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! The statistics behind "results a reader can trust": a seeded RNG, the median and its
 //! bootstrap 95% interval, the interval of a ratio of medians, the Mann-Whitney U test
 //! (two-sided; exact without ties, normal approximation with tie correction otherwise)
-//! and the rule for how many digits an interval supports.
+//! and the rule for how many digits an interval supports. Cells with fewer than
+//! [`FEW_RUNS`] runs get Student's t on the logs instead (`student.rs`).
+
+use crate::student;
 
 /// Bootstrap resamples per interval.
 pub const RESAMPLES: usize = 2000;
@@ -84,6 +87,34 @@ fn resample_median(v: &[f64], rng: &mut Rng, scratch: &mut Vec<f64>) -> f64 {
         scratch[n / 2]
     } else {
         (scratch[n / 2 - 1] + scratch[n / 2]) / 2.0
+    }
+}
+
+/// Below this many runs in a cell, its interval and any test with it use Student's t on the
+/// logs of the values ([`student::log_interval`], [`student::welch_log`]), which assume
+/// roughly log-normal run-to-run noise; from this many, the distribution-free bootstrap of
+/// the median and Mann-Whitney. A percentile bootstrap cannot reach 95% with fewer: the
+/// range of 5 values holds the median with 94% (1 - 2/2^5), of 3 values with 75%, and 3
+/// against 3 the smallest Mann-Whitney p is 0.1.
+pub const FEW_RUNS: usize = 6;
+
+/// How a cell's interval (or a comparison's test) was computed.
+pub fn method(runs: usize) -> &'static str {
+    if runs < FEW_RUNS {
+        "t-log"
+    } else {
+        "bootstrap"
+    }
+}
+
+/// A cell's 95% interval: Student's t on the logs below [`FEW_RUNS`] values, else the
+/// bootstrap of the median. None with fewer than 2 values (or, below [`FEW_RUNS`], a value
+/// that is not positive).
+pub fn interval(v: &[f64], rng: &mut Rng) -> Option<(f64, f64)> {
+    if v.len() < FEW_RUNS {
+        student::log_interval(v)
+    } else {
+        median_ci(v, rng)
     }
 }
 
@@ -338,6 +369,16 @@ mod tests {
         let r = ratio_ci(&[2.0, 2.1, 1.9, 2.0], &[1.0, 1.0, 1.0], &mut Rng::new(3)).expect("ratio");
         assert!(r.0 >= 1.9 && r.1 <= 2.1 && r.0 <= 2.0 && 2.0 <= r.1, "{r:?}");
         assert!((relative_half_width(2.0, (1.9, 2.2)) - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn few_runs_get_t_intervals_and_many_the_bootstrap() {
+        let few = [1.0, 1.02, 0.99];
+        assert_eq!(interval(&few, &mut Rng::new(1)), student::log_interval(&few));
+        let many = [1.0, 1.02, 0.99, 1.01, 1.0, 0.98];
+        assert_eq!(interval(&many, &mut Rng::new(1)), median_ci(&many, &mut Rng::new(1)));
+        assert_eq!((method(5), method(6)), ("t-log", "bootstrap"));
+        assert!(interval(&[1.0], &mut Rng::new(1)).is_none());
     }
 
     #[test]
