@@ -18,6 +18,7 @@ pub mod console_filter;
 pub mod control;
 pub mod device_manager;
 pub mod devices;
+pub mod exit_floor;
 pub mod files;
 pub mod host;
 pub mod lifecycle;
