@@ -1,5 +1,6 @@
 //! What a seccomp filter costs on this host, apart from any VM: installing
-//! each role's embedded program on a fresh thread, and the time of a
+//! each role's embedded program (search-tree dispatch) and seccompiler's
+//! linear program for the same list on a fresh thread, and the time of a
 //! syscall (an `ioctl` the vCPU filter checks by argument, a `write` and a
 //! `gettid` it allows outright) without a filter, under a one-instruction
 //! allow-all filter, and under the vCPU filter. Medians of interleaved
@@ -9,7 +10,7 @@
 
 use std::time::Instant;
 
-use kvmkit_vmm::seccomp::{default_program, sock_filter, Role};
+use kvmkit_vmm::seccomp::{default_program, linear_program, sock_filter, Role};
 
 /// `KVM_RUN`, made on fd -1 (EBADF): the vCPU filter's argument check runs.
 const KVM_RUN: libc::c_ulong = 0xae80;
@@ -75,28 +76,48 @@ fn main() {
         k: 0x7fff_0000,
     }];
     let roles = [Role::Vcpu, Role::Worker, Role::Spawner, Role::Api, Role::Vmm];
+    let linear: Vec<Vec<sock_filter>> = roles
+        .iter()
+        .map(|&r| linear_program(r).expect("seccompiler compiles the list"))
+        .collect();
     let mut inst: Vec<Vec<f64>> = vec![Vec::new(); roles.len() + 1];
-    let mut calls: Vec<[Vec<f64>; 3]> = vec![Default::default(), Default::default(), Default::default()];
+    let mut inst_linear: Vec<Vec<f64>> = vec![Vec::new(); roles.len()];
+    let mut calls: Vec<[Vec<f64>; 3]> = vec![Default::default(); 4];
     for _ in 0..rounds {
         inst[0].push(install_us(&allow));
         for (i, r) in roles.iter().enumerate() {
             inst[i + 1].push(install_us(default_program(*r)));
+            inst_linear[i].push(install_us(&linear[i]));
         }
-        let progs = [None, Some(allow.clone()), Some(default_program(Role::Vcpu).to_vec())];
+        let progs = [
+            None,
+            Some(allow.clone()),
+            Some(default_program(Role::Vcpu).to_vec()),
+            Some(linear[0].clone()),
+        ];
         for (i, p) in progs.into_iter().enumerate() {
             for (k, ns) in syscall_ns(p).into_iter().enumerate() {
                 calls[i][k].push(ns);
             }
         }
     }
-    println!("install on a new thread (median of {rounds}, us):");
+    println!("install on a new thread (median of {rounds}, us):   search tree   seccompiler (linear)");
     println!("  allow-all (1 instruction)      {:>8.1}", median(&mut inst[0]));
     for (i, r) in roles.iter().enumerate() {
-        let label = format!("{r:?} ({} instructions)", default_program(*r).len());
-        println!("  {label:<30} {:>8.1}", median(&mut inst[i + 1]));
+        let label = format!(
+            "{r:?} ({} / {} instructions)",
+            default_program(*r).len(),
+            linear[i].len()
+        );
+        println!(
+            "  {label:<36} {:>8.1} {:>8.1}",
+            median(&mut inst[i + 1]),
+            median(&mut inst_linear[i])
+        );
     }
     println!("one syscall (median of {rounds}, ns):   ioctl(KVM_RUN)   write    gettid");
-    for (i, label) in ["no filter", "allow-all filter", "vCPU filter"].iter().enumerate() {
+    let labels = ["no filter", "allow-all filter", "vCPU filter", "vCPU filter, linear"];
+    for (i, label) in labels.iter().enumerate() {
         let [a, b, c] = &mut calls[i];
         println!("  {label:<30} {:>8.0} {:>8.0} {:>8.0}", median(a), median(b), median(c));
     }

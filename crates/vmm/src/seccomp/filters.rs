@@ -324,7 +324,7 @@ pub fn rules(role: Role) -> BTreeMap<i64, Vec<SeccompRule>> {
 
 /// `role`'s default filter, compiled: anything else traps (SIGSYS).
 pub fn program(role: Role) -> Result<BpfProgram, String> {
-    let p = linear_program(role)?;
+    let p = super::tree::search_tree(&linear_program(role)?)?;
     if role == Role::Vcpu {
         kvm_run_first(p)
     } else {
