@@ -206,6 +206,30 @@ fn adaptive_bench_reports_intervals_runs_and_verdicts() {
             assert!(cell["verdict"].is_null(), "{id}: {cell:#}");
         }
     }
+    // The raw KVM floor of both exit rows: the kvmkit cells ran, so /dev/kvm works here.
+    for id in ["exits:10000", "mmio-exits:10000"] {
+        let floor = &res["workloads"][id]["floor"];
+        assert!(
+            floor["skipped"].is_null() && floor["failures"].is_null(),
+            "{id}: {floor:#}"
+        );
+        assert_eq!(floor["exits"], 10000, "{id}: {floor:#}");
+        let median = floor["stats"]["median"].as_f64().unwrap_or(0.0);
+        assert!(median > 0.0, "{id}: {floor:#}");
+        let runs = floor["stats"]["runs"].as_u64().unwrap_or(0);
+        assert!(runs >= 5, "{id}: {floor:#}");
+        let [lo, hi] = [0, 1].map(|i| floor["stats"]["ci95"][i].as_f64().unwrap_or(f64::NAN));
+        assert!(lo <= median && median <= hi, "{id}: {floor:#}");
+        assert!(
+            floor["kvmkit_ratio"].as_f64().is_some_and(|r| r > 0.0),
+            "{id}: {floor:#}"
+        );
+    }
+    assert!(
+        out.stdout.contains("raw KVM floor (kvm-ioctls, no device model): PIO"),
+        "{}",
+        out.stdout
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -4,7 +4,8 @@
 //! flatten the rest and "2x slower" and "2x faster" are the same distance from the line;
 //! each bar carries a whisker: the 95% interval of the ratio (a bootstrap of the ratio of medians, or Welch's on the logs below 6 runs). Rows are labelled as in the report's tables. Each series has a fixed colour:
 //! the paper's bars are always named as the paper's and drawn in a colour no series of this
-//! run uses.
+//! run uses. The exit chart draws each row's raw KVM floor (a minimal VMM's round trip,
+//! `crate::floor`) as a dashed line across its group, in a colour no bar uses.
 
 use std::path::Path;
 
@@ -43,6 +44,12 @@ const KVMKIT_COLOR: RGBColor = RGBColor(31, 119, 180);
 const QEMU_COLOR: RGBColor = RGBColor(255, 127, 14);
 /// The paper's figures: a grey no series of this run uses.
 const PAPER_COLOR: RGBColor = RGBColor(170, 170, 170);
+
+/// The raw KVM floor's line on the exit chart: a red no series uses.
+const FLOOR_COLOR: RGBColor = RGBColor(214, 39, 40);
+
+/// The legend entry of the raw KVM floor's line on the exit chart.
+pub const FLOOR_SERIES: &str = "raw KVM floor (minimal VMM)";
 
 /// The legend entry of the paper's bars.
 pub const PAPER_SERIES: &str = "the paper: KVM/host (2017 hardware, not this run)";
@@ -142,6 +149,11 @@ pub fn write_all(results: &BenchResults, dir: &Path) -> anyhow::Result<Vec<Strin
             (w.label.clone(), bars)
         })
         .collect();
+    // The raw KVM floor of each exit row, in microseconds, where it was measured.
+    let floors: Vec<Option<f64>> = ordered()
+        .filter(|w| w.table == Table::Exits)
+        .map(|w| Some(w.floor.as_ref()?.stats?.median / 1e3))
+        .collect();
     if exits.iter().any(|(_, b)| !b.is_empty()) {
         let series: Vec<Series> = guests
             .iter()
@@ -155,6 +167,7 @@ pub fn write_all(results: &BenchResults, dir: &Path) -> anyhow::Result<Vec<Strin
             "VM exit round trip, PIO and MMIO (median, whiskers: 95% interval)",
             &series,
             &exits,
+            &floors,
         )?;
         names.push("exits.svg".to_owned());
     }
@@ -182,19 +195,28 @@ pub fn ratio_chart(path: &Path, title: &str, series: &[Series], groups: &[Group]
         "guest / host (log scale)",
         series,
         groups,
+        &[],
         (1.0 / top, top),
         true,
     )
 }
 
-/// The exit chart: microseconds per exit on a linear axis from 0.
-fn exit_chart(path: &Path, title: &str, series: &[Series], groups: &[Group]) -> anyhow::Result<()> {
+/// The exit chart: microseconds per exit on a linear axis from 0; `floors` (one per group,
+/// where measured) are drawn as a dashed line across their group.
+fn exit_chart(
+    path: &Path,
+    title: &str,
+    series: &[Series],
+    groups: &[Group],
+    floors: &[Option<f64>],
+) -> anyhow::Result<()> {
     let max = groups
         .iter()
         .flat_map(|(_, b)| b.iter().map(|(_, bar)| bar.range.map_or(bar.value, |r| r.1)))
+        .chain(floors.iter().flatten().copied())
         .fold(0.0f64, f64::max);
     let top = if max > 0.0 { max * 1.45 } else { 1.0 };
-    grouped_bars(path, title, "µs per exit", series, groups, (0.0, top), false)
+    grouped_bars(path, title, "µs per exit", series, groups, floors, (0.0, top), false)
 }
 
 /// Characters of a row label per line (a group is 200 px wide, a 12 px character ~6.5 px).
@@ -216,13 +238,16 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
 }
 
 /// Grouped bars with whiskers. `log`: a log axis over `y`, bars from 1.0 and a dashed line
-/// there; else a linear axis, bars from 0.
+/// there; else a linear axis, bars from 0. `floors`: per group, a dashed line across it at
+/// that value ([`FLOOR_SERIES`]); empty for none.
+#[allow(clippy::too_many_arguments)]
 fn grouped_bars(
     path: &Path,
     title: &str,
     y_desc: &str,
     series: &[Series],
     groups: &[Group],
+    floors: &[Option<f64>],
     y: (f64, f64),
     log: bool,
 ) -> anyhow::Result<()> {
@@ -281,6 +306,24 @@ fn grouped_bars(
                         Some(PathElement::new(vec![(x, lo), (x, hi)], BLACK.stroke_width(1)))
                     }))
                     .map_err(|e| err(&e))?;
+            }
+            let mut labelled = false;
+            for (gi, v) in floors.iter().enumerate().take(n) {
+                let Some(v) = *v else { continue };
+                let x = gi as f64;
+                let anno = chart
+                    .draw_series(DashedLineSeries::new(
+                        [(x + 0.05, v), (x + 0.95, v)],
+                        8,
+                        4,
+                        FLOOR_COLOR.stroke_width(2),
+                    ))
+                    .map_err(|e| err(&e))?;
+                if !labelled {
+                    labelled = true;
+                    anno.label(FLOOR_SERIES)
+                        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 10, y)], FLOOR_COLOR.stroke_width(2)));
+                }
             }
             if log {
                 chart
@@ -429,6 +472,10 @@ mod tests {
         );
         let names = write_all(&results, &dir).expect("charts");
         assert_eq!(names, ["ratios.svg"]);
+        // With the exit rows, exits.svg carries their raw KVM floor.
+        let exits = crate::results::fixtures::with_exit_floor();
+        assert_eq!(write_all(&exits, &dir).expect("charts"), ["ratios.svg", "exits.svg"]);
+        assert!(svg_texts(&dir.join("exits.svg")).iter().any(|t| t == FLOOR_SERIES));
         let texts = svg_texts(&dir.join("ratios.svg"));
         for want in [
             ratio_series(Env::Kvmkit),
@@ -462,7 +509,7 @@ mod tests {
             ("MMIO (write to a null page)".into(), vec![(0, bar), (1, bar)]),
         ];
         let path = dir.join("exits.svg");
-        exit_chart(&path, "exits", &series, &groups).expect("chart");
+        exit_chart(&path, "exits", &series, &groups, &[Some(30.0), Some(35.0)]).expect("chart");
         let texts = svg_texts(&path);
         for want in [
             "this run: kvmkit",
@@ -470,9 +517,30 @@ mod tests {
             "PIO (out to a null port)",
             "MMIO (write to a null page)",
             "µs per exit",
+            FLOOR_SERIES,
         ] {
             assert!(texts.iter().any(|t| t == want), "exit chart lacks {want:?}: {texts:?}");
         }
+        // The floor's dashes: short horizontal strokes in its own colour, no bar's fill.
+        let svg = fill_colors(&path).to_uppercase();
+        let floor = format!(
+            "STROKE=\"#{:02X}{:02X}{:02X}\"",
+            FLOOR_COLOR.0, FLOOR_COLOR.1, FLOOR_COLOR.2
+        );
+        let dashes = svg
+            .split('<')
+            .filter(|e| (e.starts_with("POLYLINE") || e.starts_with("LINE")) && e.contains(&floor))
+            .count();
+        // One legend sample plus dashes across two groups (each ~0.9 of a 320 px group).
+        assert!(dashes > 10, "{dashes} floor strokes");
+        assert!(
+            !svg.contains(&floor.replace("STROKE", "FILL")),
+            "a bar drawn in the floor's colour"
+        );
+        // Without floors, no line and no legend entry.
+        exit_chart(&path, "exits", &series, &groups, &[None, None]).expect("chart");
+        assert!(!svg_texts(&path).iter().any(|t| t == FLOOR_SERIES));
+        assert!(!fill_colors(&path).to_uppercase().contains(&floor));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -6,6 +6,7 @@
 mod chart;
 mod env;
 mod environment;
+mod floor;
 pub mod host;
 mod kind;
 mod linux;
@@ -359,6 +360,13 @@ pub fn run(args: &Options) -> anyhow::Result<u8> {
     let mut rounds = Vec::new();
     let mut order_rng = Rng::new(args.seed);
     let mut busy_streak = 0usize;
+    // The raw KVM floor beside kvmkit's exit rows: one run per row in each round that runs
+    // a kvmkit exit cell (milliseconds to seconds), pinned like those cells.
+    let mut floors = if envs.contains(&Env::Kvmkit) {
+        floor::Floors::new(&workloads, cores.as_deref())
+    } else {
+        None
+    };
     // Without a terminal the bar is hidden: log each step instead (CI logs, the nested lab).
     let plain = !std::io::IsTerminal::is_terminal(&std::io::stderr());
     loop {
@@ -453,6 +461,16 @@ pub fn run(args: &Options) -> anyhow::Result<u8> {
             done_ms += est * 1000.0;
             bar.set_position(done_ms as u64);
         }
+        let exit_cells = todo
+            .iter()
+            .any(|&c| cells[c].env == Env::Kvmkit && floor::floor_kind(workloads[cells[c].workload].kind).is_some());
+        if let Some(f) = floors.as_mut().filter(|_| exit_cells) {
+            bar.set_message(format!("round {round}: raw KVM floor"));
+            if plain {
+                eprintln!("kvmkit bench: [round {round}] raw KVM floor of the exit rows");
+            }
+            f.run_round();
+        }
         for c in cells.iter_mut().filter(|c| c.stopped.is_none()) {
             let w = &workloads[c.workload];
             let cell = rows.get_mut(&w.id).expect("row").cell_mut(c.env);
@@ -466,6 +484,13 @@ pub fn run(args: &Options) -> anyhow::Result<u8> {
         }
     }
     bar.finish_and_clear();
+    if let Some(f) = floors {
+        for (wi, f) in f.finish() {
+            if let Some(row) = rows.get_mut(&workloads[wi].id) {
+                row.floor = Some(f);
+            }
+        }
+    }
     for (id, row) in rows.iter_mut() {
         row.finish(id, args.seed, args.ci_target);
     }

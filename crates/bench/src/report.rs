@@ -3,7 +3,8 @@
 use std::fmt::Write as _;
 
 use crate::environment::Env;
-use crate::results::{BenchResults, Cell, WorkloadResult};
+use crate::floor;
+use crate::results::{BenchResults, Cell, Floor, WorkloadResult};
 use crate::stats;
 use crate::table::{Table, Unit};
 
@@ -244,9 +245,13 @@ pub fn terminal(results: &BenchResults) -> String {
         let _ = writeln!(out, "\n{} — {}", table.title(), repetition(results));
         let mut header = vec![table.row_header().to_owned()];
         header.extend(envs.iter().map(|e| e.name().to_owned()));
+        let floors = table == Table::Exits && rows.iter().any(|w| w.floor.is_some());
         if table == Table::Exits {
             if guests.len() == 2 {
                 header.push("kvmkit/qemu".into());
+            }
+            if floors {
+                header.extend(["KVM floor".to_owned(), "kvmkit/floor".to_owned()]);
             }
         } else {
             header.extend(guests.iter().map(|g| format!("{}/host", g.name())));
@@ -259,6 +264,14 @@ pub fn terminal(results: &BenchResults) -> String {
             if table == Table::Exits {
                 if guests.len() == 2 {
                     row.push(w.kvmkit.verdict.as_ref().map_or_else(|| "-".into(), |v| v.ratio_text()));
+                }
+                if floors {
+                    row.push(
+                        w.floor
+                            .as_ref()
+                            .map_or_else(|| "-".into(), |f| median_interval(&floor_cell(f), w.unit)),
+                    );
+                    row.push(floor_ratio(w.floor.as_ref()));
                 }
             } else {
                 row.extend(guests.iter().map(|&g| ratio(w, g)));
@@ -280,6 +293,9 @@ pub fn terminal(results: &BenchResults) -> String {
         for line in io_cost_lines(results, table) {
             let _ = writeln!(out, "  {line}");
         }
+        for line in floor_lines(results, table) {
+            let _ = writeln!(out, "  {line}");
+        }
         if table == Table::Exits && envs.contains(&Env::Host) {
             out += "(host: no VM exit on the bare host; the guest figures stand alone)\n";
         }
@@ -296,6 +312,70 @@ pub fn terminal(results: &BenchResults) -> String {
         }
     }
     out
+}
+
+/// A floor as a cell, for the table's cell formats.
+fn floor_cell(f: &Floor) -> Cell {
+    Cell {
+        stats: f.stats,
+        failures: f.failures.clone(),
+        skipped: f.skipped.clone(),
+        ..Cell::default()
+    }
+}
+
+/// kvmkit's median over the floor's, `1.01x`, or `-`.
+fn floor_ratio(f: Option<&Floor>) -> String {
+    f.and_then(|f| f.kvmkit_ratio)
+        .map_or_else(|| "-".into(), |r| format!("{r:.2}x"))
+}
+
+/// Nanoseconds as microseconds with 3 significant digits (`31.2 µs`, `1.23 µs`).
+fn micros(ns: f64) -> String {
+    let us = ns / 1e3;
+    if us >= 100.0 {
+        format!("{us:.0} µs")
+    } else if us >= 10.0 {
+        format!("{us:.1} µs")
+    } else {
+        format!("{us:.2} µs")
+    }
+}
+
+/// Per exit row of `table`: its raw KVM floor with its interval and kvmkit's ratio to it,
+/// or why it was not measured.
+fn floor_lines(results: &BenchResults, table: Table) -> Vec<String> {
+    if table != Table::Exits {
+        return Vec::new();
+    }
+    rows_of(results, table)
+        .into_iter()
+        .filter_map(|w| {
+            let f = w.floor.as_ref()?;
+            let kind = w.label.split(' ').next().unwrap_or(&w.label);
+            let text = match (&f.stats, &f.skipped) {
+                (Some(s), _) => format!(
+                    "{}{} (n={}, {} exits each){}",
+                    micros(s.median),
+                    s.ci95.map_or_else(String::new, |[lo, hi]| format!(
+                        " [95% interval {}–{}]",
+                        micros(lo),
+                        micros(hi)
+                    )),
+                    s.runs,
+                    f.exits,
+                    f.kvmkit_ratio
+                        .map_or_else(String::new, |r| format!("; kvmkit {r:.2}x the floor")),
+                ),
+                (None, Some(why)) => why.clone(),
+                (None, None) => format!(
+                    "not measured: {}",
+                    f.failures.first().map_or("no run succeeded", String::as_str)
+                ),
+            };
+            Some(format!("{}: {kind} {text}", floor::WHAT))
+        })
+        .collect()
 }
 
 /// Per row of `table` whose kvmkit runs used a disk: what a block request cost in
@@ -567,9 +647,13 @@ pub fn markdown(results: &BenchResults, charts: &[String]) -> String {
         }
         let mut h = vec![table.row_header().to_owned()];
         h.extend(envs.iter().map(|e| e.name().to_owned()));
+        let floors = table == Table::Exits && rows.iter().any(|w| w.floor.is_some());
         if table == Table::Exits {
             if envs.contains(&Env::Host) {
                 h.retain(|c| c != "host");
+            }
+            if floors {
+                h.extend(["raw KVM floor".to_owned(), "kvmkit/floor".to_owned()]);
             }
         } else {
             h.extend(guests.iter().map(|g| format!("{}/host", g.name())));
@@ -584,6 +668,13 @@ pub fn markdown(results: &BenchResults, charts: &[String]) -> String {
                     continue;
                 }
                 r.push(median_ci_runs(w.cell(e), w.unit, results.repetition.ci_target));
+            }
+            if floors {
+                r.push(w.floor.as_ref().map_or_else(
+                    || "-".into(),
+                    |f| median_ci_runs(&floor_cell(f), w.unit, results.repetition.ci_target),
+                ));
+                r.push(floor_ratio(w.floor.as_ref()));
             }
             if table != Table::Exits {
                 r.extend(guests.iter().map(|&g| ratio(w, g)));
@@ -628,9 +719,27 @@ pub fn markdown(results: &BenchResults, charts: &[String]) -> String {
         if table == Table::Exits {
             let _ = writeln!(
                 out,
-                "\nThe bare host has no VM exit, so this table has no host column and no ratio; the raw KVM \
-                 floor (a minimal VMM's round trip) is not measured yet."
+                "\nThe bare host has no VM exit, so this table has no host column and no ratio to it. The raw KVM \
+                 floor is the same exit from a minimal VMM (`kvmkit_vmm::exit_floor`: a one-vCPU VM built with \
+                 kvm-ioctls, one 1 MiB memory slot, no irqchip and no device model, looping on the exit at CPL3), \
+                 timed on the host at the end of each round that runs a kvmkit exit cell (at least {} runs of the \
+                 row's exit count, each a fresh VM after a warm-up), pinned like the kvmkit cells (results.json \
+                 `workloads.<id>.floor`); kvmkit/floor is kvmkit's median over the floor's. kvmkit's own figure is \
+                 timed by its guest and includes its vCPU loop, the bus and the device.",
+                floor::MIN_RUNS
             );
+            let lines = floor_lines(results, table);
+            if lines.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "\nThe floor is measured only when the kvmkit environment runs (not in this run)."
+                );
+            } else {
+                let _ = writeln!(out);
+                for line in lines {
+                    let _ = writeln!(out, "- {line}");
+                }
+            }
         }
     }
     if !charts.is_empty() {
@@ -690,6 +799,44 @@ mod tests {
         );
         assert!(text.contains("the exit table, not run here"), "{text}");
         assert!(markdown(&results, &[]).contains("What a block request costs in notifications"));
+    }
+
+    #[test]
+    fn exit_rows_give_the_raw_kvm_floor_and_kvmkit_over_it() {
+        let results = crate::results::fixtures::with_exit_floor();
+        let text = terminal(&results);
+        assert!(text.contains("KVM floor") && text.contains("kvmkit/floor"), "{text}");
+        assert!(
+            text.contains("raw KVM floor (kvm-ioctls, no device model): PIO 30.1 µs [95% interval"),
+            "{text}"
+        );
+        assert!(text.contains("; kvmkit 1.10x the floor"), "{text}");
+        assert!(
+            text.contains("MMIO 32.1 µs") && text.contains("kvmkit 1.25x the floor"),
+            "{text}"
+        );
+        let md = markdown(&results, &[]);
+        assert!(!md.contains("not measured yet"), "{md}");
+        assert!(md.contains("| raw KVM floor | kvmkit/floor |"), "{md}");
+        assert!(
+            md.contains("- raw KVM floor (kvm-ioctls, no device model): MMIO 32.1 µs"),
+            "{md}"
+        );
+        // A host without KVM: the reason instead of a figure, never a failure.
+        let mut results = results;
+        for w in results.workloads.values_mut() {
+            if let Some(f) = w.floor.as_mut() {
+                f.samples_ns.clear();
+                f.stats = None;
+                f.kvmkit_ratio = None;
+                f.skipped = Some("not measured: no usable KVM here (open /dev/kvm: ...)".into());
+            }
+        }
+        let text = terminal(&results);
+        assert!(
+            text.contains("raw KVM floor (kvm-ioctls, no device model): PIO not measured: no usable KVM"),
+            "{text}"
+        );
     }
 
     #[test]

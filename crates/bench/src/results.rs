@@ -137,6 +137,51 @@ impl Verdict {
     }
 }
 
+/// The raw KVM floor of one exit row (`workloads.<id>.floor` in results.json), measured
+/// by `crate::floor`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Floor {
+    /// How it was measured.
+    pub method: &'static str,
+    /// Exits timed per run (the row's own count).
+    pub exits: u64,
+    /// Mean nanoseconds per exit of each successful run.
+    pub samples_ns: Vec<f64>,
+    /// Statistics over `samples_ns` (median, 95% interval, runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<Stats>,
+    /// kvmkit's median / the floor's median (1.0: kvmkit adds nothing to a bare exit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kvmkit_ratio: Option<f64>,
+    /// The CPUs its runs were pinned to (None: not pinned).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<Vec<usize>>,
+    /// Runs that failed, with why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<String>,
+    /// Why it was not measured at all (no usable /dev/kvm).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+}
+
+impl Floor {
+    /// An empty floor for an exit row of `exits` exits per run.
+    pub fn new(exits: u64, pinned: Option<Vec<usize>>) -> Self {
+        Self {
+            method: "kvmkit_vmm::exit_floor: a one-vCPU VM built with kvm-ioctls (1 MiB slot, no irqchip) \
+                     looping on the exit at CPL3; mean ns per KVM_RUN round trip, timed on the host after a \
+                     warm-up",
+            exits,
+            samples_ns: Vec::new(),
+            stats: None,
+            kvmkit_ratio: None,
+            pinned,
+            failures: Vec::new(),
+            skipped: None,
+        }
+    }
+}
+
 /// One environment's cell of one workload.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Cell {
@@ -192,6 +237,9 @@ pub struct WorkloadResult {
     /// The paper's figures for this row: host, kvm and their ratio ("paper (KVM on 2017 hardware)").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub paper: Option<BTreeMap<String, f64>>,
+    /// Exit rows: the raw KVM floor, the same exit from a minimal VMM, timed on the host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floor: Option<Floor>,
     /// Warnings about this row.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
@@ -226,6 +274,7 @@ impl WorkloadResult {
             qemu: Cell::default(),
             ratios: BTreeMap::new(),
             paper,
+            floor: None,
             warnings: Vec::new(),
             same_result: w.kind.deterministic(),
         }
@@ -300,6 +349,16 @@ impl WorkloadResult {
                 self.warnings
                     .push(format!("results differ between runs/environments: {}", list.join(", ")));
             }
+        }
+        let kvmkit = self.kvmkit.stats.map(|s| s.median);
+        if let Some(floor) = self.floor.as_mut() {
+            let mut rng = Rng::for_stream(seed, &format!("{id}/floor"));
+            floor.stats = Stats::of(&floor.samples_ns, &mut rng);
+            floor.kvmkit_ratio = floor
+                .stats
+                .zip(kvmkit)
+                .map(|(f, k)| k / f.median)
+                .filter(|r| r.is_finite() && *r > 0.0);
         }
         let host = self.host.stats.map(|s| s.median);
         for env in [Env::Kvmkit, Env::Qemu] {
@@ -484,6 +543,38 @@ pub(crate) mod fixtures {
             started_unix: 0,
             wall_s: 0.0,
         }
+    }
+
+    /// [`synthetic_results`] with the exit table's two rows: kvmkit at 33 us (PIO) and
+    /// 40 us (MMIO) per exit, 5 runs each, and a raw KVM floor of 30 and 32 us.
+    pub(crate) fn with_exit_floor() -> BenchResults {
+        use crate::env::Sample;
+        let mut results = synthetic_results(3);
+        for (w, (guest, floor)) in crate::rows::workloads(crate::profile::Profile::Quick, &[Table::Exits])
+            .into_iter()
+            .zip([(33_000.0, 30_000.0), (40_000.0, 32_000.0)])
+        {
+            let mut row = WorkloadResult::new(&w);
+            let wobble = |base: f64, i: usize| base * (1.0 + 0.002 * (i % 3) as f64);
+            row.kvmkit.samples = (0..5)
+                .map(|run| Sample {
+                    run,
+                    value: wobble(guest, run),
+                    ns_per_cpu: vec![1],
+                    result: 0,
+                    wall_s: 0.5,
+                    note: None,
+                    io: None,
+                })
+                .collect();
+            let mut f = Floor::new(w.arg, None);
+            f.samples_ns = (0..5).map(|i| wobble(floor, i)).collect();
+            row.floor = Some(f);
+            row.finish(&w.id, 1, 0.03);
+            results.order.push(w.id.clone());
+            results.workloads.insert(w.id, row);
+        }
+        results
     }
 }
 

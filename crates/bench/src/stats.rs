@@ -91,7 +91,7 @@ fn resample_median(v: &[f64], rng: &mut Rng, scratch: &mut Vec<f64>) -> f64 {
 }
 
 /// Below this many runs in a cell, its interval and any test with it use Student's t on the
-/// logs of the values ([`student::log_interval`], [`student::welch_log`]), which assume
+/// logs of the values (`student::log_interval`, `student::welch_log`), which assume
 /// roughly log-normal run-to-run noise; from this many, the distribution-free bootstrap of
 /// the median and Mann-Whitney. A percentile bootstrap cannot reach 95% with fewer: the
 /// range of 5 values holds the median with 94% (1 - 2/2^5), of 3 values with 75%, and 3
