@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvmkit_guest_abi::{DEBUG_PORT, NULL_MMIO_ADDR, NULL_MMIO_SIZE, PORT_BASE, PORT_COUNT};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -24,7 +23,7 @@ use crate::devices::i8042::{I8042, I8042_BASE, I8042_KBD_IRQ, I8042_LEN};
 use crate::devices::null::NullDevice;
 use crate::devices::serial::{ConsoleOut, SerialDevice, COM1_BASE, COM1_IRQ, UART_LEN};
 use crate::devices::vmgenid::{VmGenId, VMGENID_GSI};
-use crate::host::kvm::open_kvm;
+use crate::host::kvm::{open_kvm, SupportedCpuid};
 use crate::lifecycle::VmState;
 use crate::memory::create_guest_memory;
 use crate::memory::GuestMemoryMmap;
@@ -185,6 +184,7 @@ impl Machine {
         let boot_cfg = resources.boot_source.clone().unwrap_or_default();
         let cpus = usize::from(resources.machine_config.vcpu_count);
         let kvm = open_kvm()?;
+        let cpuid = SupportedCpuid::fetch();
         validate_cpus(cpus, kvm.get_max_vcpus())?;
         crate::snapshot::vcpu::prime_msr_index_list(&kvm);
         let memory_mib = resources.machine_config.mem_size_mib;
@@ -289,8 +289,8 @@ impl Machine {
         let buses = dm.take_buses();
 
         // vCPUs: created in order, the BSP put at the entry point.
-        let supported = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        let supported = cpuid
+            .get(&kvm)
             .map_err(|e| MachineError::Host(format!("KVM_GET_SUPPORTED_CPUID: {e}")))?;
         let mut vcpus = Vec::with_capacity(cpus);
         for i in 0..cpus {

@@ -218,7 +218,8 @@ impl Machine {
         let to = if paused { VmState::Paused } else { VmState::Running };
         self.state.valid_transition(to)?;
         // Device workers start from DRIVER_OK writes on vCPU threads; the
-        // thread that spawns them must exist before any vCPU does.
+        // channel to the thread that spawns them must exist before any vCPU
+        // does (the thread itself starts after them).
         crate::seccomp::start_worker_spawner().map_err(MachineError::Host)?;
         // Device workers of a restored VM wait parked until it runs.
         if !paused {
@@ -233,6 +234,7 @@ impl Machine {
                 }
             }
         }
+        crate::seccomp::launch_worker_spawner().map_err(MachineError::Host)?;
         self.transition(to)?;
         tracing::debug!(
             "vCPU threads started, {} us after start",

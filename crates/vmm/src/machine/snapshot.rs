@@ -397,6 +397,7 @@ impl Machine {
         }
         // Workers are spawned by the worker spawner (under its seccomp list).
         crate::seccomp::start_worker_spawner().map_err(MachineError::Host)?;
+        crate::seccomp::launch_worker_spawner().map_err(MachineError::Host)?;
         for s in saved {
             let Some(info) = infos.iter().find(|i| i.id == s.id) else {
                 return Err(bad(format!("the snapshot's device '{}' was not rebuilt", s.id)));

@@ -28,7 +28,7 @@ use std::borrow::Cow;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::io;
-use std::sync::mpsc::{channel, Sender};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Mutex, OnceLock};
 use std::thread::JoinHandle;
 
@@ -53,6 +53,9 @@ struct Installed {
     programs: HashMap<Role, Cow<'static, [sock_filter]>>,
     selftest: Option<Role>,
     spawner: Mutex<Option<Sender<Job>>>,
+    /// The spawner's end of the channel until its thread starts
+    /// ([`launch_worker_spawner`]).
+    spawner_rx: Mutex<Option<Receiver<Job>>>,
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -130,6 +133,7 @@ pub fn configure(policy: Policy) -> Result<(), String> {
                 .find(|r| r.key() == v)
         }),
         spawner: Mutex::new(None),
+        spawner_rx: Mutex::new(None),
     });
     let on = installed.is_some();
     INSTALLED
@@ -143,17 +147,45 @@ pub fn configure(policy: Policy) -> Result<(), String> {
     Ok(())
 }
 
-/// Starts the thread device workers are spawned from (so they never
-/// inherit a vCPU's filter). Call from the VMM thread before any vCPU runs;
-/// idempotent, and nothing when seccomp is off.
+/// Opens the channel device workers are spawned through (by a spawner
+/// thread, so they never inherit a vCPU's filter). Call from the VMM thread
+/// before any vCPU runs: a vCPU that writes DRIVER_OK then finds it, and
+/// its request waits there until [`launch_worker_spawner`] starts the
+/// thread, which can come after the vCPU threads (their start is the boot's
+/// critical path; the spawner's start and filter cost ~0.2 ms). Idempotent,
+/// and nothing when seccomp is off.
 pub fn start_worker_spawner() -> Result<(), String> {
     let Some(Some(inst)) = INSTALLED.get() else {
         return Ok(());
     };
-    if inst.spawner.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
-        return Ok(());
+    let mut tx_slot = inst.spawner.lock().unwrap_or_else(|e| e.into_inner());
+    if tx_slot.is_none() {
+        let (tx, rx) = channel::<Job>();
+        *tx_slot = Some(tx);
+        *inst.spawner_rx.lock().unwrap_or_else(|e| e.into_inner()) = Some(rx);
     }
-    start_spawner()
+    Ok(())
+}
+
+/// Starts the spawner thread of [`start_worker_spawner`]'s channel, if it
+/// has not started yet.
+pub fn launch_worker_spawner() -> Result<(), String> {
+    let Some(Some(inst)) = INSTALLED.get() else {
+        return Ok(());
+    };
+    let Some(rx) = inst.spawner_rx.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        return Ok(());
+    };
+    std::thread::Builder::new()
+        .name("virtio-spawn".into())
+        .spawn(move || {
+            apply_or_exit(Role::Spawner);
+            for job in rx {
+                job();
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| format!("cannot start the device worker spawner: {e}"))
 }
 
 /// Whether filters are installed in this process.
@@ -169,8 +201,20 @@ thread_local! {
 /// first time a new thread needs an arena, unless the arena limit is set:
 /// set it now, to glibc's own default (8 per CPU on 64-bit).
 fn limit_malloc_arenas() {
+    // The CPUs this process may run on (glibc's own default counts the
+    // online ones); sched_getaffinity is one syscall, where
+    // `available_parallelism` also reads three cgroup files.
     #[cfg(target_env = "gnu")]
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = {
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity
+        // writes at most its size into it.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a live cpu_set_t of the size passed.
+        let ok = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } == 0;
+        // SAFETY: CPU_COUNT only reads the set.
+        let n = if ok { unsafe { libc::CPU_COUNT(&set) } } else { 1 };
+        usize::try_from(n).unwrap_or(1).max(1)
+    };
     #[cfg(target_env = "gnu")]
     let arenas = libc::c_int::try_from(cpus.saturating_mul(8)).unwrap_or(libc::c_int::MAX);
     // SAFETY: mallopt only changes a malloc tunable.
@@ -180,27 +224,41 @@ fn limit_malloc_arenas() {
     };
 }
 
+/// The thread of [`prime_heap_shrink`], joined by the first [`apply`].
+static PRIMING: Mutex<Option<JoinHandle<()>>> = Mutex::new(None);
+
 /// glibc's malloc reads /proc/sys/vm/overcommit_memory (an `openat`) the
 /// first time it shrinks a thread arena's heap (a device worker freeing
 /// large buffers: a vsock connection's, under load), and caches the answer
 /// for the process: have a short-lived thread grow and shrink one now,
-/// before any filter.
+/// before any filter. It runs while the VM is built; the first thread to
+/// install a filter waits for it ([`wait_for_priming`]), and every later
+/// one finds it done: joining it here cost start-up 0.1-4 ms (a new thread
+/// waits for a core, and on a busy 2-core host that is milliseconds).
 fn prime_heap_shrink() {
     #[cfg(target_env = "gnu")]
-    let _ = std::thread::Builder::new()
-        .name("malloc-prime".into())
-        .spawn(|| {
-            // Below the mmap threshold, so they come from the thread's
-            // arena; freed, they merge into a top chunk over the trim
-            // threshold, which shrinks the heap. Allocated, never written:
-            // touching their 1.5 MiB (page faults) was most of what the
-            // filters added to start -> guest ready.
-            let blocks: Vec<Vec<u8>> = (0..16)
-                .map(|_| std::hint::black_box(Vec::with_capacity(96 << 10)))
-                .collect();
-            drop(std::hint::black_box(blocks));
-        })
-        .map(|t| t.join());
+    if let Ok(t) = std::thread::Builder::new().name("malloc-prime".into()).spawn(|| {
+        // Below the mmap threshold, so they come from the thread's
+        // arena; freed, they merge into a top chunk over the trim
+        // threshold, which shrinks the heap. Allocated, never written:
+        // touching their 1.5 MiB (page faults) was most of what the
+        // filters added to start -> guest ready.
+        let blocks: Vec<Vec<u8>> = (0..16)
+            .map(|_| std::hint::black_box(Vec::with_capacity(96 << 10)))
+            .collect();
+        drop(std::hint::black_box(blocks));
+    }) {
+        *PRIMING.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+    }
+}
+
+/// Waits until the priming thread is done. The lock is held while joining,
+/// so a second thread installing its filter meanwhile waits too.
+fn wait_for_priming() {
+    let mut slot = PRIMING.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(t) = slot.take() {
+        let _ = t.join();
+    }
 }
 
 /// Records the calling thread's name for the SIGSYS report (threads that
@@ -234,6 +292,7 @@ pub fn apply(role: Role) -> Result<(), String> {
     if prog.is_empty() {
         return Ok(());
     }
+    wait_for_priming();
     seccompiler::apply_filter(prog).map_err(|e| format!("cannot install the {} seccomp filter: {e}", role.key()))?;
     if inst.selftest == Some(role) {
         forbidden_call();
@@ -254,23 +313,6 @@ pub fn apply_or_exit(role: Role) {
 fn forbidden_call() {
     // SAFETY: getppid has no arguments and no side effects.
     unsafe { libc::syscall(libc::SYS_getppid) };
-}
-
-fn start_spawner() -> Result<(), String> {
-    let (tx, rx) = channel::<Job>();
-    std::thread::Builder::new()
-        .name("virtio-spawn".into())
-        .spawn(move || {
-            apply_or_exit(Role::Spawner);
-            for job in rx {
-                job();
-            }
-        })
-        .map_err(|e| format!("cannot start the device worker spawner: {e}"))?;
-    if let Some(Some(inst)) = INSTALLED.get() {
-        *inst.spawner.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
-    }
-    Ok(())
 }
 
 /// Starts device worker thread `name` running `f` under the worker filter.
