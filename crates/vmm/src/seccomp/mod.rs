@@ -140,8 +140,7 @@ pub fn configure(policy: Policy) -> Result<(), String> {
         .set(installed)
         .map_err(|_| "seccomp is already configured".to_string())?;
     if on {
-        limit_malloc_arenas();
-        prime_heap_shrink();
+        one_malloc_arena();
         install_sigsys_handler()?;
     }
     Ok(())
@@ -197,68 +196,24 @@ thread_local! {
     static THREAD_NAME: Cell<[u8; 16]> = const { Cell::new([0; 16]) };
 }
 
-/// glibc's malloc reads /sys/devices/system/cpu/online (an `openat`) the
-/// first time a new thread needs an arena, unless the arena limit is set:
-/// set it now, to glibc's own default (8 per CPU on 64-bit).
-fn limit_malloc_arenas() {
-    // The CPUs this process may run on (glibc's own default counts the
-    // online ones); sched_getaffinity is one syscall, where
-    // `available_parallelism` also reads three cgroup files.
-    #[cfg(target_env = "gnu")]
-    let cpus = {
-        // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity
-        // writes at most its size into it.
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `set` is a live cpu_set_t of the size passed.
-        let ok = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } == 0;
-        // SAFETY: CPU_COUNT only reads the set.
-        let n = if ok { unsafe { libc::CPU_COUNT(&set) } } else { 1 };
-        usize::try_from(n).unwrap_or(1).max(1)
-    };
-    #[cfg(target_env = "gnu")]
-    let arenas = libc::c_int::try_from(cpus.saturating_mul(8)).unwrap_or(libc::c_int::MAX);
+/// One malloc arena for the whole process. glibc gives new threads arenas
+/// of their own, and two things it then does need a syscall no filter
+/// allows: it reads /sys/devices/system/cpu/online (an `openat`) the first
+/// time a thread needs an arena unless the arena limit is set, and
+/// /proc/sys/vm/overcommit_memory the first time it shrinks a thread arena's
+/// heap (a device worker freeing large buffers under load). kvmkit used to
+/// set glibc's default limit and prime the second read with a short-lived
+/// thread at start; with one arena neither happens (the main arena grows
+/// and shrinks with brk), no thread maps a 64 MiB arena reserve at its
+/// start, and start-up has one thread less. Allocation on the I/O paths is
+/// rare (buffers are made when a device is) and small ones come from each
+/// thread's cache without the arena's lock.
+fn one_malloc_arena() {
     // SAFETY: mallopt only changes a malloc tunable.
     #[cfg(target_env = "gnu")]
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, arenas)
+        libc::mallopt(libc::M_ARENA_MAX, 1)
     };
-}
-
-/// The thread of [`prime_heap_shrink`], joined by the first [`apply`].
-static PRIMING: Mutex<Option<JoinHandle<()>>> = Mutex::new(None);
-
-/// glibc's malloc reads /proc/sys/vm/overcommit_memory (an `openat`) the
-/// first time it shrinks a thread arena's heap (a device worker freeing
-/// large buffers: a vsock connection's, under load), and caches the answer
-/// for the process: have a short-lived thread grow and shrink one now,
-/// before any filter. It runs while the VM is built; the first thread to
-/// install a filter waits for it ([`wait_for_priming`]), and every later
-/// one finds it done: joining it here cost start-up 0.1-4 ms (a new thread
-/// waits for a core, and on a busy 2-core host that is milliseconds).
-fn prime_heap_shrink() {
-    #[cfg(target_env = "gnu")]
-    if let Ok(t) = std::thread::Builder::new().name("malloc-prime".into()).spawn(|| {
-        // Below the mmap threshold, so they come from the thread's
-        // arena; freed, they merge into a top chunk over the trim
-        // threshold, which shrinks the heap. Allocated, never written:
-        // touching their 1.5 MiB (page faults) was most of what the
-        // filters added to start -> guest ready.
-        let blocks: Vec<Vec<u8>> = (0..16)
-            .map(|_| std::hint::black_box(Vec::with_capacity(96 << 10)))
-            .collect();
-        drop(std::hint::black_box(blocks));
-    }) {
-        *PRIMING.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
-    }
-}
-
-/// Waits until the priming thread is done. The lock is held while joining,
-/// so a second thread installing its filter meanwhile waits too.
-fn wait_for_priming() {
-    let mut slot = PRIMING.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(t) = slot.take() {
-        let _ = t.join();
-    }
 }
 
 /// Records the calling thread's name for the SIGSYS report (threads that
@@ -292,7 +247,6 @@ pub fn apply(role: Role) -> Result<(), String> {
     if prog.is_empty() {
         return Ok(());
     }
-    wait_for_priming();
     seccompiler::apply_filter(prog).map_err(|e| format!("cannot install the {} seccomp filter: {e}", role.key()))?;
     if inst.selftest == Some(role) {
         forbidden_call();
