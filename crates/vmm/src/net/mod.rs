@@ -1,10 +1,12 @@
 //! The host end of a virtio-net NIC: a tap device ([`tap`]), the ring that
-//! writes bursts of frames to it in one syscall ([`tx_ring`]), and the error
+//! writes bursts of frames to it in one syscall ([`tx_ring`]), the one that
+//! reads batches of frames from it ([`rx_ring`]), and the error
 //! type for opening one. The VMM only receives taps (by name or pre-opened,
 //! see [`crate::MachineOptions::taps`]); deciding which tap, with what
 //! addresses or on which bridge (`--net`), is host-network policy in the
 //! `kvmkit-hostnet` crate.
 
+pub mod rx_ring;
 pub mod tap;
 pub mod tx_ring;
 

@@ -15,6 +15,7 @@ use super::backlog::Backlog;
 use super::tx_batch::TxBatch;
 use super::{Backend, NetCounters, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_MRG_RXBUF};
 use crate::memory::GuestMemoryMmap;
+use crate::net::rx_ring::{RxRing, RX_RING_ENTRIES};
 use crate::net::tap::{is_fatal, VNET_HDR_LEN};
 use crate::net::tx_ring::TxRing;
 use crate::virtio::{Interrupt, VIRTIO_MMIO_INT_VRING};
@@ -33,10 +34,12 @@ pub const RX_BACKLOG_FRAMES: usize = 1024;
 /// Bytes of frames read ahead (plus room for one more read).
 pub const RX_BACKLOG_BYTES: usize = 512 << 10;
 /// Room one read gets: the largest buffer plus slack, so oversized frames show.
-const READ_ROOM: usize = MAX_BUFFER_BYTES + 64;
+pub const READ_ROOM: usize = MAX_BUFFER_BYTES + 64;
 const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
 const GSO_NONE: u8 = 0;
 const MAX_WARNINGS: u32 = 10;
+/// Fewest reads an rx batch posts.
+const MIN_RX_BATCH: usize = 4;
 
 /// Frame I/O: one frame (with its 12-byte header) per call, non-blocking.
 pub trait FrameIo {
@@ -89,6 +92,10 @@ pub struct NetHandler {
     rx_notifications: bool,
     /// Frames taken from tx chains, not yet written.
     txq: TxBatch,
+    /// The ring received frames are read through (a batch per syscall), if any.
+    rx_ring: Option<Arc<Mutex<RxRing>>>,
+    /// Reads the next rx batch posts (grows while batches come back full).
+    rx_batch: usize,
     segs: Vec<Seg>,
     /// Descriptors of the chains one rx frame goes into.
     rx_segs: Vec<Seg>,
@@ -126,6 +133,8 @@ impl NetHandler {
             // A fresh queue has notifications on; the first round turns them off.
             rx_notifications: true,
             txq: TxBatch::new(None),
+            rx_ring: None,
+            rx_batch: MIN_RX_BATCH,
             segs: Vec::with_capacity(64),
             rx_segs: Vec::with_capacity(64),
             chains: Vec::with_capacity(64),
@@ -139,6 +148,64 @@ impl NetHandler {
     pub fn with_tx_ring(mut self, ring: Option<Arc<Mutex<TxRing>>>) -> Self {
         self.txq.set_ring(ring);
         self
+    }
+
+    /// Reads received frames through `ring` (a batch per syscall) instead
+    /// of one `read` each; frames a previous activation left in it are
+    /// dropped (counted).
+    pub fn with_rx_ring(mut self, ring: Option<Arc<Mutex<RxRing>>>) -> Self {
+        if let Some(r) = &ring {
+            if let Ok(mut r) = r.lock() {
+                NetCounters::add(&self.counters.rx_dropped, r.discard() as u64);
+            }
+        }
+        self.rx_ring = ring;
+        self
+    }
+
+    /// Reads the next frame into the backlog, through the rx ring when
+    /// there is one: `Ok(None)` when the backlog is full, the frame's
+    /// length, or the read's error (`WouldBlock`: nothing waits).
+    fn read_frame(&mut self) -> io::Result<Option<usize>> {
+        let Some(ring) = self.rx_ring.as_ref() else {
+            let backend = &self.backend;
+            return self.backlog.read_with(|buf| backend.read_frame(buf));
+        };
+        if !self.backlog.has_room() {
+            return Ok(None);
+        }
+        let Ok(mut ring) = ring.lock() else {
+            self.rx_ring = None;
+            return Err(io::Error::from(io::ErrorKind::WouldBlock));
+        };
+        if ring.pending() == 0 {
+            if let Err(e) = ring.read_batch(self.rx_batch) {
+                drop(ring);
+                self.rx_ring = None;
+                tracing::warn!(
+                    "virtio-net ({}): the rx ring failed ({e}); one read per received frame from now on",
+                    self.backend.name()
+                );
+                return Err(io::Error::from(io::ErrorKind::WouldBlock));
+            }
+            let frames = ring.frames();
+            self.rx_batch = (2 * frames).clamp(MIN_RX_BATCH, RX_RING_ENTRIES as usize);
+        }
+        // Reads that found nothing, before a frame that came meanwhile, are skipped.
+        loop {
+            match ring.next_result() {
+                Some(Ok(frame)) => {
+                    return self.backlog.read_with(|buf| {
+                        let n = frame.len().min(buf.len());
+                        buf[..n].copy_from_slice(&frame[..n]);
+                        Ok(n)
+                    })
+                }
+                Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Some(Err(e)) => return Err(e),
+                None => return Err(io::Error::from(io::ErrorKind::WouldBlock)),
+            }
+        }
     }
 
     /// The backend's fd, polled for incoming frames.
@@ -242,7 +309,10 @@ impl NetHandler {
     /// backend is not polled in a loop.
     fn drop_rx(&mut self) -> RxState {
         // Frames that were waiting for buffers are dropped too, and counted.
-        let waiting = self.backlog.clear();
+        let mut waiting = self.backlog.clear();
+        if let Some(Ok(mut r)) = self.rx_ring.as_ref().map(|r| r.lock()) {
+            waiting += r.discard();
+        }
         NetCounters::add(&self.counters.rx_dropped, waiting as u64);
         let backend = &self.backend;
         for _ in 0..RX_BURST {
@@ -440,8 +510,7 @@ impl NetHandler {
                 };
             }
             steps += 1;
-            let backend = &self.backend;
-            match self.backlog.read_with(|buf| backend.read_frame(buf)) {
+            match self.read_frame() {
                 // Full (only while there are no buffers: else it is emptied first).
                 Ok(None) => break RxState::NoBuffers,
                 Ok(Some(n)) if !self.backlog.is_valid(n) => NetCounters::add(&self.counters.rx_dropped, 1),

@@ -6,7 +6,8 @@
 //! tap accepted TUNSETOFFLOAD. The device runs on its own worker thread
 //! (`worker.rs`), which polls the queues' ioeventfds and the tap, and
 //! writes transmitted frames a burst per syscall (`tx_batch.rs`, through
-//! [`crate::net::tx_ring`]) where the host has io_uring.
+//! [`crate::net::tx_ring`]) and reads received ones a batch per syscall
+//! (through [`crate::net::rx_ring`]) where the host has io_uring.
 
 mod backlog;
 pub mod handler;
@@ -18,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{read_config_bytes, Activation, Stopping, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::net::rx_ring::RxRing;
 use crate::net::tap::{Tap, TUN_F_CSUM, TUN_F_TSO4};
 use crate::net::tx_ring::TxRing;
 
@@ -153,6 +155,9 @@ pub struct Net {
     /// The ring transmitted frames are written through (shared by the
     /// workers of successive activations), if the host has io_uring.
     tx_ring: Option<Arc<Mutex<TxRing>>>,
+    /// The ring received frames are read through, a batch per syscall
+    /// (shared the same way), if the host has io_uring.
+    rx_ring: Option<Arc<Mutex<RxRing>>>,
 }
 
 impl Net {
@@ -173,18 +178,38 @@ impl Net {
                 None
             }
         });
+        let rx_ring =
+            tx_ring
+                .as_ref()
+                .and_then(|_| backend.ring_fd())
+                .and_then(|fd| match RxRing::new(fd, handler::READ_ROOM) {
+                    Ok(r) => Some(Arc::new(Mutex::new(r))),
+                    Err(e) => {
+                        tracing::info!(
+                            "virtio-net ({}): no io_uring rx ring here ({e}); one read per received frame",
+                            backend.name()
+                        );
+                        None
+                    }
+                });
         Self {
             backend,
             config,
             counters: Arc::new(NetCounters::default()),
             worker: None,
             tx_ring,
+            rx_ring,
         }
     }
 
     /// Whether transmitted frames are written a burst per syscall.
     pub fn tx_batched(&self) -> bool {
         self.tx_ring.is_some()
+    }
+
+    /// Whether received frames are read a batch per syscall.
+    pub fn rx_batched(&self) -> bool {
+        self.rx_ring.is_some()
     }
 
     /// The guest's MAC address.
@@ -256,7 +281,8 @@ impl VirtioDevice for Net {
             self.counters.clone(),
             acked,
         )
-        .with_tx_ring(self.tx_ring.clone());
+        .with_tx_ring(self.tx_ring.clone())
+        .with_rx_ring(self.rx_ring.clone());
         let name = format!("virtio-net-{}", self.backend.name().replace(' ', "-"));
         self.worker = Some(NetWorker::spawn(name, a.queue_events, handler).map_err(|e| e.to_string())?);
         Ok(())

@@ -89,6 +89,25 @@ struct Rig {
 }
 
 impl Rig {
+    /// A rig whose handler reads through an rx ring (`ring`), or `None`
+    /// (the test says it is skipped) where the host has no io_uring.
+    fn new_with_ring(acked: u64, ring: bool) -> Option<Self> {
+        let mut r = Self::new(acked);
+        if ring {
+            let ring = match crate::net::rx_ring::RxRing::new(r.h.backend_fd(), handler::READ_ROOM) {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("skipped: io_uring is not available here ({e})");
+                    return None;
+                }
+            };
+            // The handler moves through with_rx_ring (a stand-in holds its place).
+            let h = std::mem::replace(&mut r.h, Self::new(acked).h);
+            r.h = h.with_rx_ring(Some(Arc::new(std::sync::Mutex::new(ring))));
+        }
+        Some(r)
+    }
+
     fn new(acked: u64) -> Self {
         let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).expect("mem");
         let (a, b) = UnixDatagram::pair().expect("socketpair");
@@ -249,7 +268,18 @@ fn tx_floods_are_worked_in_bursts() {
 
 #[test]
 fn rx_frames_land_in_guest_buffers() {
-    let mut r = Rig::new(0);
+    rx_frames_land_in_guest_buffers_with(false);
+}
+
+#[test]
+fn rx_frames_land_in_guest_buffers_through_the_rx_ring() {
+    rx_frames_land_in_guest_buffers_with(true);
+}
+
+fn rx_frames_land_in_guest_buffers_with(ring: bool) {
+    let Some(mut r) = Rig::new_with_ring(0, ring) else {
+        return;
+    };
     let f = frame(1000, 9);
     r.host.send(&f).expect("send");
     assert_eq!(r.h.process_rx(), RxState::NoBuffers, "no buffers yet: the frame waits");
@@ -290,7 +320,18 @@ fn unread(r: &Rig) -> usize {
 
 #[test]
 fn frames_are_read_ahead_while_there_are_no_buffers_and_delivered_in_order() {
-    let mut r = Rig::new(0);
+    frames_are_read_ahead_while_there_are_no_buffers_and_delivered_in_order_with(false);
+}
+
+#[test]
+fn frames_are_read_ahead_while_there_are_no_buffers_and_delivered_in_order_through_the_rx_ring() {
+    frames_are_read_ahead_while_there_are_no_buffers_and_delivered_in_order_with(true);
+}
+
+fn frames_are_read_ahead_while_there_are_no_buffers_and_delivered_in_order_with(ring: bool) {
+    let Some(mut r) = Rig::new_with_ring(0, ring) else {
+        return;
+    };
     let frames: Vec<Vec<u8>> = (0..5).map(|i| frame(60 + i * 10, i as u8)).collect();
     for f in &frames {
         r.host.send(f).expect("send");
@@ -332,6 +373,46 @@ fn a_full_backlog_stops_reading_the_backend() {
     assert_eq!(r.h.process_rx(), RxState::NoBuffers);
     assert_eq!(unread(&r), 3, "what did not fit stays in the backend");
     assert_eq!(r.counters()[2], 0, "nothing dropped");
+}
+
+#[test]
+fn the_rx_ring_reads_ahead_within_the_backlog_bounds_in_order() {
+    let Some(mut r) = Rig::new_with_ring(0, true) else {
+        return;
+    };
+    let n = RX_BACKLOG_FRAMES + 40;
+    for i in 0..n {
+        r.host.send(&frame(60, i as u8)).expect("send");
+    }
+    let mut calls = 0;
+    while r.h.process_rx() != RxState::NoBuffers {
+        calls += 1;
+        assert!(calls < 8, "the backlog fills");
+    }
+    assert_eq!(r.h.rx_waiting(), RX_BACKLOG_FRAMES);
+    assert!(r.h.rx_blocked(), "full: the worker stops polling the tap");
+    assert_eq!(r.h.process_rx(), RxState::NoBuffers);
+    let left = unread(&r);
+    assert!(
+        (8..=40).contains(&left),
+        "at most a ring's batch is read beyond the backlog ({left} left)"
+    );
+    assert_eq!(r.counters()[2], 0, "nothing dropped");
+    // Frames come out in the order they were sent, the backlog's first.
+    for round in 0..3u64 {
+        for k in 0..u64::from(QSIZE) {
+            r.push(false, &[(DATA + k * 0x1000, 2048, F_WRITE)]);
+        }
+        r.h.process_rx();
+        for k in 0..u64::from(QSIZE) {
+            let i = round * u64::from(QSIZE) + k;
+            let mut got = [0u8; 1];
+            r.mem
+                .read_slice(&mut got, GuestAddress(DATA + k * 0x1000 + VNET_HDR_LEN as u64))
+                .expect("r");
+            assert_eq!(got[0], frame(60, i as u8)[VNET_HDR_LEN], "frame {i} in order");
+        }
+    }
 }
 
 #[test]
@@ -380,7 +461,18 @@ fn rx_notifications_go_off_as_soon_as_buffers_come() {
 
 #[test]
 fn mergeable_rx_buffers_split_big_frames() {
-    let mut r = Rig::new(OFFLOAD_FEATURES);
+    mergeable_rx_buffers_split_big_frames_with(false);
+}
+
+#[test]
+fn mergeable_rx_buffers_split_big_frames_through_the_rx_ring() {
+    mergeable_rx_buffers_split_big_frames_with(true);
+}
+
+fn mergeable_rx_buffers_split_big_frames_with(ring: bool) {
+    let Some(mut r) = Rig::new_with_ring(OFFLOAD_FEATURES, ring) else {
+        return;
+    };
     let f = frame(60000, 5);
     r.host.send(&f).expect("send");
     for k in 0..15u64 {
@@ -408,7 +500,18 @@ fn mergeable_rx_buffers_split_big_frames() {
 
 #[test]
 fn hostile_rx_chains_and_big_frames_never_panic() {
-    let mut r = Rig::new(0);
+    hostile_rx_chains_and_big_frames_never_panic_with(false);
+}
+
+#[test]
+fn hostile_rx_chains_and_big_frames_never_panic_through_the_rx_ring() {
+    hostile_rx_chains_and_big_frames_never_panic_with(true);
+}
+
+fn hostile_rx_chains_and_big_frames_never_panic_with(ring: bool) {
+    let Some(mut r) = Rig::new_with_ring(0, ring) else {
+        return;
+    };
     // A frame too big for the one buffer is dropped; the buffer stays.
     r.host.send(&frame(3000, 1)).expect("send");
     r.push(false, &[(DATA, 2048, F_WRITE)]);
