@@ -71,6 +71,11 @@ impl RxRing {
         })
     }
 
+    /// Whether the ring failed (it must not be used again).
+    pub fn is_broken(&self) -> bool {
+        self.bufs.is_empty()
+    }
+
     /// Results of the last batch not handed out yet.
     pub fn pending(&self) -> usize {
         self.results.len() - self.next

@@ -152,14 +152,16 @@ impl NetHandler {
 
     /// Reads received frames through `ring` (a batch per syscall) instead
     /// of one `read` each; frames a previous activation left in it are
-    /// dropped (counted).
+    /// dropped (counted). A ring that failed before is not used (its
+    /// failure was logged once).
     pub fn with_rx_ring(mut self, ring: Option<Arc<Mutex<RxRing>>>) -> Self {
-        if let Some(r) = &ring {
-            if let Ok(mut r) = r.lock() {
+        self.rx_ring = ring.filter(|r| match r.lock() {
+            Ok(mut r) => {
                 NetCounters::add(&self.counters.rx_dropped, r.discard() as u64);
+                !r.is_broken()
             }
-        }
-        self.rx_ring = ring;
+            Err(_) => false,
+        });
         self
     }
 
