@@ -491,8 +491,9 @@ pub fn run(args: &Options) -> anyhow::Result<u8> {
             }
         }
     }
+    let busy: Vec<bool> = rounds.iter().map(|r| !r.quiet).collect();
     for (id, row) in rows.iter_mut() {
-        row.finish(id, args.seed, args.ci_target);
+        row.finish(id, args.seed, args.ci_target, &busy);
     }
     if failed > 0 {
         warnings.push(format!(

@@ -115,10 +115,13 @@ fn verdicts(w: &WorkloadResult) -> Vec<String> {
                 || "no interval: a single run".to_owned(),
                 |[lo, hi]| format!("95% interval {lo:.2}–{hi:.2}"),
             );
-            let text = if v.significant {
-                v.text.clone()
-            } else {
-                format!("{} vs {}: {}", e.name(), v.against, v.text)
+            let text = match (v.significant, v.busy_host) {
+                (true, false) => v.text.clone(),
+                (true, true) => format!(
+                    "{}, but most of these runs started on a busy machine: the load may have made the difference",
+                    v.text
+                ),
+                (false, _) => format!("{} vs {}: {}", e.name(), v.against, v.text),
             };
             Some(format!(
                 "{text} ({}/{} {}, {ci}, n={}/{}, {} {})",

@@ -86,6 +86,9 @@ pub struct Verdict {
     pub p_exact: bool,
     /// p < 0.05 and the ratio's 95% interval leaves out 1.0.
     pub significant: bool,
+    /// Most of the rounds both cells ran in started on a busy machine: the
+    /// difference may be the load's (the report says so beside the verdict).
+    pub busy_host: bool,
 }
 
 /// Significance level of the verdicts.
@@ -128,6 +131,7 @@ impl Verdict {
             p_value: p,
             p_exact,
             significant,
+            busy_host: false,
         })
     }
 
@@ -301,7 +305,9 @@ impl WorkloadResult {
     /// Computes statistics, verdicts and ratios once all runs are in; a cell whose
     /// interval is wider than `ci_target` (0.03: +-3%) gets a warning. Bootstrap
     /// resamples come from `seed` and the row's id, so one seed gives one report.
-    pub fn finish(&mut self, id: &str, seed: u64, ci_target: f64) {
+    /// `busy_rounds[r]`: round r + 1 started on a busy machine (a cell's run k is in
+    /// round k + 1: every unfinished cell runs once a round).
+    pub fn finish(&mut self, id: &str, seed: u64, ci_target: f64, busy_rounds: &[bool]) {
         for env in Env::ALL {
             let mut rng = Rng::for_stream(seed, &format!("{id}/{}", env.name()));
             let cell = self.cell_mut(env);
@@ -326,14 +332,21 @@ impl WorkloadResult {
         for env in [Env::Kvmkit, Env::Qemu] {
             let mut rng = Rng::for_stream(seed, &format!("{id}/{}/ratio", env.name()));
             let mine = self.cell(env).values();
-            let verdict = if !host.is_empty() {
-                Verdict::of(env.name(), &mine, "host", &host, &mut rng)
+            let (verdict, other) = if !host.is_empty() {
+                (Verdict::of(env.name(), &mine, "host", &host, &mut rng), host.len())
             } else if env == Env::Kvmkit && self.table == Table::Exits {
-                Verdict::of(env.name(), &mine, "qemu", &qemu, &mut rng)
+                (Verdict::of(env.name(), &mine, "qemu", &qemu, &mut rng), qemu.len())
             } else {
-                None
+                (None, 0)
             };
-            self.cell_mut(env).verdict = verdict;
+            // The rounds both cells ran in: mostly busy ones make the verdict suspect
+            // (load that changed between rounds looks like a difference to any test).
+            let both = mine.len().min(other);
+            let busy = busy_rounds.iter().take(both).filter(|&&b| b).count();
+            self.cell_mut(env).verdict = verdict.map(|v| Verdict {
+                busy_host: both > 0 && 2 * busy > both,
+                ..v
+            });
         }
         if self.same_result {
             let mut seen: Vec<(Env, u64)> = Vec::new();
@@ -499,7 +512,7 @@ pub(crate) mod fixtures {
                 })
                 .collect();
         }
-        row.finish(&w.id, 1, 0.03);
+        row.finish(&w.id, 1, 0.03, &[]);
         BenchResults {
             schema: "kvmkit-bench/1",
             profile: crate::profile::Profile::Quick,
@@ -570,7 +583,7 @@ pub(crate) mod fixtures {
             let mut f = Floor::new(w.arg, None);
             f.samples_ns = (0..5).map(|i| wobble(floor, i)).collect();
             row.floor = Some(f);
-            row.finish(&w.id, 1, 0.03);
+            row.finish(&w.id, 1, 0.03, &[]);
             results.order.push(w.id.clone());
             results.workloads.insert(w.id, row);
         }
@@ -594,6 +607,31 @@ mod tests {
         assert_eq!(Stats::of(&[1.0, 2.0], rng).expect("stats").median, 1.5);
         assert!(Stats::of(&[4.0], rng).expect("stats").ci95.is_none());
         assert!(Stats::of(&[], rng).is_none());
+    }
+
+    #[test]
+    fn verdicts_from_mostly_busy_rounds_are_flagged() {
+        let flagged = |busy: &[bool]| {
+            let mut r = fixtures::synthetic_results(6);
+            let row = r.workloads.values_mut().next().expect("row");
+            row.finish("primes", 1, 0.03, busy);
+            let v = row.cell(Env::Kvmkit).verdict.clone().expect("verdict");
+            assert!(v.significant, "{v:?}");
+            v.busy_host
+        };
+        assert!(!flagged(&[]), "no round information: no flag");
+        assert!(!flagged(&[false; 6]));
+        assert!(!flagged(&[true, true, true, false, false, false]), "half is not most");
+        assert!(flagged(&[true, true, true, true, false, false]));
+        // Rounds after the last run the two cells share do not count.
+        assert!(!flagged(&[
+            false, false, false, false, false, false, true, true, true, true, true, true, true
+        ]));
+        let mut r = fixtures::synthetic_results(6);
+        let row = r.workloads.values_mut().next().expect("row");
+        row.finish("primes", 1, 0.03, &[true; 6]);
+        let text = crate::report::terminal(&r);
+        assert!(text.contains("most of these runs started on a busy machine"), "{text}");
     }
 
     #[test]
