@@ -78,9 +78,26 @@ fn agent(name: &str) -> Agent {
     Agent { child, dir, sock }
 }
 
+/// A connection to the agent at `sock`. The socket file appears at `bind`, a moment
+/// before the agent's `listen`: a connection refused in between is tried again (a CI run
+/// under load once hit it), for at most 10 s.
+fn connect(sock: &Path) -> UnixStream {
+    let start = Instant::now();
+    loop {
+        match UnixStream::connect(sock) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused && start.elapsed() < Duration::from_secs(10) =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            r => return r.unwrap(),
+        }
+    }
+}
+
 /// Runs `req` (with `stdin` when given); returns stdout, stderr and the exit.
 fn exec(sock: &Path, req: &Request, stdin: Option<&[u8]>) -> (Vec<u8>, Vec<u8>, Exit) {
-    let mut s = UnixStream::connect(sock).unwrap();
+    let mut s = connect(sock);
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s.write_all(&req.encode().unwrap()).unwrap();
     if let Some(data) = stdin {
@@ -145,7 +162,7 @@ fn runs_commands_and_streams_output_and_status() {
 fn serves_connections_concurrently() {
     let a = agent("many");
     // One connection blocks on stdin that never comes; the others still run.
-    let mut blocked = UnixStream::connect(&a.sock).unwrap();
+    let mut blocked = connect(&a.sock);
     let mut req = Request::new(["cat"]);
     req.flags = FLAG_STDIN;
     blocked.write_all(&req.encode().unwrap()).unwrap();
@@ -176,7 +193,7 @@ fn refuses_bad_requests_with_an_error_frame() {
         &b"R\x01\0\0\0\0"[..],
         &b"E\x04\0\0\0NOEQ"[..],
     ] {
-        let mut s = UnixStream::connect(&a.sock).unwrap();
+        let mut s = connect(&a.sock);
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.write_all(bad).unwrap();
         let f = read_frame(&mut s).unwrap().unwrap();
