@@ -759,6 +759,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn verdicts_from_busy_rounds_say_so() {
+        let mut r = crate::results::fixtures::synthetic_results(6);
+        let row = r.workloads.values_mut().next().expect("row");
+        row.finish("primes", 1, 0.03, &[true; 6]);
+        let text = terminal(&r);
+        assert!(text.contains("most of these runs started on a busy machine"), "{text}");
+        let row = r.workloads.values_mut().next().expect("row");
+        row.finish("primes", 1, 0.03, &[false; 6]);
+        assert!(!terminal(&r).contains("busy machine"));
+    }
+
+    #[test]
     fn tables_give_intervals_runs_verdicts_and_supported_digits() {
         let results = crate::results::fixtures::synthetic_results(6);
         let text = terminal(&results);
