@@ -154,6 +154,15 @@ impl RxRing {
         Ok(n)
     }
 
+    /// Stops using a healthy ring for good (the fd refuses its reads):
+    /// every read is reaped, none is in flight, so its buffers are freed;
+    /// [`RxRing::is_broken`] is true from now on.
+    pub fn retire(&mut self) {
+        self.bufs = Vec::new();
+        self.results.clear();
+        self.next = 0;
+    }
+
     /// The ring is unusable: its buffers may still be written by the
     /// kernel, so they are leaked.
     fn fail(&mut self, e: io::Error) -> io::Result<usize> {

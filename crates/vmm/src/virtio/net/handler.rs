@@ -204,6 +204,19 @@ impl NetHandler {
                     })
                 }
                 Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // A tap without non-blocking ring reads (tun before Linux 6.4 or
+                // so refuses RWF_NOWAIT): nothing was read, so plain reads take over.
+                Some(Err(e)) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL)) => {
+                    ring.retire();
+                    drop(ring);
+                    self.rx_ring = None;
+                    tracing::warn!(
+                        "virtio-net ({}): the tap refuses ring reads ({e}); one read per received frame from now on",
+                        self.backend.name()
+                    );
+                    let backend = &self.backend;
+                    return self.backlog.read_with(|buf| backend.read_frame(buf));
+                }
                 Some(Err(e)) => return Err(e),
                 None => return Err(io::Error::from(io::ErrorKind::WouldBlock)),
             }
