@@ -6,6 +6,8 @@
 //! addresses or on which bridge (`--net`), is host-network policy in the
 //! `kvmkit-hostnet` crate.
 
+#[cfg(test)]
+mod ring_tests;
 pub mod rx_ring;
 pub mod tap;
 pub mod tx_ring;

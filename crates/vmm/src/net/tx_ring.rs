@@ -197,13 +197,8 @@ mod tests {
             .build()
             .flags(io_uring::squeue::Flags::IO_LINK)
             .user_data(3);
-        let mut results = Vec::new();
-        for sqe in [read, fixed, linked] {
-            // SAFETY: `buf` outlives the wait below.
-            unsafe { ring.ring.submission().push(&sqe) }.expect("push");
-            ring.ring.submit_and_wait(1).expect("submit");
-            results.extend(ring.ring.completion().map(|c| c.result()));
-        }
+        // SAFETY: `buf` outlives the call, which waits for every completion.
+        let results = unsafe { crate::net::ring_tests::submit_each(&mut ring.ring, &[read, fixed, linked]) };
         assert_eq!(results, vec![-libc::EACCES; 3]);
         // And no registration once it runs.
         assert!(ring.ring.submitter().register_files(&[a.as_raw_fd()]).is_err());

@@ -79,10 +79,17 @@ fn parse(p: &[sock_filter]) -> Result<(Vec<Block>, usize), String> {
 /// A `JA` to patch once its target is placed: (its index, target).
 type Fixup = (usize, usize);
 
-/// Emits the search over `blocks[lo..hi]` (sorted, non-empty); `shift` is
-/// where the original program will start, `default` the index of its
-/// default action in it.
-fn emit(blocks: &[Block], lo: usize, hi: usize, out: &mut Vec<sock_filter>, fix: &mut Vec<Fixup>, default: usize) {
+/// Emits the search over `blocks[lo..hi]` (sorted, non-empty); `default`
+/// is the index of the original's default action. Jumps into the original
+/// go to `fix`, patched once the tree's length is known.
+fn emit(
+    blocks: &[Block],
+    lo: usize,
+    hi: usize,
+    out: &mut Vec<sock_filter>,
+    fix: &mut Vec<Fixup>,
+    default: usize,
+) -> Result<(), String> {
     if hi - lo == 1 {
         // nr == this call: to the original's comparison of it, which matches
         // and enters the call's checks; else to the default action.
@@ -91,17 +98,16 @@ fn emit(blocks: &[Block], lo: usize, hi: usize, out: &mut Vec<sock_filter>, fix:
         out.push(at(JA, 0, 0, 0));
         fix.push((out.len(), default));
         out.push(at(JA, 0, 0, 0));
-        return;
+        return Ok(());
     }
     let mid = lo + (hi - lo) / 2;
     // nr >= blocks[mid]: the JA to the upper half; else fall into the lower.
     out.push(at(JGE_K, 0, 1, blocks[mid].nr));
     let upper = out.len();
     out.push(at(JA, 0, 0, 0));
-    emit(blocks, lo, mid, out, fix, default);
-    let here = out.len();
-    out[upper].k = u32::try_from(here - (upper + 1)).unwrap_or(u32::MAX);
-    emit(blocks, mid, hi, out, fix, default);
+    emit(blocks, lo, mid, out, fix, default)?;
+    out[upper].k = u32::try_from(out.len() - (upper + 1)).map_err(|e| e.to_string())?;
+    emit(blocks, mid, hi, out, fix, default)
 }
 
 /// The compact search over `blocks[lo..hi]`, for up to ~85 calls: a node is
@@ -146,7 +152,7 @@ pub fn search_tree(p: &[sock_filter]) -> Result<Vec<sock_filter>, String> {
     }
     let mut tree: Vec<sock_filter> = Vec::new();
     let mut fix = Vec::new();
-    emit(&blocks, 0, blocks.len(), &mut tree, &mut fix, default);
+    emit(&blocks, 0, blocks.len(), &mut tree, &mut fix, default)?;
     // The original's instructions after its `LD nr` move down by the tree's
     // length; its internal jumps are relative and stay right.
     let shift = tree.len();
@@ -205,6 +211,24 @@ mod tests {
         ]
     }
 
+    /// seccompiler's shape for `nrs` allowed without argument checks, else
+    /// trap: per call `JEQ nr; JA chain; JA next`, its chain `RET allow; RET
+    /// trap`, and the default at the end.
+    fn allow_list(nrs: &[u32]) -> Vec<sock_filter> {
+        let mut p = head();
+        for &nr in nrs {
+            p.extend([
+                at(JEQ_K, 0, 1, nr),
+                at(JA, 0, 0, 1),
+                at(JA, 0, 0, 2),
+                at(RET_K, 0, 0, ALLOW),
+                at(RET_K, 0, 0, TRAP),
+            ]);
+        }
+        p.push(at(RET_K, 0, 0, TRAP));
+        p
+    }
+
     #[test]
     fn programs_not_in_seccompilers_shape_are_refused() {
         assert!(search_tree(&[]).is_err());
@@ -228,18 +252,7 @@ mod tests {
 
     #[test]
     fn two_calls_get_one_node_and_two_leaves() {
-        // nr 3: allow; nr 9: allow; else trap (seccompiler's block shape).
-        let mut p = head();
-        for nr in [3, 9] {
-            p.extend([
-                at(JEQ_K, 0, 1, nr),
-                at(JA, 0, 0, 1),
-                at(JA, 0, 0, 2),
-                at(RET_K, 0, 0, ALLOW),
-                at(RET_K, 0, 0, TRAP),
-            ]);
-        }
-        p.push(at(RET_K, 0, 0, TRAP));
+        let p = allow_list(&[3, 9]);
         let t = search_tree(&p).expect("tree");
         // One JGE, two leaves of two, the default: 6 more instructions.
         assert_eq!(t.len(), p.len() + 6);
@@ -257,17 +270,7 @@ mod tests {
     #[test]
     fn long_lists_fall_back_to_jumps_that_reach() {
         // 120 calls: a compact tree would need offsets past 255.
-        let mut p = head();
-        for nr in 0..120 {
-            p.extend([
-                at(JEQ_K, 0, 1, nr),
-                at(JA, 0, 0, 1),
-                at(JA, 0, 0, 2),
-                at(RET_K, 0, 0, ALLOW),
-                at(RET_K, 0, 0, TRAP),
-            ]);
-        }
-        p.push(at(RET_K, 0, 0, TRAP));
+        let p = allow_list(&(0..120).collect::<Vec<u32>>());
         let t = search_tree(&p).expect("tree");
         assert_eq!(t.len(), p.len() + 5 * 120 - 2);
     }
