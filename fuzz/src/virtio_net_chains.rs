@@ -14,7 +14,9 @@
 //!
 //! * byte 0: bits 0-3 rx queue size `1 << (x % 9)`, bits 4-7 the tx one.
 //! * byte 1: bit 0 VIRTIO_NET_F_MRG_RXBUF, bit 1 VIRTIO_NET_F_HOST_TSO4;
-//!   bits 2-3 first ring index (0, just before the u16 wrap, or from the input).
+//!   bits 2-3 first ring index (0, just before the u16 wrap, or from the input);
+//!   bit 4: frames are read through an rx ring (io_uring, where the host
+//!   has it), so straight into the rx chains while no frame waits.
 //! * then operations, each starting with an op byte `b`:
 //!
 //! | `b % 12` | operation                                                        |
@@ -56,8 +58,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use kvmkit_vmm::memory::GuestMemoryMmap;
+use kvmkit_vmm::net::rx_ring::RxRing;
 use kvmkit_vmm::net::tap::VNET_HDR_LEN;
-use kvmkit_vmm::virtio::net::handler::{FrameIo, MAX_BUFFER_BYTES, MAX_FRAME_BYTES};
+use kvmkit_vmm::virtio::net::handler::{FrameIo, MAX_BUFFER_BYTES, MAX_FRAME_BYTES, READ_ROOM};
 use kvmkit_vmm::virtio::net::{
     Backend, NetCounters, NetHandler, QUEUE_SIZE, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_MRG_RXBUF,
 };
@@ -100,6 +103,8 @@ pub struct Outcome {
     pub bad_chains: u64,
     /// Mergeable rx frames spread over more than one chain.
     pub merged_frames: u64,
+    /// Frames read straight into rx chains (through an rx ring).
+    pub rx_direct: u64,
     /// Calls whose guest-memory writes were checked against the model.
     pub checked_calls: usize,
 }
@@ -766,7 +771,7 @@ pub fn run(data: &[u8]) -> Outcome {
     });
     let counters = Arc::new(NetCounters::default());
     let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
-    let handler = NetHandler::new(
+    let mut handler = NetHandler::new(
         mem.clone(),
         rx.queue(start),
         tx.queue(start),
@@ -775,6 +780,12 @@ pub fn run(data: &[u8]) -> Outcome {
         counters.clone(),
         acked,
     );
+    if b1 & 0x10 != 0 {
+        // Without io_uring here the input runs without a ring.
+        if let Ok(ring) = RxRing::new(backend.sock.as_raw_fd(), READ_ROOM) {
+            handler = handler.with_rx_ring(Some(Arc::new(std::sync::Mutex::new(ring))));
+        }
+    }
     static PATTERN: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     let pattern = PATTERN.get_or_init(|| (0..70_000u32).map(|i| (i * 7 + (i >> 8)) as u8).collect());
     let mut rig = Rig {
@@ -815,7 +826,7 @@ pub fn run(data: &[u8]) -> Outcome {
         left += 1;
     }
     let c = rig.count();
-    let pending = rig.handler.rx_waiting() as u64;
+    let pending = rig.handler.rx_held() as u64;
     assert_eq!(
         rig.injected,
         c[0] + c[2] + pending + left,
@@ -833,6 +844,7 @@ pub fn run(data: &[u8]) -> Outcome {
     Outcome {
         rx_frames: c[0],
         rx_dropped: c[2],
+        rx_direct: rig.counters.rx_direct.load(Ordering::Relaxed),
         tx_frames: c[3],
         tx_dropped: c[5],
         bad_chains: c[6],

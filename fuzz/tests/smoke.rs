@@ -161,6 +161,7 @@ fn virtio_net_chains_smoke() {
         total.tx_dropped += o.tx_dropped;
         total.bad_chains += o.bad_chains;
         total.merged_frames += o.merged_frames;
+        total.rx_direct += o.rx_direct;
         total.checked_calls += o.checked_calls;
     }
     eprintln!("virtio_net_chains: {total:?}");
@@ -168,6 +169,10 @@ fn virtio_net_chains_smoke() {
     assert!(total.rx_frames > 0 && total.rx_dropped > 0, "{total:?}");
     assert!(total.tx_frames > 0 && total.tx_dropped > 0, "{total:?}");
     assert!(total.bad_chains > 0 && total.checked_calls > 0, "{total:?}");
+    // Where the host has io_uring, inputs with an rx ring read frames
+    // straight into rx chains.
+    let ring = kvmkit_vmm::net::rx_ring::RxRing::new(0, 64).is_ok();
+    assert!(!ring || total.rx_direct > 0, "{total:?}");
 }
 
 /// The fuzzer's first find in virtio-net: a tx avail index set more than the

@@ -10,12 +10,18 @@
 //! teardown). An idle NIC sleeps in `poll` on the tap, as without a ring.
 //!
 //! The ring is confined before it is enabled (`IORING_REGISTER_RESTRICTIONS`),
-//! like [`super::tx_ring`]: its only operation is `IORING_OP_READ`, with
-//! no SQE flags (no links, no forced async, no fixed files, no buffer
-//! selection) and no registration at all. It can do nothing the worker's
-//! own `read` could not, and it holds no file of its own: closing the tap
-//! ends the tap at once. It reads only into its own buffers (never guest
-//! memory); frames are copied out in the order they were read.
+//! like [`super::tx_ring`]: its only operations are `IORING_OP_READ` and
+//! `IORING_OP_READV`, with no SQE flags (no links, no forced async, no
+//! fixed files, no buffer selection) and no registration at all. It can do
+//! nothing the worker's own `read`/`readv` could not, and it holds no file
+//! of its own: closing the tap ends the tap at once.
+//!
+//! A batch reads either into the ring's own buffers ([`RxRing::read_batch`];
+//! frames are copied out in the order they were read) or straight into
+//! memory its caller names, guest rx buffers ([`RxRing::add_direct`],
+//! [`RxRing::read_direct`]): each such read has the caller's iovecs first
+//! and its slot of the ring's buffers behind them, so a frame longer than
+//! the caller's room is still read whole (its tail in the slot).
 
 use std::io;
 use std::os::fd::RawFd;
@@ -38,7 +44,18 @@ pub struct RxRing {
     results: Vec<i32>,
     /// The next result to hand out.
     next: usize,
+    /// The iovecs of the direct reads being prepared ([`RxRing::add_direct`]).
+    iovecs: Vec<libc::iovec>,
+    /// Per direct read: its first iovec, how many, and the caller's room
+    /// in them; with one iovec and that room short of the ring's, the read
+    /// has no slot behind it (a frame longer than the room is cut).
+    direct: Vec<(usize, usize, usize)>,
 }
+
+// SAFETY: the iovecs' pointers are only used by `read_direct`, on the
+// thread that owns the ring at the time (it is behind a mutex); between
+// batches they are stale and never dereferenced.
+unsafe impl Send for RxRing {}
 
 impl std::fmt::Debug for RxRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -58,7 +75,10 @@ impl RxRing {
             .setup_cqsize(2 * RX_RING_ENTRIES)
             .build(RX_RING_ENTRIES)?;
         let s = ring.submitter();
-        s.register_restrictions(&mut [Restriction::sqe_op(opcode::Read::CODE)])?;
+        s.register_restrictions(&mut [
+            Restriction::sqe_op(opcode::Read::CODE),
+            Restriction::sqe_op(opcode::Readv::CODE),
+        ])?;
         s.register_enable_rings()?;
         Ok(Self {
             ring,
@@ -68,6 +88,8 @@ impl RxRing {
             room,
             results: Vec::with_capacity(RX_RING_ENTRIES as usize),
             next: 0,
+            iovecs: Vec::with_capacity(4 * RX_RING_ENTRIES as usize),
+            direct: Vec::with_capacity(RX_RING_ENTRIES as usize),
         })
     }
 
@@ -81,6 +103,11 @@ impl RxRing {
         self.results.len() - self.next
     }
 
+    /// Frames of the last batch not handed out yet.
+    pub fn pending_frames(&self) -> usize {
+        self.results[self.next..].iter().filter(|&&r| r >= 0).count()
+    }
+
     /// Frames the last batch read.
     pub fn frames(&self) -> usize {
         self.results.iter().filter(|&&r| r >= 0).count()
@@ -88,7 +115,7 @@ impl RxRing {
 
     /// Drops the results not handed out yet; returns how many were frames.
     pub fn discard(&mut self) -> usize {
-        let frames = self.results[self.next..].iter().filter(|&&r| r >= 0).count();
+        let frames = self.pending_frames();
         self.results.clear();
         self.next = 0;
         frames
@@ -105,6 +132,7 @@ impl RxRing {
     /// never freed) and must not be used again.
     pub fn read_batch(&mut self, n: usize) -> io::Result<usize> {
         self.discard();
+        self.direct.clear();
         let n = n.min(RX_RING_ENTRIES as usize);
         if self.bufs.is_empty() {
             return Err(io::Error::other("rx ring: failed before"));
@@ -127,6 +155,17 @@ impl RxRing {
                 }
             }
         }
+        self.wait_all(n)
+    }
+
+    /// Waits for the `n` reads just queued and records their results.
+    ///
+    /// Every read is reaped before this returns `Ok`, so none outlives the
+    /// call (they are posted with `RWF_NOWAIT`, so the kernel completes
+    /// each one within the `io_uring_enter` that submits it; the loop makes
+    /// it so even if one were queued to a kernel worker). On `Err` reads
+    /// may still be in flight and the ring is failed for good.
+    fn wait_all(&mut self, n: usize) -> io::Result<usize> {
         self.results.clear();
         self.results.resize(n, -libc::EAGAIN);
         let mut reaped = 0;
@@ -154,6 +193,165 @@ impl RxRing {
         Ok(n)
     }
 
+    /// Starts preparing a batch of direct reads (results still pending
+    /// are dropped).
+    pub fn begin_direct(&mut self) {
+        self.discard();
+        self.iovecs.clear();
+        self.direct.clear();
+    }
+
+    /// Adds a direct read into `segs` (host address and length each), of
+    /// which at most the ring's room per read is used; the rest of the room
+    /// is the read's slot of the ring's own buffers, behind them. Returns
+    /// the bytes of `segs` used (the read's room in them), or `None` when
+    /// the batch is full ([`RX_RING_ENTRIES`] reads) or the ring failed.
+    ///
+    /// # Safety
+    /// Each of `segs` must be memory the caller may let the kernel write,
+    /// that stays mapped and writable until [`RxRing::read_direct`] returns
+    /// `Ok`, and for ever after if it returns `Err` (reads may then still
+    /// be in flight).
+    pub unsafe fn add_direct(&mut self, segs: impl IntoIterator<Item = (*mut u8, usize)>) -> Option<usize> {
+        let i = self.direct.len();
+        if i >= RX_RING_ENTRIES as usize || self.bufs.is_empty() {
+            return None;
+        }
+        let first = self.iovecs.len();
+        let mut room = 0usize;
+        for (ptr, len) in segs {
+            let len = len.min(self.room - room);
+            if len == 0 {
+                continue;
+            }
+            self.iovecs.push(libc::iovec {
+                iov_base: ptr.cast(),
+                iov_len: len,
+            });
+            room += len;
+            if room == self.room {
+                break;
+            }
+        }
+        if room < self.room {
+            // SAFETY: slot i lies inside `bufs` (i < RX_RING_ENTRIES), and
+            // room < self.room keeps the tail inside it.
+            let tail = unsafe { self.bufs.as_mut_ptr().add(i * self.room + room) };
+            self.iovecs.push(libc::iovec {
+                iov_base: tail.cast(),
+                iov_len: self.room - room,
+            });
+        }
+        self.direct.push((first, self.iovecs.len() - first, room));
+        Some(room)
+    }
+
+    /// Adds a direct read of at most `len` bytes into `ptr`, with nothing
+    /// behind it: a longer frame is cut at `len` (a tap then reports the
+    /// frame's whole length, more than `len`; a socket reports `len`).
+    /// One plain read, cheaper for the kernel than a vectored one. Returns
+    /// the room (`len`, at most the ring's room), or `None` as
+    /// [`RxRing::add_direct`].
+    ///
+    /// # Safety
+    /// As [`RxRing::add_direct`], for `len` bytes at `ptr`.
+    pub unsafe fn add_direct_cut(&mut self, ptr: *mut u8, len: usize) -> Option<usize> {
+        let i = self.direct.len();
+        let len = len.min(self.room);
+        if i >= RX_RING_ENTRIES as usize || self.bufs.is_empty() || len == 0 {
+            return None;
+        }
+        let first = self.iovecs.len();
+        self.iovecs.push(libc::iovec {
+            iov_base: ptr.cast(),
+            iov_len: len,
+        });
+        // The slot is not read into: room == len marks "cut" only when len
+        // < self.room; a read of the whole room has no tail either way.
+        self.direct.push((first, 1, len));
+        Some(len)
+    }
+
+    /// Posts the direct reads added since [`RxRing::begin_direct`] and
+    /// waits for all of them (none waits for data), like
+    /// [`RxRing::read_batch`]. Read i's result is [`RxRing::result`]`(i)`;
+    /// its first [`RxRing::direct_room`]`(i)` bytes are in the caller's
+    /// memory, the rest in the ring's slot i. `Err`: the ring failed, reads
+    /// may still be in flight (the caller's memory must stay mapped for
+    /// ever, see [`RxRing::add_direct`]).
+    pub fn read_direct(&mut self) -> io::Result<usize> {
+        let n = self.direct.len();
+        if self.bufs.is_empty() {
+            return Err(io::Error::other("rx ring: failed before"));
+        }
+        {
+            let mut sq = self.ring.submission();
+            for (i, &(first, count, _)) in self.direct.iter().enumerate() {
+                let sqe = if count == 1 {
+                    // One buffer (a cut read, or the room in one piece): a plain read.
+                    let v = self.iovecs[first];
+                    opcode::Read::new(types::Fd(self.fd), v.iov_base.cast(), v.iov_len as u32)
+                        .rw_flags(RWF_NOWAIT)
+                        .build()
+                } else {
+                    // `count` <= the iovecs of one read: far below u32::MAX
+                    // (each iovec has at least one byte of `room`, a u32).
+                    opcode::Readv::new(types::Fd(self.fd), self.iovecs[first..].as_ptr(), count as u32)
+                        .rw_flags(RWF_NOWAIT)
+                        .build()
+                };
+                let sqe = sqe.user_data(i as u64);
+                // SAFETY: the iovec array (not touched until the next
+                // begin_direct) and the memory it names (the caller's, by
+                // add_direct's contract, and the ring's own slots) stay
+                // valid until every completion is reaped (wait_all; on a
+                // failure the ring's buffers are leaked and the caller keeps
+                // its memory mapped).
+                if unsafe { sq.push(&sqe) }.is_err() {
+                    drop(sq);
+                    return self.fail(io::Error::other("rx ring: submission queue full"));
+                }
+            }
+        }
+        self.wait_all(n)
+    }
+
+    /// What read `i` of the last batch returned: bytes, or -errno.
+    pub fn result(&self, i: usize) -> Option<i32> {
+        self.results.get(i).copied()
+    }
+
+    /// The bytes of direct read `i` that went to the caller's memory at
+    /// most (the rest of a longer frame is in the ring's slot `i`).
+    pub fn direct_room(&self, i: usize) -> usize {
+        self.direct.get(i).map_or(0, |d| d.2)
+    }
+
+    /// The head of slot `i`: the bytes a direct read put in the caller's
+    /// memory belong here (the caller copies them) for the frame to be
+    /// whole in the slot and handed out by [`RxRing::next_result`].
+    pub fn slot_head_mut(&mut self, i: usize) -> &mut [u8] {
+        let room = self.direct_room(i).min(self.room);
+        if i >= RX_RING_ENTRIES as usize || self.bufs.is_empty() {
+            return &mut [];
+        }
+        &mut self.bufs[i * self.room..i * self.room + room]
+    }
+
+    /// Makes read `i`'s result "nothing read" (its frame was dropped by
+    /// the caller): [`RxRing::next_result`] skips it as an empty read.
+    pub fn drop_result(&mut self, i: usize) {
+        if let Some(r) = self.results.get_mut(i) {
+            *r = -libc::EAGAIN;
+        }
+    }
+
+    /// Hands out the results of the last batch from read `i` on (those
+    /// before it were taken by the caller).
+    pub fn skip_to(&mut self, i: usize) {
+        self.next = i.min(self.results.len());
+    }
+
     /// Stops using a healthy ring for good (the fd refuses its reads):
     /// every read is reaped, none is in flight, so its buffers are freed;
     /// [`RxRing::is_broken`] is true from now on.
@@ -167,6 +365,8 @@ impl RxRing {
     /// kernel, so they are leaked.
     fn fail(&mut self, e: io::Error) -> io::Result<usize> {
         std::mem::forget(std::mem::take(&mut self.bufs));
+        std::mem::forget(std::mem::take(&mut self.iovecs));
+        self.direct.clear();
         self.results.clear();
         self.next = 0;
         Err(e)
@@ -269,6 +469,66 @@ mod tests {
     }
 
     #[test]
+    fn direct_reads_fill_the_callers_memory_then_the_slot() {
+        let (a, b) = pair();
+        let Some(mut ring) = ring_on(&b, 300) else { return };
+        let f0: Vec<u8> = (0..250u32).map(|i| i as u8).collect();
+        let f1 = vec![7u8; 40];
+        a.send(&f0).expect("send");
+        a.send(&f1).expect("send");
+        // Read 0 into two pieces of 60 and 40 bytes, read 1 into 500 (only
+        // the room, 300, is used), read 2 finds nothing.
+        let mut mem0 = vec![0u8; 60];
+        let mut mem1 = vec![0u8; 40];
+        let mut mem2 = vec![0u8; 500];
+        let mut mem3 = vec![0u8; 10];
+        ring.begin_direct();
+        // SAFETY: the vectors outlive read_direct and are not touched meanwhile.
+        unsafe {
+            let r0 = [
+                (mem0.as_mut_ptr(), 60),
+                (std::ptr::null_mut(), 0),
+                (mem1.as_mut_ptr(), 40),
+            ];
+            assert_eq!(ring.add_direct(r0), Some(100));
+            assert_eq!(ring.add_direct([(mem2.as_mut_ptr(), 500)]), Some(300));
+            assert_eq!(ring.add_direct([(mem3.as_mut_ptr(), 10)]), Some(10));
+        }
+        assert_eq!(ring.read_direct().expect("ring"), 3);
+        assert_eq!(
+            (ring.result(0), ring.result(1), ring.result(2)),
+            (Some(250), Some(40), Some(-libc::EAGAIN))
+        );
+        assert_eq!((ring.direct_room(0), ring.direct_room(1)), (100, 300));
+        assert_eq!(mem0[..], f0[..60]);
+        assert_eq!(mem1[..], f0[60..100]);
+        assert_eq!(mem2[..40], f1[..]);
+        assert!(mem2[300..].iter().all(|&x| x == 0), "no more than the room");
+        // The caller puts the head back in front of the slot's tail: the
+        // frame is whole there and handed out in order.
+        let head = ring.slot_head_mut(0);
+        assert_eq!(head.len(), 100);
+        head[..60].copy_from_slice(&mem0);
+        head[60..].copy_from_slice(&mem1);
+        ring.skip_to(0);
+        assert_eq!(ring.pending(), 3);
+        let got = take_all(&mut ring);
+        assert_eq!(got[0], Ok(f0));
+        assert_eq!(got[2], Err(libc::EAGAIN));
+        // A batch is bounded; a full one takes no more.
+        ring.begin_direct();
+        for i in 0..RX_RING_ENTRIES as usize {
+            // SAFETY: as above.
+            let room = unsafe { ring.add_direct([(mem3.as_mut_ptr(), 10)]) };
+            assert_eq!(room, Some(10), "read {i}");
+        }
+        // SAFETY: as above.
+        assert_eq!(unsafe { ring.add_direct([(mem3.as_mut_ptr(), 10)]) }, None);
+        assert_eq!(ring.read_direct().expect("ring"), RX_RING_ENTRIES as usize);
+        assert_eq!(ring.frames(), 0);
+    }
+
+    #[test]
     fn a_gone_fd_reports_its_error_per_read() {
         let (a, b) = pair();
         let Some(mut ring) = ring_on(&b, 64) else { return };
@@ -288,7 +548,8 @@ mod tests {
         let (a, _b) = pair();
         let Some(mut ring) = ring_on(&a, 64) else { return };
         // A write, a read on a fixed file, a linked read, a read with
-        // buffer selection: all refused (-EACCES).
+        // buffer selection: all refused (-EACCES). (Read and readv are its
+        // operations.)
         let mut buf = [0u8; 8];
         let write = opcode::Write::new(types::Fd(a.as_raw_fd()), buf.as_ptr(), 8)
             .build()

@@ -20,6 +20,9 @@ use crate::net::tap::{is_fatal, VNET_HDR_LEN};
 use crate::net::tx_ring::TxRing;
 use crate::virtio::{Interrupt, VIRTIO_MMIO_INT_VRING};
 
+mod direct;
+use direct::{Direct, DirectRead};
+
 /// Largest frame (without the virtio header) either way: 64 KiB of TSO
 /// payload plus headers, as virtio-net and tap allow.
 pub const MAX_FRAME_BYTES: usize = 65550;
@@ -97,8 +100,20 @@ pub struct NetHandler {
     /// Reads the next rx batch posts (grows while batches come back full).
     rx_batch: usize,
     segs: Vec<Seg>,
-    /// Descriptors of the chains one rx frame goes into.
+    /// Descriptors of the chains one rx frame goes into (or of a direct batch's chains).
     rx_segs: Vec<Seg>,
+    /// The reads of a direct batch (`direct.rs`).
+    direct: Vec<DirectRead>,
+    /// Host addresses and lengths of one chain's buffers (a direct read's iovecs).
+    host_iovs: Vec<(usize, usize)>,
+    /// Direct batches skipped from now on (one saw a frame longer than its chain).
+    direct_backoff: u32,
+    /// The longest frame read so far (header included): a one-piece rx
+    /// chain longer than it gets a plain read cut at its end (`direct.rs`).
+    rx_longest: usize,
+    /// Direct batches without cut reads from now on (a cut read filled its
+    /// chain: its frame may have been cut).
+    cut_backoff: u32,
     chains: Vec<(u16, usize, usize)>,
     warnings: u32,
     dead: bool,
@@ -137,6 +152,13 @@ impl NetHandler {
             rx_batch: MIN_RX_BATCH,
             segs: Vec::with_capacity(64),
             rx_segs: Vec::with_capacity(64),
+            direct: Vec::with_capacity(RX_RING_ENTRIES as usize),
+            host_iovs: Vec::with_capacity(64),
+            direct_backoff: 0,
+            // Until frames tell: the longest a tap gives without offloads
+            // (a 1500-byte MTU, a VLAN tag, the header).
+            rx_longest: 1530,
+            cut_backoff: 0,
             chains: Vec::with_capacity(64),
             warnings: 0,
             dead: false,
@@ -242,6 +264,18 @@ impl NetHandler {
     /// Frames read from the backend that wait for rx buffers.
     pub fn rx_waiting(&self) -> usize {
         self.backlog.len()
+    }
+
+    /// Frames read from the backend and not yet delivered or dropped: the
+    /// backlog's and those a ring batch read beyond it (or into chains it
+    /// then gave back), waiting in the rx ring.
+    pub fn rx_held(&self) -> usize {
+        let in_ring = self
+            .rx_ring
+            .as_ref()
+            .and_then(|r| r.lock().ok().map(|r| r.pending_frames()))
+            .unwrap_or(0);
+        self.backlog.len() + in_ring
     }
 
     /// The rx and tx queues' state (frames read from the tap and still
@@ -525,6 +559,22 @@ impl NetHandler {
                 };
             }
             steps += 1;
+            // Nothing waits and the driver may have buffers: read straight into them.
+            if !no_buffers && self.backlog.is_empty() {
+                if let Direct::Done {
+                    delivered: d,
+                    drained: dr,
+                } = self.rx_direct()
+                {
+                    if d > 0 {
+                        delivered += d;
+                        steps += d - 1;
+                        self.rx_notifications_off();
+                    }
+                    drained = dr;
+                    continue;
+                }
+            }
             match self.read_frame() {
                 // Full (only while there are no buffers: else it is emptied first).
                 Ok(None) => break RxState::NoBuffers,

@@ -60,6 +60,9 @@ pub const TX_QUEUE: usize = 1;
 pub struct NetCounters {
     /// Frames given to the guest.
     pub rx_frames: AtomicU64,
+    /// Of those, frames read from the tap straight into the guest's rx
+    /// buffers (no copy; `handler/direct.rs`).
+    pub rx_direct: AtomicU64,
     /// Bytes (without the virtio header) given to the guest.
     pub rx_bytes: AtomicU64,
     /// Frames from the tap that did not fit the guest's buffers or were malformed.
@@ -95,9 +98,10 @@ impl NetCounters {
     pub fn summary(&self) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "rx {} frames {} bytes {} dropped, tx {} frames {} bytes {} dropped, {} bad chains, \
+            "rx {} frames ({} direct) {} bytes {} dropped, tx {} frames {} bytes {} dropped, {} bad chains, \
              {} rx kicks, {} tx kicks, {} interrupts, {} rx waits for buffers",
             g(&self.rx_frames),
+            g(&self.rx_direct),
             g(&self.rx_bytes),
             g(&self.rx_dropped),
             g(&self.tx_frames),
@@ -301,6 +305,7 @@ impl VirtioDevice for Net {
         let g = |v: &std::sync::atomic::AtomicU64| v.load(std::sync::atomic::Ordering::Relaxed);
         vec![
             ("rx_frames", g(&c.rx_frames)),
+            ("rx_direct", g(&c.rx_direct)),
             ("rx_bytes", g(&c.rx_bytes)),
             ("rx_dropped", g(&c.rx_dropped)),
             ("tx_frames", g(&c.tx_frames)),

@@ -690,3 +690,5 @@ fn worker_stops_when_the_tap_disappears() {
     .join()
     .expect("namespace test");
 }
+
+mod direct;
