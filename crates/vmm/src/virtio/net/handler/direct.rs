@@ -21,8 +21,10 @@
 //!   lost that the copy path would have kept, once;
 //! * any other chain: a vectored read, the chain's buffers followed by the
 //!   ring's own slot, so a frame longer than its chain is still read
-//!   whole. (A vectored read costs the kernel more than a plain one: per
-//!   frame about what the copies it saves cost, `examples/rx_ring_cost.rs`.)
+//!   whole. A vectored read costs the kernel more than a plain one, about
+//!   what the copies it saves cost for small frames
+//!   (`examples/rx_ring_cost.rs`), so while the frames' running mean is
+//!   under [`VECTORED_MIN`] such chains take the copy path.
 //!
 //! Reads complete in order. Each one that got a whole frame inside its
 //! chain is completed there (`num_buffers` = 1 written into its header:
@@ -59,6 +61,11 @@ use crate::virtio::net::NetCounters;
 const DIRECT_BACKOFF: u32 = 64;
 /// Direct batches without cut reads after one filled its chain.
 const CUT_BACKOFF: u32 = 256;
+/// Mean frame length (header included) below which chains that need a
+/// vectored read take the copy path: for small frames that read costs
+/// the kernel more than the copies save (`examples/rx_ring_cost.rs`:
+/// +6 % per 64 B frame, -3 to -12 % per 1500 B frame).
+const VECTORED_MIN: usize = 512;
 
 /// What a direct batch did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,6 +150,11 @@ impl NetHandler {
                 && self.cut_backoff == 0
                 && self.host_iovs.len() == 1
                 && self.host_iovs[0].1 > self.rx_longest;
+            if !cut && self.rx_avg < VECTORED_MIN {
+                // Given back (the next to pop) for the copy path.
+                self.rx.go_to_previous_position();
+                break;
+            }
             // SAFETY: every range in `host_iovs` was handed out by vm-memory
             // for guest RAM (self.translate), which stays mapped while
             // `self.memory` lives: past read_direct's return, since this
@@ -206,7 +218,11 @@ impl NetHandler {
                     self.rx_longest = self.rx_longest.max(room);
                     self.cut_backoff = CUT_BACKOFF;
                 }
-                Some(r) if r >= 0 => self.rx_longest = self.rx_longest.max((r as usize).min(MAX_BUFFER_BYTES)),
+                Some(r) if r >= 0 => {
+                    let n = (r as usize).min(MAX_BUFFER_BYTES);
+                    self.rx_longest = self.rx_longest.max(n);
+                    self.rx_avg = (7 * self.rx_avg + n) / 8;
+                }
                 _ => {}
             }
         }

@@ -115,11 +115,11 @@ fn mergeable_buffers_take_long_frames_through_the_copy_path_and_short_ones_strai
         rounds += 1;
         assert!(rounds < 200, "direct reads come back");
         r.push(false, &[(DATA + 0x5000, 4096, F_WRITE)]);
-        r.host.send(&frames[0]).expect("send");
+        r.host.send(&frame(600, 7)).expect("send");
         assert_eq!(r.h.process_rx(), RxState::Drained);
     }
     assert!(rounds > 1, "not at once");
-    assert_eq!(r.counters()[..3], [3 + rounds, 100 + 10000 + 200 + 100 * rounds, 0]);
+    assert_eq!(r.counters()[..3], [3 + rounds, 100 + 10000 + 200 + 600 * rounds, 0]);
 }
 
 #[test]
@@ -149,6 +149,34 @@ fn a_frame_filling_a_cut_read_is_dropped_once_and_then_read_with_room_behind() {
     assert_eq!(r.h.process_rx(), RxState::Drained);
     assert_eq!(r.used(false)[1], (1, 112));
     assert_eq!(r.counters()[..3], [2, 2036 + 100, 2]);
+}
+
+#[test]
+fn small_frames_take_the_copy_path_where_a_chain_needs_a_vectored_read() {
+    let Some(mut r) = Rig::new_with_ring(OFFLOAD_FEATURES, true) else {
+        return;
+    };
+    // Mergeable buffers: every direct read is vectored. A run of small
+    // frames brings the mean down and the copy path takes over; long
+    // frames bring direct reads back.
+    let mut sent = 0u64;
+    for round in 0..40u64 {
+        r.push(false, &[(DATA + (round % 8) * 0x1000, 4096, F_WRITE)]);
+        r.host.send(&frame(60, round as u8)).expect("send");
+        assert_eq!(r.h.process_rx(), RxState::Drained);
+        sent += 1;
+    }
+    let small = direct(&r);
+    assert!(small > 0 && small < 20, "direct at first, then not ({small})");
+    for round in 0..40u64 {
+        r.push(false, &[(DATA + (round % 8) * 0x1000, 4096, F_WRITE)]);
+        r.host.send(&frame(1400, round as u8)).expect("send");
+        assert_eq!(r.h.process_rx(), RxState::Drained);
+        sent += 1;
+    }
+    assert!(direct(&r) > small + 20, "back to direct reads ({})", direct(&r));
+    assert_eq!(r.counters()[0], sent, "every frame delivered either way");
+    assert_eq!(r.used(false).len() as u64, sent);
 }
 
 #[test]
