@@ -5,13 +5,15 @@
 /// vmlinux. `None` when the file is not a Linux kernel (or cannot be read;
 /// loading it reports that properly).
 pub fn linux_version(path: &std::path::Path) -> Option<String> {
-    use std::io::Read;
+    use std::io::{Read, Seek};
     // Not even opened unless it is a regular file: open(2) on a FIFO blocks.
     if !std::fs::metadata(path).ok()?.is_file() {
         return None;
     }
     let mut file = std::fs::File::open(path).ok()?;
-    let mut head = Vec::new();
+    // One read for a small file: read_to_end probes in growing steps
+    // without the capacity (it writes, and so touches, only what it reads).
+    let mut head = Vec::with_capacity(64 << 10);
     file.by_ref().take(64 << 10).read_to_end(&mut head).ok()?;
     if head.get(0x202..0x206) == Some(b"HdrS") {
         let ptr = u16::from_le_bytes([*head.get(0x20e)?, *head.get(0x20f)?]) as usize + 0x200;
@@ -23,10 +25,71 @@ pub fn linux_version(path: &std::path::Path) -> Option<String> {
             .is_some_and(u8::is_ascii_digit)
             .then(|| format!("Linux version {}", String::from_utf8_lossy(&bytes[..end])));
     }
-    if head.get(..4) != Some(b"\x7fELF") {
+    if head.get(..4) != Some(b"\x7fELF") || names_another_os(&head, &mut file) {
         return None;
     }
+    file.seek(std::io::SeekFrom::Start(head.len() as u64)).ok()?;
     elf_banner(head, &mut file.take(SCAN))
+}
+
+/// Most note bytes read from one PT_NOTE segment.
+const NOTES_MAX: u64 = 16 << 10;
+
+/// Whether a well-formed ELF64 says through its notes that it is not Linux:
+/// it has notes, and none is Linux's own (owner "Linux", in every vmlinux
+/// since 4.17) or Xen's guest-OS note saying "linux". kvmkit's test guest
+/// and other PVH kernels then skip the banner scan (and its 64 KiB reads).
+/// Anything unexpected (a short or odd header) says nothing: the scan runs.
+fn names_another_os(head: &[u8], file: &mut std::fs::File) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let u16_at = |b: &[u8], o: usize| b.get(o..o + 2).map(|x| u16::from_le_bytes([x[0], x[1]]));
+    let u32_at = |b: &[u8], o: usize| b.get(o..o + 4).and_then(|x| x.try_into().ok()).map(u32::from_le_bytes);
+    let u64_at = |b: &[u8], o: usize| b.get(o..o + 8).and_then(|x| x.try_into().ok()).map(u64::from_le_bytes);
+    // ELFCLASS64, little-endian, 56-byte program headers.
+    if head.get(4..6) != Some(&[2, 1]) || u16_at(head, 54) != Some(56) {
+        return false;
+    }
+    let (Some(phoff), Some(phnum)) = (u64_at(head, 32), u16_at(head, 56)) else {
+        return false;
+    };
+    let mut notes = 0;
+    for i in 0..usize::from(phnum) {
+        let Some(ph) = usize::try_from(phoff)
+            .ok()
+            .and_then(|o| head.get(o + i * 56..o + (i + 1) * 56))
+        else {
+            return false;
+        };
+        const PT_NOTE: u32 = 4;
+        if u32_at(ph, 0) != Some(PT_NOTE) {
+            continue;
+        }
+        let (Some(off), Some(size)) = (u64_at(ph, 8), u64_at(ph, 32)) else {
+            return false;
+        };
+        let mut bytes = Vec::new();
+        if file.seek(SeekFrom::Start(off)).is_err()
+            || file.by_ref().take(size.min(NOTES_MAX)).read_to_end(&mut bytes).is_err()
+        {
+            return false;
+        }
+        let mut at = 0;
+        while let (Some(namesz), Some(descsz), Some(kind)) =
+            (u32_at(&bytes, at), u32_at(&bytes, at + 4), u32_at(&bytes, at + 8))
+        {
+            let name_at = at + 12;
+            let desc_at = name_at + (namesz as usize).next_multiple_of(4);
+            let name = bytes.get(name_at..name_at + namesz as usize).unwrap_or_default();
+            let desc = bytes.get(desc_at..desc_at + descsz as usize).unwrap_or_default();
+            const XEN_ELFNOTE_GUEST_OS: u32 = 6;
+            if name == b"Linux\0" || (name == b"Xen\0" && kind == XEN_ELFNOTE_GUEST_OS && desc.starts_with(b"linux")) {
+                return false;
+            }
+            notes += 1;
+            at = desc_at + (descsz as usize).next_multiple_of(4);
+        }
+    }
+    notes > 0
 }
 
 /// Bytes of an ELF searched for the banner after its first read.
@@ -123,6 +186,57 @@ mod tests {
             "not a regular file"
         );
         for f in [p, q, r] {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+
+    /// An ELF64 with one PT_NOTE segment holding `notes` ((owner, type, desc)),
+    /// and a banner after it.
+    fn elf_with_notes(notes: &[(&[u8], u32, &[u8])]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (name, kind, desc) in notes {
+            body.extend_from_slice(&(name.len() as u32).to_le_bytes());
+            body.extend_from_slice(&(desc.len() as u32).to_le_bytes());
+            body.extend_from_slice(&kind.to_le_bytes());
+            for part in [*name, *desc] {
+                body.extend_from_slice(part);
+                body.resize(body.len().next_multiple_of(4), 0);
+            }
+        }
+        let mut elf = vec![0u8; 64 + 56];
+        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        elf[32..40].copy_from_slice(&64u64.to_le_bytes());
+        elf[54..56].copy_from_slice(&56u16.to_le_bytes());
+        elf[56..58].copy_from_slice(&1u16.to_le_bytes());
+        elf[64..68].copy_from_slice(&4u32.to_le_bytes());
+        elf[72..80].copy_from_slice(&120u64.to_le_bytes());
+        elf[96..104].copy_from_slice(&(body.len() as u64).to_le_bytes());
+        elf.extend_from_slice(&body);
+        elf.resize(100 << 10, 0);
+        elf.extend_from_slice(b"Linux version 6.1.0-57 (notes)\0");
+        elf
+    }
+
+    #[test]
+    fn an_elf_whose_notes_name_another_os_is_not_scanned() {
+        let other = temp("pvh", &elf_with_notes(&[(b"Xen\0", 18, &[0, 0, 16, 0])]));
+        assert_eq!(linux_version(&other), None, "a PVH guest's notes, no Linux note");
+        let linux = temp(
+            "linux",
+            &elf_with_notes(&[(b"Xen\0", 18, &[0; 4]), (b"Linux\0", 0x100, b"salt")]),
+        );
+        assert_eq!(linux_version(&linux).as_deref(), Some("Linux version 6.1.0-57 (notes)"));
+        let xen_linux = temp("xenos", &elf_with_notes(&[(b"Xen\0", 6, b"linux\0")]));
+        assert_eq!(
+            linux_version(&xen_linux).as_deref(),
+            Some("Linux version 6.1.0-57 (notes)")
+        );
+        // A note segment cut short says nothing: the banner is still looked for.
+        let mut cut = elf_with_notes(&[(b"Xen\0", 18, &[0; 4])]);
+        cut[96..104].copy_from_slice(&5u64.to_le_bytes());
+        let cut = temp("cut", &cut);
+        assert_eq!(linux_version(&cut).as_deref(), Some("Linux version 6.1.0-57 (notes)"));
+        for f in [other, linux, xen_linux, cut] {
             let _ = std::fs::remove_file(f);
         }
     }

@@ -281,6 +281,11 @@ impl DeviceManager {
         &self.acpi
     }
 
+    /// Whether any virtio device was placed (only they run worker threads).
+    pub fn has_virtio(&self) -> bool {
+        !self.acpi_devices().is_empty()
+    }
+
     /// `virtio_mmio.device=4K@0x...:GSI` words for the kernel command line.
     pub fn cmdline_words(&self) -> String {
         cmdline_words(&self.acpi)

@@ -50,9 +50,22 @@ pub enum MemoryError {
     Allocate(u64, String),
 }
 
-/// Total host RAM in MiB, from /proc/meminfo.
+/// Total host RAM in MiB, from /proc/meminfo (read once per process: it
+/// does not change, and `run` checks it twice on its way to the guest).
 pub fn host_memory_mib() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    static TOTAL: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *TOTAL.get_or_init(|| {
+        use std::io::Read;
+        // MemTotal is the first line: one short read, not the whole file.
+        let mut head = [0u8; 256];
+        let n = std::fs::File::open("/proc/meminfo").ok()?.read(&mut head).ok()?;
+        mem_total_mib(head.get(..n)?)
+    })
+}
+
+/// MemTotal in MiB from the start of /proc/meminfo's text.
+fn mem_total_mib(text: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(text).ok()?;
     let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024)
@@ -122,5 +135,8 @@ mod tests {
         let mem = create_guest_memory(32).expect("memory");
         assert_eq!(mem.iter().map(|r| r.len()).sum::<u64>(), 32 << 20);
         assert!(host_memory_mib().unwrap_or(0) > 0);
+        assert_eq!(mem_total_mib(b"MemTotal:       24684092 kB\nMemF"), Some(24105));
+        assert_eq!(mem_total_mib(b"MemFree: 1 kB\n"), None);
+        assert_eq!(mem_total_mib(b"MemTotal: lots\n"), None);
     }
 }

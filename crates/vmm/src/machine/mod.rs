@@ -219,8 +219,12 @@ impl Machine {
         self.state.valid_transition(to)?;
         // Device workers start from DRIVER_OK writes on vCPU threads; the
         // channel to the thread that spawns them must exist before any vCPU
-        // does (the thread itself starts after them).
-        crate::seccomp::start_worker_spawner().map_err(MachineError::Host)?;
+        // does (the thread itself starts after them). Only virtio devices
+        // have workers: a machine without them needs no spawner.
+        let workers = self.devices.has_virtio();
+        if workers {
+            crate::seccomp::start_worker_spawner().map_err(MachineError::Host)?;
+        }
         // Device workers of a restored VM wait parked until it runs.
         if !paused {
             self.devices.resume()?;
@@ -234,7 +238,9 @@ impl Machine {
                 }
             }
         }
-        crate::seccomp::launch_worker_spawner().map_err(MachineError::Host)?;
+        if workers {
+            crate::seccomp::launch_worker_spawner().map_err(MachineError::Host)?;
+        }
         self.transition(to)?;
         tracing::debug!(
             "vCPU threads started, {} us after start",
