@@ -3,6 +3,9 @@
 // The doc comments of clap's argument structs are `--help` text: their
 // `path=IMG[,ro=on]` grammars and `<placeholders>` are not rustdoc links or HTML.
 #![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
+// The C library calls kvmkit's `main` directly (see `main` below); unit
+// tests keep the test harness's.
+#![cfg_attr(not(test), no_main)]
 
 mod cli;
 mod commands;
@@ -11,7 +14,6 @@ mod libm_shim;
 mod logging;
 mod run_cli;
 
-use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
@@ -59,7 +61,54 @@ pub(crate) enum Command {
     Jail(crate::commands::jail::JailArgs),
 }
 
-fn main() -> ExitCode {
+/// The process's entry point, called by the C library's start-up code.
+///
+/// Rust's own start-up (what runs before a `fn main`) is left out: it reads
+/// /proc/self/maps to find the main thread's stack guard and gives every
+/// thread an alternate signal stack for its stack-overflow message, about
+/// 0.1 ms of a 4 ms boot (docs/architecture.md, "Start-up"). What of it
+/// kvmkit needs is kept: descriptors 0-2 are made valid, SIGPIPE is
+/// ignored, and a panic still prints its message and ends with status 101.
+/// A stack overflow is then a plain SIGSEGV.
+#[cfg(not(test))]
+#[no_mangle]
+pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    standard_fds_and_sigpipe();
+    // Arguments come from std's own capture (glibc passes them to
+    // .init_array functions), as with a Rust `fn main`.
+    let code = std::panic::catch_unwind(kvmkit_main).unwrap_or(101);
+    // Flushes stdout, as returning from a Rust `fn main` does.
+    std::process::exit(i32::from(code))
+}
+
+/// What Rust's start-up does that kvmkit relies on: a closed descriptor 0,
+/// 1 or 2 is opened on /dev/null (else the first file kvmkit opens, /dev/kvm
+/// or a disk, would become its stdout), and writes to a closed pipe fail
+/// with EPIPE instead of killing the process.
+#[cfg_attr(test, allow(dead_code))]
+fn standard_fds_and_sigpipe() {
+    let mut fds = [0, 1, 2].map(|fd| libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    });
+    // SAFETY: `fds` is a valid array of three pollfd; a zero timeout never blocks.
+    if unsafe { libc::poll(fds.as_mut_ptr(), 3, 0) } != -1 {
+        for p in fds.iter().filter(|p| p.revents & libc::POLLNVAL != 0) {
+            // SAFETY: a plain open of a constant path; the lowest free
+            // descriptor (the closed one) is taken.
+            if unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) } != p.fd {
+                std::process::abort();
+            }
+        }
+    }
+    // SAFETY: sets a signal's disposition to ignore; no handler runs.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
+/// kvmkit's command line, run: the process exit status.
+#[cfg_attr(test, allow(dead_code))]
+fn kvmkit_main() -> u8 {
     let start = Instant::now();
     let cli = if firecracker::invoked_as_firecracker() {
         let fc = firecracker::FirecrackerArgs::parse();
@@ -67,11 +116,11 @@ fn main() -> ExitCode {
             Ok(argv) => run_cli::parse_from(argv),
             Err(Ok(text)) => {
                 crate::logging::outln!("{text}");
-                return ExitCode::SUCCESS;
+                return 0;
             }
             Err(Err(why)) => {
                 crate::logging::errln!("kvmkit: error: {why}");
-                return ExitCode::from(2);
+                return 2;
             }
         }
     } else if commands::jail::invoked_as_jailer() {
@@ -99,12 +148,12 @@ fn main() -> ExitCode {
 }
 
 /// The exit status for a command's result, printing its error.
-fn finish(result: anyhow::Result<u8>) -> ExitCode {
+fn finish(result: anyhow::Result<u8>) -> u8 {
     match result {
-        Ok(code) => ExitCode::from(code),
+        Ok(code) => code,
         Err(e) => {
             crate::logging::errln!("kvmkit: error: {e:#}");
-            ExitCode::from(2)
+            2
         }
     }
 }
