@@ -4,6 +4,8 @@
 //! serial lock): [`ConsoleOut`] puts the guest's bytes in a bounded buffer
 //! that its own thread writes to the host; when the host side does not keep
 //! up (a full pipe nobody reads), the oldest bytes are dropped and counted.
+//! The thread writes whole lines: a guest prints one byte per exit, and
+//! waking the writer for each one cost the vCPU a futex call per byte.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -68,6 +70,9 @@ pub const CONSOLE_BUFFER_BYTES: usize = 1 << 20;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most bytes the writer thread takes per write.
 const WRITE_CHUNK: usize = 64 * 1024;
+/// How long the writer waits for the end of a line it has the start of:
+/// output without a newline (a prompt, echoed keys) goes out this late.
+const LINE_WAIT: Duration = Duration::from_millis(5);
 
 #[derive(Default)]
 struct Pending {
@@ -75,12 +80,15 @@ struct Pending {
     dropped: u64,
     writing: bool,
     closing: bool,
+    /// A newline (or a drain) asks for the buffer to go out now.
+    flush: bool,
 }
 
-#[derive(Default)]
 struct Buffer {
     state: Mutex<Pending>,
     changed: Condvar,
+    /// [`LINE_WAIT`], but for tests.
+    line_wait: Duration,
 }
 
 impl Buffer {
@@ -90,20 +98,37 @@ impl Buffer {
 }
 
 /// Writes what the buffer holds to `out` until the buffer is closed and
-/// empty. Write errors (a closed pipe) drop the bytes.
+/// empty, a line at a time: woken by a line's first byte, it waits for its
+/// newline (at most [`LINE_WAIT`]) and writes up to there in one call.
+/// Write errors (a closed pipe) drop the bytes.
 fn drain_to(mut out: Box<dyn Write + Send>, buf: &Buffer) {
     let mut chunk = Vec::with_capacity(WRITE_CHUNK);
     loop {
         {
             let mut s = buf.lock();
-            s.writing = false;
-            buf.changed.notify_all();
+            if s.writing {
+                s.writing = false;
+                buf.changed.notify_all();
+            }
             while s.bytes.is_empty() && !s.closing {
                 s = buf.changed.wait(s).unwrap_or_else(|p| p.into_inner());
             }
             if s.bytes.is_empty() {
                 return;
             }
+            let deadline = Instant::now() + buf.line_wait;
+            while !s.flush && !s.closing && s.bytes.len() < WRITE_CHUNK {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                s = buf
+                    .changed
+                    .wait_timeout(s, left)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+            s.flush = false;
             let n = s.bytes.len().min(WRITE_CHUNK);
             chunk.extend(s.bytes.drain(..n));
             s.writing = true;
@@ -131,7 +156,20 @@ impl ConsoleOut {
 
     /// As [`Self::new`], buffering at most `capacity` bytes.
     pub fn with_capacity(out: Box<dyn Write + Send>, control: Arc<VmControl>, capacity: usize) -> Self {
-        let buffer = Arc::new(Buffer::default());
+        Self::with_line_wait(out, control, capacity, LINE_WAIT)
+    }
+
+    fn with_line_wait(
+        out: Box<dyn Write + Send>,
+        control: Arc<VmControl>,
+        capacity: usize,
+        line_wait: Duration,
+    ) -> Self {
+        let buffer = Arc::new(Buffer {
+            state: Mutex::default(),
+            changed: Condvar::new(),
+            line_wait,
+        });
         let b = buffer.clone();
         if let Err(e) = std::thread::Builder::new().name("console-out".into()).spawn(move || {
             crate::seccomp::apply_or_exit(crate::seccomp::Role::Console);
@@ -157,6 +195,11 @@ impl ConsoleOut {
     pub fn drain(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut s = self.buffer.lock();
+        if !s.bytes.is_empty() {
+            // A line the writer waits to see the end of goes out now.
+            s.flush = true;
+            self.buffer.changed.notify_all();
+        }
         while !s.bytes.is_empty() || s.writing {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -189,7 +232,10 @@ impl Write for ConsoleOut {
         s.bytes.drain(..over);
         s.dropped += (over + buf.len() - keep.len()) as u64;
         s.bytes.extend(keep);
-        if was_empty {
+        // The writer is woken for a line's first byte and for its end only.
+        let line_end = buf.contains(&b'\n');
+        s.flush |= line_end;
+        if was_empty || line_end {
             self.buffer.changed.notify_all();
         }
         Ok(buf.len())
@@ -368,5 +414,43 @@ mod tests {
             text,
             "dropping the sink waits for the output"
         );
+    }
+
+    /// Records each write call's bytes.
+    struct Writes(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl Write for Writes {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("writes").push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_line_written_a_byte_at_a_time_goes_out_in_one_write_and_a_partial_line_goes_out_anyway() {
+        let control = Arc::new(VmControl::new(Instant::now()).expect("control"));
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        // A wait long enough that only the newline can end it, however slow this host.
+        let long = Duration::from_secs(60);
+        let mut out = ConsoleOut::with_line_wait(Box::new(Writes(writes.clone())), control, 1 << 10, long);
+        for b in b"GUEST-READY tiny-pvh\n" {
+            out.write_all(std::slice::from_ref(b)).expect("write");
+        }
+        assert!(out.drain(Duration::from_secs(5)));
+        assert_eq!(*writes.lock().expect("writes"), vec![b"GUEST-READY tiny-pvh\n".to_vec()]);
+        drop(out);
+        // A prompt with no newline is not held back for good.
+        let control = Arc::new(VmControl::new(Instant::now()).expect("control"));
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let mut out = ConsoleOut::new(Box::new(Writes(writes.clone())), control);
+        out.write_all(b"login: ").expect("write");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while writes.lock().expect("writes").is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(*writes.lock().expect("writes"), vec![b"login: ".to_vec()]);
     }
 }
