@@ -35,6 +35,8 @@ use crate::{boot, device_manager};
 const VCPU_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a vCPU thread may take to end.
 const VCPU_FINISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a start waits for each vCPU thread to be ready to run.
+const VCPU_READY_WAIT: Duration = Duration::from_millis(50);
 
 /// Errors building or driving a VM.
 #[derive(Debug, thiserror::Error)]
@@ -237,6 +239,12 @@ impl Machine {
                     return Err(e.into());
                 }
             }
+        }
+        // The vCPUs go first: on a busy host a new thread waits for a core,
+        // and the spawner's start and the VMM thread's own filter (after
+        // this returns) would take it. Bounded: a slow thread is not waited for.
+        for h in &self.vcpus {
+            h.wait_ready(VCPU_READY_WAIT);
         }
         if workers {
             crate::seccomp::launch_worker_spawner().map_err(MachineError::Host)?;

@@ -84,6 +84,8 @@ pub struct VcpuHandle {
     kick_pending: Arc<AtomicBool>,
     events: Sender<VcpuEvent>,
     responses: Receiver<VcpuResponse>,
+    /// Signalled once, when the thread has its filter and is about to run.
+    ready: Receiver<()>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -100,6 +102,7 @@ impl VcpuHandle {
         let index = vcpu.index;
         let (events, event_rx) = channel();
         let (response_tx, responses) = channel();
+        let (ready_tx, ready) = channel();
         let kick_pending = Arc::new(AtomicBool::new(false));
         let seen = kick_pending.clone();
         let control = vcpu.control.clone();
@@ -107,7 +110,7 @@ impl VcpuHandle {
             .name(format!("vcpu{index}"))
             .spawn(move || {
                 guarded(index, &control, &response_tx, || {
-                    thread_main(vcpu, paused, &event_rx, &response_tx, &seen);
+                    thread_main(vcpu, paused, &event_rx, &response_tx, &seen, &ready_tx);
                 });
             })
             .map_err(|e| VcpuHandleError::Spawn(index, e))?;
@@ -116,8 +119,17 @@ impl VcpuHandle {
             kick_pending,
             events,
             responses,
+            ready,
             thread: Some(thread),
         })
+    }
+
+    /// Waits, at most `timeout`, until the thread has installed its filter
+    /// and is about to run (or park); false if it did not in time or ended.
+    /// The VMM thread waits for this before its own set-up after a start, so
+    /// that on a busy host the vCPU gets the core first.
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
+        self.ready.recv_timeout(timeout).is_ok()
     }
 
     /// This vCPU's index.
@@ -226,12 +238,15 @@ fn thread_main(
     events: &Receiver<VcpuEvent>,
     responses: &Sender<VcpuResponse>,
     kick_pending: &AtomicBool,
+    ready: &Sender<()>,
 ) {
     crate::seccomp::apply_or_exit(crate::seccomp::Role::Vcpu);
     // SAFETY: the pointer is this thread's vCPU kvm_run mapping; `vcpu`
     // lives (and stays mapped) until after `kick::clear` below.
     unsafe { kick::register(vcpu.kvm_run_ptr()) };
     let _registration = KickRegistration;
+    // Nobody may be waiting any more: then there is nothing to tell.
+    let _ = ready.send(());
     let mut state = if paused { State::Paused } else { State::Running };
     loop {
         let event = match state {
