@@ -440,7 +440,10 @@ mod tests {
             out.write_all(std::slice::from_ref(b)).expect("write");
         }
         assert!(out.drain(Duration::from_secs(5)));
-        assert_eq!(*writes.lock().expect("writes"), vec![b"GUEST-READY tiny-pvh\n".to_vec()]);
+        assert_eq!(
+            *writes.lock().expect("writes"),
+            vec![b"GUEST-READY tiny-pvh\n".to_vec()]
+        );
         drop(out);
         // A prompt with no newline is not held back for good.
         let control = Arc::new(VmControl::new(Instant::now()).expect("control"));
