@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kvmkit_guest_abi::Report;
+use vmm_sys_util::eventfd::EventFd;
 
 pub use builder::{validate_cpus, KernelSource, MachineOptions, RestoreSource};
 pub use snapshot::RestorePaths;
@@ -158,6 +159,10 @@ pub struct Machine {
     vcpu_metrics: Vec<Arc<VcpuMetrics>>,
     unstarted: Vec<Vcpu>,
     vcpus: Vec<VcpuHandle>,
+    /// The legacy devices' interrupt eventfds and GSIs, registered with KVM
+    /// by [`Machine::start`]: an interrupt raised before (a restored UART's)
+    /// is injected at registration, as KVM does for a signalled eventfd.
+    legacy_irqfds: Vec<(EventFd, u32)>,
 }
 
 impl Machine {
@@ -238,6 +243,14 @@ impl Machine {
                     let _ = self.stop(ExitReason::VmmError(e.to_string()));
                     return Err(e.into());
                 }
+            }
+        }
+        // The legacy interrupt lines, while the vCPU threads start.
+        for (e, gsi) in std::mem::take(&mut self.legacy_irqfds) {
+            if let Err(err) = self._vm.fd().register_irqfd(&e, gsi) {
+                let why = format!("KVM_IRQFD for GSI {gsi}: {err}");
+                let _ = self.stop(ExitReason::VmmError(why.clone()));
+                return Err(MachineError::Host(why));
             }
         }
         // The vCPUs go first: on a busy host a new thread waits for a core,
