@@ -54,10 +54,9 @@ fn names_another_os(head: &[u8], file: &mut std::fs::File) -> bool {
     };
     let mut notes = 0;
     for i in 0..usize::from(phnum) {
-        let Some(ph) = usize::try_from(phoff)
-            .ok()
-            .and_then(|o| head.get(o + i * 56..o + (i + 1) * 56))
-        else {
+        // phoff is the file's word: checked, as it may point anywhere.
+        let at = usize::try_from(phoff).ok().and_then(|o| o.checked_add(i * 56));
+        let Some(ph) = at.and_then(|a| head.get(a..a.checked_add(56)?)) else {
             return false;
         };
         const PT_NOTE: u32 = 4;
@@ -236,7 +235,13 @@ mod tests {
         cut[96..104].copy_from_slice(&5u64.to_le_bytes());
         let cut = temp("cut", &cut);
         assert_eq!(linux_version(&cut).as_deref(), Some("Linux version 6.1.0-57 (notes)"));
-        for f in [other, linux, xen_linux, cut] {
+        // Program headers said to lie at the end of the address space: no
+        // overflow, nothing said, the banner looked for.
+        let mut far = elf_with_notes(&[(b"Xen\0", 18, &[0; 4])]);
+        far[32..40].copy_from_slice(&(u64::MAX - 8).to_le_bytes());
+        let far = temp("farph", &far);
+        assert_eq!(linux_version(&far).as_deref(), Some("Linux version 6.1.0-57 (notes)"));
+        for f in [other, linux, xen_linux, cut, far] {
             let _ = std::fs::remove_file(f);
         }
     }
