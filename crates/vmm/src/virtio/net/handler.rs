@@ -23,6 +23,13 @@ use crate::virtio::{Interrupt, VIRTIO_MMIO_INT_VRING};
 mod direct;
 use direct::{Direct, DirectRead};
 
+/// The running mean of received frames' lengths (header included) after
+/// one more of `n` bytes, 1/8 weight per frame: it decides vectored direct
+/// reads (`direct.rs`).
+fn rx_mean(avg: usize, n: usize) -> usize {
+    (7 * avg + n) / 8
+}
+
 /// Largest frame (without the virtio header) either way: 64 KiB of TSO
 /// payload plus headers, as virtio-net and tap allow.
 pub const MAX_FRAME_BYTES: usize = 65550;
@@ -583,7 +590,7 @@ impl NetHandler {
                 // Full (only while there are no buffers: else it is emptied first).
                 Ok(None) => break RxState::NoBuffers,
                 Ok(Some(n)) if !self.backlog.is_valid(n) => NetCounters::add(&self.counters.rx_dropped, 1),
-                Ok(Some(n)) => self.rx_avg = (7 * self.rx_avg + n) / 8,
+                Ok(Some(n)) => self.rx_avg = rx_mean(self.rx_avg, n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => drained = true,
                 Err(e) if is_fatal(&e) => {
                     self.backend_gone(&e);
@@ -638,12 +645,7 @@ impl NetHandler {
                 }
                 return None;
             };
-            let usable = ok
-                && !self.segs.is_empty()
-                && self.segs.iter().all(|s| s.2)
-                && self.segs.iter().map(|s| s.1 as usize).sum::<usize>()
-                    >= if self.mrg_rxbuf { VNET_HDR_LEN } else { 1 };
-            if !usable {
+            let Some(cap) = self.rx_chain_room(ok) else {
                 NetCounters::add(&self.counters.bad_chains, 1);
                 let ok = self.complete(false, head, 0);
                 if !self.chains.is_empty() {
@@ -659,10 +661,9 @@ impl NetHandler {
                     return Some(false);
                 }
                 continue;
-            }
+            };
             let first = all_segs.len();
             all_segs.extend_from_slice(&self.segs);
-            let cap: usize = self.segs.iter().map(|s| s.1 as usize).sum();
             room += cap;
             self.chains.push((head, first, all_segs.len()));
         }
@@ -704,6 +705,16 @@ impl NetHandler {
         } else {
             Some(false)
         }
+    }
+
+    /// The bytes the rx chain just popped (in `self.segs`) can take, or
+    /// None when it cannot take a frame: a bad chain (`ok` false), a
+    /// read-only or empty one, or one too short for the header that
+    /// mergeable rx buffers need in the first buffer.
+    fn rx_chain_room(&self, ok: bool) -> Option<usize> {
+        let cap: usize = self.segs.iter().map(|s| s.1 as usize).sum();
+        let min = if self.mrg_rxbuf { VNET_HDR_LEN } else { 1 };
+        (ok && !self.segs.is_empty() && self.segs.iter().all(|s| s.2) && cap >= min).then_some(cap)
     }
 
     /// Whether the queue's avail index is more than the queue size ahead of

@@ -123,12 +123,9 @@ impl NetHandler {
         let mut all_segs = std::mem::take(&mut self.rx_segs);
         all_segs.clear();
         let want = self.rx_batch.min(RX_RING_ENTRIES as usize);
-        let min_room = if self.mrg_rxbuf { VNET_HDR_LEN } else { 1 };
         while self.direct.len() < want {
             let Some((head, ok)) = self.pop(false) else { break };
-            let cap: usize = self.segs.iter().map(|s| s.1 as usize).sum();
-            let usable =
-                ok && !self.segs.is_empty() && self.segs.iter().all(|s| s.2) && cap >= min_room && self.translate();
+            let usable = self.rx_chain_room(ok).is_some() && self.translate();
             if !usable {
                 if !self.direct.is_empty() {
                     // Left for the next batch, where it comes first: a
@@ -221,7 +218,7 @@ impl NetHandler {
                 Some(r) if r >= 0 => {
                     let n = (r as usize).min(MAX_BUFFER_BYTES);
                     self.rx_longest = self.rx_longest.max(n);
-                    self.rx_avg = (7 * self.rx_avg + n) / 8;
+                    self.rx_avg = super::rx_mean(self.rx_avg, n);
                 }
                 _ => {}
             }
