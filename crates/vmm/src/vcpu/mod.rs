@@ -125,7 +125,12 @@ impl Vcpu {
         let mut cpuid = supported_cpuid.clone();
         filter_cpuid(&mut cpuid, index as u8, count as u8);
         fd.set_cpuid2(&cpuid).map_err(io("SET_CPUID2"))?;
-        fd.set_msrs(&boot_msrs()).map_err(io("SET_MSRS"))?;
+        let msrs = boot_msrs();
+        // KVM stops at the first MSR it refuses and returns how many it set.
+        let set = fd.set_msrs(&msrs).map_err(io("SET_MSRS"))?;
+        if let Some(refused) = msrs.as_slice().get(set) {
+            tracing::debug!("vCPU {index}: KVM refused boot MSR {:#x} ({set} set)", refused.index);
+        }
         let mut lapic = fd.get_lapic().map_err(io("GET_LAPIC"))?;
         set_apic_delivery_mode(&mut lapic.regs, APIC_LVT0, APIC_MODE_EXTINT);
         set_apic_delivery_mode(&mut lapic.regs, APIC_LVT1, APIC_MODE_NMI);

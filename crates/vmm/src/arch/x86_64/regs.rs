@@ -138,6 +138,11 @@ pub fn boot_msrs() -> Msrs {
     const MSR_IA32_TSC: u32 = 0x10;
     const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
     const MISC_ENABLE_FAST_STRING: u64 = 1;
+    const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
+    /// MTRRs enabled (bit 11), default memory type write-back (6): without it
+    /// every MTRR is off, Linux reports "MTRRs disabled" and turns PAT off
+    /// with them. Firecracker and Cloud Hypervisor set the same value.
+    const MTRR_ENABLED_WRITE_BACK: u64 = (1 << 11) | 6;
     let entry = |index, data| kvm_msr_entry {
         index,
         data,
@@ -154,9 +159,10 @@ pub fn boot_msrs() -> Msrs {
         entry(MSR_LSTAR, 0),
         entry(MSR_IA32_TSC, 0),
         entry(MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
+        entry(MSR_MTRR_DEF_TYPE, MTRR_ENABLED_WRITE_BACK),
     ];
-    // from_entries only fails above KVM_MAX_MSR_ENTRIES; ten entries always fit.
-    Msrs::from_entries(&entries).expect("ten MSR entries fit in KVM_MAX_MSR_ENTRIES")
+    // from_entries only fails above KVM_MAX_MSR_ENTRIES; eleven entries always fit.
+    Msrs::from_entries(&entries).expect("eleven MSR entries fit in KVM_MAX_MSR_ENTRIES")
 }
 
 #[cfg(test)]
@@ -201,6 +207,6 @@ mod tests {
 
     #[test]
     fn boot_msrs_are_all_present() {
-        assert_eq!(boot_msrs().as_slice().len(), 10);
+        assert_eq!(boot_msrs().as_slice().len(), 11);
     }
 }
