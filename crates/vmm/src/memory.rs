@@ -8,20 +8,24 @@
 //! snapshots take the union of both (`crate::snapshot::dirty`).
 
 use vm_memory::bitmap::WithBitmapSlice;
+use vm_memory::mmap::{MmapRegion, MmapRegionBuilder};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
+mod aligned;
+
+pub use aligned::{AlignedMapping, RegionBitmap, GUEST_RAM_ALIGN};
 pub use vm_memory::bitmap::AtomicBitmap;
 
 /// Guest RAM as kvmkit uses it everywhere: `vm-memory`'s mmap backend with a
-/// dirty bitmap per region.
-pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<AtomicBitmap>;
+/// dirty bitmap per region (which also owns the region's aligned mapping).
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<RegionBitmap>;
 
 /// One region of [`GuestMemoryMmap`].
-pub type GuestRegionMmap = vm_memory::GuestRegionMmap<AtomicBitmap>;
+pub type GuestRegionMmap = vm_memory::GuestRegionMmap<RegionBitmap>;
 
 /// The bitmap view a volatile slice of guest RAM carries (the `B` of
 /// `virtio_queue::{Reader, Writer}` over [`GuestMemoryMmap`]).
-pub type GuestBitmapSlice<'a> = <AtomicBitmap as WithBitmapSlice<'a>>::S;
+pub type GuestBitmapSlice<'a> = <RegionBitmap as WithBitmapSlice<'a>>::S;
 
 use crate::arch::x86_64::layout::ram_ranges;
 
@@ -84,14 +88,36 @@ pub fn validate_size(mib: u64, host_mib: Option<u64>) -> Result<(), MemoryError>
     Ok(())
 }
 
-/// Allocates `mib` MiB of guest RAM and advises huge pages for it.
+/// `size` bytes of anonymous guest RAM at a 2 MiB-aligned host address (see
+/// [`AlignedMapping`]), as a `vm-memory` region whose bitmap owns the mapping.
+pub fn aligned_ram(size: usize) -> Result<MmapRegion<RegionBitmap>, String> {
+    let mapping = AlignedMapping::new(size).map_err(|e| e.to_string())?;
+    let ptr = mapping.as_ptr();
+    // SAFETY: `ptr` is the start of a read-write mapping of `size` bytes, owned
+    // by the bitmap the region keeps for as long as it exists.
+    let builder =
+        unsafe { MmapRegionBuilder::new_with_bitmap(size, RegionBitmap::owning(mapping)).with_raw_mmap_pointer(ptr) };
+    builder
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// Allocates `mib` MiB of guest RAM, each region mapped at a 2 MiB-aligned
+/// host address (so KVM can map it with huge pages), and advises huge pages
+/// for it.
 pub fn create_guest_memory(mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
     validate_size(mib, host_memory_mib())?;
-    let ranges: Vec<(GuestAddress, usize)> = ram_ranges(mib << 20)
-        .into_iter()
-        .map(|(start, size)| (GuestAddress(start), size as usize))
-        .collect();
-    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| MemoryError::Allocate(mib, e.to_string()))?;
+    let allocate = |e: String| MemoryError::Allocate(mib, e);
+    let mut regions = Vec::new();
+    for (start, size) in ram_ranges(mib << 20) {
+        let region = aligned_ram(size as usize).map_err(allocate)?;
+        let region = GuestRegionMmap::new(region, GuestAddress(start))
+            .ok_or_else(|| allocate(format!("a region at {start:#x} of {size} bytes overflows")))?;
+        regions.push(region);
+    }
+    let mem = GuestMemoryMmap::from_regions(regions).map_err(|e| allocate(e.to_string()))?;
     for region in mem.iter() {
         // Huge pages make first touch ~15x cheaper under PVM (see shared/PVM.md),
         // but a 2 MiB page is resident as soon as one byte of it is touched:
@@ -134,6 +160,10 @@ mod tests {
     fn memory_is_created_with_the_requested_size() {
         let mem = create_guest_memory(32).expect("memory");
         assert_eq!(mem.iter().map(|r| r.len()).sum::<u64>(), 32 << 20);
+        for region in mem.iter() {
+            assert_eq!(region.as_ptr() as usize % GUEST_RAM_ALIGN, 0, "region host address");
+            assert!(std::ops::Deref::deref(region).bitmap().owns_mapping());
+        }
         assert!(host_memory_mib().unwrap_or(0) > 0);
         assert_eq!(mem_total_mib(b"MemTotal:       24684092 kB\nMemF"), Some(24105));
         assert_eq!(mem_total_mib(b"MemFree: 1 kB\n"), None);

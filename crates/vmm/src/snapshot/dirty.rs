@@ -72,7 +72,7 @@ pub fn clear(vm: &VmFd, memory: &GuestMemoryMmap) -> Result<(), SnapshotError> {
 /// The region's own bitmap (the `vm-memory` trait's `bitmap()` gives a
 /// slice view without the page-level calls).
 fn own_bitmap(region: &GuestRegionMmap) -> &AtomicBitmap {
-    std::ops::Deref::deref(region).bitmap()
+    std::ops::Deref::deref(region).bitmap().dirty()
 }
 
 /// Number of pages in `bytes` (a region's length is page-aligned).

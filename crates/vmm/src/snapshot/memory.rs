@@ -134,7 +134,7 @@ pub fn map_memory_file(
     for r in regions {
         let size = r.size as usize;
         let mapping = if copy {
-            let m = MmapRegion::new(size).map_err(|e| SnapshotError::Memory(format!("guest RAM: {e}")))?;
+            let m = crate::memory::aligned_ram(size).map_err(|e| SnapshotError::Memory(format!("guest RAM: {e}")))?;
             let mut done = 0usize;
             while done < size {
                 // SAFETY: `m` is a fresh writable mapping of `size` bytes; the

@@ -114,7 +114,7 @@ mod tests {
 
     fn reset(mem: &GuestMemoryMmap) {
         for r in mem.iter() {
-            std::ops::Deref::deref(r).bitmap().reset();
+            std::ops::Deref::deref(r).bitmap().dirty().reset();
         }
     }
 

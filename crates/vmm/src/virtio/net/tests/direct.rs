@@ -242,7 +242,7 @@ fn direct_writes_mark_guest_pages_dirty() {
     };
     r.push(false, &[(DATA + 0x8000, 2048, F_WRITE)]);
     let region = std::ops::Deref::deref(r.mem.find_region(GuestAddress(0)).expect("region"));
-    region.bitmap().reset();
+    region.bitmap().dirty().reset();
     assert!(!region.bitmap().dirty_at(DATA as usize + 0x8000));
     r.host.send(&frame(100, 1)).expect("send");
     assert_eq!(r.h.process_rx(), RxState::Drained);
