@@ -1078,6 +1078,29 @@ peer_took() {
   awk -v mark="$PEER_MARK" '$2 == "lab-exec" && a == "" { a = $1 } index($0, mark) && a != "" { printf "%.3f", $1 - a; exit }' "$1"
 }
 median() { tr ' ' '\n' | grep . | sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print ""; else if (NR % 2) printf "%.3f", v[(NR + 1) / 2]; else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# exits_arm / exits_report NAME: the L1 kernel's hist triggers on KVM's tracepoints, counting the
+# exits of whatever VM runs in between (one boot); the report prints each table's largest rows as
+# @@LAB-INFO lines and removes the triggers. Without tracefs or the events it says so once.
+EXIT_HISTS="kvm_exit:exit_reason.hex kvm_pio:port.hex,rw kvm_msr:ecx.hex,write kvm_userspace_exit:reason kvm_mmio:type,gpa.hex"
+exits_arm() {
+  TR=/sys/kernel/tracing
+  [ -d $TR/events ] || mount -t tracefs nodev $TR 2>/dev/null
+  for h in $EXIT_HISTS; do
+    [ -w "$TR/events/kvm/${h%%:*}/trigger" ] && echo "hist:keys=${h#*:}:sort=hitcount.descending:size=256" >"$TR/events/kvm/${h%%:*}/trigger" 2>/dev/null
+  done
+}
+exits_report() {
+  TR=/sys/kernel/tracing
+  for h in $EXIT_HISTS; do
+    e=${h%%:*}
+    if [ ! -r "$TR/events/kvm/$e/hist" ]; then
+      info "boot-peers: $1 exits: no $TR/events/kvm/$e/hist in L1"
+      continue
+    fi
+    grep -v '^#' "$TR/events/kvm/$e/hist" | grep . | head -n 12 | sed "s/^/@@LAB-INFO boot-peers: $1 exits $e: /"
+    echo "!hist:keys=${h#*:}:sort=hitcount.descending:size=256" >"$TR/events/kvm/$e/trigger" 2>/dev/null
+  done
+}
 sc_boot_peers() {
   [ -s "$L2K" ] && [ -s "$L2I" ] || { fail "no L2 vmlinux/initramfs in /lab/cache/linux"; return; }
   R=$(arg lab.boot_rounds)
@@ -1151,9 +1174,13 @@ sc_boot_peers() {
     [ -n "$pm" ] && [ -n "$med_kvmkit" ] || continue
     info "boot-peers: ratio kvmkit/$p $(awk -v a="$med_kvmkit" -v b="$pm" 'BEGIN { printf "%.2f", a / b }') (medians ${med_kvmkit} s / ${pm} s)"
   done
-  # The printk timelines: one more boot per VMM, dmesg typed at its console shell.
+  # The printk timelines: one more boot per VMM, dmesg typed at its console shell. L1's KVM
+  # counts that boot's exits (kvm_exit by reason, kvm_pio by port, kvm_msr by MSR,
+  # kvm_userspace_exit by reason) in tracing histograms, so the VMMs' exits compare side by side.
   for v in $vmms; do
+    exits_arm
     peer_boot "$v" "/tmp/peer.$v.dmesg" "$DMESG_WORD"
+    exits_report "$v"
     grep '^[0-9.]* lab-dmesg: ' "/tmp/peer.$v.dmesg" | sed 's/^[0-9.]* lab-dmesg: //' >"/tmp/peer.$v.log"
     sed "s/^/  | $v dmesg: /" "/tmp/peer.$v.log"
     if [ ! -s "/tmp/peer.$v.log" ]; then

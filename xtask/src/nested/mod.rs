@@ -172,7 +172,8 @@ pub const OPT_IN_SCENARIOS: &[(&str, &str)] = &[(
     "(opt-in; needs the peer VMMs in ~/.cache/kvmkit-peers/bin) the same L2 vmlinux, busybox initramfs, \
      command line, 1 vCPU and 256 MiB booted by kvmkit, Firecracker and Cloud Hypervisor in interleaved \
      rounds (lab.boot_rounds, default 3): VMM process start to KVMKIT-USERSPACE-READY per round, medians and \
-     the kvmkit/peer ratios, and one printk timeline per VMM (Run /init); a measurement, passes when every VMM \
+     the kvmkit/peer ratios, and one printk timeline per VMM (Run /init) with L1's count of its exits (by reason, \
+     port, MSR); a measurement, passes when every VMM \
      it ran reached the marker in every round",
 )];
 
