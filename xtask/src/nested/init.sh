@@ -1042,14 +1042,17 @@ peer_boot() {
   pb_name=$1
   o=$2
   pb_args=$PEER_CMDLINE
+  pb_words=$3
   end=$PEER_MARK
-  [ -z "$3" ] || { pb_args="$PEER_CMDLINE $3"; end=lab-dmesg-done-42; }
+  [ -z "$pb_words" ] || { pb_args="$PEER_CMDLINE $pb_words"; end=lab-dmesg-done-42; }
   cat >/tmp/fc.json <<FCJSON
 {"boot-source": {"kernel_image_path": "$L2K", "initrd_path": "$L2I", "boot_args": "$pb_args"},
  "machine-config": {"vcpu_count": 1, "mem_size_mib": 256}, "drives": []}
 FCJSON
   case $pb_name in
-    kvmkit) set -- kvmkit run --kernel "$L2K" --initrd "$L2I" --cmdline "$pb_args" --cpus 1 --memory 256 ;;
+    kvmkit) set -- kvmkit run --kernel "$L2K" --initrd "$L2I" --cmdline "$pb_args" --cpus 1 --memory 256
+      # The timeline boot logs kvmkit's start-up milestones (debug level, to stderr).
+      [ -z "$pb_words" ] || set -- env KVMKIT_LOG=debug "$@" ;;
     firecracker) set -- /lab/peers/firecracker --no-api --config-file /tmp/fc.json $FC_EXTRA ;;
     cloud-hypervisor) set -- /lab/peers/cloud-hypervisor --kernel "$L2K" --initramfs "$L2I" --cmdline "$pb_args" --cpus boot=1 --memory size=256M --serial tty --console off ;;
   esac
@@ -1088,9 +1091,30 @@ exits_arm() {
   for h in $EXIT_HISTS; do
     [ -w "$TR/events/kvm/${h%%:*}/trigger" ] && echo "hist:keys=${h#*:}:sort=hitcount.descending:size=256" >"$TR/events/kvm/${h%%:*}/trigger" 2>/dev/null
   done
+  # The first guest entry, stamped with CLOCK_TAI (the time of day while nothing set L1's TAI
+  # offset): the trace keeps its oldest events and stops when full.
+  if [ -w $TR/events/kvm/kvm_entry/enable ]; then
+    echo 0 >$TR/options/overwrite
+    echo tai >$TR/trace_clock 2>/dev/null
+    echo >$TR/trace
+    echo 1 >$TR/events/kvm/kvm_entry/enable
+  fi
 }
 exits_report() {
   TR=/sys/kernel/tracing
+  if [ -w $TR/events/kvm/kvm_entry/enable ]; then
+    echo 0 >$TR/events/kvm/kvm_entry/enable
+    first=$(grep -m 1 'kvm_entry:' $TR/trace | sed -n 's/.* \([0-9]*\.[0-9]*\): kvm_entry:.*/\1/p')
+    exec_at=$(awk '$2 == "lab-exec" { print $1; exit }' "/tmp/peer.$1.dmesg")
+    tai=""
+    grep -q '\[tai\]' $TR/trace_clock 2>/dev/null && tai=yes
+    if [ -n "$first" ] && [ -n "$exec_at" ] && [ -n "$tai" ]; then
+      info "boot-peers: $1 first guest entry $(awk -v a="$first" -v b="$exec_at" 'BEGIN { printf "%.3f", a - b }') s after lab-exec (KVM's kvm_entry, CLOCK_TAI)"
+    else
+      info "boot-peers: $1 first guest entry: not measured (trace clock: $(cat $TR/trace_clock 2>/dev/null))"
+    fi
+    echo >$TR/trace
+  fi
   for h in $EXIT_HISTS; do
     e=${h%%:*}
     if [ ! -r "$TR/events/kvm/$e/hist" ]; then
@@ -1181,6 +1205,8 @@ sc_boot_peers() {
     exits_arm
     peer_boot "$v" "/tmp/peer.$v.dmesg" "$DMESG_WORD"
     exits_report "$v"
+    [ "$v" != kvmkit ] || awk '$2 == "lab-exec" { a = $1 } / DEBUG .*(building the VM|VM created|kernel loaded|vCPU threads started)/ && a != "" {
+        t = $1; $1 = ""; $2 = ""; $3 = ""; printf "@@LAB-INFO boot-peers: kvmkit start-up %.3f s after lab-exec:%s\n", t - a, $0 }' "/tmp/peer.$v.dmesg"
     grep '^[0-9.]* lab-dmesg: ' "/tmp/peer.$v.dmesg" | sed 's/^[0-9.]* lab-dmesg: //' >"/tmp/peer.$v.log"
     sed "s/^/  | $v dmesg: /" "/tmp/peer.$v.log"
     if [ ! -s "/tmp/peer.$v.log" ]; then
