@@ -32,6 +32,27 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 /// Feature bit: used_event / avail_event notification suppression
 /// (VIRTIO_F_RING_EVENT_IDX).
 pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+/// The driver's hint, in the avail ring's flags, that it wants no used-buffer
+/// interrupt (meaningful only without EVENT_IDX).
+const VIRTQ_AVAIL_F_NO_INTERRUPT: u16 = 1;
+
+/// Whether the driver wants an interrupt for the used buffers added since the
+/// last call: `used_event` with EVENT_IDX (virtio-queue's accounting), else the
+/// avail ring's VIRTQ_AVAIL_F_NO_INTERRUPT hint (kvmkit's guest sets it when it
+/// polls the used ring). A ring the device cannot read gets the interrupt.
+pub fn driver_wants_interrupt(queue: &mut Queue, memory: &GuestMemoryMmap) -> bool {
+    use virtio_queue::QueueT;
+    use vm_memory::{Bytes, GuestAddress};
+    if !queue.needs_notification(memory).unwrap_or(true) {
+        return false;
+    }
+    if queue.event_idx_enabled() {
+        return true;
+    }
+    let flags: Result<u16, _> = memory.load(GuestAddress(queue.avail_ring()), Ordering::Acquire);
+    !flags.is_ok_and(|f| u16::from_le(f) & VIRTQ_AVAIL_F_NO_INTERRUPT != 0)
+}
+
 /// Interrupt status bit: a used buffer was added.
 pub const VIRTIO_MMIO_INT_VRING: u32 = 1;
 /// Interrupt status bit: the configuration changed.

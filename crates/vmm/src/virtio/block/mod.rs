@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueState, QueueT};
-use vm_memory::{Bytes, GuestAddress};
 
 use crate::memory::GuestMemoryMmap;
 
@@ -40,7 +39,6 @@ pub const QUEUE_SIZE: u16 = 256;
 const DRAINS_PER_ROUND: usize = 4;
 const SEG_MAX: u32 = 128;
 /// The driver's hint that it wants no used-buffer interrupts (avail ring flags).
-const VIRTQ_AVAIL_F_NO_INTERRUPT: u16 = 1;
 
 /// The disk a block device works on; replaced while the VM runs by
 /// `PATCH /drives/{id}` (the worker picks the new one up at its next
@@ -343,17 +341,8 @@ impl BlockHandler {
     /// one: used_event with EVENT_IDX, else VIRTQ_AVAIL_F_NO_INTERRUPT (a
     /// hint; kvmkit's guest sets it and polls the used ring).
     fn notify_driver(&mut self) {
-        if !self.queue.needs_notification(&self.memory).unwrap_or(true) {
+        if !super::driver_wants_interrupt(&mut self.queue, &self.memory) {
             return;
-        }
-        if !self.queue.event_idx_enabled() {
-            let flags: Result<u16, _> = self.memory.load(
-                GuestAddress(self.queue.avail_ring()),
-                std::sync::atomic::Ordering::Acquire,
-            );
-            if flags.is_ok_and(|f| u16::from_le(f) & VIRTQ_AVAIL_F_NO_INTERRUPT != 0) {
-                return;
-            }
         }
         if let Some(c) = &self.counters {
             c.interrupts.fetch_add(1, Ordering::Relaxed);

@@ -45,7 +45,6 @@ pub const RX_BACKLOG_FRAMES: usize = 1024;
 pub const RX_BACKLOG_BYTES: usize = 512 << 10;
 /// Room one read gets: the largest buffer plus slack, so oversized frames show.
 pub const READ_ROOM: usize = MAX_BUFFER_BYTES + 64;
-const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
 const GSO_NONE: u8 = 0;
 const MAX_WARNINGS: u32 = 10;
 /// Fewest reads an rx batch posts.
@@ -130,16 +129,20 @@ pub struct NetHandler {
 }
 
 impl NetHandler {
-    /// A handler for the `rx` and `tx` queues with the features `acked`.
+    /// A handler for the `rx` and `tx` queues with the features `acked`
+    /// (with EVENT_IDX both queues use used_event and avail_event).
     pub fn new(
         memory: GuestMemoryMmap,
-        rx: Queue,
-        tx: Queue,
+        mut rx: Queue,
+        mut tx: Queue,
         interrupt: Arc<Interrupt>,
         backend: Arc<dyn Backend>,
         counters: Arc<NetCounters>,
         acked: u64,
     ) -> Self {
+        let event_idx = acked & crate::virtio::VIRTIO_RING_F_EVENT_IDX != 0;
+        rx.set_event_idx(event_idx);
+        tx.set_event_idx(event_idx);
         Self {
             memory,
             rx,
@@ -324,10 +327,12 @@ impl NetHandler {
         }
     }
 
-    /// Raises the interrupt unless the driver asked not to get one.
-    fn notify(&self, q: &Queue) {
-        let flags: u16 = self.memory.read_obj(GuestAddress(q.avail_ring())).unwrap_or(0);
-        if u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT == 0 {
+    /// Raises the interrupt for the `tx` (else rx) queue's completions unless
+    /// the driver asked not to get one (used_event with EVENT_IDX, else the
+    /// avail ring's no-interrupt flag).
+    fn notify(&mut self, tx: bool) {
+        let q = if tx { &mut self.tx } else { &mut self.rx };
+        if crate::virtio::driver_wants_interrupt(q, &self.memory) {
             NetCounters::add(&self.counters.interrupts, 1);
             self.interrupt.signal(VIRTIO_MMIO_INT_VRING);
         }
@@ -445,7 +450,7 @@ impl NetHandler {
             }
         }
         if done > 0 {
-            self.notify(&self.tx);
+            self.notify(true);
         }
         more
     }
@@ -603,7 +608,7 @@ impl NetHandler {
             }
         };
         if delivered > 0 {
-            self.notify(&self.rx);
+            self.notify(false);
         }
         state
     }

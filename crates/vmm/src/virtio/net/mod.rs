@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{read_config_bytes, Activation, Stopping, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{read_config_bytes, Activation, Stopping, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::net::rx_ring::RxRing;
 use crate::net::tap::{Tap, TUN_F_CSUM, TUN_F_TSO4};
 use crate::net::tx_ring::TxRing;
@@ -237,6 +237,18 @@ impl Drop for Net {
     }
 }
 
+impl Net {
+    /// The features the device offers: with `offloads`, the checksum and
+    /// TSO offloads and mergeable rx buffers too.
+    pub(crate) fn features_offered(offloads: bool) -> u64 {
+        let mut f = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | VIRTIO_NET_F_MAC | VIRTIO_NET_F_STATUS;
+        if offloads {
+            f |= OFFLOAD_FEATURES;
+        }
+        f
+    }
+}
+
 impl VirtioDevice for Net {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_NET
@@ -247,11 +259,7 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        let mut f = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC | VIRTIO_NET_F_STATUS;
-        if self.backend.offloads_supported() {
-            f |= OFFLOAD_FEATURES;
-        }
-        f
+        Self::features_offered(self.backend.offloads_supported())
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
