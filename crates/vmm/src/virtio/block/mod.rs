@@ -38,8 +38,6 @@ pub const QUEUE_SIZE: u16 = 256;
 /// Batches a worker round drains before yielding.
 const DRAINS_PER_ROUND: usize = 4;
 const SEG_MAX: u32 = 128;
-/// The driver's hint that it wants no used-buffer interrupts (avail ring flags).
-
 /// The disk a block device works on; replaced while the VM runs by
 /// `PATCH /drives/{id}` (the worker picks the new one up at its next
 /// notification).
