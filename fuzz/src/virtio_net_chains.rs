@@ -16,7 +16,9 @@
 //! * byte 1: bit 0 VIRTIO_NET_F_MRG_RXBUF, bit 1 VIRTIO_NET_F_HOST_TSO4;
 //!   bits 2-3 first ring index (0, just before the u16 wrap, or from the input);
 //!   bit 4: frames are read through an rx ring (io_uring, where the host
-//!   has it), so straight into the rx chains while no frame waits.
+//!   has it), so straight into the rx chains while no frame waits;
+//!   bit 5: VIRTIO_RING_F_EVENT_IDX (interrupts by used_event, kicks by
+//!   avail_event, both in memory the operations poke).
 //! * then operations, each starting with an op byte `b`:
 //!
 //! | `b % 12` | operation                                                        |
@@ -735,6 +737,9 @@ pub fn run(data: &[u8]) -> Outcome {
     }
     if host_tso {
         acked |= VIRTIO_NET_F_HOST_TSO4;
+    }
+    if b1 & 0x20 != 0 {
+        acked |= kvmkit_vmm::virtio::VIRTIO_RING_F_EVENT_IDX;
     }
 
     let mem = guest_memory();
