@@ -13,7 +13,8 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 mod aligned;
 
-pub use aligned::{AlignedMapping, RegionBitmap, GUEST_RAM_ALIGN};
+use aligned::AlignedMapping;
+pub use aligned::{RegionBitmap, GUEST_RAM_ALIGN};
 pub use vm_memory::bitmap::AtomicBitmap;
 
 /// Guest RAM as kvmkit uses it everywhere: `vm-memory`'s mmap backend with a
@@ -89,7 +90,7 @@ pub fn validate_size(mib: u64, host_mib: Option<u64>) -> Result<(), MemoryError>
 }
 
 /// `size` bytes of anonymous guest RAM at a 2 MiB-aligned host address (see
-/// [`AlignedMapping`]), as a `vm-memory` region whose bitmap owns the mapping.
+/// `memory::aligned`), as a `vm-memory` region whose bitmap owns the mapping.
 pub fn aligned_ram(size: usize) -> Result<MmapRegion<RegionBitmap>, String> {
     let mapping = AlignedMapping::new(size).map_err(|e| e.to_string())?;
     let ptr = mapping.as_ptr();

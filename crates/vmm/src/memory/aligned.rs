@@ -24,7 +24,7 @@ pub const GUEST_RAM_ALIGN: usize = 2 << 20;
 /// An anonymous, private, read-write mapping at a [`GUEST_RAM_ALIGN`]-aligned
 /// address, unmapped on drop.
 #[derive(Debug)]
-pub struct AlignedMapping {
+pub(crate) struct AlignedMapping {
     addr: usize,
     len: usize,
 }
@@ -33,7 +33,7 @@ impl AlignedMapping {
     /// Maps `len` bytes (a multiple of 4 KiB) at a 2 MiB-aligned address:
     /// reserves `len + 2 MiB - 4 KiB` without access, then maps the aligned
     /// part read-write over it and unmaps the rest.
-    pub fn new(len: usize) -> std::io::Result<Self> {
+    pub(crate) fn new(len: usize) -> std::io::Result<Self> {
         const PAGE: usize = 4096;
         if len == 0 || !len.is_multiple_of(PAGE) {
             return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
@@ -82,18 +82,13 @@ impl AlignedMapping {
     }
 
     /// The mapping's first byte.
-    pub fn as_ptr(&self) -> *mut u8 {
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.addr as *mut u8
     }
 
     /// Its length in bytes.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
-    }
-
-    /// Whether it is empty (never: [`Self::new`] refuses 0 bytes).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }
 
@@ -107,21 +102,21 @@ impl Drop for AlignedMapping {
 
 /// A guest RAM region's bitmap: the dirty bits of kvmkit's own writes
 /// ([`AtomicBitmap`], one per 4 KiB page) and, for RAM kvmkit mapped itself,
-/// the [`AlignedMapping`] the region reads and writes.
+/// the `AlignedMapping` the region reads and writes.
 #[derive(Debug, Default)]
 pub struct RegionBitmap {
     dirty: AtomicBitmap,
     /// Unmapped when the region (and so this bitmap) is dropped; `None` for
     /// mappings `vm-memory` owns (snapshot files, tests).
-    mapping: Option<AlignedMapping>,
+    _mapping: Option<AlignedMapping>,
 }
 
 impl RegionBitmap {
     /// A clean bitmap for `mapping`, which it keeps until it is dropped.
-    pub fn owning(mapping: AlignedMapping) -> Self {
+    pub(crate) fn owning(mapping: AlignedMapping) -> Self {
         Self {
             dirty: AtomicBitmap::with_len(mapping.len()),
-            mapping: Some(mapping),
+            _mapping: Some(mapping),
         }
     }
 
@@ -131,8 +126,9 @@ impl RegionBitmap {
     }
 
     /// Whether this bitmap holds the region's (aligned) mapping.
-    pub fn owns_mapping(&self) -> bool {
-        self.mapping.is_some()
+    #[cfg(test)]
+    pub(crate) fn owns_mapping(&self) -> bool {
+        self._mapping.is_some()
     }
 }
 
@@ -158,7 +154,7 @@ impl NewBitmap for RegionBitmap {
     fn with_len(len: usize) -> Self {
         Self {
             dirty: AtomicBitmap::with_len(len),
-            mapping: None,
+            _mapping: None,
         }
     }
 }
