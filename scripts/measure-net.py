@@ -35,6 +35,8 @@ TAP = "mtap0"
 HOST_IP, GUEST_IP, PREFIX = "10.0.9.1", "10.0.9.2", 30
 GUEST_MAC = "52:54:00:6b:76:01"
 ENV_INNER = "KVMKIT_MEASURE_NET_NS"
+NET_POLL = "off"  # kvmkit's --net ...,poll= (--net-poll)
+SHOW_COUNTERS = False  # print kvmkit's NIC counters after each run (--show-counters)
 ENV_OUTER_NS = "KVMKIT_MEASURE_NET_OUTER"
 
 FLOOD_C = r"""
@@ -143,11 +145,11 @@ def py_flood(size, seconds):
 class Vm:
     """kvmkit or QEMU on the tap, console read line by line."""
 
-    def __init__(self, vmm, workload, elf):
+    def __init__(self, vmm, workload, elf, poll=None):
         net = f"{GUEST_MAC},{GUEST_IP},{HOST_IP},{PREFIX}"
         if vmm == "kvmkit":
             cmd = [KVMKIT, "run", "--guest", "--no-stdin", "--memory", "256", "--timeout", "120",
-                   "--net", f"tap={TAP},mac={GUEST_MAC}", "--workload", workload]
+                   "--net", f"tap={TAP},mac={GUEST_MAC},poll={poll or NET_POLL}", "--workload", workload]
         else:
             cmd = ["qemu-system-x86_64", "-M", "microvm,acpi=off", "-accel", "kvm",
                    "-cpu", "host,-arch-capabilities,+invtsc", "-m", "256", "-smp", "1",
@@ -157,8 +159,10 @@ class Vm:
                    "-netdev", f"tap,id=n0,ifname={TAP},script=no,downscript=no",
                    "-device", f"virtio-net-device,netdev=n0,mac={GUEST_MAC}",
                    "-kernel", elf, "-append", f"kvmkit.workload={workload} kvmkit.net={net}"]
+        # kvmkit logs its NIC's counters at debug level when the device ends.
+        env = dict(os.environ, KVMKIT_LOG="kvmkit_vmm::virtio::net=debug") if SHOW_COUNTERS and vmm == "kvmkit" else None
         self.p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                  text=True, errors="replace")
+                                  text=True, errors="replace", env=env)
         self.lines, self.cond = [], threading.Condition()
         self.err = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -188,6 +192,13 @@ class Vm:
                 if left <= 0:
                     return None
                 self.cond.wait(left)
+
+    def show_counters(self):
+        """kvmkit's NIC counters (its debug line at the device's end), with --show-counters."""
+        time.sleep(0.1)
+        for l in list(self.err):
+            if SHOW_COUNTERS and "virtio-net" in l and "ends:" in l:
+                print("   ", re.sub(r"\x1b\[[0-9;]*m", "", l.strip()), flush=True)
 
     def stop(self, limit=30):
         try:
@@ -269,6 +280,7 @@ def tx_run(vmm, elf, frames, size, exits=False):
     counted_exits = perf.stop() if perf else None
     done = vm.wait_for(r"net-tx: frames=(\d+) .*frames_per_s=(\d+)", 30)
     vm.stop()
+    vm.show_counters()
     counted = stat("rx_packets") - base_p
     if t_hi is None or t_lo is None or t_hi <= t_lo or done is None:
         raise RuntimeError(f"{vmm} net-tx:{frames}:{size}: host counted {counted} frames\n{vm.console()}")
@@ -295,6 +307,7 @@ def rx_run(vmm, elf, seconds, size, flood, exits=False):
     counted_exits = perf.stop()
     m = vm.wait_for(r"net-rx: frames=(\d+) bytes=(\d+)", seconds + 40)
     vm.stop()
+    vm.show_counters()
     if m is None:
         raise RuntimeError(f"{vmm} net-rx: no result line\n{vm.console()}")
     frames = int(m.group(1))
@@ -305,11 +318,31 @@ def rx_run(vmm, elf, seconds, size, flood, exits=False):
             "guest_frames": frames, "exits": counted_exits, "window_frames": frames}
 
 
+def ping_run(vmm, elf, count, poll=None):
+    """Round trips: `ping -f -c COUNT` (the next echo goes out when the reply
+    came) to the guest's net-rx, which answers ICMP echo. Returns the mean RTT in us."""
+    vm = Vm(vmm, "net-rx:5", elf, poll)
+    if vm.wait_for(r"net-rx: guest ", 30) is None:
+        vm.stop(1)
+        raise RuntimeError(f"{vmm}: guest did not come up\n{vm.console()}")
+    time.sleep(0.2)
+    sh("ping", "-c", "3", "-i", "0.2", "-q", GUEST_IP, check=False)  # ARP, warm caches
+    out = sh("ping", "-f", "-c", str(count), "-q", GUEST_IP, check=False).stdout
+    vm.stop()
+    vm.show_counters()
+    m = re.search(r"(\d+) received.*?= ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms", out, re.S)
+    if m is None or int(m.group(1)) < count * 0.99:
+        raise RuntimeError(f"{vmm} ping: {out.strip()}")
+    return float(m.group(3)) * 1000
+
+
 def inner(args):
     if str(os.stat("/proc/self/ns/net").st_ino) == os.environ.get(ENV_OUTER_NS):
         sys.exit("refusing to run in the caller's network namespace")
-    global KVMKIT
+    global KVMKIT, NET_POLL, SHOW_COUNTERS
     KVMKIT = args.kvmkit or KVMKIT
+    NET_POLL = args.net_poll
+    SHOW_COUNTERS = args.show_counters
     elf = guest_elf(args.guest_elf)
     sh("ip", "link", "set", "lo", "up")
     sh("ip", "tuntap", "add", "dev", TAP, "mode", "tap", "vnet_hdr")
@@ -318,12 +351,13 @@ def inner(args):
     flood = build_flood()
     exits = not args.no_exits and shutil.which("perf") is not None
     print(f"guest ELF {os.path.relpath(elf, ROOT)}; sender: {'C sendmmsg' if flood else 'Python'}; "
-          f"{args.rounds} interleaved rounds; CPUs: {os.cpu_count()}; exits counted: {'yes' if exits else 'no'}",
+          f"{args.rounds} interleaved rounds; CPUs: {os.cpu_count()}; exits counted: {'yes' if exits else 'no'}; "
+          f"kvmkit --net ...,poll={NET_POLL}",
           flush=True)
     tx_frames = dict((int(k), int(v)) for k, v in (kv.split("=") for kv in args.tx_frames.split(",")))
     sizes = sorted(tx_frames)
     res = {}
-    for r in range(args.rounds):
+    for r in range(0 if args.ping_only else args.rounds):
         order = ["kvmkit", "qemu"] if r % 2 == 0 else ["qemu", "kvmkit"]
         for size in sizes:
             for vmm in order if not args.rx_only else []:
@@ -336,8 +370,25 @@ def inner(args):
                 res.setdefault(("host->guest", size, vmm), []).append(x)
                 print(f"round {r} {vmm:6s} rx {size:4d} B: {x['fps']:>10.0f} frames/s {x['mbit']:8.1f} Mbit/s "
                       f"(offered {x['offered']:.0f}/s, tap tx_dropped {x['tap_dropped']}{per_frame(x)})", flush=True)
+    pings = {}
+    if args.ping:
+        cols = [("kvmkit", "off"), ("kvmkit", "auto"), ("qemu", None)]
+        for r in range(args.rounds):
+            for vmm, poll in cols if r % 2 == 0 else cols[::-1]:
+                rtt = ping_run(vmm, elf, args.ping, poll)
+                pings.setdefault((vmm, poll), []).append(rtt)
+                name = f"kvmkit poll={poll}" if poll else vmm
+                print(f"round {r} {name:16s} ping -f: {rtt:7.1f} us mean round trip", flush=True)
+    if pings:
+        k0, k1, q = (statistics.median(pings[c]) for c in [("kvmkit", "off"), ("kvmkit", "auto"), ("qemu", None)])
+        print(f"\n| round trip (ping -f, {args.ping} echoes) | kvmkit poll=off | kvmkit poll=auto | QEMU | "
+              f"QEMU/kvmkit off | QEMU/kvmkit auto |")
+        print("|---|---|---|---|---|---|")
+        print(f"| mean RTT | {k0:.1f} us | {k1:.1f} us | {q:.1f} us | {q / k0:.2f} | {q / k1:.2f} |")
     med = lambda v, k: statistics.median(x[k] for x in v)
     print()
+    if not res:
+        return
     def epf(v):
         xs = [x["exits"]["exits"] / x["window_frames"] for x in v if x.get("exits") and x.get("window_frames")]
         return f"{statistics.median(xs):.3f}" if xs else "-"
@@ -364,6 +415,11 @@ def main():
     ap.add_argument("--kvmkit", help="kvmkit binary (default target/release/kvmkit)")
     ap.add_argument("--guest-elf", help="test-guest ELF (default: the newest release build's)")
     ap.add_argument("--rx-only", action="store_true", help="host->guest only")
+    ap.add_argument("--net-poll", default="off", help="kvmkit's --net ...,poll= (off, auto or microseconds)")
+    ap.add_argument("--ping", type=int, default=2000,
+                    help="round trips per ping -f run (kvmkit poll=off and auto, and QEMU; 0 to skip)")
+    ap.add_argument("--ping-only", action="store_true", help="round trips only")
+    ap.add_argument("--show-counters", action="store_true", help="print kvmkit's NIC counters after each run")
     ap.add_argument("--no-exits", action="store_true", help="do not count VM exits with perf")
     ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()

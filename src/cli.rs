@@ -276,8 +276,10 @@ pub struct RunArgs {
     pub exec_via: ExecViaArg,
     /// Attach a virtio-net NIC (repeatable): tap=NAME[,mac=M] uses an existing tap;
     /// auto[,host-ip=A,guest-ip=B] creates one with a private /30 and removes it on exit;
-    /// bridge=BR[,mac=M] attaches a new tap to an existing bridge.
-    #[arg(long = "net", value_name = "auto|tap=NAME|bridge=BR")]
+    /// bridge=BR[,mac=M] attaches a new tap to an existing bridge. Each takes
+    /// poll=off|auto|N: after a round that moved frames the device keeps looking at the tx
+    /// queue (notifications off) and the tap for an adaptive (auto) or N-microsecond window.
+    #[arg(long = "net", value_name = "auto|tap=NAME|bridge=BR[,poll=auto]")]
     pub nets: Vec<String>,
     /// Write how the run went (exit, boot milestones, guest reports) to FILE as JSON.
     #[arg(long, value_name = "FILE")]

@@ -327,6 +327,50 @@ fn host_pings_the_guest_and_teardown_leaves_no_tap() {
     assert_eq!(ns.links(), vec!["lo".to_owned()], "teardown leaves no tap");
 }
 
+/// `--net ...,poll=`: a NIC whose worker polls after each frame answers
+/// pings, and with a 10 ms window the guest's echo replies (sent within
+/// microseconds of each request) are found by polling, not by a kick.
+#[test]
+fn a_polling_nic_finds_the_guests_replies_without_kicks() {
+    if skip() {
+        return;
+    }
+    let ns = Netns::new("poll");
+    let mut vm = Vm::start(
+        &ns,
+        &[
+            "--net",
+            "auto,poll=10000us",
+            "--workload",
+            "net-echo:6",
+            "--level",
+            "Debug",
+        ],
+    );
+    let line = vm
+        .wait_for("net-echo: guest", Duration::from_secs(40))
+        .unwrap_or_else(|| panic!("no guest line; console so far:\n{}", vm.seen.join("\n")));
+    let answered = ns.ping(guest_ip(&line), 3);
+    let (code, console, stderr) = vm.finish(Duration::from_secs(60));
+    assert_eq!(answered, 3, "ping answers\nconsole:\n{console}\nstderr:\n{stderr}");
+    assert_eq!(code, Some(0), "console:\n{console}\nstderr:\n{stderr}");
+    let ends = stderr
+        .lines()
+        .find(|l| l.contains("virtio-net (") && l.contains(" ends: "))
+        .unwrap_or_else(|| panic!("no device summary on stderr:\n{stderr}"));
+    assert!(ends.contains("poll=10000us"), "{ends}");
+    let count = |what: &str| -> u64 {
+        let at = ends.find(what).unwrap_or_else(|| panic!("no {what:?} in {ends}"));
+        ends[..at]
+            .split_whitespace()
+            .last()
+            .and_then(|n| n.trim_end_matches(',').parse().ok())
+            .unwrap_or_else(|| panic!("no count before {what:?} in {ends}"))
+    };
+    assert!(count(" polled") >= 1, "no frame found by polling: {ends}");
+    assert!(count(" tx kicks") < 3, "each reply kicked the tx queue: {ends}");
+}
+
 #[test]
 fn net_tx_frames_are_counted_on_the_host_tap() {
     if skip() {

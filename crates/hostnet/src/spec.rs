@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use kvmkit_vmm::net::tap::check_ifname;
 use kvmkit_vmm::net::NetError;
-use kvmkit_vmm::vmm_config::{format_mac, parse_mac};
+use kvmkit_vmm::vmm_config::{format_mac, parse_mac, PollMode};
 
 use crate::addr::net30;
 
@@ -32,6 +32,8 @@ pub struct NetConfig {
     pub host_ip: Option<Ipv4Addr>,
     /// Guest address (`guest-ip=`).
     pub guest_ip: Option<Ipv4Addr>,
+    /// How the device worker polls after a round that moved frames (`poll=`).
+    pub poll: PollMode,
 }
 
 impl FromStr for NetConfig {
@@ -51,6 +53,7 @@ impl NetConfig {
             mac: None,
             host_ip: None,
             guest_ip: None,
+            poll: PollMode::Off,
         };
         let ip = |k: &str, v: &str| {
             v.parse::<Ipv4Addr>()
@@ -79,10 +82,11 @@ impl NetConfig {
                 Some(("mac", m)) => cfg.mac = Some(parse_mac(m).map_err(NetError::Config)?),
                 Some(("host-ip", v)) => cfg.host_ip = Some(ip("host-ip", v)?),
                 Some(("guest-ip", v)) => cfg.guest_ip = Some(ip("guest-ip", v)?),
+                Some(("poll", v)) => cfg.poll = v.parse().map_err(|e| NetError::Config(format!("{spec}: {e}")))?,
                 Some((k, v)) => {
                     return Err(NetError::Config(format!(
                         "{spec}: unknown option {k}={v} (use tap=NAME, auto or bridge=BR, with mac=, host-ip=, \
-                         guest-ip=)"
+                         guest-ip=, poll=off|auto|N)"
                     )))
                 }
                 None => {
@@ -134,6 +138,9 @@ impl fmt::Display for NetConfig {
         if let Some(a) = self.guest_ip {
             write!(f, ",guest-ip={a}")?;
         }
+        if !self.poll.is_off() {
+            write!(f, ",poll={}", self.poll)?;
+        }
         Ok(())
     }
 }
@@ -154,6 +161,13 @@ mod tests {
         assert_eq!(c.to_string(), "auto,host-ip=10.9.0.5,guest-ip=10.9.0.6");
         let c = NetConfig::parse("bridge=br0").expect("bridge");
         assert_eq!(c.mode, NetMode::Bridge("br0".into()));
+        assert_eq!(c.poll, PollMode::Off);
+        let c = NetConfig::parse("tap=t0,poll=auto").expect("poll");
+        assert_eq!(c.poll, PollMode::Auto);
+        assert_eq!(c.to_string(), "tap=t0,poll=auto");
+        let c = NetConfig::parse("auto,poll=80us").expect("poll us");
+        assert_eq!(c.poll, PollMode::Fixed(80));
+        assert_eq!(NetConfig::parse(&c.to_string()).expect("round trip"), c);
         for bad in [
             "",
             "tap=",
@@ -165,6 +179,8 @@ mod tests {
             "auto,host-ip=10.0.0.0",
             "auto,guest-ip=10.0.0.3",
             "auto,speed=10",
+            "auto,poll=fast",
+            "auto,poll=100000",
             "mac=52:54:00:12:34:56",
             "bridge=br0,host-ip=1.2.3",
         ] {

@@ -125,6 +125,7 @@ pub fn plan(args: &RunArgs, start: Instant) -> anyhow::Result<RunPlan> {
                 iface_id: id.clone(),
                 host_dev_name: plan.tap_name.clone(),
                 guest_mac: Some(format_mac(&plan.mac)),
+                poll: cfg.poll,
                 ..Default::default()
             })?;
             machine.taps.push((id, tap));

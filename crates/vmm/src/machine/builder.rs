@@ -210,7 +210,7 @@ impl Machine {
                 Some(i) => opts.taps.swap_remove(i).1,
                 None => Tap::open(&n.host_dev_name)?,
             };
-            nics.push((n.iface_id.clone(), tap, n.mac()));
+            nics.push((n.iface_id.clone(), tap, n.mac(), n.poll));
         }
         // The vsock socket is bound now, so a bad path fails before the VM exists.
         let vsock = match &resources.vsock {
@@ -280,8 +280,8 @@ impl Machine {
                 Box::new(Rng::default()),
             )?;
         }
-        for (id, tap, mac) in nics {
-            let dev = Box::new(Net::new(Arc::new(tap), mac));
+        for (id, tap, mac, poll) in nics {
+            let dev = Box::new(Net::new(Arc::new(tap), mac).with_poll(poll));
             dm.add_virtio(vm.fd(), &memory, &id, DeviceKind::VirtioNet, dev)?;
         }
         if let Some(dev) = vsock {

@@ -107,6 +107,11 @@ impl TestQueue {
         self.avail_idx
     }
 
+    /// The used ring's flags (VIRTQ_USED_F_NO_NOTIFY = 1).
+    pub fn used_flags(&self, mem: &GuestMemoryMmap) -> u16 {
+        mem.read_obj(GuestAddress(self.used())).expect("used flags")
+    }
+
     /// The used ring's index.
     pub fn used_idx(&self, mem: &GuestMemoryMmap) -> u16 {
         mem.read_obj(GuestAddress(self.used() + 2)).expect("used idx")

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{invalid, ConfigError};
+use super::{invalid, ConfigError, PollMode};
 
 /// `PUT /network-interfaces/{iface_id}`: the VMM receives an existing tap
 /// by name (creating and configuring taps is the caller's policy).
@@ -22,6 +22,11 @@ pub struct NetworkInterfaceConfig {
     /// Transmit rate limiter (not supported by kvmkit yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tx_rate_limiter: Option<serde_json::Value>,
+    /// kvmkit extension: how the device worker polls the tx queue and the
+    /// tap after a round that moved frames (`"off"`, `"auto"` or a window
+    /// such as `"100us"`).
+    #[serde(default, skip_serializing_if = "PollMode::is_off")]
+    pub poll: PollMode,
 }
 
 impl NetworkInterfaceConfig {

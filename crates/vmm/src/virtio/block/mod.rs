@@ -18,7 +18,7 @@ use self::request::{
     handle, handle_merged, plain_request, Completion, Plain, RequestContext, MAX_REQUEST_BYTES, MERGE_BYTES,
     VIRTIO_BLK_ID_BYTES,
 };
-use super::poll::{PollMode, PollWindow};
+use super::poll::{thread_cpu_ns, PollMode, PollWindow};
 use super::{
     read_config_bytes, Activation, Interrupt, QueueHandler, Queues, Stopping, VirtioDevice, Worker, WorkerError,
     VIRTIO_F_VERSION_1,
@@ -446,16 +446,6 @@ impl BlockHandler {
         }
         used
     }
-}
-
-/// The calling thread's CPU time in nanoseconds.
-fn thread_cpu_ns() -> Option<u64> {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid timespec to write to.
-    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
-        return None;
-    }
-    Some((ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64)
 }
 
 /// Executes a run of mergeable requests: alone through [`handle`], together through

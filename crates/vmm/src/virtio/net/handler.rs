@@ -126,6 +126,12 @@ pub struct NetHandler {
     chains: Vec<(u16, usize, usize)>,
     warnings: u32,
     dead: bool,
+    /// Tx chains completed plus rx frames delivered, ever (a polling
+    /// worker's measure of whether a round found work).
+    progress: u64,
+    /// The worker polls: tx notifications stay off after a round, and rx
+    /// notifications stay off while frames wait for buffers.
+    polling: bool,
 }
 
 impl NetHandler {
@@ -176,6 +182,41 @@ impl NetHandler {
             chains: Vec::with_capacity(64),
             warnings: 0,
             dead: false,
+            progress: 0,
+            polling: false,
+        }
+    }
+
+    /// Tx chains completed plus rx frames delivered since the device started.
+    pub fn progress(&self) -> u64 {
+        self.progress
+    }
+
+    /// While `on`, the worker polls both queues: their notifications are
+    /// turned off now, tx's stay off after each round and rx's stay off
+    /// even while frames wait for buffers (the worker looks for them).
+    /// Turning it off leaves them off too: [`Self::arm_tx_notification`]
+    /// and [`Self::arm_rx_notification`] turn them back on.
+    pub fn set_polling(&mut self, on: bool) {
+        self.polling = on;
+        if on {
+            if let Err(e) = self.tx.disable_notification(&self.memory) {
+                self.warn(&format!("tx queue: {e:?}"));
+            }
+            self.rx_notifications_off();
+        }
+    }
+
+    /// Turns tx notifications back on (the worker is about to sleep);
+    /// true when chains came meanwhile (take them before sleeping: the
+    /// driver, having seen notifications off, will not kick for them).
+    pub fn arm_tx_notification(&mut self) -> bool {
+        match self.tx.enable_notification(&self.memory) {
+            Ok(more) => more && !self.avail_index_bogus(true),
+            Err(e) => {
+                self.warn(&format!("tx queue: {e:?}"));
+                false
+            }
         }
     }
 
@@ -437,6 +478,10 @@ impl NetHandler {
                 more = !self.dead;
                 break;
             }
+            if self.polling {
+                // The worker looks again soon; notifications stay off.
+                break;
+            }
             match self.tx.enable_notification(&self.memory) {
                 // More chains, unless the avail index is more than the queue
                 // size ahead: then none can be popped and this would spin.
@@ -450,6 +495,7 @@ impl NetHandler {
             }
         }
         if done > 0 {
+            self.progress += done as u64;
             self.notify(true);
         }
         more
@@ -608,6 +654,7 @@ impl NetHandler {
             }
         };
         if delivered > 0 {
+            self.progress += delivered as u64;
             self.notify(false);
         }
         state
@@ -741,10 +788,14 @@ impl NetHandler {
     }
 
     /// Rx notifications: on while frames wait for buffers (so the driver
-    /// tells us when it adds some), off otherwise. Returns true when buffers
-    /// arrived meanwhile (retry at once).
+    /// tells us when it adds some), off otherwise, and off while the worker
+    /// polls. Returns true when buffers arrived meanwhile (retry at once).
     pub fn arm_rx_notification(&mut self) -> bool {
-        if !self.backlog.is_empty() {
+        if self.polling {
+            // The worker comes back without sleeping and looks for buffers.
+            self.rx_notifications_off();
+            false
+        } else if !self.backlog.is_empty() {
             self.rx_notifications = true;
             self.rx.enable_notification(&self.memory).unwrap_or(false) && !self.avail_index_bogus(false)
         } else {

@@ -18,6 +18,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::poll::PollMode;
 use super::{read_config_bytes, Activation, Stopping, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::net::rx_ring::RxRing;
 use crate::net::tap::{Tap, TUN_F_CSUM, TUN_F_TSO4};
@@ -87,6 +88,11 @@ pub struct NetCounters {
     /// Rx rounds that ended with frames waiting for the driver to add rx
     /// buffers (rx notifications go on, frames are read ahead meanwhile).
     pub rx_no_buffers: AtomicU64,
+    /// Tx chains and rx frames the worker found while polling
+    /// (`--net ...,poll=`): no kick or tap wake-up was needed for them.
+    pub polled: AtomicU64,
+    /// CPU time of the worker thread, in microseconds (counted when it goes to sleep).
+    pub worker_cpu_us: AtomicU64,
 }
 
 impl NetCounters {
@@ -99,7 +105,7 @@ impl NetCounters {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
             "rx {} frames ({} direct) {} bytes {} dropped, tx {} frames {} bytes {} dropped, {} bad chains, \
-             {} rx kicks, {} tx kicks, {} interrupts, {} rx waits for buffers",
+             {} rx kicks, {} tx kicks, {} interrupts, {} rx waits for buffers, {} polled, {} us worker CPU",
             g(&self.rx_frames),
             g(&self.rx_direct),
             g(&self.rx_bytes),
@@ -111,7 +117,9 @@ impl NetCounters {
             g(&self.rx_kicks),
             g(&self.tx_kicks),
             g(&self.interrupts),
-            g(&self.rx_no_buffers)
+            g(&self.rx_no_buffers),
+            g(&self.polled),
+            g(&self.worker_cpu_us)
         )
     }
 }
@@ -162,6 +170,8 @@ pub struct Net {
     /// The ring received frames are read through, a batch per syscall
     /// (shared the same way), if the host has io_uring.
     rx_ring: Option<Arc<Mutex<RxRing>>>,
+    /// How the worker polls after a round (`--net ...,poll=`).
+    poll: PollMode,
 }
 
 impl Net {
@@ -203,7 +213,21 @@ impl Net {
             worker: None,
             tx_ring,
             rx_ring,
+            poll: PollMode::Off,
         }
+    }
+
+    /// The device with polling mode `poll` (`--net ...,poll=`): after a
+    /// round that moved frames the worker keeps looking at the tx queue
+    /// (its notifications off) and the tap for a window.
+    pub fn with_poll(mut self, poll: PollMode) -> Self {
+        self.poll = poll;
+        self
+    }
+
+    /// The polling mode.
+    pub fn poll_mode(&self) -> PollMode {
+        self.poll
     }
 
     /// Whether transmitted frames are written a burst per syscall.
@@ -233,7 +257,12 @@ impl Drop for Net {
     fn drop(&mut self) {
         // Stop the worker first, so its last counts are in.
         self.worker = None;
-        tracing::debug!("virtio-net ({}) ends: {}", self.backend.name(), self.counters.summary());
+        tracing::debug!(
+            "virtio-net ({}, poll={}) ends: {}",
+            self.backend.name(),
+            self.poll,
+            self.counters.summary()
+        );
     }
 }
 
@@ -296,7 +325,7 @@ impl VirtioDevice for Net {
         .with_tx_ring(self.tx_ring.clone())
         .with_rx_ring(self.rx_ring.clone());
         let name = format!("virtio-net-{}", self.backend.name().replace(' ', "-"));
-        self.worker = Some(NetWorker::spawn(name, a.queue_events, handler).map_err(|e| e.to_string())?);
+        self.worker = Some(NetWorker::spawn(name, a.queue_events, handler, self.poll).map_err(|e| e.to_string())?);
         Ok(())
     }
 
@@ -325,6 +354,8 @@ impl VirtioDevice for Net {
             ("tx_kicks", g(&c.tx_kicks)),
             ("interrupts", g(&c.interrupts)),
             ("rx_no_buffers", g(&c.rx_no_buffers)),
+            ("polled", g(&c.polled)),
+            ("worker_cpu_us", g(&c.worker_cpu_us)),
         ]
     }
 

@@ -427,10 +427,71 @@ fn buffers_added_just_before_rx_notifications_go_on_are_not_missed() {
     *r.fake.on_empty.lock().expect("hook") = Some(Box::new(move || {
         TestQueue::new(RX_BASE, QSIZE).push(&mem, &[(DATA, 2048, F_WRITE)]);
     }));
-    let mut l = super::worker::NetLoop::new(r.h);
+    let mut l = super::worker::NetLoop::new(r.h, crate::virtio::poll::PollMode::Off);
     assert!(l.start(), "another round is due at once");
     assert!(!l.work(&[false, false], &[0]), "delivered and drained: nothing due");
     assert_eq!(r.rx.used_idx(&r.mem), 1, "the frame went into the late buffer");
+}
+
+#[test]
+fn a_polling_worker_sends_without_kicks_and_rearms_when_the_window_ends() {
+    use crate::virtio::poll::PollMode;
+    use crate::virtio::WorkerHandler;
+    use std::time::{Duration, Instant};
+    let mut r = Rig::new(0);
+    let window = Duration::from_micros(crate::virtio::poll::FIXED_MAX_US);
+    let f = frame(60, 1);
+    r.mem.write_slice(&f, GuestAddress(DATA)).expect("w");
+    r.push(true, &[(DATA, f.len() as u32, 0)]);
+    let mut l = super::worker::NetLoop::new(r.h, PollMode::Fixed(crate::virtio::poll::FIXED_MAX_US));
+    assert_eq!(r.tx.used_flags(&r.mem), 0, "a fresh queue asks for kicks");
+    // A kicked round sends the frame and opens the window: tx notifications off.
+    let t0 = Instant::now();
+    assert!(
+        l.work(&[false, true], &[0]),
+        "inside the window: come back without sleeping"
+    );
+    assert!(l.polling());
+    assert_eq!(r.tx.used_flags(&r.mem), 1, "NO_NOTIFY while polling");
+    // The driver adds a chain and does not kick (notifications are off):
+    // the next round finds it with nothing notified.
+    r.tx.push(&r.mem, &[(DATA, f.len() as u32, 0)]);
+    let more = l.work(&[false, false], &[0]);
+    if t0.elapsed() < window {
+        assert!(more && l.polling(), "still inside the window");
+    }
+    let mut buf = vec![0u8; 256];
+    for _ in 0..2 {
+        assert_eq!(r.host.recv(&mut buf).expect("a frame on the host side"), f.len());
+    }
+    assert_eq!(r.tx.used_idx(&r.mem), 2);
+    // Empty rounds until the window ends, then notifications go back on.
+    std::thread::sleep(window);
+    assert!(!l.work(&[false, false], &[0]), "the window ran out empty: sleep");
+    assert!(!l.polling());
+    assert_eq!(r.tx.used_flags(&r.mem), 0, "kicks asked for again before sleeping");
+    let net = l.into_inner();
+    let c = net.counters();
+    assert_eq!(c.tx_frames.load(Ordering::Relaxed), 2);
+    assert!(
+        c.polled.load(Ordering::Relaxed) <= 1,
+        "only the second frame can have been polled"
+    );
+}
+
+#[test]
+fn polling_off_rearms_tx_notifications_after_each_round() {
+    use crate::virtio::poll::PollMode;
+    use crate::virtio::WorkerHandler;
+    let mut r = Rig::new(0);
+    let f = frame(60, 2);
+    r.mem.write_slice(&f, GuestAddress(DATA)).expect("w");
+    r.push(true, &[(DATA, f.len() as u32, 0)]);
+    let mut l = super::worker::NetLoop::new(r.h, PollMode::Off);
+    assert!(!l.work(&[false, true], &[0]), "sent; nothing due");
+    assert!(!l.polling());
+    assert_eq!(r.tx.used_flags(&r.mem), 0, "notifications on for the next frame");
+    assert_eq!(l.into_inner().counters().polled.load(Ordering::Relaxed), 0);
 }
 
 /// The rx queue's used-ring flags (VIRTQ_USED_F_NO_NOTIFY = 1).
@@ -673,7 +734,7 @@ fn worker_stops_when_the_tap_disappears() {
                 vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).expect("e"),
                 vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).expect("e"),
             ];
-            let w = NetWorker::spawn("t".into(), evs, h).expect("worker");
+            let w = NetWorker::spawn("t".into(), evs, h, crate::virtio::poll::PollMode::Off).expect("worker");
             let ok = std::process::Command::new("ip")
                 .args(["link", "del", "kvgone0"])
                 .status()
