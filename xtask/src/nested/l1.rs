@@ -2,12 +2,14 @@
 //! line by line, and what is done when L1 stops answering.
 //!
 //! L1's `/init` prints a `@@LAB-TICK` line every 30 s, so silence means L1 itself stopped (its
-//! only CPU no longer runs L1 code), not that a scenario is quiet. Before QEMU is killed for
-//! that, its monitor is asked for the CPU registers and L1 gets an NMI: L1 boots with
-//! `unknown_nmi_panic` and `sysctl.kernel.panic_on_unrecovered_nmi=1` (on microvm the NMI
-//! reason port reads 0xff, which Linux takes for a PCI SERR), so a kernel that still takes
-//! NMIs panics with a stack trace of wherever it was stuck (in L1's kernel, or in `kvm_amd`
-//! running L2) and the console log shows it.
+//! only CPU no longer runs L1 code), not that a scenario is quiet. Every such stop seen so far
+//! was L1 idle in `native_safe_halt` waiting for a timer interrupt that QEMU never delivered.
+//! After [`REVIVE_AFTER`] of silence L1 gets an NMI through QEMU's monitor: it leaves `HLT`,
+//! prints its "NMI: PCI system error" lines (microvm's NMI reason port reads 0xff) and goes
+//! on, and its next idle entry programs its timer again. A scenario during which L1 was woken
+//! this way and that then fails runs again on a fresh L1, as after a hang (its VMs' clocks
+//! jumped). An L1 still silent at [`STALL`] counts as hung: QEMU's CPU registers go to the
+//! log, QEMU is killed and a fresh L1 takes the scenarios not run yet.
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -24,6 +26,10 @@ use super::{Options, Outcome, ScenarioResult, BENCH_TIMEOUT};
 
 /// How long the console may stay silent before L1 counts as hung: five missed ticks.
 pub(super) const STALL: Duration = Duration::from_secs(150);
+
+/// How long the console may stay silent before L1 gets an NMI to wake it: one missed tick
+/// and some slack.
+pub(super) const REVIVE_AFTER: Duration = Duration::from_secs(45);
 
 /// How long after the NMI the console is followed for L1's panic report.
 const NMI_WAIT: Duration = Duration::from_secs(30);
@@ -50,6 +56,9 @@ pub(super) struct BootEnd {
     pub stop: Option<Stop>,
     /// When the first scenario started (L1 boot time).
     pub first_start: Option<Instant>,
+    /// Each time a silent L1 was woken by an NMI: the scenario then running (or "L1 boot")
+    /// and how long L1 had been silent.
+    pub revivals: Vec<String>,
 }
 
 /// What one L1 boot runs and where its files go.
@@ -103,6 +112,9 @@ impl Boot<'_> {
 
         let (mut done, mut stop, mut current, mut first_start) = (false, None, None::<String>, None);
         let mut last_output = Instant::now();
+        // When an NMI was sent to wake a silent L1 that has not spoken since.
+        let mut nmi_sent = None::<Instant>;
+        let mut revivals = Vec::new();
         loop {
             let overrun_at = current
                 .as_ref()
@@ -111,9 +123,38 @@ impl Boot<'_> {
             if let Some(t) = overrun_at {
                 until = until.min(t);
             }
+            if nmi_sent.is_none() {
+                until = until.min(last_output + REVIVE_AFTER);
+            }
             match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                Ok(line) if is_nmi_report(&line) => {
+                    // What L1 prints for the NMI is not a sign that it runs on.
+                    eprintln!("nested:   L1: {line}");
+                }
                 Ok(line) => {
+                    if nmi_sent.take().is_some() {
+                        let during = current.clone().unwrap_or_else(|| "L1 boot".into());
+                        let silent = last_output.elapsed().as_secs_f64();
+                        eprintln!(
+                            "nested: L1 runs again after {silent:.0} s of silence: the NMI woke it (during {during})"
+                        );
+                        revivals.push(format!("{during} ({silent:.0} s silent)"));
+                        if let Some(r) = current.as_ref().and_then(|c| results.get_mut(c)) {
+                            r.revived += 1;
+                        }
+                    }
                     last_output = Instant::now();
+                    if let Some((name, why)) = failed_after_revival(&line, results) {
+                        eprintln!(
+                            "nested: {name} failed after L1 was woken during it ({why}); it runs again on a fresh L1"
+                        );
+                        stop = Some(Stop::Hung(
+                            Some(name),
+                            format!("L1 was woken by an NMI during it, then it failed: {why}"),
+                        ));
+                        let _ = child.kill();
+                        break;
+                    }
                     follow(&line, results, &mut current, &mut done, &mut first_start);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -122,6 +163,15 @@ impl Boot<'_> {
                         eprintln!("nested: the lab's hard limit was reached; killing QEMU");
                         stop = Some(Stop::TimedOut);
                         None
+                    } else if nmi_sent.is_none() && now >= last_output + REVIVE_AFTER {
+                        eprintln!(
+                            "nested: L1 silent for {}s during {}: sending it an NMI to wake it",
+                            REVIVE_AFTER.as_secs(),
+                            current.as_deref().unwrap_or("L1 boot")
+                        );
+                        self.wake(&monitor);
+                        nmi_sent = Some(now);
+                        continue;
                     } else if now >= last_output + STALL {
                         let why = format!(
                             "L1 hung: no console output, not even its 30 s tick, for {}s (QEMU killed)",
@@ -166,6 +216,7 @@ impl Boot<'_> {
             done,
             stop,
             first_start,
+            revivals,
         })
     }
 
@@ -192,7 +243,7 @@ impl Boot<'_> {
     fn spawn(&self, monitor: &Path) -> Result<Child> {
         let o = self.options;
         let append = format!(
-            "console=ttyS0 reboot=k panic=-1 tsc_early_khz=2445426 quiet nokaslr idle=halt unknown_nmi_panic sysctl.kernel.panic_on_unrecovered_nmi=1 \
+            "console=ttyS0 reboot=k panic=-1 tsc_early_khz=2445426 quiet nokaslr idle=halt \
              lab.scenarios={} lab.timeout={} lab.bench_timeout={BENCH_TIMEOUT} lab.vsock_big_timeout={} \
              lab.vsock_big_mib={} lab.vsock_many={} lab.vsock_big_dirs={} lab.boot_rounds={}",
             self.scenarios.join(","),
@@ -227,6 +278,22 @@ impl Boot<'_> {
             .stderr(self.append_log()?)
             .spawn()
             .context("starting qemu-system-x86_64")
+    }
+
+    /// L1 went silent: logs where QEMU has its CPU, then sends it an NMI.
+    fn wake(&self, monitor: &Path) {
+        let regs = hmp(monitor, "info registers");
+        let rip = regs.lines().find(|l| l.starts_with("RIP=")).unwrap_or("RIP unknown");
+        eprintln!("nested:   qemu: {rip}");
+        let nmi = hmp(monitor, "nmi");
+        if let Ok(mut f) = self.append_log() {
+            let said = if nmi.trim().is_empty() { "ok" } else { nmi.trim() };
+            let _ = writeln!(
+                f,
+                "\n===== nested lab: L1 silent for {}s, {rip}; NMI sent to wake it (QEMU: {said}) =====",
+                REVIVE_AFTER.as_secs()
+            );
+        }
     }
 
     /// L1 stopped printing: logs QEMU's view of the CPU, then sends an NMI and shows what L1
@@ -273,6 +340,25 @@ impl Boot<'_> {
             format!("no NMI report from L1; QEMU: {rip}")
         })
     }
+}
+
+/// Whether `line` is what L1's kernel prints for an NMI (microvm's reason port reads 0xff:
+/// "NMI: PCI system error (SERR) for reason ff on CPU 0.", "Dazed and confused, but trying to
+/// continue"), or its report of an unknown one.
+fn is_nmi_report(line: &str) -> bool {
+    !line.contains("@@LAB") && (line.contains("NMI") || line.contains("Dazed and confused"))
+}
+
+/// `Some((name, why))` when `line` reports a failure of scenario `name` during which L1 was
+/// woken by an NMI.
+fn failed_after_revival(line: &str, results: &HashMap<String, ScenarioResult>) -> Option<(String, String)> {
+    let i = line.find("@@LAB ")?;
+    let mut words = line[i + 6..].splitn(3, ' ');
+    let (name, verb) = (words.next()?, words.next()?);
+    (verb == "FAIL" && results.get(name)?.revived > 0).then(|| {
+        let why = words.next().unwrap_or("(no reason given)").trim().to_string();
+        (name.to_string(), why)
+    })
 }
 
 /// Applies one console line to the results: `@@LAB` verbs, and `  | ` output lines.
@@ -412,6 +498,34 @@ fn clean_hmp(raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nmi_reports_are_not_signs_of_life_and_failures_after_a_revival_are_found() {
+        assert!(is_nmi_report(
+            "[  227.7] NMI: PCI system error (SERR) for reason ff on CPU 0."
+        ));
+        assert!(is_nmi_report("[  227.7] Dazed and confused, but trying to continue"));
+        assert!(!is_nmi_report(
+            "@@LAB-TICK 33.77 s, load 0.79 0.18 0.06, boot-peers running for 30 s"
+        ));
+        assert!(!is_nmi_report("@@LAB linux-nmi PASS"), "a scenario's own lines count");
+        let mut results: HashMap<String, ScenarioResult> = HashMap::new();
+        results.insert("a".into(), ScenarioResult::default());
+        results.insert(
+            "b".into(),
+            ScenarioResult {
+                revived: 1,
+                ..ScenarioResult::default()
+            },
+        );
+        assert_eq!(failed_after_revival("@@LAB a FAIL timed out", &results), None);
+        assert_eq!(
+            failed_after_revival("[  9.1] @@LAB b FAIL timed out after 45 s", &results),
+            Some(("b".into(), "timed out after 45 s".into()))
+        );
+        assert_eq!(failed_after_revival("@@LAB b PASS", &results), None);
+        assert_eq!(failed_after_revival("@@LAB c FAIL x", &results), None);
+    }
 
     #[test]
     fn hmp_output_loses_banner_echo_prompts_and_escapes() {

@@ -300,6 +300,8 @@ struct ScenarioResult {
     output: Vec<String>,
     /// How many L1s hung while running it (the first hang earns it one more run).
     hung_runs: u32,
+    /// How many times L1 went silent while it ran and was woken by an NMI.
+    revived: u32,
 }
 
 /// How many times one lab run boots L1 (a fresh L1 only after one was stopped).
@@ -448,6 +450,7 @@ pub fn run(options: &Options) -> Result<bool> {
     let mut pending = options.scenarios.clone();
     let (mut done, mut timed_out, mut first_start) = (false, false, None);
     let mut hangs: Vec<String> = Vec::new();
+    let mut revivals: Vec<String> = Vec::new();
     for attempt in 1..=MAX_BOOTS {
         let end = l1::Boot {
             scenarios: &pending,
@@ -461,6 +464,9 @@ pub fn run(options: &Options) -> Result<bool> {
         }
         .run(&mut results)?;
         first_start = first_start.or(end.first_start);
+        // Each wake-up cost up to REVIVE_AFTER of the lab's clock.
+        deadline += l1::REVIVE_AFTER * end.revivals.len() as u32;
+        revivals.extend(end.revivals);
         done = end.done;
         timed_out = matches!(end.stop, Some(l1::Stop::TimedOut));
         match end.stop {
@@ -504,6 +510,8 @@ pub fn run(options: &Options) -> Result<bool> {
                 passed += 1;
                 let retried = if r.hung_runs > 0 {
                     " on a fresh L1, after the first L1 hung during it"
+                } else if r.revived > 0 {
+                    "; L1 went silent during it and was woken by an NMI"
                 } else {
                     ""
                 };
@@ -540,6 +548,13 @@ pub fn run(options: &Options) -> Result<bool> {
             "L1 hung {} time(s), during: {} (QEMU's CPU state and L1's whole NMI report are in the console log)",
             hangs.len(),
             hangs.join(", ")
+        );
+    }
+    if !revivals.is_empty() {
+        println!(
+            "L1 went silent and was woken by an NMI {} time(s), during: {}",
+            revivals.len(),
+            revivals.join(", ")
         );
     }
     let boot = first_start.map(|t| format!(", L1 boot to first scenario {:.1} s", (t - qemu_start).as_secs_f64()));
