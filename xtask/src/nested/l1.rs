@@ -280,17 +280,19 @@ impl Boot<'_> {
             .context("starting qemu-system-x86_64")
     }
 
-    /// L1 went silent: logs where QEMU has its CPU, then sends it an NMI.
+    /// L1 went silent: logs where QEMU has its CPU and its local APIC's state (which
+    /// interrupts are pending or in service, the timer), then sends it an NMI.
     fn wake(&self, monitor: &Path) {
         let regs = hmp(monitor, "info registers");
         let rip = regs.lines().find(|l| l.starts_with("RIP=")).unwrap_or("RIP unknown");
         eprintln!("nested:   qemu: {rip}");
+        let lapic = log_lapic(monitor);
         let nmi = hmp(monitor, "nmi");
         if let Ok(mut f) = self.append_log() {
             let said = if nmi.trim().is_empty() { "ok" } else { nmi.trim() };
             let _ = writeln!(
                 f,
-                "\n===== nested lab: L1 silent for {}s, {rip}; NMI sent to wake it (QEMU: {said}) =====",
+                "\n===== nested lab: L1 silent for {}s, {rip}; its local APIC: =====\n{lapic}\n===== NMI sent to wake it (QEMU: {said}) =====",
                 REVIVE_AFTER.as_secs()
             );
         }
@@ -301,6 +303,7 @@ impl Boot<'_> {
     /// found L1's kernel (its `RIP: 0010:` function), or why it cannot say.
     fn diagnose_hang(&self, monitor: &Path, rx: &mpsc::Receiver<String>) -> String {
         let regs = hmp(monitor, "info registers -a");
+        let lapic = log_lapic(monitor);
         let mut log = self.append_log().ok();
         if let Some(f) = log.as_mut() {
             let _ = writeln!(
@@ -309,6 +312,7 @@ impl Boot<'_> {
                 STALL.as_secs()
             );
             let _ = writeln!(f, "{regs}");
+            let _ = writeln!(f, "===== L1's local APIC =====\n{lapic}");
         }
         for line in regs
             .lines()
@@ -340,6 +344,20 @@ impl Boot<'_> {
             format!("no NMI report from L1; QEMU: {rip}")
         })
     }
+}
+
+/// QEMU's `info lapic` for L1's CPU; its timer, ISR, IRR and priority lines also go to stderr
+/// (an interrupt stuck in service blocks every one of lower priority, the timer's included).
+fn log_lapic(monitor: &Path) -> String {
+    let lapic = hmp(monitor, "info lapic");
+    for line in lapic.lines().filter(|l| {
+        ["LVTT", "Timer", "ISR", "IRR", "APR"]
+            .iter()
+            .any(|k| l.trim_start().starts_with(k))
+    }) {
+        eprintln!("nested:   qemu lapic: {}", line.trim());
+    }
+    lapic
 }
 
 /// Whether `line` is what L1's kernel prints for an NMI (microvm's reason port reads 0xff:
