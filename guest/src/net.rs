@@ -434,6 +434,9 @@ pub fn tx(plan: &Plan, frames: u64, size: u64) -> u32 {
     let mut last_done = 0;
     let mut status = exit::OK;
     let mut arp_sent = 0u64;
+    // The device's status is read (an exit) at most every 100 ms, as in `rx`:
+    // read on every turn without progress, it cost an exit per few frames.
+    let mut next_check = t0;
     loop {
         let mut pushed = false;
         while sent < frames && nready > 0 {
@@ -483,10 +486,13 @@ pub fn tx(plan: &Plan, frames: u64, size: u64) -> u32 {
         if done != last_done {
             last_done = done;
             last_progress = now;
-        } else if now - last_progress > 5000 * khz || n.net.broken() {
+        } else if now - last_progress > 5000 * khz || (now >= next_check && n.net.broken()) {
             println!("{WHO}: device stopped taking frames after {done} of {frames}");
             status = exit::DEVICE_ERROR;
             break;
+        }
+        if now >= next_check {
+            next_check = now + 100 * khz;
         }
         core::hint::spin_loop();
     }
