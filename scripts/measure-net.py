@@ -22,10 +22,13 @@ kvm_pvm host fires no kvm:kvm_exit/kvm_entry) are counted over the same
 window as the frames and printed per frame (`--no-exits` to skip).
 Runs are interleaved (kvmkit, QEMU, kvmkit, ...); the table shows medians and
 kvmkit/QEMU ratios. Needs root, /dev/kvm, /dev/net/tun, qemu-system-x86_64,
-iproute2; gcc for the fast sender (else a slower Python one). Usage:
+iproute2; gcc for the fast sender (else a slower Python one); ping(8) for the round trips
+(`ping -f` from the host to the guest's net-rx, which answers ICMP echo: kvmkit with
+`--net ...,poll=off` and `poll=auto`, and QEMU; skipped without it). Usage:
 
     cargo build --release
     sudo scripts/measure-net.py [--rounds 3] [--tx-frames 64=N,1500=N] [--rx-seconds 3]
+                                [--ping N | --ping-only] [--net-poll off|auto|US] [--show-counters]
 """
 import argparse, glob, os, re, shutil, signal, statistics, subprocess, sys, tempfile, threading, time
 
@@ -371,7 +374,9 @@ def inner(args):
                 print(f"round {r} {vmm:6s} rx {size:4d} B: {x['fps']:>10.0f} frames/s {x['mbit']:8.1f} Mbit/s "
                       f"(offered {x['offered']:.0f}/s, tap tx_dropped {x['tap_dropped']}{per_frame(x)})", flush=True)
     pings = {}
-    if args.ping:
+    if args.ping and not shutil.which("ping"):
+        print("no ping(8) here (iputils-ping): round trips skipped", flush=True)
+    elif args.ping:
         cols = [("kvmkit", "off"), ("kvmkit", "auto"), ("qemu", None)]
         for r in range(args.rounds):
             for vmm, poll in cols if r % 2 == 0 else cols[::-1]:
