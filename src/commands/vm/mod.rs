@@ -24,8 +24,8 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use kvmkit_guest_abi::{CMDLINE_CPUS, CMDLINE_WORKLOAD};
 use kvmkit_vmm::vmm_config::{
-    BlockDeviceConfig, BootSourceConfig, EntropyDeviceConfig, MachineConfig, NetworkInterfaceConfig, VmResources,
-    MAX_VCPUS,
+    BlockDeviceConfig, BootSourceConfig, EntropyDeviceConfig, MachineConfig, NetworkInterfaceConfig, PollMode,
+    VmResources, MAX_VCPUS,
 };
 use serde::Serialize;
 
@@ -146,11 +146,13 @@ pub struct DefineArgs {
     /// Guest RAM in MiB.
     #[arg(long, default_value_t = 256, value_name = "MIB")]
     pub memory: u64,
-    /// A raw disk image as virtio-blk (repeatable): path=IMG[,ro=on][,id=NAME].
-    #[arg(long = "disk", value_name = "path=IMG[,ro=on][,id=NAME]")]
+    /// A raw disk image as virtio-blk (repeatable): path=IMG[,ro=on][,id=NAME][,poll=off|auto|N]
+    /// (poll: as `kvmkit run --disk`).
+    #[arg(long = "disk", value_name = "path=IMG[,ro=on][,id=NAME][,poll=auto]")]
     pub disks: Vec<String>,
-    /// A virtio-net NIC on an existing tap (repeatable): tap=NAME[,mac=M][,id=ID].
-    #[arg(long = "net", value_name = "tap=NAME[,mac=M][,id=ID]")]
+    /// A virtio-net NIC on an existing tap (repeatable): tap=NAME[,mac=M][,id=ID][,poll=off|auto|N]
+    /// (poll: as `kvmkit run --net`).
+    #[arg(long = "net", value_name = "tap=NAME[,mac=M][,id=ID][,poll=auto]")]
     pub nets: Vec<String>,
     /// A virtio-rng device.
     #[arg(long)]
@@ -592,10 +594,11 @@ fn check_paths(r: &VmResources) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `path=IMG[,ro=on][,id=NAME]`.
+/// `path=IMG[,ro=on][,id=NAME][,poll=off|auto|N]`.
 fn parse_disk(spec: &str, index: usize) -> anyhow::Result<BlockDeviceConfig> {
     let mut path = None;
     let mut ro = false;
+    let mut poll = PollMode::Off;
     let mut id = format!("disk{index}");
     for part in spec.split(',') {
         match part.split_once('=') {
@@ -608,32 +611,40 @@ fn parse_disk(spec: &str, index: usize) -> anyhow::Result<BlockDeviceConfig> {
                 }
             }
             Some(("id", v)) if !v.is_empty() => id = v.to_owned(),
-            _ => bail!("--disk {spec}: give path=IMG[,ro=on][,id=NAME]"),
+            Some(("poll", v)) => poll = v.parse().map_err(|e| anyhow::anyhow!("--disk {spec}: {e}"))?,
+            _ => bail!("--disk {spec}: give path=IMG[,ro=on][,id=NAME][,poll=off|auto|N]"),
         }
     }
     let Some(path) = path else {
-        bail!("--disk {spec}: give path=IMG[,ro=on][,id=NAME]");
+        bail!("--disk {spec}: give path=IMG[,ro=on][,id=NAME][,poll=off|auto|N]");
     };
     Ok(BlockDeviceConfig {
         drive_id: id,
         path_on_host: path,
         is_root_device: false,
         is_read_only: ro,
+        poll,
         ..Default::default()
     })
 }
 
-/// `tap=NAME[,mac=M][,id=ID]`: a NIC on an existing tap.
+/// `tap=NAME[,mac=M][,id=ID][,poll=off|auto|N]`: a NIC on an existing tap.
 fn parse_net(spec: &str, index: usize) -> anyhow::Result<NetworkInterfaceConfig> {
-    let usage = || anyhow::anyhow!("--net {spec}: give tap=NAME[,mac=aa:bb:cc:dd:ee:ff][,id=ID] (an existing tap)");
+    let usage = || {
+        anyhow::anyhow!(
+            "--net {spec}: give tap=NAME[,mac=aa:bb:cc:dd:ee:ff][,id=ID][,poll=off|auto|N] (an existing tap)"
+        )
+    };
     let mut tap = None;
     let mut mac = None;
+    let mut poll = PollMode::Off;
     let mut id = format!("net{index}");
     for part in spec.split(',') {
         match part.split_once('=') {
             Some(("tap", t)) if !t.is_empty() => tap = Some(t.to_owned()),
             Some(("mac", m)) if !m.is_empty() => mac = Some(m.to_owned()),
             Some(("id", v)) if !v.is_empty() => id = v.to_owned(),
+            Some(("poll", v)) => poll = v.parse().map_err(|e| anyhow::anyhow!("--net {spec}: {e}"))?,
             _ => return Err(usage()),
         }
     }
@@ -641,6 +652,7 @@ fn parse_net(spec: &str, index: usize) -> anyhow::Result<NetworkInterfaceConfig>
         iface_id: id,
         host_dev_name: tap.ok_or_else(usage)?,
         guest_mac: mac,
+        poll,
         ..Default::default()
     };
     nic.validate().map_err(|e| anyhow::anyhow!("--net {spec}: {e}"))?;
@@ -656,11 +668,14 @@ mod tests {
         let n = parse_net("tap=tap7,mac=06:00:00:00:00:07", 1).expect("nic");
         assert_eq!((n.iface_id.as_str(), n.host_dev_name.as_str()), ("net1", "tap7"));
         assert_eq!(n.guest_mac.as_deref(), Some("06:00:00:00:00:07"));
+        assert_eq!(n.poll, PollMode::Off);
+        assert_eq!(parse_net("tap=t,poll=auto", 0).expect("nic").poll, PollMode::Auto);
         for bad in [
             "",
             "tap=",
             "mac=06:00:00:00:00:07",
             "tap=t,vhost=on",
+            "tap=t,poll=fast",
             "tap=a-name-far-too-long-for-a-tap",
         ] {
             assert!(parse_net(bad, 0).is_err(), "{bad}");
@@ -675,7 +690,18 @@ mod tests {
             ("data", "/tmp/a.img", true)
         );
         assert_eq!(parse_disk("path=/x", 3).expect("disk").drive_id, "disk3");
-        for bad in ["", "ro=on", "path=/x,ro=maybe", "path=/x,cache=none", "/x"] {
+        assert_eq!(
+            parse_disk("path=/x,poll=80us", 0).expect("disk").poll,
+            PollMode::Fixed(80)
+        );
+        for bad in [
+            "",
+            "ro=on",
+            "path=/x,ro=maybe",
+            "path=/x,cache=none",
+            "/x",
+            "path=/x,poll=on",
+        ] {
             assert!(parse_disk(bad, 0).is_err(), "{bad}");
         }
     }
