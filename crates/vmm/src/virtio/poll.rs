@@ -166,6 +166,33 @@ pub(crate) fn thread_cpu_ns() -> Option<u64> {
     Some((ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64)
 }
 
+/// A worker thread's CPU time, counted in whole microseconds between calls
+/// (the remainder below a microsecond carries over).
+#[derive(Debug, Default)]
+pub(crate) struct CpuCounter {
+    last_ns: Option<u64>,
+}
+
+impl CpuCounter {
+    /// Microseconds of CPU the calling thread used since the last call
+    /// (0 the first time, or when the clock cannot be read).
+    pub(crate) fn elapsed_us(&mut self) -> u64 {
+        let Some(now) = thread_cpu_ns() else {
+            return 0;
+        };
+        match self.last_ns.filter(|&b| b <= now) {
+            Some(before) => {
+                self.last_ns = Some(now - (now - before) % 1000);
+                (now - before) / 1000
+            }
+            None => {
+                self.last_ns = Some(now);
+                0
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,6 +322,20 @@ mod tests {
         let mut f = PollWindow::new(PollMode::Fixed(100));
         f.stretch_ended(us(1), us(300), t);
         assert!(!f.backing_off(t));
+    }
+
+    #[test]
+    fn the_cpu_counter_counts_this_threads_cpu_time() {
+        let mut c = CpuCounter::default();
+        assert_eq!(c.elapsed_us(), 0, "the first call starts the count");
+        // Spin until the thread has used at least 2 ms of CPU by its own clock.
+        let start = thread_cpu_ns().expect("CLOCK_THREAD_CPUTIME_ID");
+        while thread_cpu_ns().expect("clock") < start + 2_000_000 {
+            std::hint::black_box(0u64);
+        }
+        let us = c.elapsed_us();
+        assert!(us >= 2000, "{us} us");
+        assert!(c.elapsed_us() < 1000, "counted once");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use self::request::{
     handle, handle_merged, plain_request, Completion, Plain, RequestContext, MAX_REQUEST_BYTES, MERGE_BYTES,
     VIRTIO_BLK_ID_BYTES,
 };
-use super::poll::{thread_cpu_ns, PollMode, PollWindow};
+use super::poll::{thread_cpu_ns, CpuCounter, PollMode, PollWindow};
 use super::{
     read_config_bytes, Activation, Interrupt, QueueHandler, Queues, Stopping, VirtioDevice, Worker, WorkerError,
     VIRTIO_F_VERSION_1,
@@ -291,8 +291,8 @@ pub struct BlockHandler {
     poll: PollWindow,
     /// Whether the worker suppressed the driver's notifications (polling).
     notify_off: bool,
-    /// The worker thread's CPU time when last counted, in nanoseconds.
-    cpu_ns: Option<u64>,
+    /// The worker thread's CPU time, for the `worker_cpu_us` counter.
+    cpu: CpuCounter,
     /// When the current polling stretch began, and the thread's CPU time then.
     stretch: Option<(Instant, u64)>,
 }
@@ -320,7 +320,7 @@ impl BlockHandler {
             counters: None,
             poll: PollWindow::new(PollMode::Off),
             notify_off: false,
-            cpu_ns: None,
+            cpu: CpuCounter::default(),
             stretch: None,
         }
     }
@@ -350,18 +350,8 @@ impl BlockHandler {
 
     /// Adds the worker thread's CPU time since the last call to the counters.
     fn count_cpu(&mut self) {
-        let Some(c) = &self.counters else {
-            return;
-        };
-        let Some(now) = thread_cpu_ns() else {
-            return;
-        };
-        if let Some(before) = self.cpu_ns.filter(|&b| b <= now) {
-            c.worker_cpu_us.fetch_add((now - before) / 1000, Ordering::Relaxed);
-            // Keep the remainder below a microsecond for the next time.
-            self.cpu_ns = Some(now - (now - before) % 1000);
-        } else {
-            self.cpu_ns = Some(now);
+        if let Some(c) = &self.counters {
+            c.worker_cpu_us.fetch_add(self.cpu.elapsed_us(), Ordering::Relaxed);
         }
     }
 

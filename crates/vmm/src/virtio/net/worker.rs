@@ -17,7 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::handler::{NetHandler, RxState};
 use super::{NetCounters, RX_QUEUE, TX_QUEUE};
-use crate::virtio::poll::{thread_cpu_ns, PollMode, PollWindow};
+use crate::virtio::poll::{thread_cpu_ns, CpuCounter, PollMode, PollWindow};
 use crate::virtio::{Interrupt, Stopping, Worker, WorkerError, WorkerHandler};
 
 /// A NIC's handler with the rx/tx state carried between rounds.
@@ -32,8 +32,8 @@ pub struct NetLoop {
     polling: bool,
     /// When the current polling stretch began, and the thread's CPU time then.
     stretch: Option<(Instant, u64)>,
-    /// The thread's CPU time when last counted, in nanoseconds.
-    cpu_ns: Option<u64>,
+    /// The thread's CPU time, for the `worker_cpu_us` counter.
+    cpu: CpuCounter,
 }
 
 impl NetLoop {
@@ -54,7 +54,7 @@ impl NetLoop {
             poll: PollWindow::new(poll),
             polling: false,
             stretch: None,
-            cpu_ns: None,
+            cpu: CpuCounter::default(),
         }
     }
 
@@ -115,16 +115,8 @@ impl NetLoop {
 
     /// Adds the thread's CPU time since the last call to the counters.
     fn count_cpu(&mut self) {
-        let Some(now) = thread_cpu_ns() else {
-            return;
-        };
-        if let Some(before) = self.cpu_ns.filter(|&b| b <= now) {
-            NetCounters::add(&self.h.counters().worker_cpu_us, (now - before) / 1000);
-            // Keep the remainder below a microsecond for the next time.
-            self.cpu_ns = Some(now - (now - before) % 1000);
-        } else {
-            self.cpu_ns = Some(now);
-        }
+        let us = self.cpu.elapsed_us();
+        NetCounters::add(&self.h.counters().worker_cpu_us, us);
     }
 
     /// One rx round, then rx notifications on only while frames wait for
