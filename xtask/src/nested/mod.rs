@@ -300,7 +300,7 @@ struct ScenarioResult {
     output: Vec<String>,
     /// How many L1s hung while running it (the first hang earns it one more run).
     hung_runs: u32,
-    /// How many times L1 went silent while it ran and was woken by an NMI.
+    /// How many times L1 went silent while it ran and was woken by a serial interrupt.
     revived: u32,
 }
 
@@ -511,7 +511,7 @@ pub fn run(options: &Options) -> Result<bool> {
                 let retried = if r.hung_runs > 0 {
                     " on a fresh L1, after the first L1 hung during it"
                 } else if r.revived > 0 {
-                    "; L1 went silent during it and was woken by an NMI"
+                    "; L1 went silent during it and was woken by a serial interrupt"
                 } else {
                     ""
                 };
@@ -552,7 +552,7 @@ pub fn run(options: &Options) -> Result<bool> {
     }
     if !revivals.is_empty() {
         println!(
-            "L1 went silent and was woken by an NMI {} time(s), during: {}",
+            "L1 went silent and was woken by a serial interrupt {} time(s), during: {}",
             revivals.len(),
             revivals.join(", ")
         );
