@@ -57,8 +57,8 @@ fn field(input: &mut Input<'_>, base: u64) -> u64 {
 
 /// An ELF64 image: header, program headers, a PVH note, payload.
 fn elf(input: &mut Input<'_>) -> Vec<u8> {
-    let class = if input.u8() % 16 == 0 { 1 } else { 2 };
-    let data = if input.u8() % 16 == 0 { 2 } else { 1 };
+    let class = if input.u8().is_multiple_of(16) { 1 } else { 2 };
+    let data = if input.u8().is_multiple_of(16) { 2 } else { 1 };
     let phnum = usize::from(input.u8() % 6);
     let entry = field(input, MIB);
     let mut phdrs = Vec::new();
@@ -72,7 +72,12 @@ fn elf(input: &mut Input<'_>) -> Vec<u8> {
         };
         let offset = field(input, body_at);
         let paddr = field(input, MIB);
-        let filesz = field(input, 0) % if input.u8() % 8 == 0 { u64::MAX } else { 64 << 10 };
+        let filesz = field(input, 0)
+            % if input.u8().is_multiple_of(8) {
+                u64::MAX
+            } else {
+                64 << 10
+            };
         let memsz = field(input, filesz);
         if kind == PT_NOTE {
             note = Some((offset, filesz));
@@ -87,7 +92,7 @@ fn elf(input: &mut Input<'_>) -> Vec<u8> {
     img[16..18].copy_from_slice(&2u16.to_le_bytes());
     img[18..20].copy_from_slice(&62u16.to_le_bytes());
     img[24..32].copy_from_slice(&entry.to_le_bytes());
-    let phoff = if input.u8() % 16 == 0 { input.u64() } else { 64 };
+    let phoff = if input.u8().is_multiple_of(16) { input.u64() } else { 64 };
     img[32..40].copy_from_slice(&phoff.to_le_bytes());
     img[52..54].copy_from_slice(&64u16.to_le_bytes());
     img[54..56].copy_from_slice(&56u16.to_le_bytes());
@@ -108,7 +113,7 @@ fn elf(input: &mut Input<'_>) -> Vec<u8> {
     img.extend_from_slice(&body);
     // A PVH note where the PT_NOTE points, when it fits a small file.
     if let Some((offset, len)) = note {
-        if input.u8() % 2 == 0 && offset < 64 << 10 && len >= 20 {
+        if input.u8().is_multiple_of(2) && offset < 64 << 10 && len >= 20 {
             let at = offset as usize;
             if img.len() < at + 24 {
                 img.resize(at + 24, 0);
@@ -229,7 +234,7 @@ fn bzimage(input: &mut Input<'_>) -> (Vec<u8>, Option<Vec<u8>>) {
     if (offset, length, syssize) != right {
         intact = None;
     }
-    if input.u8() % 16 != 0 {
+    if !input.u8().is_multiple_of(16) {
         img[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
     } else {
         intact = None;

@@ -200,7 +200,9 @@ fn pio_write(m: &Machine, model: &mut Model, port: u64, data: &[u8]) {
             }
         }
         PioDev::I8042 if port == I8042_BASE => {
-            if std::mem::take(&mut model.output_port_pending) && data.first().is_some_and(|v| v & 1 == 0) {
+            // The pending flag is taken whatever the byte is.
+            let pending = std::mem::take(&mut model.output_port_pending);
+            if pending && data.first().is_some_and(|v| v & 1 == 0) {
                 model.exit(ExitReason::Reset("i8042 output port reset"))
             }
         }

@@ -58,7 +58,7 @@ fn descriptor(input: &mut Input<'_>) -> Desc {
     };
     // A buffer over the rings is only ever readable: a writable one would let
     // the device's random bytes rewrite the used ring this target reads back.
-    let flags = if input.u8() % 4 == 0 || addr < BUFFERS {
+    let flags = if input.u8().is_multiple_of(4) || addr < BUFFERS {
         0
     } else {
         F_WRITE
