@@ -130,7 +130,9 @@ impl Boot<'_> {
             let overrun_at = current
                 .as_ref()
                 .and_then(|c| Some(results.get(c)?.started? + overrun_after(c, self.options)));
-            let mut until = self.deadline.min(last_output + STALL);
+            // Each wake-up cost up to REVIVE_AFTER of this boot's clock too.
+            let deadline = self.deadline + REVIVE_AFTER * revivals.len() as u32;
+            let mut until = deadline.min(last_output + STALL);
             if let Some(t) = overrun_at {
                 until = until.min(t);
             }
@@ -166,7 +168,7 @@ impl Boot<'_> {
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     let now = Instant::now();
-                    let why = if now >= self.deadline {
+                    let why = if now >= deadline {
                         eprintln!("nested: the lab's hard limit was reached; killing QEMU");
                         stop = Some(Stop::TimedOut);
                         None
@@ -292,7 +294,7 @@ impl Boot<'_> {
     /// port (see the module's comment).
     fn wake(&self, monitor: &Path, serial_in: &mut Option<ChildStdin>) {
         let regs = hmp(monitor, "info registers");
-        let rip = regs.lines().find(|l| l.starts_with("RIP=")).unwrap_or("RIP unknown");
+        let rip = rip_line(&regs);
         eprintln!("nested:   qemu: {rip}");
         let lapic = log_lapic(monitor);
         let sent = match serial_in.as_mut() {
@@ -357,7 +359,7 @@ impl Boot<'_> {
             eprintln!("nested:   L1 printed nothing in {}s after an NMI", NMI_WAIT.as_secs());
         }
         at.unwrap_or_else(|| {
-            let rip = regs.lines().find(|l| l.starts_with("RIP=")).unwrap_or("RIP unknown");
+            let rip = rip_line(&regs);
             format!("no NMI report from L1; QEMU: {rip}")
         })
     }
@@ -380,13 +382,23 @@ fn log_lapic(monitor: &Path) -> String {
 /// `Some((name, why))` when `line` reports a failure of scenario `name` during which L1 was
 /// silent and woken.
 fn failed_after_revival(line: &str, results: &HashMap<String, ScenarioResult>) -> Option<(String, String)> {
-    let i = line.find("@@LAB ")?;
-    let mut words = line[i + 6..].splitn(3, ' ');
-    let (name, verb) = (words.next()?, words.next()?);
+    let (name, verb, rest) = lab_line(line)?;
     (verb == "FAIL" && results.get(name)?.revived > 0).then(|| {
-        let why = words.next().unwrap_or("(no reason given)").trim().to_string();
+        let why = rest.unwrap_or("(no reason given)").trim().to_string();
         (name.to_string(), why)
     })
+}
+
+/// The words of an `@@LAB NAME VERB [REST]` line (name and verb empty when missing).
+fn lab_line(line: &str) -> Option<(&str, &str, Option<&str>)> {
+    let i = line.find("@@LAB ")?;
+    let mut words = line[i + 6..].splitn(3, ' ');
+    Some((words.next().unwrap_or(""), words.next().unwrap_or(""), words.next()))
+}
+
+/// QEMU's `RIP=...` line of an `info registers` answer.
+fn rip_line(regs: &str) -> &str {
+    regs.lines().find(|l| l.starts_with("RIP=")).unwrap_or("RIP unknown")
 }
 
 /// Applies one console line to the results: `@@LAB` verbs, and `  | ` output lines.
@@ -403,9 +415,9 @@ fn follow(
         }
         return;
     }
-    let Some(i) = line.find("@@LAB ") else { return };
-    let mut words = line[i + 6..].splitn(3, ' ');
-    let (name, verb, rest) = (words.next().unwrap_or(""), words.next().unwrap_or(""), words.next());
+    let Some((name, verb, rest)) = lab_line(line) else {
+        return;
+    };
     if name == "DONE" {
         *done = true;
         return;

@@ -464,7 +464,7 @@ pub fn run(options: &Options) -> Result<bool> {
         }
         .run(&mut results)?;
         first_start = first_start.or(end.first_start);
-        // Each wake-up cost up to REVIVE_AFTER of the lab's clock.
+        // Each wake-up cost up to REVIVE_AFTER of the lab's clock (later boots' share).
         deadline += l1::REVIVE_AFTER * end.revivals.len() as u32;
         revivals.extend(end.revivals);
         done = end.done;

@@ -64,14 +64,14 @@ impl NetLoop {
         self.polling
     }
 
-    /// After a round that began at `started` and moved `moved` frames:
+    /// After a round that began at `started` (`None` when polling is off) and moved `moved` frames:
     /// true to come back without sleeping (inside the polling window),
     /// false to sleep (tx notifications back on first; chains that came
     /// meanwhile make the round due again).
-    fn after_round(&mut self, moved: u64, started: Instant) -> bool {
-        if self.poll.mode() == PollMode::Off {
+    fn after_round(&mut self, moved: u64, started: Option<Instant>) -> bool {
+        let Some(started) = started else {
             return false;
-        }
+        };
         let now = Instant::now();
         if self.polling && moved > 0 {
             NetCounters::add(&self.h.counters().polled, moved);
@@ -154,7 +154,8 @@ impl WorkerHandler for NetLoop {
         let tap = extra.first().is_some_and(|&r| r != 0);
         let do_rx = self.rx_more || queue(RX_QUEUE) || tap || self.polling;
         let do_tx = self.tx_more || queue(TX_QUEUE) || self.polling;
-        let started = Instant::now();
+        // The clock is read only where a polling window needs it.
+        let started = (self.poll.mode() != PollMode::Off).then(Instant::now);
         let before = self.h.progress();
         if do_tx {
             self.tx_more = self.h.process_tx();
